@@ -1,0 +1,385 @@
+"""Static checks of a parsed cell: names, states, cycles and sizes.
+
+Guarantees on success: every name is defined once and before its use, every state gets
+exactly one new value, there is no cycle inside a step, every parameter is used and has
+one shape, and every elementwise operation combines equal sizes (or a per-row scalar).
+Parameter shapes are inferred from use by unification.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from ..errors import Location, SpecError
+from . import ast
+from .functions import FUNCTIONS
+
+SizeAtom = str | int  # a named size (H) or an integer; 1 is a per-row scalar
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    shape: tuple[SizeAtom, ...]  # (n,) vector or (rows, cols) matrix
+    init: float | None
+    loc: Location
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.shape) == 2
+
+
+@dataclass
+class CheckedCell:
+    decl: ast.CellDecl
+    input: tuple[str, SizeAtom]
+    output: str
+    states: dict[str, SizeAtom]  # the output state first, then declared order
+    params: dict[str, ParamInfo]  # declared order
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def size_names(self) -> list[str]:
+        names: list[str] = []
+        atoms = [self.input[1], *self.states.values()]
+        atoms += [a for p in self.params.values() for a in p.shape]
+        for atom in atoms:
+            if isinstance(atom, str) and atom not in names:
+                names.append(atom)
+        return names
+
+
+class _SizeVars:
+    """Union-find over size variables; a class may be bound to a size atom."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.value: list[SizeAtom | None] = []
+
+    def new(self, value: SizeAtom | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.value.append(value)
+        return len(self.parent) - 1
+
+    def find(self, v: int) -> int:
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def get(self, v: int) -> SizeAtom | None:
+        return self.value[self.find(v)]
+
+    def unify(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return True
+        va, vb = self.value[ra], self.value[rb]
+        if va is not None and vb is not None and va != vb:
+            return False
+        self.parent[rb] = ra
+        self.value[ra] = va if va is not None else vb
+        return True
+
+    def show(self, v: int) -> str:
+        value = self.get(v)
+        return "unknown" if value is None else str(value)
+
+
+@dataclass
+class _Param:
+    decl: ast.ParamDecl
+    dims: tuple[int, ...] | None = None  # size variables once its kind is known
+    first_use: Location | None = None
+
+
+@dataclass
+class _Checker:
+    cell: ast.CellDecl
+    sizes: _SizeVars = field(default_factory=_SizeVars)
+
+    def run(self) -> CheckedCell:
+        cell = self.cell
+        self.kinds: dict[str, tuple[str, Location]] = {}
+        self._declare(cell.input.name, "input", cell.input.loc)
+        self.state_size: dict[str, int] = {}
+        for port in [cell.output, *cell.states]:
+            self._declare(port.name, "state", port.loc)
+            self.state_size[port.name] = self.sizes.new(port.size.value)
+        self.params: dict[str, _Param] = {}
+        for decl in cell.params:
+            self._declare(decl.name, "parameter", decl.loc)
+            param = self.params[decl.name] = _Param(decl)
+            if decl.shape is not None:
+                param.dims = tuple(self.sizes.new(s.value) for s in decl.shape)
+        self.input_size = self.sizes.new(cell.input.size.value)
+
+        self._collect_definitions()
+        self.local_size: dict[str, int] = {}
+        self.defined: set[tuple[str, bool]] = set()
+        for assign in cell.assigns:
+            size = self._expr(assign.value)
+            if assign.primed:
+                want = self.state_size[assign.name]
+                if not self._unify_or_broadcast(want, size):
+                    raise SpecError(
+                        f"size mismatch: state {assign.name} has size "
+                        f"{self.sizes.show(want)}, but its new value has size "
+                        f"{self.sizes.show(size)}",
+                        assign.value.loc,
+                    )
+            else:
+                self.local_size[assign.name] = size
+            self.defined.add((assign.name, assign.primed))
+
+        for port in [cell.output, *cell.states]:
+            if (port.name, True) not in self.defined:
+                raise SpecError(
+                    f"state '{port.name}' is never updated",
+                    port.loc,
+                    hint=f"give it a new value with `{port.name}' = ...`",
+                )
+        return self._result()
+
+    # -- declarations -------------------------------------------------------------------
+
+    def _declare(self, name: str, kind: str, loc: Location) -> None:
+        if name in self.kinds:
+            other_kind, other = self.kinds[name]
+            raise SpecError(
+                f"'{name}' is declared twice (first as {_article(other_kind)} at line "
+                f"{other.line}, column {other.column})",
+                loc,
+            )
+        self.kinds[name] = (kind, loc)
+
+    def _collect_definitions(self) -> None:
+        """Where each local and each new state value is defined, and what it reads."""
+        self.definition: dict[tuple[str, bool], ast.Assign] = {}
+        for assign in self.cell.assigns:
+            key = (assign.name, assign.primed)
+            kind = self.kinds.get(assign.name, (None, None))[0]
+            if assign.primed and kind != "state":
+                what = f"a {kind}" if kind else "a local value"
+                raise SpecError(
+                    f"only states take a new value with a prime, and '{assign.name}' is {what}",
+                    assign.loc,
+                    hint="declare it with `state NAME: SIZE`, or drop the prime",
+                )
+            if not assign.primed and kind is not None:
+                hint = f"write `{assign.name}' = ...` for its new value" if kind == "state" else ""
+                raise SpecError(f"cannot assign to {_article(kind)} '{assign.name}'",
+                                assign.loc, hint=hint)
+            if key in self.definition:
+                first = self.definition[key].loc
+                shown = assign.name + ("'" if assign.primed else "")
+                raise SpecError(
+                    f"'{shown}' is defined twice (first at line {first.line}, column {first.column})",
+                    assign.loc,
+                )
+            self.definition[key] = assign
+
+    def _reads(self, expr: ast.Expr) -> set[tuple[str, bool]]:
+        """The locals and new state values an expression reads."""
+        if isinstance(expr, ast.Var):
+            return {(expr.name, expr.primed)} if (expr.name, expr.primed) in self.definition else set()
+        children = {
+            ast.Call: lambda e: e.args, ast.BinOp: lambda e: (e.left, e.right),
+            ast.Neg: lambda e: (e.operand,), ast.MatMul: lambda e: (e.operand,),
+        }.get(type(expr), lambda e: ())(expr)
+        return set().union(*(self._reads(c) for c in children)) if children else set()
+
+    def _cycle_from(self, start: tuple[str, bool]) -> list[tuple[str, bool]] | None:
+        """A path of definitions leading from `start` back to itself, if any."""
+        def walk(key, path, seen):
+            for dep in sorted(self._reads(self.definition[key].value)):
+                if dep == start:
+                    return path + [dep]
+                if dep not in seen:
+                    seen.add(dep)
+                    found = walk(dep, path + [dep], seen)
+                    if found:
+                        return found
+            return None
+
+        return walk(start, [start], {start})
+
+    # -- expressions --------------------------------------------------------------------
+
+    def _use_before_definition(self, key: tuple[str, bool], loc: Location) -> SpecError:
+        shown = key[0] + ("'" if key[1] else "")
+        cycle = self._cycle_from(key)
+        if cycle:
+            path = " -> ".join(n + ("'" if p else "") for n, p in cycle)
+            return SpecError(f"cycle inside a step: {path}", loc,
+                             hint="a value cannot depend on itself within one time step")
+        line = self.definition[key].loc.line
+        return SpecError(f"'{shown}' is used before it is defined (on line {line})", loc,
+                         hint="move its definition above this line")
+
+    def _expr(self, expr: ast.Expr) -> int:
+        method = getattr(self, "_" + type(expr).__name__.lower())
+        return method(expr)
+
+    def _number(self, expr: ast.Number) -> int:
+        return self.sizes.new(1)
+
+    def _var(self, expr: ast.Var) -> int:
+        key = (expr.name, expr.primed)
+        kind = self.kinds.get(expr.name, (None, None))[0]
+        if expr.primed:
+            if kind != "state":
+                raise SpecError(
+                    f"'{expr.name}' is not a state, so it has no new value {expr.name}'", expr.loc)
+            if key not in self.defined:
+                if key in self.definition:
+                    raise self._use_before_definition(key, expr.loc)
+                raise SpecError(f"the new value {expr.name}' is never defined", expr.loc)
+            return self.state_size[expr.name]
+        if kind == "input":
+            return self.input_size
+        if kind == "state":
+            return self.state_size[expr.name]
+        if kind == "parameter":
+            return self._param_use(expr.name, 1, expr.loc)[0]
+        if key in self.defined:
+            return self.local_size[expr.name]
+        if key in self.definition:
+            raise self._use_before_definition(key, expr.loc)
+        raise self._undefined(expr.name, expr.loc)
+
+    def _undefined(self, name: str, loc: Location) -> SpecError:
+        known = list(self.kinds) + [n for n, _ in self.definition]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else (
+            "declare learned values with `param NAME` and states with `state NAME: SIZE`")
+        return SpecError(f"undefined name '{name}'", loc, hint=hint)
+
+    def _param_use(self, name: str, rank: int, loc: Location) -> tuple[int, ...]:
+        param = self.params[name]
+        if param.dims is None:
+            param.dims = tuple(self.sizes.new() for _ in range(rank))
+        if len(param.dims) != rank:
+            used = "a matrix (left of @)" if rank == 2 else "a vector"
+            declared = "a matrix" if len(param.dims) == 2 else "a vector"
+            where = f" at line {param.first_use.line}" if param.first_use else " in its declaration"
+            raise SpecError(
+                f"parameter '{name}' is used as {used} here but as {declared}{where}", loc)
+        if param.first_use is None:
+            param.first_use = loc
+        return param.dims
+
+    def _binop(self, expr: ast.BinOp) -> int:
+        left, right = self._expr(expr.left), self._expr(expr.right)
+        result = self._broadcast(left, right)
+        if result is None:
+            for side in (expr.left, expr.right):
+                if isinstance(side, ast.Var) and side.name in self.params:
+                    param = self.params[side.name]
+                    first = param.first_use
+                    raise SpecError(
+                        f"parameter '{side.name}' is used with two shapes: size "
+                        f"{self.sizes.show(param.dims[0])} (line {first.line}, column "
+                        f"{first.column}) and here next to size "
+                        f"{self.sizes.show(right if side is expr.left else left)}",
+                        expr.loc)
+            raise SpecError(
+                f"size mismatch in '{expr.op}': left operand has size "
+                f"{self.sizes.show(left)}, right operand has size {self.sizes.show(right)}",
+                expr.loc)
+        return result
+
+    def _broadcast(self, a: int, b: int) -> int | None:
+        """Elementwise result size: equal sizes, or one side a per-row scalar."""
+        if self.sizes.get(a) == 1:
+            return b
+        if self.sizes.get(b) == 1:
+            return a
+        return a if self.sizes.unify(a, b) else None
+
+    def _unify_or_broadcast(self, want: int, got: int) -> bool:
+        return self.sizes.get(got) == 1 or self.sizes.unify(want, got)
+
+    def _neg(self, expr: ast.Neg) -> int:
+        return self._expr(expr.operand)
+
+    def _matmul(self, expr: ast.MatMul) -> int:
+        kind = self.kinds.get(expr.matrix, (None, None))[0]
+        if kind is None and (expr.matrix, False) not in self.definition:
+            raise self._undefined(expr.matrix, expr.loc)
+        if kind != "parameter":
+            what = _article(kind) if kind else "a local value"
+            raise SpecError(
+                f"the left operand of '@' must be a learned matrix (a parameter), "
+                f"but '{expr.matrix}' is {what}", expr.loc)
+        operand = self._expr(expr.operand)
+        first = self.params[expr.matrix].first_use
+        rows, cols = self._param_use(expr.matrix, 2, expr.loc)
+        if not self.sizes.unify(cols, operand):
+            raise SpecError(
+                f"parameter '{expr.matrix}' is used with two shapes: it has "
+                f"{self.sizes.show(cols)} columns (line {first.line if first else '?'}) but here "
+                f"multiplies an operand of size {self.sizes.show(operand)}", expr.loc)
+        return rows
+
+    def _call(self, expr: ast.Call) -> int:
+        func = FUNCTIONS.get(expr.func)
+        if func is None:
+            close = difflib.get_close_matches(expr.func, FUNCTIONS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (
+                "known functions: " + ", ".join(sorted(FUNCTIONS)))
+            raise SpecError(f"unknown function '{expr.func}'", expr.loc, hint=hint)
+        if len(expr.args) not in func.arity:
+            want = " or ".join(str(n) for n in func.arity)
+            raise SpecError(
+                f"'{func.name}' takes {want} argument{'s' if func.arity != (1,) else ''}, "
+                f"got {len(expr.args)}", expr.loc)
+        sizes = [self._expr(arg) for arg in expr.args]
+        if func.name == "layernorm" and len(expr.args) == 2 and not isinstance(expr.args[1], ast.Number):
+            raise SpecError("the eps of layernorm must be a number", expr.args[1].loc)
+        if func.result == "reduce":
+            return self.sizes.new(1)
+        result = sizes[0]
+        for arg, size in zip(expr.args[1:], sizes[1:]):
+            if func.name == "layernorm":
+                break
+            merged = self._broadcast(result, size)
+            if merged is None:
+                raise SpecError(
+                    f"size mismatch in '{func.name}': arguments have sizes "
+                    f"{self.sizes.show(result)} and {self.sizes.show(size)}", arg.loc)
+            result = merged
+        return result
+
+    # -- result -------------------------------------------------------------------------
+
+    def _result(self) -> CheckedCell:
+        params: dict[str, ParamInfo] = {}
+        for name, param in self.params.items():
+            if param.first_use is None:
+                raise SpecError(f"parameter '{name}' is declared but never used", param.decl.loc)
+            shape = tuple(self.sizes.get(d) for d in param.dims)
+            if any(s is None for s in shape):
+                raise SpecError(
+                    f"cannot infer the size of parameter '{name}' from its use",
+                    param.decl.loc, hint=f"give it explicitly, e.g. `param {name}: H`")
+            params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc)
+        states = {n: self.sizes.get(v) for n, v in self.state_size.items()}
+        return CheckedCell(
+            decl=self.cell,
+            input=(self.cell.input.name, self.sizes.get(self.input_size)),
+            output=self.cell.output.name,
+            states=states,
+            params=params,
+        )
+
+
+def _article(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def check(cell: ast.CellDecl) -> CheckedCell:
+    return _Checker(cell).run()

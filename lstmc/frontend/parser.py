@@ -1,0 +1,192 @@
+"""Parse spec text into AST cells with lark (LALR), turning parse failures into
+`path:line:col` diagnostics that say what was expected."""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from ..errors import SpecSyntaxError
+from . import ast
+from .source import Source
+
+# How terminals matched by a regular expression are named in messages.
+_FRIENDLY = {"NAME": "a name", "NUMBER": "a number", "PRIME": "'", "MINUS": "'-'"}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    grammar = resources.files(__package__).joinpath("grammar.lark").read_text()
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(source: Source) -> list[ast.CellDecl]:
+    try:
+        tree = _parser().parse(source.text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise _syntax_error(source, exc) from None
+    try:
+        return _ToAst(source).transform(tree)
+    except lark.exceptions.VisitError as exc:  # a check made while building the AST
+        if isinstance(exc.orig_exc, SpecSyntaxError):
+            raise exc.orig_exc from None
+        raise
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _FRIENDLY:
+        return _FRIENDLY[name]
+    if name == "$END":
+        return "end of file"
+    try:
+        pattern = _parser().get_terminal(name).pattern
+    except KeyError:
+        return name.lower()
+    if isinstance(pattern, lark.lexer.PatternStr):
+        return f"'{pattern.value}'"
+    return name.lower()
+
+
+def _expected(names) -> str:
+    described = sorted({_describe_terminal(n) for n in names})
+    if len(described) == 1:
+        return described[0]
+    return "one of " + ", ".join(described)
+
+
+def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecSyntaxError:
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        char = source.text[exc.pos_in_stream]
+        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+        message = f"unexpected character {shown}"
+        if exc.allowed:
+            message += f"; expected {_expected(exc.allowed)}"
+        return SpecSyntaxError(message, source.location(exc.line, exc.column))
+    if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
+        isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END"
+    ):
+        lines = source.text.rstrip().splitlines()
+        line, column = len(lines), len(lines[-1]) + 1
+        return SpecSyntaxError(
+            f"unexpected end of file; expected {_expected(exc.expected)}",
+            source.location(line, column),
+        )
+    assert isinstance(exc, lark.exceptions.UnexpectedToken)
+    token = exc.token
+    shown = f"'{token.value}'" if token.type != "NAME" else f"name '{token.value}'"
+    if token.type == "NUMBER":
+        shown = f"number {token.value}"
+    return SpecSyntaxError(
+        f"unexpected {shown}; expected {_expected(exc.expected)}",
+        source.location(token.line, token.column),
+    )
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree to AST; every node keeps the location of where it starts."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _loc(self, meta_or_token):
+        return self.source.location(meta_or_token.line, meta_or_token.column)
+
+    def start(self, meta, cells):
+        return list(cells)
+
+    def cell(self, meta, children):
+        name, input_port, output_port, *stmts = children
+        cell = ast.CellDecl(str(name), input_port, output_port, loc=self._loc(name))
+        for stmt in stmts:
+            if isinstance(stmt, list):  # a `state` line declares one or more ports
+                cell.states.extend(stmt)
+            elif isinstance(stmt, tuple):  # a `param` line
+                cell.params.extend(stmt)
+            else:
+                cell.assigns.append(stmt)
+        return cell
+
+    def port(self, meta, children):
+        name, size = children
+        return ast.Port(str(name), size, self._loc(name))
+
+    def size(self, meta, children):
+        (token,) = children
+        if token.type == "NUMBER":
+            if not token.value.isdigit() or int(token.value) < 1:
+                raise SpecSyntaxError(
+                    f"a size must be a name or a positive integer, not {token.value}",
+                    self._loc(token),
+                )
+            return ast.SizeRef(int(token.value), self._loc(token))
+        return ast.SizeRef(str(token), self._loc(token))
+
+    def state_decl(self, meta, ports):
+        return list(ports)
+
+    def param_decl(self, meta, items):
+        return tuple(items)
+
+    def param_item(self, meta, children):
+        name, shape, init = children
+        return ast.ParamDecl(str(name), shape, init, self._loc(name))
+
+    def vector_shape(self, meta, children):
+        return (children[0],)
+
+    def matrix_shape(self, meta, children):
+        return (children[0], children[1])
+
+    def signed_number(self, meta, children):
+        sign, number = children
+        return -float(number) if sign is not None else float(number)
+
+    def assign(self, meta, children):
+        (name, primed), value = children
+        return ast.Assign(name, primed, value, self._loc(meta))
+
+    def target(self, meta, children):
+        name, prime = children
+        return (str(name), prime is not None)
+
+    def number(self, meta, children):
+        return ast.Number(float(children[0]), self._loc(meta))
+
+    def var(self, meta, children):
+        name, prime = children
+        return ast.Var(str(name), prime is not None, self._loc(meta))
+
+    def call(self, meta, children):
+        name, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Call(str(name), args, self._loc(meta))
+
+    def _binop(op):
+        def build(self, meta, children):
+            left, *_, right = children  # `-` keeps its token between the operands
+            return ast.BinOp(op, left, right, self._loc(meta))
+
+        return build
+
+    add = _binop("+")
+    sub = _binop("-")
+    mul = _binop("*")
+    div = _binop("/")
+
+    def neg(self, meta, children):
+        _, operand = children
+        return ast.Neg(operand, self._loc(meta))
+
+    def unary(self, meta, children):  # unary plus
+        return children[0]
+
+    def matmul(self, meta, children):
+        name, operand = children
+        return ast.MatMul(str(name), operand, self._loc(name))
+
+
+__all__ = ["parse", "Token"]

@@ -1,0 +1,208 @@
+"""The cell IR: a typed dataflow graph of one time step.
+
+Every value is a per-row vector (one row per batch element) with a symbolic feature size.
+Nodes are interned, so building the same expression twice yields the same node (common
+subexpressions are shared for free). Node ids follow creation order, which is always a
+topological order.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Iterable
+
+from .size import SCALAR, Size
+
+
+class Op(Enum):
+    # Leaves: values that come into the step from outside.
+    INPUT = "input"  # x_t; attr: input name
+    STATE = "state"  # the state at the start of the step; attr: state name
+    PARAM = "param"  # a learned vector, broadcast over rows; attr: parameter name
+    CONST = "const"  # a per-row scalar constant; attr: value
+    HOISTED = "hoisted"  # this step's rows of a product computed before the loop; attr: product index
+    ADJOINT = "adjoint"  # backward only: the incoming gradient of a new state; attr: state name
+    # Products with learned matrices. attr: (segments, in_size), segments = ((param, rows), ...)
+    MATMUL = "matmul"  # packed W @ v; the segments' matrices are stacked by rows
+    MATMUL_T = "matmul_t"  # packed W^T @ g (backward)
+    # Layout.
+    SLICE = "slice"  # attr: (offset, size)
+    CONCAT = "concat"
+    BROADCAST = "broadcast"  # a per-row scalar repeated to the node's size
+    # Elementwise, binary (a per-row scalar operand broadcasts).
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    DIV = "div"
+    MIN = "min"
+    MAX = "max"
+    GT = "gt"  # 1.0 where a > b else 0.0 (masks in derivative rules)
+    # Elementwise, unary.
+    NEG = "neg"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    RELU = "relu"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    ABS = "abs"
+    SOFTSIGN = "softsign"
+    # Reductions across the units of a row, to a per-row scalar.
+    MEAN = "mean"
+    SUM = "sum"
+
+
+LEAVES = {Op.INPUT, Op.STATE, Op.PARAM, Op.CONST, Op.HOISTED, Op.ADJOINT}
+PRODUCTS = {Op.MATMUL, Op.MATMUL_T}
+BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MIN, Op.MAX, Op.GT}
+UNARY = {Op.NEG, Op.SIGMOID, Op.TANH, Op.RELU, Op.EXP, Op.LOG, Op.SQRT, Op.ABS, Op.SOFTSIGN}
+REDUCTIONS = {Op.MEAN, Op.SUM}
+
+
+class Node:
+    __slots__ = ("id", "op", "inputs", "size", "attr")
+
+    def __init__(self, id: int, op: Op, inputs: tuple["Node", ...], size: Size, attr):
+        self.id, self.op, self.inputs, self.size, self.attr = id, op, inputs, size, attr
+
+    def __repr__(self) -> str:
+        return f"%{self.id}"
+
+    @property
+    def segments(self) -> tuple[tuple[str, Size], ...]:
+        return self.attr[0]
+
+
+class IRError(AssertionError):
+    """The IR broke one of its invariants: a compiler bug, not a user error."""
+
+
+class Graph:
+    """An append-only, interned set of nodes plus named outputs."""
+
+    def __init__(self):
+        self.nodes: list[Node] = []
+        self.outputs: dict[str, Node] = {}
+        self._interned: dict[tuple, Node] = {}
+
+    # -- construction -------------------------------------------------------------------
+
+    def node(self, op: Op, inputs: Iterable[Node] = (), size: Size | None = None, attr=None) -> Node:
+        inputs = tuple(inputs)
+        key = (op, tuple(i.id for i in inputs), attr)
+        found = self._interned.get(key)
+        if found is not None:
+            return found
+        if size is None:
+            size = infer_size(op, inputs, attr)
+        node = Node(len(self.nodes), op, inputs, Size.of(size), attr)
+        self.nodes.append(node)
+        self._interned[key] = node
+        return node
+
+    def const(self, value: float) -> Node:
+        return self.node(Op.CONST, (), SCALAR, float(value))
+
+    def unary(self, op: Op, a: Node) -> Node:
+        return self.node(op, (a,))
+
+    def binary(self, op: Op, a: Node, b: Node) -> Node:
+        return self.node(op, (a, b))
+
+    def add(self, a: Node, b: Node) -> Node:
+        return self.binary(Op.ADD, a, b)
+
+    def sub(self, a: Node, b: Node) -> Node:
+        return self.binary(Op.SUB, a, b)
+
+    def mul(self, a: Node, b: Node) -> Node:
+        return self.binary(Op.MUL, a, b)
+
+    def div(self, a: Node, b: Node) -> Node:
+        return self.binary(Op.DIV, a, b)
+
+    def broadcast(self, a: Node, size: Size) -> Node:
+        return a if a.size == size else self.node(Op.BROADCAST, (a,), size)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def live_nodes(self, roots: Iterable[Node] | None = None) -> list[Node]:
+        """Nodes the roots (default: the outputs) depend on, in topological order."""
+        seen: set[int] = set()
+        stack = list(self.outputs.values() if roots is None else roots)
+        while stack:
+            node = stack.pop()
+            if node.id not in seen:
+                seen.add(node.id)
+                stack.extend(node.inputs)
+        return [n for n in self.nodes if n.id in seen]
+
+    def verify(self) -> None:
+        """Check every invariant the passes rely on; raises IRError."""
+        for index, node in enumerate(self.nodes):
+            if node.id != index:
+                raise IRError(f"node {node} has id {node.id} at position {index}")
+            for inp in node.inputs:
+                if inp.id >= node.id or self.nodes[inp.id] is not inp:
+                    raise IRError(f"{node} reads {inp}, which is not an earlier node of this graph")
+            expected = infer_size(node.op, node.inputs, node.attr, node.size)
+            if expected != node.size:
+                raise IRError(f"{node} ({node.op.value}) has size {node.size}, expected {expected}")
+        for name, node in self.outputs.items():
+            if self.nodes[node.id] is not node:
+                raise IRError(f"output {name} is not a node of this graph")
+
+
+def infer_size(op: Op, inputs: tuple[Node, ...], attr, declared: Size | None = None) -> Size:
+    """The size an op's result must have; raises IRError on inconsistent operands."""
+    if op in LEAVES or op == Op.BROADCAST:
+        if declared is None:
+            raise IRError(f"{op.value} needs an explicit size")
+        if op == Op.CONST and declared != SCALAR:
+            raise IRError("a constant is a per-row scalar")
+        if op == Op.BROADCAST and inputs[0].size != SCALAR:
+            raise IRError("only a per-row scalar can be broadcast")
+        return declared
+    if op in BINARY:
+        a, b = (i.size for i in inputs)
+        if a == b or b == SCALAR:
+            return a
+        if a == SCALAR:
+            return b
+        raise IRError(f"{op.value} of sizes {a} and {b}")
+    if op in UNARY:
+        return inputs[0].size
+    if op in REDUCTIONS:
+        return SCALAR
+    if op in PRODUCTS:
+        segments, in_size = attr
+        rows = sum((rows for _, rows in segments), Size())
+        expect_in, out = (in_size, rows) if op == Op.MATMUL else (rows, in_size)
+        if inputs[0].size != expect_in:
+            raise IRError(f"{op.value} expects an operand of size {expect_in}, got {inputs[0].size}")
+        return out
+    if op == Op.SLICE:
+        offset, size = attr
+        return size
+    if op == Op.CONCAT:
+        return sum((i.size for i in inputs), Size())
+    raise IRError(f"no size rule for {op}")
+
+
+def format_node(node: Node) -> str:
+    """One line of printed IR: `%7: H = sigmoid %5`."""
+    args = " ".join(repr(i) for i in node.inputs)
+    if node.op in PRODUCTS:
+        segments, in_size = node.attr
+        names = ", ".join(f"{p}[{r}x{in_size}]" for p, r in segments)
+        t = "^T" if node.op == Op.MATMUL_T else ""
+        detail = f"[{names}]{t} @ {args}"
+    elif node.op == Op.SLICE:
+        offset, size = node.attr
+        detail = f"{args}[{offset}:{offset + size}]"
+    elif node.op == Op.CONST:
+        detail = f"{node.attr:g}"
+    elif node.op in LEAVES:
+        detail = str(node.attr)
+    else:
+        detail = args
+    return f"%{node.id}: {node.size} = {node.op.value} {detail}"
