@@ -29,8 +29,22 @@ def stage(nodes: list[Node], available: set[int]) -> list[Stage]:
         deepest = max((level.get(i.id, 0) for i in node.inputs), default=0)
         level[node.id] = deepest + 1 if node.op in PRODUCTS else deepest
     work = [n for n in nodes if n.op not in LEAVES and n.id not in available]
+    # Products run as early as their operand allows; elementwise work as late as its
+    # consumers allow, so work that no product waits for joins the region after it.
+    last = max((level[n.id] for n in work), default=0)
+    consumers: dict[int, list[Node]] = {}
+    for node in work:
+        for inp in node.inputs:
+            consumers.setdefault(inp.id, []).append(node)
+    for node in reversed(work):
+        if node.op in PRODUCTS:
+            continue
+        needed_by = [level[c.id] - 1 if c.op in PRODUCTS else level[c.id]
+                     for c in consumers.get(node.id, [])]
+        if needed_by:  # results nobody in the step reads stay where they first can run
+            level[node.id] = min(needed_by)
     stages: list[Stage] = []
-    for depth in range(max((level[n.id] for n in work), default=0) + 1):
+    for depth in range(last + 1):
         products = [n for n in work if n.op in PRODUCTS and level[n.id] == depth]
         region = [n for n in work if n.op not in PRODUCTS and level[n.id] == depth]
         if products:

@@ -1,0 +1,176 @@
+"""The reference executor: runs a Program's forward and backward schedules with NumPy.
+
+This is the living definition of the IR and the oracle every compiled backend is tested
+against, so it favours being obviously right over being fast: one NumPy expression per
+node, the sequence loop in Python. It is itself checked against PyTorch and against finite
+differences in float64 (tests/).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.graph import Node, Op
+from ..passes.pipeline import Program
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the same function, without exp overflow
+
+
+ELEMENTWISE = {
+    Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: np.divide,
+    Op.MIN: np.minimum, Op.MAX: np.maximum,
+    Op.NEG: np.negative, Op.SIGMOID: _sigmoid, Op.TANH: np.tanh,
+    Op.RELU: lambda z: np.maximum(z, 0), Op.EXP: np.exp, Op.LOG: np.log, Op.SQRT: np.sqrt,
+    Op.ABS: np.abs, Op.SOFTSIGN: lambda z: z / (1 + np.abs(z)),
+}
+
+
+@dataclass
+class Saved:
+    """What a training forward pass keeps for the backward pass."""
+
+    x: np.ndarray
+    steps: list[dict[int, np.ndarray]]  # per step: saved forward node id -> value
+    batch: int
+
+
+class ReferenceExecutor:
+    def __init__(self, program: Program, sizes: dict[str, int], dtype: np.dtype):
+        self.program, self.sizes, self.dtype = program, sizes, np.dtype(dtype)
+        info = program.info
+        self.output = info.output
+        self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
+
+    # -- weights ------------------------------------------------------------------------
+
+    def packed(self, segments, params) -> np.ndarray:
+        """The matrices of a packed product stacked by rows, as the kernel reads them."""
+        return np.concatenate([params[name] for name, _ in segments], axis=0)
+
+    def _split_rows(self, grad: np.ndarray, segments, into: dict) -> None:
+        offset = 0
+        for name, rows in segments:
+            n = rows.bind(self.sizes)
+            into[name] = into.get(name, 0) + grad[offset:offset + n]
+            offset += n
+
+    # -- one node -----------------------------------------------------------------------
+
+    def _evaluate(self, node: Node, env: dict[int, np.ndarray], params, batch: int):
+        op, args = node.op, [env[i.id] for i in node.inputs]
+        if op in ELEMENTWISE:
+            return ELEMENTWISE[op](*args)
+        if op == Op.GT:
+            return (args[0] > args[1]).astype(self.dtype)
+        if op == Op.MATMUL:
+            return args[0] @ self.packed(node.segments, params).T
+        if op == Op.MATMUL_T:
+            return args[0] @ self.packed(node.segments, params)
+        if op == Op.SLICE:
+            offset, size = (s.bind(self.sizes) for s in node.attr)
+            return args[0][..., offset:offset + size]
+        if op == Op.CONCAT:
+            width = lambda a: a.shape[-1]  # noqa: E731
+            return np.concatenate([np.broadcast_to(a, (batch, width(a))) for a in args], axis=-1)
+        if op == Op.BROADCAST:
+            return np.broadcast_to(args[0], (batch, node.size.bind(self.sizes))).copy()
+        if op == Op.SUM:
+            return np.sum(args[0], axis=-1, keepdims=True)
+        if op == Op.MEAN:
+            return np.mean(args[0], axis=-1, keepdims=True)
+        raise NotImplementedError(f"reference executor has no rule for {op.value}")
+
+    def _run(self, stages, env, params, batch) -> None:
+        for stage in stages:
+            for node in stage.nodes:
+                env[node.id] = self._evaluate(node, env, params, batch)
+
+    def _leaves(self, nodes, values) -> dict[int, np.ndarray]:
+        env = {}
+        for node in nodes:
+            if node.op == Op.CONST:
+                env[node.id] = np.asarray(node.attr, dtype=self.dtype)
+            elif node.op in values:
+                env[node.id] = values[node.op](node.attr)
+        return env
+
+    # -- whole sequences ----------------------------------------------------------------
+
+    def forward(self, x: np.ndarray, params: dict, state: dict, train: bool):
+        program = self.program
+        T, B, _ = x.shape
+        hoisted = [
+            (x.reshape(T * B, -1) @ self.packed(h.segments, params).T).reshape(T, B, -1)
+            for h in program.hoisted
+        ]
+        forward_nodes = program.graph.live_nodes()
+        saved_ids = [n.id for n in program.saved]
+        outputs = program.graph.outputs
+        ys = np.empty((T, B, self.state_sizes[self.output]), dtype=self.dtype)
+        steps = []
+        for t in range(T):
+            env = self._leaves(forward_nodes, {
+                Op.INPUT: lambda name: x[t],
+                Op.STATE: lambda name: state[name],
+                Op.PARAM: lambda name: params[name],
+                Op.HOISTED: lambda index: hoisted[index][t],
+            })
+            self._run(program.forward, env, params, B)
+            state = {name: np.broadcast_to(env[node.id], (B, self.state_sizes[name])).astype(
+                self.dtype, copy=True) for name, node in outputs.items()}
+            ys[t] = state[self.output]
+            if train:
+                steps.append({i: env[i] for i in saved_ids})
+        return ys, state, (Saved(x, steps, B) if train else None)
+
+    def backward(self, saved: Saved, params: dict, dy: np.ndarray, dstate: dict):
+        program, sizes = self.program, self.sizes
+        x, B = saved.x, saved.batch
+        T = x.shape[0]
+        carry = {n: dstate[n] for n in self.state_sizes}
+        grads = program.gradients
+        backward_nodes = program.graph.live_nodes(grads.values())
+        dx = np.zeros_like(x)
+        dparams: dict[str, np.ndarray] = {}
+        d_hoisted = [np.zeros((T, B, h.rows.bind(sizes)), self.dtype) for h in program.hoisted]
+        products = program.recurrent_products
+        d_products = {p.id: np.zeros((T, B, p.size.bind(sizes)), self.dtype) for p in products}
+        for t in reversed(range(T)):
+            env = dict(saved.steps[t])
+            env.update(self._leaves(backward_nodes, {
+                Op.PARAM: lambda name: params[name],
+                Op.ADJOINT: lambda name: carry[name] + (dy[t] if name == self.output else 0),
+            }))
+            self._run(program.backward, env, params, B)
+            carry = {}
+            for name, size in self.state_sizes.items():
+                node = grads.get(("state", name))
+                carry[name] = (np.zeros((B, size), self.dtype) if node is None
+                               else np.broadcast_to(env[node.id], (B, size)).astype(self.dtype))
+            for (kind, key), node in grads.items():
+                value = env[node.id]
+                if kind == "input":
+                    dx[t] += value
+                elif kind == "hoisted":
+                    d_hoisted[key][t] = value
+                elif kind == "product":
+                    d_products[key][t] = value
+                elif kind == "param":
+                    n = params[key].shape[0]
+                    dparams[key] = dparams.get(key, 0) + np.broadcast_to(value, (B, n)).sum(0)
+        # Deferred weight gradients: one product over all T*B rows each.
+        for h, dh in zip(program.hoisted, d_hoisted):
+            dh2 = dh.reshape(T * B, -1)
+            self._split_rows(dh2.T @ x.reshape(T * B, -1), h.segments, dparams)
+            dx += (dh2 @ self.packed(h.segments, params)).reshape(dx.shape)
+        for p in products:
+            operand = np.stack([saved.steps[t][p.inputs[0].id] for t in range(T)])
+            operand = np.broadcast_to(operand, (T, B, operand.shape[-1])).reshape(T * B, -1)
+            dp = d_products[p.id].reshape(T * B, -1)
+            self._split_rows(dp.T @ operand, p.segments, dparams)
+        for name, value in params.items():
+            dparams[name] = np.asarray(dparams.get(name, np.zeros_like(value)), self.dtype)
+        return dx, {name: dparams[name] for name in params}, carry

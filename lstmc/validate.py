@@ -1,0 +1,41 @@
+"""Checks of the arrays given to a cell, before any computation: each failure names the
+argument, what was expected and what came."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ShapeError
+
+
+def _describe(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_array(name: str, value, shape: tuple, dtype: np.dtype, xp=np) -> np.ndarray:
+    """`value` as an array of exactly `shape` (None: any size) and `dtype`."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise ShapeError(f"{name}: expected an array of shape {_describe_pattern(shape)} "
+                         f"and dtype {dtype}, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise ShapeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
+    if len(value.shape) != len(shape) or any(
+            want is not None and got != want for got, want in zip(value.shape, shape)):
+        raise ShapeError(f"{name}: expected shape {_describe_pattern(shape)}, "
+                         f"got {_describe(value.shape)}")
+    return value
+
+
+def _describe_pattern(shape) -> str:
+    return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")"
+
+
+def check_names(what: str, given: dict, expected: list[str]) -> None:
+    if not isinstance(given, dict):
+        raise ShapeError(f"{what}: expected a dict of arrays, got {type(given).__name__}")
+    missing = [n for n in expected if n not in given]
+    extra = [n for n in given if n not in expected]
+    if missing:
+        raise ShapeError(f"{what}: missing {', '.join(repr(n) for n in missing)}")
+    if extra:
+        raise ShapeError(f"{what}: unexpected {', '.join(repr(n) for n in extra)} "
+                         f"(expected {', '.join(expected)})")
