@@ -1,0 +1,166 @@
+"""The `lstmc` command line: check, compile, gradcheck.
+
+Errors print as `path:line:col: error: ...` with no traceback (`--debug` shows one);
+exit status 0 on success, 1 on an error in the input or a failed check, 2 on bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from . import __version__
+from .errors import LstmcError, SpecError
+
+
+def _size_assignment(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N a positive integer, got '{text}'")
+    return name, int(value)
+
+
+def _add_size_options(parser: argparse.ArgumentParser, default_sizes: bool) -> None:
+    default_i, default_h = (3, 4) if default_sizes else (None, None)
+    parser.add_argument("--input-size", type=int, default=default_i, metavar="N",
+                        help="the input's size" + (" (default: 3)" if default_sizes else ""))
+    parser.add_argument("--hidden-size", type=int, default=default_h, metavar="N",
+                        help="the size H" + (" (default: 4)" if default_sizes else ""))
+    parser.add_argument("--size", type=_size_assignment, action="append", default=[],
+                        metavar="NAME=N", help="any other named size, e.g. --size P=2")
+    parser.add_argument("--cell", help="which cell, when the spec defines several")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstmc",
+        description="Compile recurrent cells written in the .lstm spec language.")
+    parser.add_argument("--version", action="version", version=f"lstmc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser("check", help="verify specs and summarize their cells",
+                                description="Parse and check specs; print one line per cell.")
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
+
+    comp = commands.add_parser("compile", help="compile a spec and print a stage of it",
+                               description="Compile a spec; --emit ir prints the fused IR.")
+    comp.add_argument("spec", metavar="SPEC")
+    comp.add_argument("--emit", default="ir", choices=["ir", "ir-unfused", "ir-backward"],
+                      help="what to print: the fused forward IR (default), the IR before "
+                           "fusion, or the fused forward and backward IR")
+    _add_size_options(comp, default_sizes=False)
+    comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                      help="show tracebacks of errors")
+
+    grad = commands.add_parser(
+        "gradcheck", help="check the generated backward pass by finite differences",
+        description="Compare the generated gradients of every input, parameter and initial "
+                    "state with central finite differences in float64.")
+    grad.add_argument("spec", metavar="SPEC")
+    _add_size_options(grad, default_sizes=True)
+    grad.add_argument("--steps", type=int, default=4, help="sequence length (default: 4)")
+    grad.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
+    grad.add_argument("--seed", type=int, default=0)
+    grad.add_argument("--tolerance", type=float, default=1e-6,
+                      help="largest relative error accepted (default: 1e-6)")
+    grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                      help="show tracebacks of errors")
+    return parser
+
+
+def _sizes(args) -> dict:
+    return dict(args.size)
+
+
+def cmd_check(args) -> int:
+    from .driver import check_spec
+    from .passes.pipeline import lower
+
+    for path in args.specs:
+        for cell in check_spec(path):
+            print(f"{path}: {summarize(lower(cell))}")
+    return 0
+
+
+def summarize(program) -> str:
+    info = program.info
+    states = ", ".join(f"{n}: {s}" for n, s in info.states.items())
+    params = " ".join(f"{p}[{','.join(str(d) for d in info.param_shape(p))}]" for p in info.params)
+    hoisted = ", ".join(str(h.rows) for h in program.hoisted) or "none"
+    products = ", ".join(f"{p.size}x{p.attr[1]}" for p in program.recurrent_products) or "none"
+    stages = sum(1 for s in program.forward if s.kind == "product")
+    return (f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}: "
+            f"states {states}; {len(info.params)} params {params}; "
+            f"hoisted input products: {hoisted}; recurrent products per step: "
+            f"{len(program.recurrent_products)} ({products}) in {stages} stage(s)")
+
+
+def cmd_compile(args) -> int:
+    from .driver import check_spec, select_cell
+    from .passes.pipeline import format_program, lower, unfused_graph
+    from .ir.graph import format_node
+
+    cell = select_cell(check_spec(args.spec), args.cell)
+    if args.emit == "ir-unfused":
+        _, graph = unfused_graph(cell)
+        for node in graph.live_nodes():
+            print(format_node(node))
+        for name, node in graph.outputs.items():
+            print(f"{name}' = {node!r}")
+        return 0
+    program = lower(cell)
+    if args.input_size or args.hidden_size or args.size:
+        from .api import bind_sizes
+        sizes = bind_sizes(program, args.input_size, args.hidden_size, _sizes(args))
+        print("sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    print(format_program(program, backward=args.emit == "ir-backward"))
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from .api import compile
+    from .gradcheck import gradcheck
+
+    cell = compile(args.spec, args.input_size, args.hidden_size, dtype="float64",
+                   cell=args.cell, **_sizes(args))
+    result = gradcheck(cell, steps=args.steps, batch=args.batch, seed=args.seed)
+    ok = result.passed(args.tolerance)
+    print(f"{args.spec}: cell {cell.name}: worst relative error {result.worst_error:.3e} "
+          f"({result.worst_array}) over {len(result.errors)} arrays: "
+          f"{'ok' if ok else 'FAILED'} (tolerance {args.tolerance:g})")
+    if not ok:
+        for label, error in result.errors.items():
+            if not error <= args.tolerance:
+                print(f"  {label}: {error:.3e}")
+    return 0 if ok else 1
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradcheck}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LstmcError as exc:
+        if args.debug:
+            traceback.print_exc()
+        text = str(exc)
+        print(text if isinstance(exc, SpecError) else f"lstmc: error: {text}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a compiler bug: say so plainly, traceback only on request
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"lstmc: internal error: {type(exc).__name__}: {exc} (rerun with --debug "
+                  "for a traceback)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
