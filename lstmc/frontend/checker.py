@@ -279,11 +279,15 @@ class _Checker:
             for side in (expr.left, expr.right):
                 if isinstance(side, ast.Var) and side.name in self.params:
                     param = self.params[side.name]
-                    first = param.first_use
+                    if param.decl.shape is not None:
+                        where = param.decl.shape[0].loc
+                        origin = f"declared at line {where.line}, column {where.column}"
+                    else:
+                        origin = (f"first used at line {param.first_use.line}, column "
+                                  f"{param.first_use.column}")
                     raise SpecError(
                         f"parameter '{side.name}' is used with two shapes: size "
-                        f"{self.sizes.show(param.dims[0])} (line {first.line}, column "
-                        f"{first.column}) and here next to size "
+                        f"{self.sizes.show(param.dims[0])} ({origin}) and here next to size "
                         f"{self.sizes.show(right if side is expr.left else left)}",
                         expr.loc)
             raise SpecError(

@@ -1,0 +1,39 @@
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SPECS_DIR = ROOT / "specs"
+SPEC_NAMES = sorted(str(p.relative_to(SPECS_DIR).with_suffix(""))
+                    for p in SPECS_DIR.rglob("*.lstm"))
+# Sizes used across the tests: small, distinct, so a transposed matrix cannot pass.
+SIZES = {"input_size": 3, "hidden_size": 5}
+EXTRA_SIZES = {"lstmp": {"P": 4}}
+
+
+def spec_path(name: str) -> str:
+    return str(SPECS_DIR / f"{name}.lstm")
+
+
+def compile_spec(name: str, dtype="float64", **kwargs):
+    import lstmc
+
+    sizes = {**SIZES, **EXTRA_SIZES.get(name, {}), **kwargs}
+    return lstmc.compile(spec_path(name), dtype=dtype, **sizes)
+
+
+def random_inputs(cell, T=4, B=3, seed=0, scale=1.0):
+    """Input, parameters and initial states for a cell, drawn at random."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, cell.input_size)).astype(cell.dtype)
+    params = {n: (scale * rng.uniform(-0.6, 0.6, s)).astype(cell.dtype)
+              for n, s in cell.param_shapes.items()}
+    state = {n: (0.5 * rng.standard_normal((B, s))).astype(cell.dtype)
+             for n, s in cell.state_sizes.items()}
+    return x, params, state
+
+
+@pytest.fixture(params=SPEC_NAMES)
+def spec_name(request):
+    return request.param

@@ -1,0 +1,93 @@
+"""The lstmc command: output, exit codes, and no tracebacks."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SPEC_NAMES, spec_path
+
+
+def lstmc(*args):
+    return subprocess.run([sys.executable, "-m", "lstmc.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_check_prints_one_line_per_cell():
+    result = lstmc("check", *[spec_path(n) for n in SPEC_NAMES])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(SPEC_NAMES)
+    lstm_line = next(line for line in lines if "cell lstm(" in line)
+    assert "states h: H, c: H" in lstm_line
+    assert "W_hi[H,H]" in lstm_line and "b_ho[H]" in lstm_line
+    assert "recurrent products per step: 1 (4*HxH)" in lstm_line
+
+
+def test_compile_emit_ir_shows_the_fused_step():
+    result = lstmc("compile", spec_path("gru_cho"), "--emit", "ir")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "hoisted #0: 3*H = [W_r[HxI], W_z[HxI], W_n[HxI]] @ x" in out
+    assert "step (2 recurrent product(s))" in out
+    assert out.count("-- product stage") == 2
+
+
+def test_compile_emit_backward_and_sizes():
+    result = lstmc("compile", spec_path("lstmp"), "--emit", "ir-backward",
+                   "--input-size", "8", "--hidden-size", "16", "--size", "P=4")
+    assert result.returncode == 0, result.stderr
+    assert "sizes: I=8, H=16, P=4" in result.stdout
+    assert "matmul_t" in result.stdout and "backward step" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "layernorm_lstm"])
+def test_gradcheck_passes(name):
+    result = lstmc("gradcheck", spec_path(name))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "worst relative error" in result.stdout and ": ok" in result.stdout
+
+
+def test_gradcheck_fails_on_a_tolerance_nothing_can_meet():
+    result = lstmc("gradcheck", spec_path("rnn_tanh"), "--tolerance", "0")
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout
+
+
+def test_spec_error_is_reported_without_traceback(tmp_path):
+    bad = tmp_path / "bad.lstm"
+    bad.write_text("cell a(x: I) -> h: H {\n  param W\n  h' = tanh(W @ y)\n}\n")
+    for command in (["check"], ["compile"], ["gradcheck"]):
+        result = lstmc(*command, str(bad))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"{bad}:3:17: error: undefined name 'y'")
+        assert "Traceback" not in result.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    bad = tmp_path / "bad.lstm"
+    bad.write_text("cell a(x: I) -> h: H {\n")
+    result = lstmc("--debug", "check", str(bad))
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_missing_size_is_an_error_not_a_traceback():
+    result = lstmc("gradcheck", spec_path("lstmp"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "lstmc: error: no value for size P: pass P=..."
+
+
+def test_bad_size_option_is_a_usage_error():
+    result = lstmc("gradcheck", spec_path("lstmp"), "--size", "P=zero")
+    assert result.returncode == 2 and "expected NAME=N" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["compile", "--help"],
+                                  ["gradcheck", "--help"]])
+def test_help_everywhere(args):
+    result = lstmc(*args)
+    assert result.returncode == 0 and "usage: lstmc" in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = lstmc()
+    assert result.returncode == 2 and "usage:" in result.stderr

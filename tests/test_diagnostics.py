@@ -1,0 +1,127 @@
+"""Bad specs: each gives one error with its message, line and column, the source line and
+a caret. Positions are 1-based, as editors show them."""
+import pytest
+
+import lstmc
+from lstmc.errors import SpecError, SpecSyntaxError
+
+HEADER = "cell a(x: I) -> h: H {\n"
+
+# (spec text, error type, message fragment, line, column)
+BAD_SPECS = [
+    (HEADER + "  param W\n  h' = tanh(W @ x\n}\n",
+     SpecSyntaxError, "unexpected '}'; expected one of ')', ','", 4, 1),
+    (HEADER + "  param W\n  h' = tanh(W @ x) $ 2\n}\n",
+     SpecSyntaxError, "unexpected character '$'", 3, 20),
+    (HEADER + "  param W\n  h' = tanh(W @ x)\n",
+     SpecSyntaxError, "unexpected end of file; expected one of", 3, 19),
+    (HEADER + "  param W\n  h' = tanh(W @ x) *\n}\n",
+     SpecSyntaxError, "unexpected '}'; expected one of '(', '+', '-', a name, a number", 4, 1),
+    ("cell a(x: 0) -> h: H {\n  param W\n  h' = tanh(W @ x)\n}\n",
+     SpecSyntaxError, "a size must be a name or a positive integer, not 0", 1, 11),
+    ("cell a(x: I) h: H {\n}\n", SpecSyntaxError, "unexpected name 'h'; expected '->'", 1, 14),
+    (HEADER + "  param W\n  h' = tanh(W @ x) + gg\n}\n",
+     SpecError, "undefined name 'gg'", 3, 22),
+    (HEADER + "  param W\n  g = W @ x\n  g = tanh(g)\n  h' = g\n}\n",
+     SpecError, "'g' is defined twice (first at line 3, column 3)", 4, 3),
+    (HEADER + "  param W\n  h' = sigmod(W @ x)\n}\n",
+     SpecError, "unknown function 'sigmod'", 3, 8),
+    (HEADER + "  param W\n  h' = max(W @ x)\n}\n",
+     SpecError, "'max' takes 2 arguments, got 1", 3, 8),
+    (HEADER + "  param W, p: I\n  h' = W @ x + p * h\n}\n",
+     SpecError, "parameter 'p' is used with two shapes: size I (declared at line 2", 3, 16),
+    (HEADER + "  param W\n  h' = tanh(W @ x + W @ h)\n}\n",
+     SpecError, "parameter 'W' is used with two shapes: it has I columns", 3, 21),
+    (HEADER + "  param W, b\n  h' = tanh(W @ x + b @ h + b)\n}\n",
+     SpecError, "parameter 'b' is used as a vector here but as a matrix", 3, 29),
+    (HEADER + "  param W\n  h' = W @ x + x\n}\n",
+     SpecError, "size mismatch: state h has size H, but its new value has size I", 3, 8),
+    (HEADER + "  param W: [H, I]\n  h' = W @ x + x\n}\n",
+     SpecError, "size mismatch in '+': left operand has size H, right operand has size I", 3, 8),
+    (HEADER + "  state c: H\n  param W\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "state 'c' is never updated", 2, 9),
+    (HEADER + "  param W\n  a = tanh(b)\n  b = sigmoid(a)\n  h' = W @ x + a\n}\n",
+     SpecError, "cycle inside a step: b -> a -> b", 3, 12),
+    (HEADER + "  state c: H\n  param W\n  c' = tanh(c' + c)\n  h' = W @ x\n}\n",
+     SpecError, "cycle inside a step: c' -> c'", 4, 13),
+    (HEADER + "  param W\n  h' = W @ x + a\n  a = tanh(x)\n}\n",
+     SpecError, "'a' is used before it is defined (on line 4)", 3, 16),
+    (HEADER + "  param W\n  h' = tanh(h @ x)\n}\n",
+     SpecError, "the left operand of '@' must be a learned matrix", 3, 13),
+    (HEADER + "  param W, b\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "parameter 'b' is declared but never used", 2, 12),
+    (HEADER + "  param W\n  i' = tanh(W @ x)\n  h' = i\n}\n",
+     SpecError, "only states take a new value with a prime, and 'i' is a local value", 3, 3),
+    (HEADER + "  param W\n  h = tanh(W @ x)\n}\n",
+     SpecError, "cannot assign to a state 'h'", 3, 3),
+    (HEADER + "  param W\n  h' = tanh(W @ x)\n  h' = h\n}\n",
+     SpecError, "'h'' is defined twice", 4, 3),
+    (HEADER + "  state x: H\n  param W\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "'x' is declared twice (first as an input at line 1, column 8)", 2, 9),
+    (HEADER + "  param W, U\n  h' = tanh(W @ x + U @ c')\n}\n",
+     SpecError, "'c' is not a state, so it has no new value c'", 3, 25),
+    (HEADER + "  param W, u\n  h' = tanh(W @ x) + u\n  u = 1\n}\n",
+     SpecError, "cannot assign to a parameter 'u'", 4, 3),
+    (HEADER + "  param W\n  h' = tanh(W @ x)\n}\n" + HEADER + "  param W\n  h' = W @ x\n}\n",
+     SpecError, "cell 'a' is defined twice (first at line 1)", 5, 6),
+    (HEADER + "  param W, p\n  a = p * p\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "cannot infer the size of parameter 'p'", 2, 12),
+]
+
+
+@pytest.mark.parametrize("text,kind,message,line,column", BAD_SPECS,
+                         ids=[f"{i}:{b[2][:30]}" for i, b in enumerate(BAD_SPECS)])
+def test_bad_spec_is_diagnosed_at_its_position(tmp_path, text, kind, message, line, column):
+    path = tmp_path / "bad.lstm"
+    path.write_text(text)
+    with pytest.raises(kind) as info:
+        lstmc.check_spec(str(path))
+    error = info.value
+    assert message in error.message
+    assert (error.location.line, error.location.column) == (line, column), error.render()
+    rendered = str(error)
+    first, source_line, caret = rendered.splitlines()[:3]
+    assert first.startswith(f"{path}:{line}:{column}: error: ")
+    assert source_line.strip() == text.splitlines()[line - 1].strip()
+    assert caret.index("^") - 4 == column - 1
+    assert source_line[4:].rstrip() == text.splitlines()[line - 1].rstrip()
+
+
+def test_there_are_at_least_fifteen_distinct_bad_specs():
+    assert len({m for _, _, m, _, _ in BAD_SPECS}) >= 15
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.lstm"
+    path.write_text("  \n# only a comment? no: comments are text\n".split("#")[0])
+    with pytest.raises(SpecSyntaxError, match="spec is empty"):
+        lstmc.check_spec(str(path))
+
+
+def test_comment_only_file_is_a_syntax_error(tmp_path):
+    path = tmp_path / "comment.lstm"
+    path.write_text("# nothing here\n")
+    with pytest.raises(SpecSyntaxError, match="unexpected end of file; expected 'cell'"):
+        lstmc.check_spec(str(path))
+
+
+def test_non_utf8_file_names_the_byte_and_position(tmp_path):
+    path = tmp_path / "latin1.lstm"
+    path.write_bytes(HEADER.encode() + "  # café\n}\n".encode("latin-1"))
+    with pytest.raises(SpecSyntaxError, match=r"not valid UTF-8 \(byte 0xe9\)") as info:
+        lstmc.check_spec(str(path))
+    assert (info.value.location.line, info.value.location.column) == (2, 8)
+
+
+def test_missing_file():
+    with pytest.raises(SpecSyntaxError, match="cannot read spec 'no/such.lstm'"):
+        lstmc.check_spec("no/such.lstm")
+
+
+def test_suggestions_for_misspelled_names(tmp_path):
+    with pytest.raises(SpecError) as info:
+        lstmc.check_spec(HEADER + "  param W, bias\n  h' = tanh(W @ x + bais)\n}\n")
+    assert "did you mean 'bias'?" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        lstmc.check_spec(HEADER + "  param W\n  h' = sigmod(W @ x)\n}\n")
+    assert "did you mean 'sigmoid'?" in str(info.value)
