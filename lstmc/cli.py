@@ -92,7 +92,8 @@ def summarize(program) -> str:
     hoisted = ", ".join(str(h.rows) for h in program.hoisted) or "none"
     products = ", ".join(f"{p.size}x{p.attr[1]}" for p in program.recurrent_products) or "none"
     stages = sum(1 for s in program.forward if s.kind == "product")
-    return (f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}: "
+    out_size = info.states[info.output]
+    return (f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}: {out_size}; "
             f"states {states}; {len(info.params)} params {params}; "
             f"hoisted input products: {hoisted}; recurrent products per step: "
             f"{len(program.recurrent_products)} ({products}) in {stages} stage(s)")

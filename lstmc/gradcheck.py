@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class GradcheckResult:
-    worst_error: float  # max over arrays of max|analytic - numeric| / max|numeric|
+    worst_error: float  # max over arrays of max|analytic - numeric| / max|numeric| (floored)
     worst_array: str
     errors: dict[str, float]  # per array
 
@@ -43,7 +43,7 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
     arrays = {"x": (x, grads["x"])}
     arrays.update({f"params['{n}']": (params[n], grads["params"][n]) for n in params})
     arrays.update({f"state['{n}']": (state[n], grads["state"][n]) for n in state})
-    errors = {}
+    differences, scales = {}, {}
     for label, (value, analytic) in arrays.items():
         flat, flat_grad = value.reshape(-1), analytic.reshape(-1)
         entries = np.arange(flat.size)
@@ -58,7 +58,11 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
             minus = loss()
             flat[index] = original
             numeric[k] = (plus - minus) / (2 * eps)
-        scale = max(float(np.max(np.abs(numeric))), 1e-8)
-        errors[label] = float(np.max(np.abs(flat_grad[entries] - numeric)) / scale)
+        scales[label] = float(np.max(np.abs(numeric)))
+        differences[label] = float(np.max(np.abs(flat_grad[entries] - numeric)))
+    # Relative to each array's largest gradient, but to no less than 1e-3 of the largest
+    # gradient overall: smaller gradients are at the level of finite-difference noise.
+    floor = max(1e-3 * max(scales.values()), 1e-12)
+    errors = {k: differences[k] / max(scales[k], floor) for k in differences}
     worst = max(errors, key=lambda k: errors[k] if np.isfinite(errors[k]) else np.inf)
     return GradcheckResult(errors[worst], worst, errors)

@@ -167,8 +167,9 @@ class ReferenceExecutor:
             self._split_rows(dh2.T @ x.reshape(T * B, -1), h.segments, dparams)
             dx += (dh2 @ self.packed(h.segments, params)).reshape(dx.shape)
         for p in products:
-            operand = np.stack([saved.steps[t][p.inputs[0].id] for t in range(T)])
-            operand = np.broadcast_to(operand, (T, B, operand.shape[-1])).reshape(T * B, -1)
+            width = p.inputs[0].size.bind(sizes)  # a learned vector operand has no rows
+            operand = np.stack([np.broadcast_to(saved.steps[t][p.inputs[0].id], (B, width))
+                                for t in range(T)]).reshape(T * B, width)
             dp = d_products[p.id].reshape(T * B, -1)
             self._split_rows(dp.T @ operand, p.segments, dparams)
         for name, value in params.items():
