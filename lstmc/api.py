@@ -5,17 +5,17 @@ target. Arrays follow PyTorch's sequence layout (T, B, F) and NumPy's convention
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
-from .errors import CompileError, ShapeError
+from lstmc_runtime.cellbase import CellBase, Tape
+from .errors import CompileError
 from .passes.pipeline import Program
-from .validate import check_array, check_names
+
+__all__ = ["compile", "Cell", "Tape", "bind_sizes"]
 
 TARGETS = ("reference",)
 DTYPES = ("float32", "float64")
@@ -92,8 +92,8 @@ def _is_dtype(value) -> bool:
         return False
 
 
-class Cell:
-    """A compiled cell: sizes bound, a target chosen."""
+class Cell(CellBase):
+    """A cell compiled for the reference target: the NumPy executor runs it."""
 
     def __init__(self, program: Program, sizes: dict[str, int], dtype: np.dtype, target: str):
         self.program, self.sizes, self.dtype, self.target = program, sizes, dtype, target
@@ -104,87 +104,12 @@ class Cell:
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
         self.param_shapes = {n: tuple(d.bind(sizes) for d in info.param_shape(n))
                              for n in info.params}
+        self.param_inits = {n: p.init for n, p in info.params.items()}
         self.hidden_size = sizes.get("H", self.state_sizes[self.output])
         self._executor = ReferenceExecutor(program, sizes, dtype)
 
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-        return f"<lstmc.Cell {self.name} ({sizes}) target={self.target} dtype={self.dtype}>"
+    def _run_forward(self, x, params, state, train):
+        return self._executor.forward(x, params, state, train)
 
-    def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
-        """Parameters as PyTorch initializes them: uniform(-1/sqrt(H), 1/sqrt(H)), except
-        those the spec gives a constant initial value."""
-        rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        params = {}
-        for name, shape in self.param_shapes.items():
-            init = self.program.info.params[name].init
-            if init is None:
-                params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
-            else:
-                params[name] = np.full(shape, init, dtype=self.dtype)
-        return params
-
-    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, s), self.dtype) for n, s in self.state_sizes.items()}
-
-    # -- validation ---------------------------------------------------------------------
-
-    def _check_inputs(self, x, params, state):
-        x = check_array("x", x, (None, None, self.input_size), self.dtype)
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ShapeError(f"x: expected at least one step and one batch row, got shape "
-                             f"{tuple(x.shape)}")
-        batch = x.shape[1]
-        check_names("params", params, list(self.param_shapes))
-        for name, shape in self.param_shapes.items():
-            check_array(f"params['{name}']", params[name], shape, self.dtype)
-        if state is None:
-            state = self.zero_state(batch)
-        else:
-            check_names("state", state, list(self.state_sizes))
-            for name, size in self.state_sizes.items():
-                check_array(f"state['{name}']", state[name], (batch, size), self.dtype)
-        return x, params, state
-
-    # -- running ------------------------------------------------------------------------
-
-    def forward(self, x, params, state=None, train: bool = False):
-        """Run the whole sequence x (T, B, I). Returns (y, state) with y (T, B, out) the
-        output state at every step and state {name: (B, n)} the final states; with
-        train=True also a Tape for the backward pass."""
-        x, params, state = self._check_inputs(x, params, state)
-        y, final, saved = self._executor.forward(x, params, state, train)
-        if not train:
-            return y, final
-        return y, final, Tape(self, params, saved, x.shape)
-
-
-@dataclass
-class Tape:
-    """What a training forward pass recorded; `backward` may be called more than once."""
-
-    cell: Cell
-    params: dict
-    saved: object
-    x_shape: tuple
-
-    def backward(self, dy, dstate=None) -> dict:
-        """Gradients of a loss, given dy (T, B, out) = dL/dy and optionally the gradients
-        of the final states {name: (B, n)}. Returns {"x": (T, B, I), "params": {name:
-        array}, "state": {name: (B, n)}} (the last: gradients of the initial states)."""
-        cell = self.cell
-        T, B, _ = self.x_shape
-        dy = check_array("dy", dy, (T, B, cell.state_sizes[cell.output]), cell.dtype)
-        full = cell.zero_state(B)
-        if dstate is not None:
-            if not isinstance(dstate, dict):
-                raise ShapeError(f"dstate: expected a dict of arrays, got {type(dstate).__name__}")
-            for name, value in dstate.items():
-                if name not in cell.state_sizes:
-                    raise ShapeError(f"dstate: unexpected {name!r} (states: "
-                                     f"{', '.join(cell.state_sizes)})")
-                full[name] = check_array(f"dstate['{name}']", value,
-                                         (B, cell.state_sizes[name]), cell.dtype)
-        dx, dparams, dstate0 = cell._executor.backward(self.saved, self.params, dy, full)
-        return {"x": dx, "params": dparams, "state": dstate0}
+    def _run_backward(self, saved, params, dy, dstate):
+        return self._executor.backward(saved, params, dy, dstate)

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lstmc_runtime.errors import BackendError, LstmcError, ShapeError
+
+__all__ = ["Location", "LstmcError", "SpecError", "SpecSyntaxError", "ShapeError",
+           "CompileError", "BackendError"]
+
 
 @dataclass(frozen=True)
 class Location:
@@ -15,10 +20,6 @@ class Location:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}"
-
-
-class LstmcError(Exception):
-    """Base class of every error lstmc raises on purpose."""
 
 
 class SpecError(LstmcError):
@@ -51,13 +52,5 @@ class SpecSyntaxError(SpecError):
     """The spec does not follow the grammar (or is empty, or not UTF-8)."""
 
 
-class ShapeError(LstmcError, ValueError):
-    """An array given to a compiled cell has the wrong shape, dtype or layout."""
-
-
 class CompileError(LstmcError):
     """A spec cannot be compiled with the given options (missing sizes, bad dtype)."""
-
-
-class BackendError(LstmcError):
-    """A backend cannot run here (missing library, driver, device)."""

@@ -1,0 +1,1 @@
+"""The LLVM backend: fused schedules rendered as native code through llvmlite."""

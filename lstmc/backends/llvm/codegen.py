@@ -1,0 +1,431 @@
+"""Render a Program as an LLVM module with three entry points, each running a whole
+sequence in one call:
+
+    int32 lstmc_forward(int64 T, int64 B, void **buffers, gemm_t gemm)
+    int32 lstmc_forward_train(...)      # also saves what the backward pass reads
+    int32 lstmc_backward(...)
+
+`buffers` is an array of pointers whose order and shapes the returned ABI lists (the
+runtime fills it); `gemm` is a row-major cblas_?gemm with 64-bit integers (ILP64), so
+GEMMs come from the BLAS the runtime finds, or from the portable one in this module.
+Recurrent products and input projections are GEMMs; everything between them is fused
+elementwise loops (regions.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from ...ir.graph import LEAVES, PRODUCTS, Node, Op
+from ...ir.size import SCALAR
+from ...passes.pipeline import Program
+from .irutil import I32, I64, PTR, element, for_range, i64
+from .mathlib import MathLib
+from .regions import Place, RegionEmitter, StepEnv
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+@dataclass
+class Buffer:
+    name: str
+    shape: list  # ints, "T" and "B"
+    role: str  # "in" (caller fills), "out" (caller zero-fills and reads), "work" (scratch)
+
+
+@dataclass
+class EntryAbi:
+    symbol: str
+    buffers: list[Buffer] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"symbol": self.symbol,
+                "buffers": [{"name": b.name, "shape": b.shape, "role": b.role}
+                            for b in self.buffers]}
+
+
+@dataclass
+class PackedWeight:
+    """Matrices stacked by rows, in the order a product reads them."""
+
+    name: str
+    segments: list[tuple[str, int]]  # (parameter, rows)
+    columns: int
+
+    @property
+    def rows(self) -> int:
+        return sum(r for _, r in self.segments)
+
+
+def gemm_type(ftype: ir.Type) -> ir.FunctionType:
+    return ir.FunctionType(ir.VoidType(), [I32, I32, I32, I64, I64, I64, ftype, PTR, I64,
+                                           PTR, I64, ftype, PTR, I64])
+
+
+class ModuleBuilder:
+    def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
+        self.program, self.sizes = program, sizes
+        self.ftype = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        self.module = ir.Module(name=f"lstmc_{program.info.name}")
+        self.math = MathLib(self.module, self.ftype)
+        self.regions = RegionEmitter(self.module, self.math, "lstmc")
+        self.packed: dict[tuple, PackedWeight] = {}
+        self.entries: dict[str, EntryAbi] = {}
+
+    def size(self, node_or_size) -> int:
+        size = node_or_size.size if isinstance(node_or_size, Node) else node_or_size
+        return size.bind(self.sizes)
+
+    def packed_weight(self, segments) -> PackedWeight:
+        key = tuple((p, r.bind(self.sizes)) for p, r in segments)
+        if key not in self.packed:
+            name = str(len(self.packed))
+            columns = self.program.info.param_shape(segments[0][0])[1].bind(self.sizes)
+            self.packed[key] = PackedWeight(name, list(key), columns)
+        return self.packed[key]
+
+    def build(self) -> ir.Module:
+        _ForwardKernel(self, train=False).emit()
+        _ForwardKernel(self, train=True).emit()
+        _BackwardKernel(self).emit()
+        _emit_portable_gemm(self.module, self.ftype)
+        return self.module
+
+
+class _Kernel:
+    """Shared machinery of one entry point: buffers, scratch, GEMM calls, copies."""
+
+    def __init__(self, mb: ModuleBuilder, symbol: str):
+        self.mb, self.ftype, self.math = mb, mb.ftype, mb.math
+        self.abi = EntryAbi(symbol)
+        mb.entries[symbol] = self.abi
+        fn_type = ir.FunctionType(I32, [I64, I64, PTR, PTR])
+        self.fn = ir.Function(mb.module, fn_type, symbol)
+        self.T, self.B, self.bufs, self.gemm = self.fn.args
+        self.entry = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.b = ir.IRBuilder(self.fn.append_basic_block("body"))
+        self._buffers: dict[str, ir.Value] = {}
+        self._scratch: dict[int, Place] = {}
+
+    def buffer(self, name: str, shape: list, role: str) -> ir.Value:
+        if name not in self._buffers:
+            index = len(self.abi.buffers)
+            self.abi.buffers.append(Buffer(name, shape, role))
+            slot = self.entry.gep(self.bufs, [i64(index)], source_etype=PTR)
+            self._buffers[name] = self.entry.load(slot, typ=PTR, name=name.replace(":", "_"))
+        return self._buffers[name]
+
+    def alloca(self, name: str, typ=None) -> ir.Value:
+        return self.entry.alloca(typ or self.ftype, name=name)
+
+    def scratch(self, node: Node, n: int) -> Place:
+        """A per-step (B, n) buffer for a value read outside the loop that computes it."""
+        base = self.buffer(f"work:{node.id}", ["B", n], "work")
+        return Place(base, n)
+
+    def seq_row(self, base: ir.Value, t: ir.Value, n: int) -> ir.Value:
+        """Pointer to step t of a (T, B, n) buffer."""
+        return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.B), i64(n)))
+
+    def call_gemm(self, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc,
+                  beta: float) -> None:
+        b = self.b
+        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
+        b.call(self.gemm, [
+            ir.Constant(I32, ROW_MAJOR), ir.Constant(I32, TRANS if trans_a else NO_TRANS),
+            ir.Constant(I32, TRANS if trans_b else NO_TRANS), as_i64(m), as_i64(n), as_i64(k),
+            self.math.const(1.0), a, as_i64(lda), b_, as_i64(ldb), self.math.const(beta), c,
+            as_i64(ldc)])
+
+    def copy(self, src: ir.Value, dst: ir.Value, count: ir.Value) -> None:
+        b = self.b
+        with for_range(b, count, "copy") as i:
+            value = b.load(element(b, self.ftype, src, i), typ=self.ftype)
+            b.store(value, element(b, self.ftype, dst, i))
+
+    def finish(self) -> None:
+        self.b.ret(ir.Constant(I32, 0))
+        self.entry.branch(self.b.function.blocks[1])
+
+    def consumers(self, nodes: list[Node]) -> dict[int, list[Node]]:
+        result: dict[int, list[Node]] = {}
+        for n in nodes:
+            for u in n.inputs:
+                result.setdefault(u.id, []).append(n)
+        return result
+
+    def run_stages(self, stages, env: StepEnv) -> None:
+        for stage in stages:
+            if stage.kind == "product":
+                for node in stage.nodes:
+                    self.product(node, env)
+            else:
+                self.mb.regions.emit(self.b, stage.nodes, env, self.B, self.alloca)
+
+    def product(self, node: Node, env: StepEnv) -> None:
+        """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or
+        its transpose in the backward pass, out (B, in) = g (B, rows) @ W."""
+        segments, in_size = node.attr
+        weight = self.mb.packed_weight(segments)
+        packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
+        operand = env.places[node.inputs[0].id]
+        if operand.stride == 0:  # a learned vector as operand: give every row a copy
+            vector, n = operand.base, self.mb.size(node.inputs[0])
+            operand = self.scratch(node.inputs[0], n)
+            with for_range(self.b, self.B, "bcast") as row:
+                self.copy(vector, element(self.b, self.ftype, operand.base,
+                                          self.b.mul(row, i64(n))), i64(n))
+        out = env.place(node)
+        if node.op == Op.MATMUL:
+            self.call_gemm(False, True, self.B, weight.rows, weight.columns, operand.base,
+                           operand.stride, packed, weight.columns, out.base, out.stride, 0.0)
+        else:
+            self.call_gemm(False, False, self.B, weight.columns, weight.rows, operand.base,
+                           operand.stride, packed, weight.columns, out.base, out.stride, 0.0)
+        self.role_copies(node, env)
+
+    def role_copies(self, node: Node, env: StepEnv) -> None:
+        """Stores and accumulations of a value that no elementwise loop computes (a
+        product's result, a leaf): a copy loop per row."""
+        roles = env.roles.get(node.id)
+        if not roles:
+            return
+        b, n, src = self.b, self.mb.size(node), env.places[node.id]
+        with for_range(b, self.B, "rrow") as row:
+            src_row = element(b, self.ftype, src.base, b.mul(row, i64(src.stride)))
+            for place, offset in roles.stores:
+                dst = element(b, self.ftype, place.base,
+                              b.add(b.mul(row, i64(place.stride)), i64(offset)))
+                self.copy(src_row, dst, i64(n))
+            for place in roles.accumulate:
+                with for_range(b, i64(n), "acc") as j:
+                    ptr = element(b, self.ftype, place.base, j)
+                    value = b.load(element(b, self.ftype, src_row, j), typ=self.ftype)
+                    b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
+
+
+class _ForwardKernel(_Kernel):
+    def __init__(self, mb: ModuleBuilder, train: bool):
+        super().__init__(mb, "lstmc_forward_train" if train else "lstmc_forward")
+        self.train = train
+
+    def emit(self) -> None:
+        mb, b, program = self.mb, self.b, self.mb.program
+        info = program.info
+        nodes = program.graph.live_nodes()
+        consumers = self.consumers(nodes)
+        I = mb.size(info.input[1])
+        x = self.buffer("x", ["T", "B", I], "in")
+        state_sizes = {s: mb.size(n) for s, n in info.states.items()}
+        y = self.buffer("y", ["T", "B", state_sizes[info.output]], "out")
+
+        # Input projections: one GEMM over all T*B rows each.
+        hoisted = []
+        for h in program.hoisted:
+            weight = mb.packed_weight(h.segments)
+            packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
+            out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
+            self.call_gemm(False, True, b.mul(self.T, self.B), weight.rows, I, x, I, packed,
+                           I, out, weight.rows, 0.0)
+            hoisted.append((out, weight.rows))
+
+        current = {}
+        for s, n in state_sizes.items():
+            current[s] = self.alloca(f"cur_{s}", PTR)
+            b.store(self.buffer(f"state_in:{s}", ["B", n], "in"), current[s])
+        saved_ids = {n.id for n in program.saved} if self.train else set()
+
+        with for_range(b, self.T, "t") as t:
+            env = StepEnv(self, mb.sizes, consumers)
+            cur = {s: b.load(current[s], typ=PTR) for s in state_sizes}
+            nxt = {}
+            for s, n in state_sizes.items():
+                if s == info.output:
+                    nxt[s] = self.seq_row(y, t, n)
+                else:
+                    even = b.icmp_signed("==", b.and_(t, i64(1)), i64(0))
+                    nxt[s] = b.select(even, self.buffer(f"ping:{s}", ["B", n], "work"),
+                                      self.buffer(f"pong:{s}", ["B", n], "work"))
+            for node in nodes:
+                if node.op == Op.INPUT:
+                    env.places[node.id] = Place(self.seq_row(x, t, I), I)
+                elif node.op == Op.STATE:
+                    env.places[node.id] = Place(cur[node.attr], state_sizes[node.attr])
+                elif node.op == Op.HOISTED:
+                    base, rows = hoisted[node.attr]
+                    env.places[node.id] = Place(self.seq_row(base, t, rows), rows)
+                elif node.op == Op.PARAM:
+                    shape = [mb.size(node)]
+                    env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
+            for node in nodes:
+                if node.id in saved_ids:
+                    n = mb.size(node)
+                    seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "out")
+                    home = Place(self.seq_row(seq, t, n), n)
+                    if node.op in LEAVES:
+                        env.role(node).stores.append((home, 0))
+                    else:
+                        env.pin(node, home)
+            for s, node in program.graph.outputs.items():
+                target = Place(nxt[s], state_sizes[s])
+                if node.op not in LEAVES and node.op not in PRODUCTS and node.id not in env.places:
+                    env.pin(node, target)
+                else:
+                    env.role(node).stores.append((target, 0))
+            for node in nodes:  # leaves that must be saved or become outputs as they are
+                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                    self.role_copies(node, env)
+            self.run_stages(program.forward, env)
+            for s in state_sizes:
+                b.store(nxt[s], current[s])
+
+        for s, n in state_sizes.items():
+            out = self.buffer(f"state_out:{s}", ["B", n], "out")
+            self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
+        self.finish()
+
+
+class _BackwardKernel(_Kernel):
+    def __init__(self, mb: ModuleBuilder):
+        super().__init__(mb, "lstmc_backward")
+
+    def emit(self) -> None:
+        mb, b, program = self.mb, self.b, self.mb.program
+        info = program.info
+        grads = program.gradients
+        forward_ids = {n.id for n in program.graph.live_nodes()}
+        nodes = [n for n in program.graph.live_nodes(grads.values()) if n.id not in forward_ids]
+        consumers = self.consumers(nodes)
+        reads = sorted({u.id: u for n in nodes for u in (n, *n.inputs)}.values(), key=lambda u: u.id)
+        saved = program.saved
+        I = mb.size(info.input[1])
+        state_sizes = {s: mb.size(n) for s, n in info.states.items()}
+        out_size = state_sizes[info.output]
+        dy = self.buffer("dy", ["T", "B", out_size], "in")
+        dx = self.buffer("dx", ["T", "B", I], "out")
+        has_grad = {s for (kind, s) in grads if kind == "state"}
+
+        carry = {}
+        for s, n in state_sizes.items():
+            carry[s] = self.alloca(f"carry_{s}", PTR)
+            b.store(self.buffer(f"dstate_in:{s}", ["B", n], "in"), carry[s])
+        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "work")
+                      for p in program.recurrent_products}
+        d_hoisted = {h.index: self.buffer(f"dhoisted:{h.index}", ["T", "B", mb.size(h.rows)],
+                                          "work") for h in program.hoisted}
+
+        with for_range(b, self.T, "i") as i:
+            t = b.sub(b.sub(self.T, i64(1)), i)
+            env = StepEnv(self, mb.sizes, consumers)
+            cur = {s: b.load(carry[s], typ=PTR) for s in state_sizes}
+            nxt = {}
+            for s, n in state_sizes.items():
+                if s in has_grad:
+                    even = b.icmp_signed("==", b.and_(i, i64(1)), i64(0))
+                    nxt[s] = b.select(even, self.buffer(f"ping:{s}", ["B", n], "work"),
+                                      self.buffer(f"pong:{s}", ["B", n], "work"))
+                else:  # nothing flows back into this state: its gradient is zero
+                    nxt[s] = self.buffer(f"zero:{s}", ["B", n], "out")
+            for node in saved:
+                n = mb.size(node)
+                seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "in")
+                env.places[node.id] = Place(self.seq_row(seq, t, n), n)
+            for node in reads:
+                if node.op == Op.PARAM:
+                    shape = [mb.size(node)]
+                    env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
+                elif node.op == Op.ADJOINT:
+                    self._adjoint(node, env, cur, dy, t, info.output)
+            for (kind, key), node in grads.items():
+                n = mb.size(node)
+                if kind == "state":
+                    target = Place(nxt[key], n)
+                elif kind == "product":
+                    target = Place(self.seq_row(d_products[key], t, n), n)
+                elif kind == "hoisted":
+                    target = Place(self.seq_row(d_hoisted[key], t, n), n)
+                elif kind == "input":
+                    target = Place(self.seq_row(dx, t, n), n)
+                else:  # a learned vector: summed over rows and steps
+                    acc = self.buffer(f"dparam:{key}", [n], "out")
+                    env.role(node).accumulate.append(Place(acc, 0))
+                    continue
+                if node.op not in LEAVES and node.op not in PRODUCTS and node.id not in env.places:
+                    env.pin(node, target)
+                else:
+                    env.role(node).stores.append((target, 0))
+            for node in reads:
+                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                    self.role_copies(node, env)
+            for node in saved:  # gradients that are saved forward values, as they are
+                if env.roles.get(node.id):
+                    self.role_copies(node, env)
+            self.run_stages(program.backward, env)
+            for s in state_sizes:
+                b.store(nxt[s], carry[s])
+
+        for s, n in state_sizes.items():
+            out = self.buffer(f"dstate_out:{s}", ["B", n], "out")
+            self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
+        self._weight_gradients(I, dx, d_products, d_hoisted)
+        self.finish()
+
+    def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
+        """The incoming gradient of a new state: the carried one, plus dy for the output."""
+        b, n, s = self.b, self.mb.size(node), node.attr
+        place = env.place(node)
+        with for_range(b, b.mul(self.B, i64(n)), "adj") as k:
+            value = b.load(element(b, self.ftype, cur[s], k), typ=self.ftype)
+            if s == output:
+                extra = b.load(element(b, self.ftype, self.seq_row(dy, t, n), k), typ=self.ftype)
+                value = b.fadd(value, extra)
+            b.store(value, element(b, self.ftype, place.base, k))
+
+    def _weight_gradients(self, I, dx, d_products, d_hoisted) -> None:
+        """Deferred to after the loop: one GEMM over all T*B rows per product."""
+        mb, b, program = self.mb, self.b, self.mb.program
+        rows_total = b.mul(self.T, self.B)
+        x = self.buffer("x", ["T", "B", I], "in")
+        for h in program.hoisted:
+            weight = mb.packed_weight(h.segments)
+            packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
+            dpacked = self.buffer(f"dpacked:{weight.name}", [weight.rows, weight.columns], "out")
+            dh = d_hoisted[h.index]
+            self.call_gemm(True, False, weight.rows, I, rows_total, dh, weight.rows, x, I,
+                           dpacked, I, 1.0)
+            self.call_gemm(False, False, rows_total, I, weight.rows, dh, weight.rows, packed,
+                           I, dx, I, 1.0)
+        for p in program.recurrent_products:
+            weight = mb.packed_weight(p.segments)
+            dpacked = self.buffer(f"dpacked:{weight.name}", [weight.rows, weight.columns], "out")
+            operand = p.inputs[0]
+            seq = self.buffer(f"saved:{operand.id}", ["T", "B", weight.columns], "in")
+            self.call_gemm(True, False, weight.rows, weight.columns, rows_total,
+                           d_products[p.id], weight.rows, seq, weight.columns, dpacked,
+                           weight.columns, 1.0)
+
+
+def _emit_portable_gemm(module: ir.Module, ftype: ir.Type) -> None:
+    """`lstmc_gemm`: a plain row-major GEMM with the cblas signature, for machines where
+    the runtime finds no ILP64 BLAS. Correct first; the vectorizer does what it can."""
+    fn = ir.Function(module, gemm_type(ftype), "lstmc_gemm")
+    order, ta, tb, m, n, k, alpha, a, lda, bm, ldb, beta, c, ldc = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    trans_a = b.icmp_signed("==", ta, ir.Constant(I32, TRANS))
+    trans_b = b.icmp_signed("==", tb, ir.Constant(I32, TRANS))
+    zero = ir.Constant(ftype, 0.0)
+    with for_range(b, m, "gi") as i:
+        with for_range(b, n, "gj") as j:
+            c_ptr = element(b, ftype, c, b.add(b.mul(i, ldc), j))
+            beta_zero = b.fcmp_ordered("==", beta, zero)
+            old = b.select(beta_zero, zero, b.fmul(beta, b.load(c_ptr, typ=ftype)))
+            b.store(old, c_ptr)
+            with for_range(b, k, "gk") as p:
+                a_index = b.select(trans_a, b.add(b.mul(p, lda), i), b.add(b.mul(i, lda), p))
+                b_index = b.select(trans_b, b.add(b.mul(j, ldb), p), b.add(b.mul(p, ldb), j))
+                av = b.load(element(b, ftype, a, a_index), typ=ftype)
+                bv = b.load(element(b, ftype, bm, b_index), typ=ftype)
+                prod = b.fmul(b.fmul(av, bv), alpha)
+                b.store(b.fadd(b.load(c_ptr, typ=ftype), prod), c_ptr)
+    b.ret_void()

@@ -1,0 +1,115 @@
+"""Elementwise math as LLVM IR.
+
+float32 gets its own exp and tanh (Cephes' single-precision polynomials, about 1e-7
+relative error) written in plain arithmetic so the loop vectorizer can vectorize them; a
+libm call per element would not vectorize. float64 calls libm, because float64 is for
+checking gradients, where accuracy matters more than speed.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+FAST = ("contract",)  # let LLVM fuse multiply-adds; never reassociate pointwise math
+
+
+class MathLib:
+    def __init__(self, module: ir.Module, ftype: ir.Type):
+        self.module, self.ftype = module, ftype
+        self.is_f32 = isinstance(ftype, ir.FloatType)
+        self._functions: dict[str, ir.Function] = {}
+
+    def const(self, value: float) -> ir.Constant:
+        return ir.Constant(self.ftype, value)
+
+    def intrinsic(self, name: str) -> ir.Function:
+        suffix = "f32" if self.is_f32 else "f64"
+        full = f"llvm.{name}.{suffix}"
+        if full not in self.module.globals:
+            arity = 2 if name in ("minnum", "maxnum") else 1
+            ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype] * arity), full)
+        return self.module.globals[full]
+
+    def libm(self, name: str) -> ir.Function:
+        full = name + ("f" if self.is_f32 else "")
+        if full not in self.module.globals:
+            ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype]), full)
+        return self.module.globals[full]
+
+    def _define(self, name: str, emit) -> ir.Function:
+        if name not in self._functions:
+            fn = ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype]), name)
+            fn.linkage = "internal"
+            fn.attributes.add("alwaysinline")
+            fn.attributes.add("nounwind")
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            b.ret(emit(b, fn.args[0]))
+            self._functions[name] = fn
+        return self._functions[name]
+
+    # -- float32 approximations ---------------------------------------------------------
+
+    def _poly(self, b: ir.IRBuilder, x, coefficients) -> ir.Value:
+        acc = self.const(coefficients[0])
+        for c in coefficients[1:]:
+            acc = b.fadd(b.fmul(acc, x, flags=FAST), self.const(c), flags=FAST)
+        return acc
+
+    def _exp_f32(self, b: ir.IRBuilder, x) -> ir.Value:
+        # Cephes expf: exp(x) = 2^n * exp(r), r = x - n ln2, |r| <= ln2/2.
+        # Clamp to where 2^n stays a normal float; comparisons keep NaN as NaN.
+        x = b.select(b.fcmp_ordered(">", x, self.const(88.0)), self.const(88.0), x)
+        x = b.select(b.fcmp_ordered("<", x, self.const(-87.0)), self.const(-87.0), x)
+        fx = b.call(self.intrinsic("floor"),
+                    [b.fadd(b.fmul(x, self.const(1.44269504088896341)), self.const(0.5))])
+        r = b.fsub(x, b.fmul(fx, self.const(0.693359375)))
+        r = b.fsub(r, b.fmul(fx, self.const(-2.12194440e-4)))
+        z = b.fmul(r, r)
+        p = self._poly(b, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                              4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
+        y = b.fadd(b.fadd(b.fmul(p, z, flags=FAST), r), self.const(1.0))
+        n = b.fptosi(fx, ir.IntType(32))
+        bits = b.shl(b.add(n, ir.Constant(ir.IntType(32), 127)), ir.Constant(ir.IntType(32), 23))
+        return b.fmul(y, b.bitcast(bits, self.ftype))
+
+    def _tanh_f32(self, b: ir.IRBuilder, x) -> ir.Value:
+        # Cephes tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above.
+        ax = b.call(self.intrinsic("fabs"), [x])
+        z = b.fmul(x, x)
+        p = self._poly(b, z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                              1.33314422036e-1, -3.33332819422e-1])
+        small = b.fadd(b.fmul(b.fmul(p, z), x, flags=FAST), x)
+        e = self.exp(b, b.fadd(ax, ax))
+        large = b.fsub(self.const(1.0), b.fdiv(self.const(2.0), b.fadd(e, self.const(1.0))))
+        large = b.call(self._copysign(), [large, x])
+        return b.select(b.fcmp_ordered("<", ax, self.const(0.625)), small, large)
+
+    def _copysign(self) -> ir.Function:
+        name = "llvm.copysign.f32" if self.is_f32 else "llvm.copysign.f64"
+        if name not in self.module.globals:
+            ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype] * 2), name)
+        return self.module.globals[name]
+
+    # -- the functions the IR's ops use -------------------------------------------------
+
+    def exp(self, b: ir.IRBuilder, x) -> ir.Value:
+        if self.is_f32:
+            return b.call(self._define("lstmc_exp_f32", self._exp_f32), [x])
+        return b.call(self.libm("exp"), [x])
+
+    def tanh(self, b: ir.IRBuilder, x) -> ir.Value:
+        if self.is_f32:
+            return b.call(self._define("lstmc_tanh_f32", self._tanh_f32), [x])
+        return b.call(self.libm("tanh"), [x])
+
+    def sigmoid(self, b: ir.IRBuilder, x) -> ir.Value:
+        one = self.const(1.0)
+        return b.fdiv(one, b.fadd(one, self.exp(b, b.fneg(x))))
+
+    def log(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("log"), [x])
+
+    def sqrt(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.intrinsic("sqrt"), [x])
+
+    def fabs(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.intrinsic("fabs"), [x])

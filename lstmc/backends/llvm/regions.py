@@ -1,0 +1,364 @@
+"""Fused elementwise regions.
+
+A region runs once per batch row. Within a row its work splits into loops over units:
+one loop per (phase, size), where the phase counts the reductions (mean, sum) a value
+waits for and the size is the loop's trip count. Each loop is emitted as a small function
+whose pointer arguments are `noalias`, so LLVM's loop vectorizer vectorizes it without
+runtime alias checks; values stay in registers inside a loop and are written to memory
+only when something outside the loop reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from ...ir.graph import BINARY, LEAVES, REDUCTIONS, UNARY, Node, Op
+from ...ir.size import SCALAR
+from .irutil import I64, PTR, element, for_range, i64
+from .mathlib import FAST, MathLib
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a value lives during one step: row b starts at base + b * stride elements
+    (stride 0: one vector shared by every row, such as a learned bias)."""
+
+    base: ir.Value
+    stride: int
+
+
+@dataclass
+class Roles:
+    """What must happen to a node's value besides feeding its consumers."""
+
+    stores: list[tuple[Place, int]] = field(default_factory=list)  # (place, element offset)
+    accumulate: list[Place] = field(default_factory=list)  # vec[j] += value (sum over rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.stores or self.accumulate)
+
+
+class StepEnv:
+    """The kernel-level facts a region needs: where leaves and earlier values live,
+    what each node must be stored to, and scratch space for values read across loops."""
+
+    def __init__(self, kernel, sizes: dict[str, int], consumers: dict[int, list[Node]]):
+        self.kernel = kernel
+        self.sizes = sizes
+        self.consumers = consumers
+        self.places: dict[int, Place] = {}  # node id -> where its value is (or goes)
+        self.roles: dict[int, Roles] = {}
+        self.pinned: set[int] = set()  # nodes whose home the kernel chose: always stored
+
+    def size(self, node: Node) -> int:
+        return node.size.bind(self.sizes)
+
+    def role(self, node: Node) -> Roles:
+        return self.roles.setdefault(node.id, Roles())
+
+    def pin(self, node: Node, place: Place) -> None:
+        self.places[node.id] = place
+        self.pinned.add(node.id)
+
+    def place(self, node: Node) -> Place:
+        """The node's home, allocating a per-step scratch buffer the first time."""
+        if node.id not in self.places:
+            self.places[node.id] = self.kernel.scratch(node, self.size(node))
+        return self.places[node.id]
+
+
+@dataclass
+class _Group:
+    phase: int
+    size: int
+    tasks: list = field(default_factory=list)  # ("compute", n) ("store", n, place, off)
+    computed: set = field(default_factory=set)  # ("accum", n, place) ("reduce", r, n)
+
+
+class RegionEmitter:
+    def __init__(self, module: ir.Module, math: MathLib, name_prefix: str):
+        self.module, self.math, self.ftype = module, math, math.ftype
+        self.prefix = name_prefix
+        self.count = 0
+
+    # -- planning -----------------------------------------------------------------------
+
+    def _plan(self, nodes: list[Node], env: StepEnv):
+        in_stage = {n.id: n for n in nodes}
+        phase: dict[int, int] = {}
+        groups: dict[tuple[int, int], _Group] = {}
+        scalars: dict[int, list[Node]] = {}
+        group_of: dict[int, _Group] = {}
+
+        def source_phase(u: Node, through_memory: bool) -> int:
+            if u.id not in in_stage:
+                return 0
+            return phase[u.id] + (1 if through_memory and u.size != SCALAR else 0)
+
+        def group(p: int, size: int) -> _Group:
+            return groups.setdefault((p, size), _Group(p, size))
+
+        for n in nodes:
+            if n.op == Op.CONCAT:
+                phase[n.id] = max((source_phase(u, False) for u in n.inputs), default=0) + 1
+                offset = 0
+                for part in n.inputs:
+                    g = group_of.get(part.id) or group(source_phase(part, False), env.size(part))
+                    g.tasks.append(("store", part, env.place(n), offset))
+                    offset += env.size(part)
+                continue
+            if n.op in REDUCTIONS:
+                src = n.inputs[0]
+                p = source_phase(src, False) if src.size != SCALAR else phase.get(src.id, 0)
+                g = group_of.get(src.id) or group(p, env.size(src))
+                g.tasks.append(("reduce", n, src))
+                phase[n.id] = g.phase + 1
+                scalars.setdefault(phase[n.id], []).append(n)
+                continue
+            memory = n.op == Op.SLICE or any(u.op == Op.CONCAT for u in n.inputs)
+            phase[n.id] = max((source_phase(u, memory) for u in n.inputs), default=0)
+            if n.size == SCALAR:
+                scalars.setdefault(phase[n.id], []).append(n)
+                continue
+            g = group(phase[n.id], env.size(n))
+            g.tasks.append(("compute", n))
+            g.computed.add(n.id)
+            group_of[n.id] = g
+
+        # Values read outside their own loop go to memory; so do values with roles.
+        for n in nodes:
+            if n.op == Op.CONCAT or n.id not in group_of:
+                continue
+            g = group_of[n.id]
+            outside = any(
+                c.id not in in_stage
+                or (c.op not in REDUCTIONS and c.op != Op.CONCAT and group_of.get(c.id) is not g)
+                for c in env.consumers.get(n.id, []))
+            if outside or n.id in env.pinned:
+                g.tasks.append(("store", n, env.place(n), 0))
+            roles = env.roles.get(n.id)
+            if roles:
+                for place, offset in roles.stores:
+                    g.tasks.append(("store", n, place, offset))
+                for place in roles.accumulate:
+                    g.tasks.append(("accum", n, place))
+        order = sorted(groups.values(), key=lambda g: g.phase)
+        last = max([g.phase for g in order] + list(scalars), default=0)
+        return order, scalars, last, in_stage
+
+    # -- emission -----------------------------------------------------------------------
+
+    def emit(self, b: ir.IRBuilder, nodes: list[Node], env: StepEnv, batch: ir.Value,
+             entry_alloca) -> None:
+        groups, scalars, last, in_stage = self._plan(nodes, env)
+        accumulators = {n.id: entry_alloca(f"acc{n.id}") for ns in scalars.values()
+                        for n in ns if n.op in REDUCTIONS}
+        with for_range(b, batch, "row") as row:
+            values: dict[int, ir.Value] = {}  # row-level scalars
+            for p in range(last + 1):
+                for n in scalars.get(p, []):
+                    values[n.id] = self._scalar(b, n, env, row, values, accumulators, in_stage)
+                for g in groups:
+                    if g.phase == p:
+                        self._call_group(b, g, env, row, values, accumulators)
+
+    def _row_ptr(self, b, place: Place, row, offset: int = 0) -> ir.Value:
+        index = b.add(b.mul(row, i64(place.stride)), i64(offset)) if place.stride else i64(offset)
+        return element(b, self.ftype, place.base, index)
+
+    def _load_scalar(self, b, u: Node, env: StepEnv, row, values) -> ir.Value:
+        if u.id in values:
+            return values[u.id]
+        if u.op == Op.CONST:
+            return self.math.const(u.attr)
+        value = b.load(self._row_ptr(b, env.places[u.id], row), typ=self.ftype)
+        values[u.id] = value
+        return value
+
+    def _scalar(self, b, n: Node, env, row, values, accumulators, in_stage) -> ir.Value:
+        if n.op in REDUCTIONS:
+            value = b.load(accumulators[n.id], typ=self.ftype)
+            if n.op == Op.MEAN:
+                value = b.fdiv(value, self.math.const(float(env.size(n.inputs[0]))))
+        else:
+            args = [self._load_scalar(b, u, env, row, values) for u in n.inputs]
+            value = self._apply(b, n, args)
+        consumers = env.consumers.get(n.id, [])
+        roles = env.roles.get(n.id)
+        if n.id in env.pinned or any(c.id not in in_stage for c in consumers):
+            b.store(value, self._row_ptr(b, env.place(n), row))
+        if roles:
+            for place, offset in roles.stores:
+                b.store(value, self._row_ptr(b, place, row, offset))
+            for place in roles.accumulate:
+                ptr = self._row_ptr(b, place, row)
+                b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
+        return value
+
+    def _call_group(self, b, g: _Group, env: StepEnv, row, values, accumulators) -> None:
+        # Arguments: distinct memory streams (pointers) and row-level scalars.
+        pointers: dict[tuple, tuple[int, Place, int]] = {}
+        floats: dict[int, int] = {}
+        reduce_out: dict[int, int] = {}
+
+        def stream(place: Place, offset: int) -> int:
+            key = (id(place.base), place.stride, offset)
+            if key not in pointers:
+                pointers[key] = (len(pointers), place, offset)
+            return pointers[key][0]
+
+        def need(u: Node) -> None:
+            if u.id in g.computed or u.op == Op.CONST:
+                return
+            if u.size == SCALAR:
+                if u.id not in floats:
+                    floats[u.id] = len(floats)
+                return
+            stream(env.places[u.id], 0)
+
+        for task in g.tasks:
+            kind, n = task[0], task[1]
+            if kind == "compute":
+                if n.op == Op.SLICE:
+                    offset = n.attr[0].bind(env.sizes)
+                    stream(env.places[n.inputs[0].id], offset)
+                else:
+                    for u in n.inputs:
+                        need(u)
+            elif kind == "store":
+                need(n)
+                stream(task[2], task[3])
+            elif kind == "accum":
+                need(n)
+                stream(task[2], 0)
+            elif kind == "reduce":
+                need(task[2])
+                reduce_out[n.id] = len(reduce_out)
+
+        n_ptr = len(pointers) + len(reduce_out)
+        fn_type = ir.FunctionType(ir.VoidType(), [PTR] * n_ptr + [self.ftype] * len(floats) + [I64])
+        self.count += 1
+        fn = ir.Function(self.module, fn_type, f"{self.prefix}_loop{self.count}")
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for arg in fn.args[:n_ptr]:
+            arg.add_attribute("noalias")
+        self._emit_group_body(fn, g, env, pointers, floats, reduce_out)
+
+        # The call, with row pointers computed in the caller.
+        args = [None] * len(pointers)
+        for index, place, offset in pointers.values():
+            args[index] = self._row_ptr(b, place, row, offset)
+        for node_id in sorted(reduce_out, key=reduce_out.get):
+            args.append(accumulators[node_id])
+        scalar_args = [None] * len(floats)
+        for node_id, index in floats.items():
+            node = next(u for t in g.tasks for u in _task_nodes(t) if u.id == node_id)
+            scalar_args[index] = self._load_scalar(b, node, env, row, values)
+        b.call(fn, args + scalar_args + [i64(g.size)])
+
+    def _emit_group_body(self, fn, g, env, pointers, floats, reduce_out) -> None:
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        n_ptr = len(pointers)
+        ptr_arg = {key: fn.args[index] for key, (index, _, _) in pointers.items()}
+        float_arg = {node_id: fn.args[n_ptr + len(reduce_out) + i] for node_id, i in floats.items()}
+        sums = {}
+        for node_id, index in reduce_out.items():
+            sums[node_id] = b.alloca(self.ftype, name=f"sum{node_id}")
+            b.store(self.math.const(0.0), sums[node_id])
+        count = fn.args[-1]
+
+        def pointer(place: Place, offset: int, j) -> ir.Value:
+            return element(b, self.ftype, ptr_arg[(id(place.base), place.stride, offset)], j)
+
+        with for_range(b, count, "j") as j:
+            regs: dict[int, ir.Value] = {}
+
+            def value(u: Node) -> ir.Value:
+                if u.id in regs:
+                    return regs[u.id]
+                if u.op == Op.CONST:
+                    return self.math.const(u.attr)
+                if u.size == SCALAR:
+                    return float_arg[u.id]
+                regs[u.id] = b.load(pointer(env.places[u.id], 0, j), typ=self.ftype)
+                return regs[u.id]
+
+            for task in g.tasks:
+                kind, n = task[0], task[1]
+                if kind == "compute":
+                    if n.op == Op.SLICE:
+                        src = env.places[n.inputs[0].id]
+                        regs[n.id] = b.load(pointer(src, n.attr[0].bind(env.sizes), j),
+                                            typ=self.ftype)
+                    else:
+                        regs[n.id] = self._apply(b, n, [value(u) for u in n.inputs])
+                elif kind == "store":
+                    b.store(value(n), pointer(task[2], task[3], j))
+                elif kind == "accum":
+                    ptr = pointer(task[2], 0, j)
+                    b.store(b.fadd(b.load(ptr, typ=self.ftype), value(n)), ptr)
+                elif kind == "reduce":
+                    acc = sums[n.id]
+                    b.store(b.fadd(b.load(acc, typ=self.ftype), value(task[2]),
+                                   flags=("reassoc", "contract")), acc)
+        for node_id, index in reduce_out.items():
+            b.store(b.load(sums[node_id], typ=self.ftype), fn.args[len(pointers) + index])
+        b.ret_void()
+
+    # -- one op -------------------------------------------------------------------------
+
+    def _apply(self, b: ir.IRBuilder, n: Node, args: list[ir.Value]) -> ir.Value:
+        m, op = self.math, n.op
+        if op == Op.BROADCAST:
+            return args[0]
+        if op in BINARY:
+            x, y = args
+            if op == Op.ADD:
+                return b.fadd(x, y, flags=FAST)
+            if op == Op.SUB:
+                return b.fsub(x, y, flags=FAST)
+            if op == Op.MUL:
+                return b.fmul(x, y, flags=FAST)
+            if op == Op.DIV:
+                return b.fdiv(x, y)
+            if op == Op.MIN:  # the first operand on ties, NaN-propagating like NumPy
+                return b.select(b.fcmp_ordered(">", x, y), y, x)
+            if op == Op.MAX:
+                return b.select(b.fcmp_ordered("<", x, y), y, x)
+            if op == Op.GT:
+                return b.uitofp(b.fcmp_ordered(">", x, y), self.ftype)
+        if op in UNARY:
+            (x,) = args
+            if op == Op.NEG:
+                return b.fneg(x)
+            if op == Op.SIGMOID:
+                return m.sigmoid(b, x)
+            if op == Op.TANH:
+                return m.tanh(b, x)
+            if op == Op.RELU:
+                return b.select(b.fcmp_ordered(">", x, m.const(0.0)), x, m.const(0.0))
+            if op == Op.EXP:
+                return m.exp(b, x)
+            if op == Op.LOG:
+                return m.log(b, x)
+            if op == Op.SQRT:
+                return m.sqrt(b, x)
+            if op == Op.ABS:
+                return m.fabs(b, x)
+            if op == Op.SOFTSIGN:
+                return b.fdiv(x, b.fadd(m.const(1.0), m.fabs(b, x)))
+        raise NotImplementedError(f"LLVM backend has no rendering for op '{op.value}'")
+
+
+def _task_nodes(task) -> list[Node]:
+    kind, n = task[0], task[1]
+    if kind == "compute":
+        return list(n.inputs)
+    if kind == "reduce":
+        return [task[2]]
+    return [n]
+
+
+__all__ = ["Place", "Roles", "StepEnv", "RegionEmitter", "LEAVES"]
