@@ -63,6 +63,20 @@ def gemm_type(ftype: ir.Type) -> ir.FunctionType:
                                            PTR, I64, ftype, PTR, I64])
 
 
+class _IndirectCallee:
+    """A function pointer argument, callable: with opaque pointers llvmlite cannot know
+    the callee's type, so it is given here."""
+
+    def __init__(self, pointer: ir.Value, function_type: ir.FunctionType):
+        self.pointer, self.function_type, self.type = pointer, function_type, pointer.type
+
+    def get_reference(self) -> str:
+        return self.pointer.get_reference()
+
+    def __getattr__(self, name):
+        return getattr(self.pointer, name)
+
+
 class ModuleBuilder:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
         self.program, self.sizes = program, sizes
@@ -132,7 +146,7 @@ class _Kernel:
                   beta: float) -> None:
         b = self.b
         as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
-        b.call(self.gemm, [
+        b.call(_IndirectCallee(self.gemm, gemm_type(self.ftype)), [
             ir.Constant(I32, ROW_MAJOR), ir.Constant(I32, TRANS if trans_a else NO_TRANS),
             ir.Constant(I32, TRANS if trans_b else NO_TRANS), as_i64(m), as_i64(n), as_i64(k),
             self.math.const(1.0), a, as_i64(lda), b_, as_i64(ldb), self.math.const(beta), c,

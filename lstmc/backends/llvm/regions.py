@@ -102,10 +102,15 @@ class RegionEmitter:
         for n in nodes:
             if n.op == Op.CONCAT:
                 phase[n.id] = max((source_phase(u, False) for u in n.inputs), default=0) + 1
+                roles = env.roles.get(n.id) or Roles()
+                if roles.accumulate:
+                    raise NotImplementedError("accumulating a concatenation")
+                targets = [(env.place(n), 0)] + roles.stores
                 offset = 0
                 for part in n.inputs:
                     g = group_of.get(part.id) or group(source_phase(part, False), env.size(part))
-                    g.tasks.append(("store", part, env.place(n), offset))
+                    for place, start in targets:
+                        g.tasks.append(("store", part, place, start + offset))
                     offset += env.size(part)
                 continue
             if n.op in REDUCTIONS:
