@@ -12,12 +12,15 @@ import numpy as np
 from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
 from lstmc_runtime.cellbase import CellBase, Tape
+from lstmc_runtime.stack import Stack
+
+from .frontend.source import read_source
 from .errors import CompileError
 from .passes.pipeline import Program
 
 __all__ = ["compile", "Cell", "Tape", "bind_sizes"]
 
-TARGETS = ("reference",)
+TARGETS = ("reference", "cpu")
 DTYPES = ("float32", "float64")
 
 
@@ -67,21 +70,59 @@ def _size_names(program: Program) -> set[str]:
 
 def compile(spec: "str | os.PathLike[str]", input_size: int | None = None,
             hidden_size: int | None = None, *, target: str = "reference",
-            dtype: str = "float32", cell: str | None = None, **sizes: int) -> "Cell":
+            dtype: str = "float32", cell: str | None = None, num_layers: int = 1,
+            bidirectional: bool = False, batch_first: bool = False, **sizes: int):
     """Compile the cell of `spec` (a path or the spec's text).
 
     `input_size` and `hidden_size` bind the input's size and H; other named sizes (a
     projection size P, say) are keyword arguments. `cell` picks one cell of a spec that
-    defines several.
+    defines several. `num_layers`, `bidirectional` and `batch_first` mean what they mean
+    for torch.nn.LSTM; with more than one layer or direction the result is a Stack.
+    target="cpu" compiles native code (cached on disk); "reference" runs the NumPy
+    reference executor.
     """
     if target not in TARGETS:
         raise CompileError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
     dtype_name = np.dtype(dtype).name if _is_dtype(dtype) else str(dtype)
     if dtype_name not in DTYPES:
         raise CompileError(f"unsupported dtype '{dtype}' (supported: {', '.join(DTYPES)})")
-    program = lower_spec(spec, cell)
-    bound = bind_sizes(program, input_size, hidden_size, sizes)
-    return Cell(program, bound, np.dtype(dtype_name), target)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    source = read_source(spec)
+    first = _compile_one(source, cell, input_size, hidden_size, sizes, dtype_name, target)
+    if num_layers == 1 and not bidirectional:
+        first.batch_first = bool(batch_first)
+        return first
+    directions = 2 if bidirectional else 1
+    upper = None
+    if num_layers > 1:
+        upper_input = first.state_sizes[first.output] * directions
+        upper = _compile_one(source, cell, upper_input, hidden_size, sizes, dtype_name, target)
+    layers = [[first if l == 0 else upper for _ in range(directions)] for l in range(num_layers)]
+    return Stack(layers, batch_first=bool(batch_first))
+
+
+def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
+    if target == "reference":
+        program = lower_spec(source, cell)
+        bound = bind_sizes(program, input_size, hidden_size, sizes)
+        return Cell(program, bound, np.dtype(dtype), target)
+    from lstmc_runtime.artifact import load_cell
+
+    from .backends.cpu import write_artifact
+    from .cache import cache_key, cached
+
+    key = cache_key({"spec": source.text, "cell": cell, "input_size": input_size,
+                     "hidden_size": hidden_size, "sizes": sizes, "dtype": dtype,
+                     "target": target})
+
+    def build(directory: str) -> None:
+        program = lower_spec(source, cell)
+        bound = bind_sizes(program, input_size, hidden_size, sizes)
+        write_artifact(directory, program, bound, dtype)
+
+    compiled, _ = cached(key, build, load_cell)
+    return compiled
 
 
 def _is_dtype(value) -> bool:
@@ -108,8 +149,48 @@ class Cell(CellBase):
         self.hidden_size = sizes.get("H", self.state_sizes[self.output])
         self._executor = ReferenceExecutor(program, sizes, dtype)
 
-    def _run_forward(self, x, params, state, train):
-        return self._executor.forward(x, params, state, train)
+    def _run_forward(self, x, params, state, train, lengths):
+        return self._executor.forward(x, params, state, train, lengths)
 
     def _run_backward(self, saved, params, dy, dstate):
         return self._executor.backward(saved, params, dy, dstate)
+
+
+def write_artifact_dir(spec, directory: str, input_size: int | None = None,
+                       hidden_size: int | None = None, *, target: str = "cpu",
+                       dtype: str = "float32", cell: str | None = None, num_layers: int = 1,
+                       bidirectional: bool = False, batch_first: bool = False,
+                       emit: frozenset[str] = frozenset(), **sizes: int) -> None:
+    """Write a compiled artifact that lstmc_runtime.load runs (`lstmc compile -o DIR`)."""
+    from lstmc_runtime.artifact import write_manifest
+
+    from .backends.cpu import write_artifact
+
+    if target != "cpu":
+        raise CompileError(f"artifacts are written for target 'cpu', not '{target}'")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    source = read_source(spec)
+    program = lower_spec(source, cell)
+    bound = bind_sizes(program, input_size, hidden_size, sizes)
+    os.makedirs(directory, exist_ok=True)
+    if num_layers == 1 and not bidirectional:
+        write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first)
+        return
+    directions = 2 if bidirectional else 1
+    parts = {"layer0": bound}
+    if num_layers > 1:
+        out = program.info.states[program.info.output].bind(bound)
+        input_name = next(iter(program.info.input[1].names), None)
+        if input_name is None:
+            raise CompileError("a stack needs a named input size: the spec fixes it")
+        parts["upper"] = dict(bound, **{input_name: out * directions})
+    for name, part_sizes in parts.items():
+        sub = os.path.join(directory, name)
+        os.makedirs(sub, exist_ok=True)
+        write_artifact(sub, program, part_sizes, dtype, emit)
+    manifest = {"target": "cpu", "cell": program.info.name, "dtype": dtype,
+                "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
+                           "batch_first": bool(batch_first)},
+                "cells": {name: name for name in parts}}
+    write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])

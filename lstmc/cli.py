@@ -20,6 +20,18 @@ def _size_assignment(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+STAGES = ("ir", "ir-backward", "ir-unfused", "llvm", "asm")
+
+
+def _stage_list(text: str) -> list[str]:
+    stages = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {', '.join(unknown) or repr(text)} (choose from {', '.join(STAGES)})")
+    return stages
+
+
 def _add_size_options(parser: argparse.ArgumentParser, default_sizes: bool) -> None:
     default_i, default_h = (3, 4) if default_sizes else (None, None)
     parser.add_argument("--input-size", type=int, default=default_i, metavar="N",
@@ -45,12 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of errors")
 
-    comp = commands.add_parser("compile", help="compile a spec and print a stage of it",
-                               description="Compile a spec; --emit ir prints the fused IR.")
+    comp = commands.add_parser(
+        "compile", help="compile a spec: print its stages, or write an artifact",
+        description="Compile a spec. Without -o, print the stages named by --emit "
+                    "(default: the fused IR). With -o DIR, write an artifact that "
+                    "lstmc_runtime.load(DIR) runs, plus the stages named by --emit.")
     comp.add_argument("spec", metavar="SPEC")
-    comp.add_argument("--emit", default="ir", choices=["ir", "ir-unfused", "ir-backward"],
-                      help="what to print: the fused forward IR (default), the IR before "
-                           "fusion, or the fused forward and backward IR")
+    comp.add_argument("-o", "--output", metavar="DIR", help="write the artifact to DIR")
+    comp.add_argument("--target", default="cpu", choices=["cpu"],
+                      help="what the artifact runs on (default: cpu)")
+    comp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    comp.add_argument("--emit", type=_stage_list, default=None, metavar="STAGES",
+                      help="comma-separated stages: ir (fused forward IR), ir-backward "
+                           "(with the backward step), ir-unfused (before fusion), llvm "
+                           "(optimized LLVM IR), asm (host assembly); llvm and asm need "
+                           "the sizes")
+    comp.add_argument("--num-layers", type=int, default=1, metavar="L")
+    comp.add_argument("--bidirectional", action="store_true")
+    comp.add_argument("--batch-first", action="store_true")
     _add_size_options(comp, default_sizes=False)
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                       help="show tracebacks of errors")
@@ -100,24 +124,42 @@ def summarize(program) -> str:
 
 
 def cmd_compile(args) -> int:
+    from .api import bind_sizes, write_artifact_dir
     from .driver import check_spec, select_cell
-    from .passes.pipeline import format_program, lower, unfused_graph
     from .ir.graph import format_node
+    from .passes.pipeline import format_program, lower, unfused_graph
 
-    cell = select_cell(check_spec(args.spec), args.cell)
-    if args.emit == "ir-unfused":
-        _, graph = unfused_graph(cell)
-        for node in graph.live_nodes():
-            print(format_node(node))
-        for name, node in graph.outputs.items():
-            print(f"{name}' = {node!r}")
+    stages = args.emit or (["ir"] if not args.output else [])
+    if args.output:
+        write_artifact_dir(args.spec, args.output, args.input_size, args.hidden_size,
+                           target=args.target, dtype=args.dtype, cell=args.cell,
+                           num_layers=args.num_layers, bidirectional=args.bidirectional,
+                           batch_first=args.batch_first,
+                           emit=frozenset(s.replace("ir-backward", "ir") for s in stages),
+                           **_sizes(args))
+        print(f"wrote {args.output}/manifest.json")
         return 0
+    cell = select_cell(check_spec(args.spec), args.cell)
     program = lower(cell)
-    if args.input_size or args.hidden_size or args.size:
-        from .api import bind_sizes
+    sizes = None
+    if args.input_size or args.hidden_size or args.size or {"llvm", "asm"} & set(stages):
         sizes = bind_sizes(program, args.input_size, args.hidden_size, _sizes(args))
-        print("sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-    print(format_program(program, backward=args.emit == "ir-backward"))
+        print("; sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    for stage in stages:
+        if stage == "ir-unfused":
+            _, graph = unfused_graph(cell)
+            for node in graph.live_nodes():
+                print(format_node(node))
+            for name, node in graph.outputs.items():
+                print(f"{name}' = {node!r}")
+        elif stage in ("ir", "ir-backward"):
+            print(format_program(program, backward=stage == "ir-backward"))
+        else:
+            from .backends.cpu import generate
+            from .backends.llvm.toolchain import emit_assembly, optimize
+
+            module = optimize(generate(program, sizes, args.dtype)[0])
+            print(str(module) if stage == "llvm" else emit_assembly(module))
     return 0
 
 

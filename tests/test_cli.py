@@ -36,7 +36,7 @@ def test_compile_emit_backward_and_sizes():
     result = lstmc("compile", spec_path("lstmp"), "--emit", "ir-backward",
                    "--input-size", "8", "--hidden-size", "16", "--size", "P=4")
     assert result.returncode == 0, result.stderr
-    assert "sizes: I=8, H=16, P=4" in result.stdout
+    assert "; sizes: I=8, H=16, P=4" in result.stdout
     assert "matmul_t" in result.stdout and "backward step" in result.stdout
 
 

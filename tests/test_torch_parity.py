@@ -100,7 +100,7 @@ def test_conversion_errors():
     cell = compile_spec("lstm")
     with pytest.raises(lstmc.CompileError, match="corresponds to nn.LSTM, got GRU"):
         lstmc.params_from_torch(cell, torch.nn.GRU(I, H))
-    with pytest.raises(lstmc.CompileError, match="num_layers=2"):
+    with pytest.raises(lstmc.CompileError, match="module num_layers=2"):
         lstmc.params_from_torch(cell, torch.nn.LSTM(I, H, num_layers=2))
     with pytest.raises(lstmc.ShapeError, match="bias=False"):
         lstmc.params_from_torch(cell, torch.nn.LSTM(I, H, bias=False))

@@ -2,6 +2,8 @@
 run by lstmc_runtime's NativeCell."""
 from __future__ import annotations
 
+import os
+
 import llvmlite.binding as llvm
 
 from lstmc_runtime.native import NativeCell
@@ -10,6 +12,7 @@ from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
 from .llvm.toolchain import optimize, target_machine
 
+LIBRARY = "cell.so"
 ENTRIES = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
            "backward": "lstmc_backward"}
 
@@ -49,3 +52,32 @@ def jit(program: Program, sizes: dict[str, int], dtype: str) -> NativeCell:
     symbols = list(ENTRIES.values()) + ["lstmc_gemm"]
     functions = {s: engine.get_function_address(s) for s in symbols}
     return NativeCell(manifest, functions, keepalive=(engine, module))
+
+
+def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
+                   emit: frozenset[str] = frozenset(), batch_first: bool = False) -> None:
+    """A loadable artifact in `directory`: manifest.json and cell.so, plus the
+    intermediate stages named in `emit` (ir: the fused IR; llvm: optimized LLVM IR;
+    asm: the host assembly)."""
+    from lstmc_runtime.artifact import write_manifest
+
+    from .llvm.toolchain import emit_assembly, emit_object, link_shared
+
+    ir_text, manifest = generate(program, sizes, dtype)
+    module = optimize(ir_text)
+    link_shared(emit_object(module), os.path.join(directory, LIBRARY))
+    files = [LIBRARY]
+    if "ir" in emit:
+        _write(directory, "cell.ir", program.format(backward=True) + "\n")
+    if "llvm" in emit:
+        _write(directory, "cell.ll", str(module))
+    if "asm" in emit:
+        _write(directory, "cell.s", emit_assembly(module))
+    manifest["library"] = LIBRARY
+    manifest["batch_first"] = bool(batch_first)
+    write_manifest(directory, manifest, files)
+
+
+def _write(directory: str, name: str, text: str) -> None:
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        f.write(text)

@@ -35,6 +35,7 @@ class Saved:
     x: np.ndarray
     steps: list[dict[int, np.ndarray]]  # per step: saved forward node id -> value
     batch: int
+    lengths: np.ndarray
 
 
 class ReferenceExecutor:
@@ -99,9 +100,12 @@ class ReferenceExecutor:
 
     # -- whole sequences ----------------------------------------------------------------
 
-    def forward(self, x: np.ndarray, params: dict, state: dict, train: bool):
+    def forward(self, x: np.ndarray, params: dict, state: dict, train: bool, lengths=None):
+        """With `lengths` (B,), row b stops at step lengths[b]: later outputs are zero
+        and its state stays as it was at its length."""
         program = self.program
         T, B, _ = x.shape
+        lengths = np.full(B, T) if lengths is None else lengths
         hoisted = [
             (x.reshape(T * B, -1) @ self.packed(h.segments, params).T).reshape(T, B, -1)
             for h in program.hoisted
@@ -119,12 +123,13 @@ class ReferenceExecutor:
                 Op.HOISTED: lambda index: hoisted[index][t],
             })
             self._run(program.forward, env, params, B)
-            state = {name: np.broadcast_to(env[node.id], (B, self.state_sizes[name])).astype(
-                self.dtype, copy=True) for name, node in outputs.items()}
-            ys[t] = state[self.output]
+            active = (t < lengths)[:, None]
+            state = {name: np.where(active, env[node.id], state[name]).astype(self.dtype)
+                     for name, node in outputs.items()}
+            ys[t] = np.where(active, state[self.output], 0)
             if train:
                 steps.append({i: env[i] for i in saved_ids})
-        return ys, state, (Saved(x, steps, B) if train else None)
+        return ys, state, (Saved(x, steps, B, lengths) if train else None)
 
     def backward(self, saved: Saved, params: dict, dy: np.ndarray, dstate: dict):
         program, sizes = self.program, self.sizes
@@ -139,17 +144,22 @@ class ReferenceExecutor:
         products = program.recurrent_products
         d_products = {p.id: np.zeros((T, B, p.size.bind(sizes)), self.dtype) for p in products}
         for t in reversed(range(T)):
+            # Rows past their length pass their gradient through untouched; zero adjoints
+            # make everything else they would contribute zero (the pass is linear in them).
+            active = (t < saved.lengths)[:, None]
             env = dict(saved.steps[t])
             env.update(self._leaves(backward_nodes, {
                 Op.PARAM: lambda name: params[name],
-                Op.ADJOINT: lambda name: carry[name] + (dy[t] if name == self.output else 0),
+                Op.ADJOINT: lambda name: np.where(
+                    active, carry[name] + (dy[t] if name == self.output else 0), 0),
             }))
             self._run(program.backward, env, params, B)
-            carry = {}
+            previous, carry = carry, {}
             for name, size in self.state_sizes.items():
                 node = grads.get(("state", name))
-                carry[name] = (np.zeros((B, size), self.dtype) if node is None
-                               else np.broadcast_to(env[node.id], (B, size)).astype(self.dtype))
+                value = (np.zeros((B, size), self.dtype) if node is None
+                         else np.broadcast_to(env[node.id], (B, size)))
+                carry[name] = np.where(active, value, previous[name]).astype(self.dtype)
             for (kind, key), node in grads.items():
                 value = env[node.id]
                 if kind == "input":

@@ -32,6 +32,8 @@ def looks_like_path(spec: str) -> bool:
 
 def read_source(spec: "str | os.PathLike[str]") -> Source:
     """A spec given as a path (str or PathLike) or as the spec's text itself."""
+    if isinstance(spec, Source):
+        return spec
     if isinstance(spec, os.PathLike) or looks_like_path(spec):
         path = os.fspath(spec)
         try:

@@ -49,6 +49,16 @@ def layout_of(cell) -> tuple[str, list[tuple[str, list[str]]]]:
         "nn.LSTM, nn.GRU or nn.RNN (see specs/lstm.lstm, specs/gru.lstm, specs/rnn_tanh.lstm)")
 
 
+def _units(cell):
+    """(the single-layer cell, state_dict suffix, our parameter prefix) for each layer and
+    direction of a cell or Stack."""
+    layers = getattr(cell, "layers", None)
+    if layers is None:
+        return [(cell, "_l0", "")]
+    return [(c, f"_l{l}{'_reverse' if d else ''}", f"l{l}{'_reverse' if d else ''}.")
+            for l, cells in enumerate(layers) for d, c in enumerate(cells)]
+
+
 def _check_module(module, kind: str, cell) -> None:
     import torch
 
@@ -56,9 +66,11 @@ def _check_module(module, kind: str, cell) -> None:
     if not isinstance(module, expected):
         raise CompileError(f"cell '{cell.name}' corresponds to nn.{kind}, "
                            f"got {type(module).__name__}")
-    if module.num_layers != 1 or module.bidirectional:
-        raise CompileError(f"a single cell converts a one-layer, one-direction nn.{kind}; "
-                           f"got num_layers={module.num_layers}, "
+    layers = getattr(cell, "num_layers", 1)
+    bidirectional = getattr(cell, "num_directions", 1) == 2
+    if module.num_layers != layers or module.bidirectional != bidirectional:
+        raise CompileError(f"the cell has num_layers={layers}, bidirectional={bidirectional}; "
+                           f"the module num_layers={module.num_layers}, "
                            f"bidirectional={module.bidirectional}")
     if kind == "RNN":
         wanted = "relu" if "relu" in cell.name else "tanh"
@@ -68,33 +80,36 @@ def _check_module(module, kind: str, cell) -> None:
 
 
 def params_from_torch(cell, module) -> dict[str, np.ndarray]:
-    """The cell's parameters from an nn.LSTM / nn.GRU / nn.RNN module or its state_dict."""
-    kind, layout = layout_of(cell)
+    """The parameters of a cell (or Stack) from an nn.LSTM / nn.GRU / nn.RNN module or
+    its state_dict. Stack parameters are named l{k}.NAME and l{k}_reverse.NAME."""
+    units = _units(cell)
+    kind, layout = layout_of(units[0][0])
     if hasattr(module, "state_dict"):
         _check_module(module, kind, cell)
         state_dict = module.state_dict()
     else:
         state_dict = module
     params = {}
-    for entry, names in layout:
-        key = f"{entry}_l0"
-        if key not in state_dict:
-            raise ShapeError(f"state_dict has no '{key}' (a module built with bias=False?); "
-                             f"cell '{cell.name}' needs {', '.join(names)}")
-        value = state_dict[key].detach().cpu().numpy()
-        rows = sum(cell.param_shapes[n][0] for n in names)
-        if value.shape[0] != rows:
-            raise ShapeError(f"state_dict['{key}']: expected {rows} rows, got shape "
-                             f"{tuple(value.shape)}")
-        offset = 0
-        for name in names:
-            shape = cell.param_shapes[name]
-            part = value[offset:offset + shape[0]]
-            if part.shape != shape:
-                raise ShapeError(f"state_dict['{key}'] rows for {name}: expected shape "
-                                 f"{shape}, got {tuple(part.shape)}")
-            params[name] = np.ascontiguousarray(part, dtype=cell.dtype)
-            offset += shape[0]
+    for unit, suffix, prefix in units:
+        for entry, names in layout:
+            key = f"{entry}{suffix}"
+            if key not in state_dict:
+                raise ShapeError(f"state_dict has no '{key}' (a module built with bias=False?); "
+                                 f"cell '{cell.name}' needs {', '.join(names)}")
+            value = state_dict[key].detach().cpu().numpy()
+            rows = sum(unit.param_shapes[n][0] for n in names)
+            if value.shape[0] != rows:
+                raise ShapeError(f"state_dict['{key}']: expected {rows} rows, got shape "
+                                 f"{tuple(value.shape)}")
+            offset = 0
+            for name in names:
+                shape = unit.param_shapes[name]
+                part = value[offset:offset + shape[0]]
+                if part.shape != shape:
+                    raise ShapeError(f"state_dict['{key}'] rows for {name}: expected shape "
+                                     f"{shape}, got {tuple(part.shape)}")
+                params[prefix + name] = np.ascontiguousarray(part, dtype=cell.dtype)
+                offset += shape[0]
     return params
 
 
@@ -102,8 +117,10 @@ def params_to_torch(cell, params: dict) -> dict:
     """A state_dict (name -> torch.Tensor) that the matching PyTorch module loads."""
     import torch
 
-    _, layout = layout_of(cell)
+    units = _units(cell)
+    _, layout = layout_of(units[0][0])
     return {
-        f"{entry}_l0": torch.from_numpy(np.concatenate([np.asarray(params[n]) for n in names]))
-        for entry, names in layout
+        f"{entry}{suffix}": torch.from_numpy(
+            np.concatenate([np.asarray(params[prefix + n]) for n in names]))
+        for _, suffix, prefix in units for entry, names in layout
     }

@@ -3,4 +3,20 @@ CUDA artifacts); no compiler, lark or llvmlite on the machine that deploys."""
 from .cellbase import CellBase, Tape
 from .errors import BackendError, LstmcError, ShapeError
 
-__all__ = ["CellBase", "Tape", "LstmcError", "ShapeError", "BackendError"]
+
+def load(directory):
+    """Load a compiled artifact (a directory written by `lstmc compile -o DIR`). The
+    result has the same init_params / forward / Tape.backward API as lstmc.compile."""
+    import os
+
+    from .artifact import load_cell, read_manifest
+    from .stack import load_stack
+
+    directory = os.fspath(directory)
+    manifest = read_manifest(directory)
+    if "layers" in manifest:
+        return load_stack(directory, manifest)
+    return load_cell(directory, manifest)
+
+
+__all__ = ["load", "CellBase", "Tape", "LstmcError", "ShapeError", "BackendError"]

@@ -62,17 +62,29 @@ class CellBase:
                 check_array(f"state['{name}']", state[name], (batch, size), self.dtype)
         return x, params, state
 
-    def forward(self, x, params, state=None, train: bool = False):
-        """Run the whole sequence x (T, B, I). Returns (y, state) with y (T, B, out) the
-        output state at every step and state {name: (B, n)} the final states; with
-        train=True also a Tape for the backward pass."""
+    batch_first = False
+
+    def forward(self, x, params, state=None, train: bool = False, lengths=None):
+        """Run the whole sequence x (T, B, I), or (B, T, I) with batch_first. Returns
+        (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
+        the final states; with train=True also a Tape for the backward pass.
+
+        `lengths` (B integers in 1..T) runs a padded batch of shorter sequences as
+        PyTorch's packed sequences do: outputs past a row's length are zero and its final
+        state is its state at its length."""
+        if self.batch_first:
+            x = check_array("x", x, (None, None, self.input_size), self.dtype)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
         x, params, state = self._check_inputs(x, params, state)
-        y, final, saved = self._run_forward(x, params, state, train)
+        lengths = check_lengths(lengths, *x.shape[:2])
+        y, final, saved = self._run_forward(x, params, state, train, lengths)
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
         return y, final, Tape(self, params, saved, x.shape)
 
-    def _run_forward(self, x, params, state, train):
+    def _run_forward(self, x, params, state, train, lengths):
         raise NotImplementedError
 
     def _run_backward(self, saved, params, dy, dstate):
@@ -94,7 +106,11 @@ class Tape:
         array}, "state": {name: (B, n)}} (the last: gradients of the initial states)."""
         cell = self.cell
         T, B, _ = self.x_shape
-        dy = check_array("dy", dy, (T, B, cell.state_sizes[cell.output]), cell.dtype)
+        out = cell.state_sizes[cell.output]
+        if cell.batch_first:
+            dy = check_array("dy", dy, (B, T, out), cell.dtype)
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        dy = check_array("dy", dy, (T, B, out), cell.dtype)
         full = cell.zero_state(B)
         if dstate is not None:
             if not isinstance(dstate, dict):
@@ -106,4 +122,24 @@ class Tape:
                 full[name] = check_array(f"dstate['{name}']", value,
                                          (B, cell.state_sizes[name]), cell.dtype)
         dx, dparams, dstate0 = cell._run_backward(self.saved, self.params, dy, full)
+        if cell.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return {"x": dx, "params": dparams, "state": dstate0}
+
+
+def check_lengths(lengths, steps: int, batch: int) -> np.ndarray | None:
+    """Per-row sequence lengths as int64, each in 1..steps; None stays None."""
+    if lengths is None:
+        return None
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu":
+        raise ShapeError(f"lengths: expected integers, got {array.dtype}")
+    if array.shape != (batch,):
+        raise ShapeError(f"lengths: expected shape ({batch},), one per batch row, got "
+                         f"{tuple(array.shape)}")
+    bad = np.flatnonzero((array < 1) | (array > steps))
+    if bad.size:
+        row = int(bad[0])
+        raise ShapeError(f"lengths: each must be between 1 and T={steps}, got {array[row]} "
+                         f"for row {row}")
+    return np.ascontiguousarray(array, dtype=np.int64)

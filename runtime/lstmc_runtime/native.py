@@ -19,6 +19,7 @@ ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
 class Saved:
     buffers: dict[str, np.ndarray]
     x: np.ndarray
+    lengths: np.ndarray
 
 
 class NativeCell(CellBase):
@@ -40,6 +41,7 @@ class NativeCell(CellBase):
         self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
         self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
         self.sizes = manifest["sizes"]
+        self.batch_first = bool(manifest.get("batch_first", False))
         self._entries = {name: ENTRY(functions[entry["symbol"]])
                          for name, entry in manifest["entries"].items()}
         gemm = find_gemm(manifest["dtype"]) or functions.get("lstmc_gemm")
@@ -59,16 +61,16 @@ class NativeCell(CellBase):
         arrays, pointers = {}, (ctypes.c_void_p * max(len(layout), 1))()
         for index, spec in enumerate(layout):
             shape = tuple(T if d == "T" else B if d == "B" else d for d in spec["shape"])
+            dtype = self.dtype if spec.get("dtype", "float") == "float" else np.dtype(spec["dtype"])
             if spec["role"] == "in":
                 array = given[spec["name"]]
-                if array.shape != shape or array.dtype != self.dtype or not (
-                        array.flags.c_contiguous):
+                if array.shape != shape or array.dtype != dtype or not array.flags.c_contiguous:
                     raise BackendError(f"internal: buffer {spec['name']} is {array.shape} "
-                                       f"{array.dtype}, the kernel needs {shape} {self.dtype}")
+                                       f"{array.dtype}, the kernel needs {shape} {dtype}")
             elif spec["role"] == "out":
-                array = np.zeros(shape, self.dtype)
+                array = np.zeros(shape, dtype)
             else:
-                array = np.empty(shape, self.dtype)
+                array = np.empty(shape, dtype)
             arrays[spec["name"]] = array
             pointers[index] = array.ctypes.data
         status = self._entries[entry](T, B, pointers, self._gemm)
@@ -83,20 +85,23 @@ class NativeCell(CellBase):
         given.update({f"state_in:{n}": np.ascontiguousarray(v) for n, v in state.items()})
         return given
 
-    def _run_forward(self, x, params, state, train):
+    def _run_forward(self, x, params, state, train, lengths):
         T, B, _ = x.shape
         given = self._inputs(x, params, state)
+        given["lengths"] = np.full(B, T, np.int64) if lengths is None else lengths
         out = self._call("forward_train" if train else "forward", T, B, given)
         final = {n: out[f"state_out:{n}"] for n in self.state_sizes}
         saved = None
         if train:
-            saved = Saved({k: v for k, v in out.items() if k.startswith("saved:")}, given["x"])
+            saved = Saved({k: v for k, v in out.items() if k.startswith("saved:")}, given["x"],
+                          given["lengths"])
         return out["y"], final, saved
 
     def _run_backward(self, saved: Saved, params, dy, dstate):
         T, B, _ = saved.x.shape
         given = self._inputs(saved.x, params, {})
         given.update(saved.buffers)
+        given["lengths"] = saved.lengths
         given["dy"] = np.ascontiguousarray(dy)
         given.update({f"dstate_in:{n}": np.ascontiguousarray(v) for n, v in dstate.items()})
         out = self._call("backward", T, B, given)

@@ -32,6 +32,7 @@ class Buffer:
     name: str
     shape: list  # ints, "T" and "B"
     role: str  # "in" (caller fills), "out" (caller zero-fills and reads), "work" (scratch)
+    dtype: str = "float"  # "float" (the cell's dtype) or "int64"
 
 
 @dataclass
@@ -41,8 +42,8 @@ class EntryAbi:
 
     def to_json(self) -> dict:
         return {"symbol": self.symbol,
-                "buffers": [{"name": b.name, "shape": b.shape, "role": b.role}
-                            for b in self.buffers]}
+                "buffers": [{"name": b.name, "shape": b.shape, "role": b.role,
+                             "dtype": b.dtype} for b in self.buffers]}
 
 
 @dataclass
@@ -122,10 +123,10 @@ class _Kernel:
         self._buffers: dict[str, ir.Value] = {}
         self._scratch: dict[int, Place] = {}
 
-    def buffer(self, name: str, shape: list, role: str) -> ir.Value:
+    def buffer(self, name: str, shape: list, role: str, dtype: str = "float") -> ir.Value:
         if name not in self._buffers:
             index = len(self.abi.buffers)
-            self.abi.buffers.append(Buffer(name, shape, role))
+            self.abi.buffers.append(Buffer(name, shape, role, dtype))
             slot = self.entry.gep(self.bufs, [i64(index)], source_etype=PTR)
             self._buffers[name] = self.entry.load(slot, typ=PTR, name=name.replace(":", "_"))
         return self._buffers[name]
@@ -157,6 +158,32 @@ class _Kernel:
         with for_range(b, count, "copy") as i:
             value = b.load(element(b, self.ftype, src, i), typ=self.ftype)
             b.store(value, element(b, self.ftype, dst, i))
+
+    def ping_pong(self, name: str, n: int, parity: ir.Value) -> ir.Value:
+        """One of two (B, n) buffers, alternating with the step."""
+        even = self.b.icmp_signed("==", self.b.and_(parity, i64(1)), i64(0))
+        return self.b.select(even, self.buffer(f"ping:{name}", ["B", n], "work"),
+                             self.buffer(f"pong:{name}", ["B", n], "work"))
+
+    def rows_by_length(self, t: ir.Value, active, inactive) -> None:
+        """Per batch row: `active(row)` while t < lengths[row], else `inactive(row)`."""
+        b = self.b
+        lengths = self.buffer("lengths", ["B"], "in", "int64")
+        with for_range(b, self.B, "mrow") as row:
+            length = b.load(b.gep(lengths, [row], source_etype=I64), typ=I64)
+            with b.if_else(b.icmp_signed("<", t, length)) as (then, otherwise):
+                with then:
+                    active(row)
+                with otherwise:
+                    inactive(row)
+
+    def row(self, base: ir.Value, row: ir.Value, n: int) -> ir.Value:
+        return element(self.b, self.ftype, base, self.b.mul(row, i64(n)))
+
+    def fill(self, dst: ir.Value, count: ir.Value, value: float) -> None:
+        b = self.b
+        with for_range(b, count, "fill") as i:
+            b.store(self.math.const(value), element(b, self.ftype, dst, i))
 
     def finish(self) -> None:
         self.b.ret(ir.Constant(I32, 0))
@@ -253,14 +280,7 @@ class _ForwardKernel(_Kernel):
         with for_range(b, self.T, "t") as t:
             env = StepEnv(self, mb.sizes, consumers)
             cur = {s: b.load(current[s], typ=PTR) for s in state_sizes}
-            nxt = {}
-            for s, n in state_sizes.items():
-                if s == info.output:
-                    nxt[s] = self.seq_row(y, t, n)
-                else:
-                    even = b.icmp_signed("==", b.and_(t, i64(1)), i64(0))
-                    nxt[s] = b.select(even, self.buffer(f"ping:{s}", ["B", n], "work"),
-                                      self.buffer(f"pong:{s}", ["B", n], "work"))
+            nxt = {s: self.ping_pong(s, n, t) for s, n in state_sizes.items()}
             for node in nodes:
                 if node.op == Op.INPUT:
                     env.places[node.id] = Place(self.seq_row(x, t, I), I)
@@ -291,6 +311,17 @@ class _ForwardKernel(_Kernel):
                 if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
                     self.role_copies(node, env)
             self.run_stages(program.forward, env)
+            out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
+
+            def active(row):  # y[t] = h'; the row goes on
+                self.copy(self.row(nxt[info.output], row, out_n), self.row(y_t, row, out_n),
+                          i64(out_n))
+
+            def finished(row):  # past its length: y[t] = 0 (y is zeroed), state kept
+                for s, n in state_sizes.items():
+                    self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
+
+            self.rows_by_length(t, active, finished)
             for s in state_sizes:
                 b.store(nxt[s], current[s])
 
@@ -333,14 +364,7 @@ class _BackwardKernel(_Kernel):
             t = b.sub(b.sub(self.T, i64(1)), i)
             env = StepEnv(self, mb.sizes, consumers)
             cur = {s: b.load(carry[s], typ=PTR) for s in state_sizes}
-            nxt = {}
-            for s, n in state_sizes.items():
-                if s in has_grad:
-                    even = b.icmp_signed("==", b.and_(i, i64(1)), i64(0))
-                    nxt[s] = b.select(even, self.buffer(f"ping:{s}", ["B", n], "work"),
-                                      self.buffer(f"pong:{s}", ["B", n], "work"))
-                else:  # nothing flows back into this state: its gradient is zero
-                    nxt[s] = self.buffer(f"zero:{s}", ["B", n], "out")
+            nxt = {s: self.ping_pong(s, n, i) for s, n in state_sizes.items()}
             for node in saved:
                 n = mb.size(node)
                 seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "in")
@@ -376,6 +400,17 @@ class _BackwardKernel(_Kernel):
                 if env.roles.get(node.id):
                     self.role_copies(node, env)
             self.run_stages(program.backward, env)
+
+            def active(row):  # states nothing flows back into get a zero gradient
+                for s, n in state_sizes.items():
+                    if s not in has_grad:
+                        self.fill(self.row(nxt[s], row, n), i64(n), 0.0)
+
+            def finished(row):  # past its length: the gradient passes through
+                for s, n in state_sizes.items():
+                    self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
+
+            self.rows_by_length(t, active, finished)
             for s in state_sizes:
                 b.store(nxt[s], carry[s])
 
@@ -386,15 +421,23 @@ class _BackwardKernel(_Kernel):
         self.finish()
 
     def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
-        """The incoming gradient of a new state: the carried one, plus dy for the output."""
+        """The incoming gradient of a new state: the carried one, plus dy for the output;
+        zero for rows past their length (the backward step is linear in it, so all they
+        would contribute is zero)."""
         b, n, s = self.b, self.mb.size(node), node.attr
         place = env.place(node)
-        with for_range(b, b.mul(self.B, i64(n)), "adj") as k:
-            value = b.load(element(b, self.ftype, cur[s], k), typ=self.ftype)
-            if s == output:
-                extra = b.load(element(b, self.ftype, self.seq_row(dy, t, n), k), typ=self.ftype)
-                value = b.fadd(value, extra)
-            b.store(value, element(b, self.ftype, place.base, k))
+        dy_t = self.seq_row(dy, t, n)
+
+        def active(row):
+            with for_range(b, i64(n), "adj") as j:
+                k = b.add(b.mul(row, i64(n)), j)
+                value = b.load(element(b, self.ftype, cur[s], k), typ=self.ftype)
+                if s == output:
+                    value = b.fadd(value, b.load(element(b, self.ftype, dy_t, k), typ=self.ftype))
+                b.store(value, element(b, self.ftype, place.base, k))
+
+        self.rows_by_length(t, active, lambda row: self.fill(self.row(place.base, row, n),
+                                                              i64(n), 0.0))
 
     def _weight_gradients(self, I, dx, d_products, d_hoisted) -> None:
         """Deferred to after the loop: one GEMM over all T*B rows per product."""

@@ -1,0 +1,73 @@
+"""Compiled artifacts on disk: a directory with manifest.json and the native library.
+
+The manifest records a SHA-256 of every file it refers to; `load` checks them before
+loading anything, so a damaged or half-written artifact is an error, never a crash."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+
+from .errors import BackendError
+from .native import NativeCell
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise BackendError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackendError(f"{path}: unsupported artifact format "
+                           f"{manifest.get('format') if isinstance(manifest, dict) else '?'}"
+                           f" (this runtime reads format {FORMAT})")
+    for name, expected in manifest.get("checksums", {}).items():
+        file = os.path.join(directory, name)
+        if not os.path.exists(file):
+            raise BackendError(f"{directory}: artifact is incomplete: {name} is missing")
+        if sha256(file) != expected:
+            raise BackendError(f"{directory}: {name} does not match its checksum "
+                               "(damaged or partially written); recompile it")
+    return manifest
+
+
+def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
+    """One compiled cell from an artifact directory."""
+    manifest = manifest or read_manifest(directory)
+    if manifest.get("target") != "cpu":
+        raise BackendError(f"{directory}: target '{manifest.get('target')}' artifacts are not "
+                           "run by the CPU runtime")
+    library_path = os.path.join(directory, manifest["library"])
+    try:
+        library = ctypes.CDLL(os.path.abspath(library_path))
+    except OSError as exc:
+        raise BackendError(f"{library_path}: cannot load the native library ({exc})") from None
+    functions = {}
+    for entry in manifest["entries"].values():
+        functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
+                                                 ctypes.c_void_p).value
+    functions["lstmc_gemm"] = ctypes.cast(library.lstmc_gemm, ctypes.c_void_p).value
+    return NativeCell(manifest, functions, keepalive=library)
+
+
+def write_manifest(directory: str, manifest: dict, files: list[str]) -> None:
+    manifest = dict(manifest, format=FORMAT,
+                    checksums={f: sha256(os.path.join(directory, f)) for f in files})
+    with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
