@@ -1,4 +1,6 @@
+import os
 import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -37,3 +39,9 @@ def random_inputs(cell, T=4, B=3, seed=0, scale=1.0):
 @pytest.fixture(params=SPEC_NAMES)
 def spec_name(request):
     return request.param
+
+
+def pytest_configure(config):
+    # Compiled cells go to a cache private to this test session.
+    if "LSTMC_CACHE_DIR" not in os.environ:
+        os.environ["LSTMC_CACHE_DIR"] = tempfile.mkdtemp(prefix="lstmc-test-cache-")

@@ -8,6 +8,7 @@ import ctypes
 import hashlib
 import json
 import os
+import tempfile
 
 from .errors import BackendError
 from .native import NativeCell
@@ -53,17 +54,47 @@ def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
     if manifest.get("target") != "cpu":
         raise BackendError(f"{directory}: target '{manifest.get('target')}' artifacts are not "
                            "run by the CPU runtime")
-    library_path = os.path.join(directory, manifest["library"])
-    try:
-        library = ctypes.CDLL(os.path.abspath(library_path))
-    except OSError as exc:
-        raise BackendError(f"{library_path}: cannot load the native library ({exc})") from None
+    library = _load_private_copy(directory, manifest)
     functions = {}
     for entry in manifest["entries"].values():
         functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
                                                  ctypes.c_void_p).value
     functions["lstmc_gemm"] = ctypes.cast(library.lstmc_gemm, ctypes.c_void_p).value
     return NativeCell(manifest, functions, keepalive=library)
+
+
+def _load_private_copy(directory: str, manifest: dict) -> ctypes.CDLL:
+    """dlopen a private, already deleted copy of the library, made from the very bytes
+    whose checksum was verified. The artifact's file may then be replaced, truncated or
+    rebuilt at the same path without touching the mapped code (a truncated mapped file
+    would crash the process) and without dlopen handing back a stale handle."""
+    name = manifest["library"]
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read the native library ({exc.strerror})") from None
+    expected = manifest.get("checksums", {}).get(name)
+    if expected is None or hashlib.sha256(data).hexdigest() != expected:
+        raise BackendError(f"{directory}: {name} does not match its checksum "
+                           "(damaged or partially written); recompile it")
+    errors = []
+    for place in (None, directory):
+        try:
+            fd, copy = tempfile.mkstemp(suffix=".so", prefix="lstmc-", dir=place)
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return ctypes.CDLL(copy)
+        except OSError as exc:  # e.g. a temporary directory mounted noexec
+            errors.append(str(exc))
+        finally:
+            os.unlink(copy)
+    raise BackendError(f"{path}: cannot load the native library ({'; '.join(errors)})")
 
 
 def write_manifest(directory: str, manifest: dict, files: list[str]) -> None:

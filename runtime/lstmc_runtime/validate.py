@@ -22,6 +22,10 @@ def check_array(name: str, value, shape: tuple, dtype: np.dtype, xp=np) -> np.nd
             want is not None and got != want for got, want in zip(value.shape, shape)):
         raise ShapeError(f"{name}: expected shape {_describe_pattern(shape)}, "
                          f"got {_describe(value.shape)}")
+    flags = getattr(value, "flags", None)
+    if flags is not None and not flags.c_contiguous:
+        raise ShapeError(f"{name}: expected a C-contiguous array, got strides "
+                         f"{tuple(value.strides)} (np.ascontiguousarray makes one)")
     return value
 
 

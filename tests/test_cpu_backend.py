@@ -1,0 +1,93 @@
+"""The CPU target (LLVM) against the reference executor: every spec, forward and
+backward, float32 and float64, with and without variable lengths."""
+import numpy as np
+import pytest
+
+from conftest import compile_spec, random_inputs
+
+TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
+
+
+def run_both(name, dtype, lengths=None, T=5, B=3, seed=0):
+    reference = compile_spec(name, dtype=dtype)
+    native = compile_spec(name, dtype=dtype, target="cpu")
+    x, params, state = random_inputs(reference, T=T, B=B, seed=seed)
+    results = []
+    rng = np.random.default_rng(seed + 1)
+    dy = rng.standard_normal((T, B, reference.state_sizes[reference.output])).astype(dtype)
+    dstate = {n: rng.standard_normal((B, s)).astype(dtype)
+              for n, s in reference.state_sizes.items()}
+    for cell in (reference, native):
+        y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths)
+        y_eval, final_eval = cell.forward(x, params, state, lengths=lengths)
+        np.testing.assert_allclose(y, y_eval, **TOLERANCE[dtype])  # train computes the same
+        results.append((y, final, tape.backward(dy, dstate)))
+    return results
+
+
+def assert_same(expected, got, dtype, name):
+    tol = TOLERANCE[dtype]
+    (y0, f0, g0), (y1, f1, g1) = expected, got
+    np.testing.assert_allclose(y1, y0, **tol, err_msg=f"{name}: y")
+    for n in f0:
+        np.testing.assert_allclose(f1[n], f0[n], **tol, err_msg=f"{name}: state {n}")
+    np.testing.assert_allclose(g1["x"], g0["x"], **tol, err_msg=f"{name}: dx")
+    for n in g0["params"]:
+        np.testing.assert_allclose(g1["params"][n], g0["params"][n], **tol,
+                                   err_msg=f"{name}: d{n}")
+    for n in g0["state"]:
+        np.testing.assert_allclose(g1["state"][n], g0["state"][n], **tol,
+                                   err_msg=f"{name}: dstate {n}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cpu_matches_reference(spec_name, dtype):
+    expected, got = run_both(spec_name, dtype)
+    assert got[0].dtype == np.dtype(dtype)
+    assert_same(expected, got, dtype, spec_name)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "lstmp", "layernorm_lstm", "indrnn"])
+def test_cpu_matches_reference_with_lengths(name):
+    lengths = np.array([5, 2, 4, 1])
+    expected, got = run_both(name, "float64", lengths=lengths, B=4)
+    assert_same(expected, got, "float64", name)
+    y = got[0]
+    assert np.all(y[2:, 1] == 0) and np.all(y[1:, 3] == 0)
+
+
+def test_lengths_keep_the_state_at_each_rows_length():
+    cell = compile_spec("lstm", target="cpu")
+    x, params, state = random_inputs(cell, T=6, B=2)
+    y, final = cell.forward(x, params, state, lengths=[6, 3])
+    y_short, final_short = cell.forward(np.ascontiguousarray(x[:3, 1:]), params,
+                                        {n: v[1:] for n, v in state.items()})
+    np.testing.assert_allclose(y[:3, 1], y_short[:, 0], rtol=1e-12)
+    for n in final:
+        np.testing.assert_allclose(final[n][1], final_short[n][0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gru_cho", "lstm"])
+def test_portable_gemm(monkeypatch, name):
+    monkeypatch.setenv("LSTMC_BLAS", "builtin")
+    expected, got = run_both(name, "float64", T=3, B=2)
+    assert_same(expected, got, "float64", name)
+
+
+def test_float32_math_is_accurate_over_a_wide_range():
+    """The vectorizable float32 exp/tanh/sigmoid against NumPy, through a cell that
+    applies them elementwise to its input."""
+    import lstmc
+
+    spec = ("cell m(x: I) -> h: I {\n  state e: I, s: I\n"
+            "  h' = tanh(x)\n  e' = exp(x)\n  s' = sigmoid(x)\n}\n")
+    cell = lstmc.compile(spec, input_size=7, target="cpu")
+    x = np.linspace(-100, 90, 7 * 4001, dtype=np.float32).reshape(4001, 1, 7)
+    y, final = cell.forward(x, {})
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, np.tanh(x64), rtol=3e-7, atol=1e-7)
+    small = np.linspace(-80, 80, 7 * 100, dtype=np.float32).reshape(100, 1, 7)
+    _, final = cell.forward(small[-1:], {})
+    np.testing.assert_allclose(final["e"], np.exp(small[-1:, 0].astype(np.float64)), rtol=3e-7)
+    np.testing.assert_allclose(final["s"], 1 / (1 + np.exp(-small[-1:, 0].astype(np.float64))),
+                               rtol=3e-7, atol=1e-30)

@@ -1,0 +1,99 @@
+"""Stacks, directions and variable lengths against PyTorch's packed sequences: a 2-layer
+bidirectional LSTM and GRU, values and every gradient, on every target."""
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import lstmc
+from conftest import spec_path
+
+T, B, I, H = 6, 4, 3, 5
+LENGTHS = np.array([6, 3, 5, 1])
+
+
+def _module(kind):
+    torch.manual_seed(0)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    return cls(I, H, num_layers=2, bidirectional=True).double()
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_two_layer_bidirectional_with_lengths_equals_pytorch(kind, target, batch_first):
+    module = _module(kind)
+    module.batch_first = batch_first
+    stack = lstmc.compile(spec_path(kind), I, H, dtype="float64", target=target,
+                          num_layers=2, bidirectional=True, batch_first=batch_first)
+    params = lstmc.params_from_torch(stack, module)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    state = {n: 0.5 * rng.standard_normal((4, B, H)) for n in stack.state_sizes}
+
+    y, final, tape = stack.forward(x, params, state, train=True, lengths=LENGTHS)
+
+    xt = torch.tensor(x, requires_grad=True)
+    init = {n: torch.tensor(v, requires_grad=True) for n, v in state.items()}
+    packed = pack_padded_sequence(xt, torch.tensor(LENGTHS), batch_first=batch_first,
+                                  enforce_sorted=False)
+    hx = (init["h"], init["c"]) if kind == "lstm" else init["h"]
+    out, final_t = module(packed, hx)
+    yt, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    final_t = dict(zip(["h", "c"], final_t)) if kind == "lstm" else {"h": final_t}
+
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for n in final:
+        np.testing.assert_allclose(final[n], final_t[n].detach().numpy(), rtol=1e-10, atol=1e-12)
+
+    dy = rng.standard_normal(y.shape)
+    valid = (np.arange(T)[:, None] < LENGTHS[None, :])
+    valid = valid.T[:, :, None] if batch_first else valid[:, :, None]
+    dy = dy * valid  # outputs past a row's length are constant zeros in both
+    dstate = {n: rng.standard_normal(v.shape) for n, v in final.items()}
+    grads = tape.backward(dy, dstate)
+    loss = (yt * torch.tensor(dy)).sum() + sum((final_t[n] * torch.tensor(dstate[n])).sum()
+                                               for n in final_t)
+    loss.backward()
+
+    np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    expected = {k: v.grad.numpy() for k, v in module.named_parameters()}
+    got = {k: v.numpy() for k, v in lstmc.params_to_torch(stack, grads["params"]).items()}
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-11, err_msg=key)
+    for n in state:
+        np.testing.assert_allclose(grads["state"][n], init[n].grad.numpy(), rtol=1e-9,
+                                   atol=1e-11)
+
+
+def test_single_cell_batch_first_matches_time_major():
+    cell = lstmc.compile(spec_path("gru"), I, H, dtype="float64")
+    cell_bf = lstmc.compile(spec_path("gru"), I, H, dtype="float64", batch_first=True)
+    params = cell.init_params()
+    x = np.random.default_rng(1).standard_normal((T, B, I))
+    y, _ = cell.forward(x, params)
+    y_bf, _, tape = cell_bf.forward(np.ascontiguousarray(x.transpose(1, 0, 2)), params, train=True)
+    np.testing.assert_allclose(y_bf, y.transpose(1, 0, 2), rtol=1e-14)
+    assert tape.backward(np.ones_like(y_bf))["x"].shape == (B, T, I)
+
+
+def test_stack_parameter_names_and_shapes():
+    stack = lstmc.compile(spec_path("lstm"), I, H, num_layers=2, bidirectional=True)
+    assert stack.param_shapes["l0.W_ii"] == (H, I)
+    assert stack.param_shapes["l1_reverse.W_ii"] == (H, 2 * H)
+    assert set(stack.init_params()) == set(stack.param_shapes)
+
+
+def test_stack_bad_inputs():
+    stack = lstmc.compile(spec_path("gru"), I, H, num_layers=2)
+    params = stack.init_params()
+    x = np.zeros((T, B, I), np.float32)
+    with pytest.raises(lstmc.ShapeError, match=r"state\['h'\]: expected shape \(2, 4, 5\)"):
+        stack.forward(x, params, {"h": np.zeros((1, B, H), np.float32)})
+    with pytest.raises(lstmc.ShapeError, match="params: missing 'l1.W_hn'"):
+        stack.forward(x, {k: v for k, v in params.items() if k != "l1.W_hn"})
+    with pytest.raises(lstmc.ShapeError, match="lengths: each must be between 1 and T=6"):
+        stack.forward(x, params, lengths=[1, 2, 7, 1])
+    with pytest.raises(lstmc.CompileError, match="num_layers must be a positive integer"):
+        lstmc.compile(spec_path("gru"), I, H, num_layers=0)
