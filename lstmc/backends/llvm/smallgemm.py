@@ -1,0 +1,163 @@
+"""`lstmc_small_gemm`: C (M x N) = A (M x K) . B (K x N) for the products inside the time
+loop, where M is a batch (often small) and B a weight matrix that the runtime packs once
+per call into column panels (`pack_panels`): each panel of NR columns is K x NR
+contiguous, so the kernel streams it with unit stride; columns past the last full panel
+follow as one K x (N mod NR) row-major block.
+
+Register tiles of MR rows x NR columns (NR = two 512-bit vectors) keep every accumulator
+in registers across the K loop: per k, two vector loads of B, MR broadcasts of A, 2*MR
+fused multiply-adds. Tiles with few rows (down to a matrix-vector product at batch 1)
+split K across several accumulator sets, so the adds do not wait on one another."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .irutil import I32, I64, PTR, element, for_range, i64
+from .mathlib import FAST
+
+MR = 8  # rows of a register tile
+NV = 2  # vectors per tile row
+
+
+def vector_width(ftype: ir.Type) -> int:
+    return 16 if isinstance(ftype, ir.FloatType) else 8
+
+
+def panel_width(dtype: str) -> int:
+    return NV * (16 if dtype == "float32" else 8)
+
+
+def small_gemm_type() -> ir.FunctionType:
+    return ir.FunctionType(ir.VoidType(), [I64, I64, I64, PTR, I64, PTR, PTR, I64])
+
+
+def emit_small_gemm(module: ir.Module, ftype: ir.Type) -> ir.Function:
+    vw = vector_width(ftype)
+    nr = NV * vw
+    vtype = ir.VectorType(ftype, vw)
+    tiles = {mr: _emit_tile(module, ftype, vtype, mr) for mr in range(1, MR + 1)}
+
+    fn = ir.Function(module, small_gemm_type(), "lstmc_small_gemm")
+    fn.attributes.add("nounwind")
+    M, N, K, A, lda, B, C, ldc = fn.args
+    for arg in (A, B, C):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    panels = b.sdiv(N, i64(nr))
+    with for_range(b, panels, "panel") as p:
+        n0 = b.mul(p, i64(nr))
+        panel = element(b, ftype, B, b.mul(p, b.mul(K, i64(nr))))
+        full = b.sdiv(M, i64(MR))
+        with for_range(b, full, "mtile") as mt:
+            _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, K, A, lda, panel, C, ldc, ftype)
+        rest = b.srem(M, i64(MR))
+        m0 = b.mul(full, i64(MR))
+        for mr in range(1, MR):
+            with b.if_then(b.icmp_signed("==", rest, i64(mr))):
+                _call_tile(b, tiles[mr], m0, n0, K, A, lda, panel, C, ldc, ftype)
+    # Columns past the last full panel: a K x width row-major block after the panels.
+    start = b.mul(panels, i64(nr))
+    width = b.sub(N, start)
+    tail = element(b, ftype, B, b.mul(panels, b.mul(K, i64(nr))))
+    with for_range(b, width, "ncol") as dn:
+        with for_range(b, M, "mrow") as m:
+            total = _scalar_dot(b, ftype, K, A, lda, m, tail, width, dn)
+            b.store(total, element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn))))
+    b.ret_void()
+    return fn
+
+
+def _call_tile(b, tile, m0, n0, K, A, lda, panel, C, ldc, ftype) -> None:
+    a = element(b, ftype, A, b.mul(m0, lda))
+    c = element(b, ftype, C, b.add(b.mul(m0, ldc), n0))
+    b.call(tile, [K, a, lda, panel, c, ldc])
+
+
+def _loop(b: ir.IRBuilder, start, stop, step: int, carried: list, body, name: str) -> list:
+    """for (k = start; k < stop; k += step) carried = body(k, carried); returns carried."""
+    pre = b.block
+    header = b.append_basic_block(f"{name}.head")
+    block = b.append_basic_block(f"{name}.body")
+    after = b.append_basic_block(f"{name}.end")
+    b.branch(header)
+    b.position_at_end(header)
+    k = b.phi(I64, name)
+    k.add_incoming(start, pre)
+    phis = [b.phi(v.type) for v in carried]
+    for phi, value in zip(phis, carried):
+        phi.add_incoming(value, pre)
+    b.cbranch(b.icmp_signed("<", k, stop), block, after)
+    b.position_at_end(block)
+    updated = body(k, phis)
+    end = b.block
+    for phi, value in zip(phis, updated):
+        phi.add_incoming(value, end)
+    k.add_incoming(b.add(k, i64(step)), end)
+    b.branch(header)
+    b.position_at_end(after)
+    return phis
+
+
+def _scalar_dot(b, ftype, K, A, lda, m, B, ldb, n) -> ir.Value:
+    """sum_k A[m, k] * B[k, n]."""
+    def body(k, carried):
+        av = b.load(element(b, ftype, A, b.add(b.mul(m, lda), k)), typ=ftype)
+        bv = b.load(element(b, ftype, B, b.add(b.mul(k, ldb), n)), typ=ftype)
+        return [b.fadd(carried[0], b.fmul(av, bv, flags=FAST), flags=FAST)]
+
+    return _loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
+
+
+def _emit_tile(module, ftype, vtype, mr) -> ir.Function:
+    """C[0:mr, 0:NR] = A[0:mr, :] . panel, the panel K x NR contiguous."""
+    vw = vtype.count
+    nr = NV * vw
+    sets = {1: 4, 2: 2}.get(mr, 1)  # independent accumulator sets for short tiles
+    fn_type = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64])
+    fn = ir.Function(module, fn_type, f"lstmc_gemm_tile{mr}")
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    K, A, lda, P, C, ldc = fn.args
+    for arg in (A, P, C):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    zero = ir.Constant(vtype, [0.0] * vw)
+    splat_mask = ir.Constant(ir.VectorType(I32, vw), [0] * vw)
+    undef = ir.Constant(vtype, ir.Undefined)
+
+    def update(k, accs: list, which: int) -> list:
+        """Add row k's contribution to accumulator set `which`; accs is flat
+        [set][row][vector]."""
+        accs = list(accs)
+        row = element(b, ftype, P, b.mul(k, i64(nr)))
+        bvecs = [b.load(element(b, ftype, row, i64(v * vw)), typ=vtype, align=4)
+                 for v in range(NV)]
+        for i in range(mr):
+            a = b.load(element(b, ftype, A, b.add(b.mul(i64(i), lda), k)), typ=ftype)
+            splat = b.shuffle_vector(b.insert_element(undef, a, i64(0)), undef, splat_mask)
+            for v in range(NV):
+                index = (which * mr + i) * NV + v
+                accs[index] = b.fadd(accs[index], b.fmul(splat, bvecs[v], flags=FAST),
+                                     flags=FAST)
+        return accs
+
+    accs = [zero] * (sets * mr * NV)
+    main_end = b.sub(K, b.srem(K, i64(sets)))
+
+    def unrolled(k, carried):
+        for s in range(sets):
+            carried = update(b.add(k, i64(s)), carried, s)
+        return carried
+
+    accs = _loop(b, i64(0), main_end, sets, accs, unrolled, "k")
+    if sets > 1:
+        accs = _loop(b, main_end, K, 1, accs, lambda k, c: update(k, c, 0), "krest")
+    for i in range(mr):
+        c_row = element(b, ftype, C, b.mul(i64(i), ldc))
+        for v in range(NV):
+            total = accs[i * NV + v]
+            for s in range(1, sets):
+                total = b.fadd(total, accs[(s * mr + i) * NV + v], flags=FAST)
+            b.store(total, element(b, ftype, c_row, i64(v * vw)), align=4)
+    b.ret_void()
+    return fn
