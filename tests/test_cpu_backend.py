@@ -8,9 +8,9 @@ from conftest import compile_spec, random_inputs
 TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 
 
-def run_both(name, dtype, lengths=None, T=5, B=3, seed=0):
-    reference = compile_spec(name, dtype=dtype)
-    native = compile_spec(name, dtype=dtype, target="cpu")
+def run_both(name, dtype, lengths=None, T=5, B=3, seed=0, **sizes):
+    reference = compile_spec(name, dtype=dtype, **sizes)
+    native = compile_spec(name, dtype=dtype, target="cpu", **sizes)
     x, params, state = random_inputs(reference, T=T, B=B, seed=seed)
     results = []
     rng = np.random.default_rng(seed + 1)
@@ -67,11 +67,14 @@ def test_lengths_keep_the_state_at_each_rows_length():
         np.testing.assert_allclose(final[n][1], final_short[n][0], rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["gru_cho", "lstm"])
-def test_portable_gemm(monkeypatch, name):
-    monkeypatch.setenv("LSTMC_BLAS", "builtin")
-    expected, got = run_both(name, "float64", T=3, B=2)
-    assert_same(expected, got, "float64", name)
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_register_tiles_panels_and_batch_slices(monkeypatch, threads, dtype):
+    """Sizes that exercise full register tiles and their remainders (B = 8 + 8 + 9 rows,
+    4H = 160 columns: full panels and a tail), on one thread or on three batch slices."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
+    expected, got = run_both("lstm", dtype, T=4, B=25, hidden_size=40)
+    assert_same(expected, got, dtype, "lstm")
 
 
 def test_float32_math_is_accurate_over_a_wide_range():

@@ -10,6 +10,7 @@ from lstmc_runtime.native import NativeCell
 
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
+from .llvm.smallgemm import panel_width
 from .llvm.toolchain import optimize, target_machine
 
 LIBRARY = "cell.so"
@@ -33,6 +34,11 @@ def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: Module
                        "init": p.init} for n, p in info.params.items()},
         "packed": [{"name": w.name, "segments": [[p, r] for p, r in w.segments],
                     "columns": w.columns} for w in mb.packed.values()],
+        "panel_width": panel_width(dtype),
+        "hoisted": [{"index": h.index, "packed": mb.packed_weight(h.segments).name}
+                    for h in program.hoisted],
+        "products": [{"id": p.id, "packed": mb.packed_weight(p.segments).name,
+                      "operand": f"saved:{p.inputs[0].id}"} for p in program.recurrent_products],
         "entries": {name: mb.entries[symbol].to_json() for name, symbol in ENTRIES.items()},
     }
 
@@ -49,7 +55,7 @@ def jit(program: Program, sizes: dict[str, int], dtype: str) -> NativeCell:
     module = optimize(ir_text)
     engine = llvm.create_mcjit_compiler(module, target_machine())
     engine.finalize_object()
-    symbols = list(ENTRIES.values()) + ["lstmc_gemm"]
+    symbols = list(ENTRIES.values())
     functions = {s: engine.get_function_address(s) for s in symbols}
     return NativeCell(manifest, functions, keepalive=(engine, module))
 

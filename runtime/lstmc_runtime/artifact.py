@@ -59,7 +59,6 @@ def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
     for entry in manifest["entries"].values():
         functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
                                                  ctypes.c_void_p).value
-    functions["lstmc_gemm"] = ctypes.cast(library.lstmc_gemm, ctypes.c_void_p).value
     return NativeCell(manifest, functions, keepalive=library)
 
 

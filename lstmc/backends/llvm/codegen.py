@@ -1,15 +1,16 @@
-"""Render a Program as an LLVM module with three entry points, each running a whole
-sequence in one call:
+"""Render a Program as an LLVM module with three entry points, each running the time loop
+of a whole sequence (for a slice of the batch) in one call:
 
-    int32 lstmc_forward(int64 T, int64 B, void **buffers, gemm_t gemm)
+    int32 lstmc_forward(int64 T, int64 B, int64 BS, void **buffers)
     int32 lstmc_forward_train(...)      # also saves what the backward pass reads
     int32 lstmc_backward(...)
 
-`buffers` is an array of pointers whose order and shapes the returned ABI lists (the
-runtime fills it); `gemm` is a row-major cblas_?gemm with 64-bit integers (ILP64), so
-GEMMs come from the BLAS the runtime finds, or from the portable one in this module.
-Recurrent products and input projections are GEMMs; everything between them is fused
-elementwise loops (regions.py).
+`buffers` is an array of pointers whose order and shapes the ABI lists; B rows are
+processed, and sequence buffers (T, *, n) hold BS rows per step, so that the runtime can
+run slices of one batch on several cores at once, each call given pointers to its first
+row. Products inside the step use lstmc_small_gemm on weights packed into panels; the
+whole-sequence products (input projections before the loop, weight gradients after it)
+are the runtime's, as big GEMMs over all T*B rows.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from ...passes.pipeline import Program
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
 from .regions import Place, RegionEmitter, StepEnv
-
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+from .smallgemm import emit_small_gemm
 
 
 @dataclass
@@ -59,25 +59,6 @@ class PackedWeight:
         return sum(r for _, r in self.segments)
 
 
-def gemm_type(ftype: ir.Type) -> ir.FunctionType:
-    return ir.FunctionType(ir.VoidType(), [I32, I32, I32, I64, I64, I64, ftype, PTR, I64,
-                                           PTR, I64, ftype, PTR, I64])
-
-
-class _IndirectCallee:
-    """A function pointer argument, callable: with opaque pointers llvmlite cannot know
-    the callee's type, so it is given here."""
-
-    def __init__(self, pointer: ir.Value, function_type: ir.FunctionType):
-        self.pointer, self.function_type, self.type = pointer, function_type, pointer.type
-
-    def get_reference(self) -> str:
-        return self.pointer.get_reference()
-
-    def __getattr__(self, name):
-        return getattr(self.pointer, name)
-
-
 class ModuleBuilder:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
         self.program, self.sizes = program, sizes
@@ -87,6 +68,7 @@ class ModuleBuilder:
         self.regions = RegionEmitter(self.module, self.math, "lstmc")
         self.packed: dict[tuple, PackedWeight] = {}
         self.entries: dict[str, EntryAbi] = {}
+        self.small_gemm = emit_small_gemm(self.module, self.ftype)
 
     def size(self, node_or_size) -> int:
         size = node_or_size.size if isinstance(node_or_size, Node) else node_or_size
@@ -104,7 +86,6 @@ class ModuleBuilder:
         _ForwardKernel(self, train=False).emit()
         _ForwardKernel(self, train=True).emit()
         _BackwardKernel(self).emit()
-        _emit_portable_gemm(self.module, self.ftype)
         return self.module
 
 
@@ -115,9 +96,9 @@ class _Kernel:
         self.mb, self.ftype, self.math = mb, mb.ftype, mb.math
         self.abi = EntryAbi(symbol)
         mb.entries[symbol] = self.abi
-        fn_type = ir.FunctionType(I32, [I64, I64, PTR, PTR])
+        fn_type = ir.FunctionType(I32, [I64, I64, I64, PTR])
         self.fn = ir.Function(mb.module, fn_type, symbol)
-        self.T, self.B, self.bufs, self.gemm = self.fn.args
+        self.T, self.B, self.BS, self.bufs = self.fn.args
         self.entry = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.b = ir.IRBuilder(self.fn.append_basic_block("body"))
         self._buffers: dict[str, ir.Value] = {}
@@ -140,18 +121,8 @@ class _Kernel:
         return Place(base, n)
 
     def seq_row(self, base: ir.Value, t: ir.Value, n: int) -> ir.Value:
-        """Pointer to step t of a (T, B, n) buffer."""
-        return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.B), i64(n)))
-
-    def call_gemm(self, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc,
-                  beta: float) -> None:
-        b = self.b
-        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
-        b.call(_IndirectCallee(self.gemm, gemm_type(self.ftype)), [
-            ir.Constant(I32, ROW_MAJOR), ir.Constant(I32, TRANS if trans_a else NO_TRANS),
-            ir.Constant(I32, TRANS if trans_b else NO_TRANS), as_i64(m), as_i64(n), as_i64(k),
-            self.math.const(1.0), a, as_i64(lda), b_, as_i64(ldb), self.math.const(beta), c,
-            as_i64(ldc)])
+        """Pointer to step t of a (T, BS, n) sequence buffer (at this call's first row)."""
+        return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.BS), i64(n)))
 
     def copy(self, src: ir.Value, dst: ir.Value, count: ir.Value) -> None:
         b = self.b
@@ -205,11 +176,11 @@ class _Kernel:
                 self.mb.regions.emit(self.b, stage.nodes, env, self.B, self.alloca)
 
     def product(self, node: Node, env: StepEnv) -> None:
-        """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or
-        its transpose in the backward pass, out (B, in) = g (B, rows) @ W."""
+        """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its
+        transpose in the backward pass, out (B, in) = g (B, rows) @ W. The runtime packs
+        W^T (forward) and W (backward) into panels."""
         segments, in_size = node.attr
         weight = self.mb.packed_weight(segments)
-        packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
         operand = env.places[node.inputs[0].id]
         if operand.stride == 0:  # a learned vector as operand: give every row a copy
             vector, n = operand.base, self.mb.size(node.inputs[0])
@@ -219,11 +190,13 @@ class _Kernel:
                                           self.b.mul(row, i64(n))), i64(n))
         out = env.place(node)
         if node.op == Op.MATMUL:
-            self.call_gemm(False, True, self.B, weight.rows, weight.columns, operand.base,
-                           operand.stride, packed, weight.columns, out.base, out.stride, 0.0)
+            n_out, k = weight.rows, weight.columns
+            packed = self.buffer(f"panelsT:{weight.name}", [k * n_out], "in")
         else:
-            self.call_gemm(False, False, self.B, weight.columns, weight.rows, operand.base,
-                           operand.stride, packed, weight.columns, out.base, out.stride, 0.0)
+            n_out, k = weight.columns, weight.rows
+            packed = self.buffer(f"panels:{weight.name}", [k * n_out], "in")
+        self.b.call(self.mb.small_gemm, [self.B, i64(n_out), i64(k), operand.base,
+                                         i64(operand.stride), packed, out.base, i64(out.stride)])
         self.role_copies(node, env)
 
     def role_copies(self, node: Node, env: StepEnv) -> None:
@@ -261,15 +234,12 @@ class _ForwardKernel(_Kernel):
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
         y = self.buffer("y", ["T", "B", state_sizes[info.output]], "out")
 
-        # Input projections: one GEMM over all T*B rows each.
+        # Input projections, computed by the runtime as one GEMM over all T*B rows each.
         hoisted = []
         for h in program.hoisted:
             weight = mb.packed_weight(h.segments)
-            packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
-            out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
-            self.call_gemm(False, True, b.mul(self.T, self.B), weight.rows, I, x, I, packed,
-                           I, out, weight.rows, 0.0)
-            hoisted.append((out, weight.rows))
+            hoisted.append((self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "in"),
+                            weight.rows))
 
         current = {}
         for s, n in state_sizes.items():
@@ -355,10 +325,11 @@ class _BackwardKernel(_Kernel):
         for s, n in state_sizes.items():
             carry[s] = self.alloca(f"carry_{s}", PTR)
             b.store(self.buffer(f"dstate_in:{s}", ["B", n], "in"), carry[s])
-        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "work")
+        # Gradients of every product's output, for the runtime's weight-gradient GEMMs.
+        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "out")
                       for p in program.recurrent_products}
         d_hoisted = {h.index: self.buffer(f"dhoisted:{h.index}", ["T", "B", mb.size(h.rows)],
-                                          "work") for h in program.hoisted}
+                                          "out") for h in program.hoisted}
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
@@ -417,7 +388,6 @@ class _BackwardKernel(_Kernel):
         for s, n in state_sizes.items():
             out = self.buffer(f"dstate_out:{s}", ["B", n], "out")
             self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
-        self._weight_gradients(I, dx, d_products, d_hoisted)
         self.finish()
 
     def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
@@ -438,51 +408,3 @@ class _BackwardKernel(_Kernel):
 
         self.rows_by_length(t, active, lambda row: self.fill(self.row(place.base, row, n),
                                                               i64(n), 0.0))
-
-    def _weight_gradients(self, I, dx, d_products, d_hoisted) -> None:
-        """Deferred to after the loop: one GEMM over all T*B rows per product."""
-        mb, b, program = self.mb, self.b, self.mb.program
-        rows_total = b.mul(self.T, self.B)
-        x = self.buffer("x", ["T", "B", I], "in")
-        for h in program.hoisted:
-            weight = mb.packed_weight(h.segments)
-            packed = self.buffer(f"packed:{weight.name}", [weight.rows, weight.columns], "in")
-            dpacked = self.buffer(f"dpacked:{weight.name}", [weight.rows, weight.columns], "out")
-            dh = d_hoisted[h.index]
-            self.call_gemm(True, False, weight.rows, I, rows_total, dh, weight.rows, x, I,
-                           dpacked, I, 1.0)
-            self.call_gemm(False, False, rows_total, I, weight.rows, dh, weight.rows, packed,
-                           I, dx, I, 1.0)
-        for p in program.recurrent_products:
-            weight = mb.packed_weight(p.segments)
-            dpacked = self.buffer(f"dpacked:{weight.name}", [weight.rows, weight.columns], "out")
-            operand = p.inputs[0]
-            seq = self.buffer(f"saved:{operand.id}", ["T", "B", weight.columns], "in")
-            self.call_gemm(True, False, weight.rows, weight.columns, rows_total,
-                           d_products[p.id], weight.rows, seq, weight.columns, dpacked,
-                           weight.columns, 1.0)
-
-
-def _emit_portable_gemm(module: ir.Module, ftype: ir.Type) -> None:
-    """`lstmc_gemm`: a plain row-major GEMM with the cblas signature, for machines where
-    the runtime finds no ILP64 BLAS. Correct first; the vectorizer does what it can."""
-    fn = ir.Function(module, gemm_type(ftype), "lstmc_gemm")
-    order, ta, tb, m, n, k, alpha, a, lda, bm, ldb, beta, c, ldc = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    trans_a = b.icmp_signed("==", ta, ir.Constant(I32, TRANS))
-    trans_b = b.icmp_signed("==", tb, ir.Constant(I32, TRANS))
-    zero = ir.Constant(ftype, 0.0)
-    with for_range(b, m, "gi") as i:
-        with for_range(b, n, "gj") as j:
-            c_ptr = element(b, ftype, c, b.add(b.mul(i, ldc), j))
-            beta_zero = b.fcmp_ordered("==", beta, zero)
-            old = b.select(beta_zero, zero, b.fmul(beta, b.load(c_ptr, typ=ftype)))
-            b.store(old, c_ptr)
-            with for_range(b, k, "gk") as p:
-                a_index = b.select(trans_a, b.add(b.mul(p, lda), i), b.add(b.mul(i, lda), p))
-                b_index = b.select(trans_b, b.add(b.mul(j, ldb), p), b.add(b.mul(p, ldb), j))
-                av = b.load(element(b, ftype, a, a_index), typ=ftype)
-                bv = b.load(element(b, ftype, bm, b_index), typ=ftype)
-                prod = b.fmul(b.fmul(av, bv), alpha)
-                b.store(b.fadd(b.load(c_ptr, typ=ftype), prod), c_ptr)
-    b.ret_void()
