@@ -7,6 +7,7 @@ place, so a reader never sees a half-written one; an entry that fails its checks
 removed and rebuilt, never loaded."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,10 +39,25 @@ def _cpu_identity() -> str:
         return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of the compiler's and runtime's own source: a changed code generator or
+    kernel ABI must never meet code cached by an older one, version bump or not."""
+    import lstmc_runtime
+
+    digest = hashlib.sha256()
+    for package in (Path(__file__).parent, Path(lstmc_runtime.__file__).parent):
+        for path in sorted(package.rglob("*")):
+            if path.suffix in (".py", ".lark"):
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(parts: dict) -> str:
     from . import __version__
 
-    identity = dict(parts, lstmc=__version__, llvmlite=metadata.version("llvmlite"),
+    identity = dict(parts, lstmc=__version__, source=compiler_fingerprint(),
+                    llvmlite=metadata.version("llvmlite"),
                     machine=platform.machine(), system=platform.system(), cpu=_cpu_identity())
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:40]
 

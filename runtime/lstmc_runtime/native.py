@@ -1,11 +1,10 @@
 """Running native CPU kernels.
 
-A manifest lists, for each entry point, the buffers it takes. This module allocates
-them, packs the weights into the kernels' layout, does the whole-sequence GEMMs with
-NumPy (input projections before the loop, weight gradients after it: large products
-that NumPy's BLAS runs on every core), and runs the time loop itself as native calls:
-one per slice of the batch, on as many threads as the machine has cores (ctypes
-releases the GIL during each call, and batch rows never interact)."""
+A manifest lists, for each entry point, the buffers it takes; this module packs the
+weights into the kernels' layout, allocates the buffers and calls the kernel. Batch rows
+never interact, so a batch is cut into slices run at once on as many threads as the
+machine has cores, one native call each (ctypes releases the GIL during a call); each
+slice runs a whole sequence, its GEMMs included, in one call."""
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +17,7 @@ import numpy as np
 from .cellbase import CellBase
 from .errors import BackendError
 
-ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
 MIN_ROWS_PER_THREAD = 8
 _pool: ThreadPoolExecutor | None = None
@@ -52,7 +51,8 @@ def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
 
 @dataclass
 class Saved:
-    buffers: dict[str, np.ndarray]
+    slices: list[dict[str, np.ndarray]]  # per batch slice: what the backward pass reads
+    bounds: list[int]
     x: np.ndarray
     lengths: np.ndarray
 
@@ -96,7 +96,6 @@ class NativeCell(CellBase):
         packs = {}
         for p in self.manifest["packed"]:
             stacked = np.concatenate([params[name] for name, _ in p["segments"]], axis=0)
-            packs[f"packed:{p['name']}"] = np.ascontiguousarray(stacked)
             packs[f"panelsT:{p['name']}"] = pack_panels(stacked.T, width)
             packs[f"panels:{p['name']}"] = pack_panels(stacked, width)
         return packs
@@ -110,55 +109,67 @@ class NativeCell(CellBase):
 
     # -- calls --------------------------------------------------------------------------
 
-    def _call(self, entry: str, T: int, B: int, given: dict[str, np.ndarray]) -> dict:
-        """Run an entry point over the batch, in slices on several threads."""
+    @staticmethod
+    def _bounds(B: int) -> list[int]:
+        slices = max(1, min(thread_count(), B // MIN_ROWS_PER_THREAD))
+        return [int(v) for v in np.linspace(0, B, slices + 1).astype(int)]
+
+    def _call(self, entry: str, T: int, bounds: list[int], given: dict[str, np.ndarray],
+              per_slice: list[dict] | None = None) -> dict:
+        """Run an entry point on each batch slice [bounds[c], bounds[c+1]). Arrays with a
+        batch axis are cut into slices (outputs: joined again); `per_slice` supplies
+        arrays already cut; outputs without a batch axis are summed over slices."""
         layout = self.manifest["entries"][entry]["buffers"]
-        chunks = max(1, min(thread_count(), B // MIN_ROWS_PER_THREAD))
-        bounds = np.linspace(0, B, chunks + 1).astype(int)
-        shared: dict[str, np.ndarray] = {}
-        private: list[dict[str, np.ndarray]] = [{} for _ in range(chunks)]
-        for spec in layout:
-            name, role = spec["name"], spec["role"]
-            dtype = self.dtype if spec.get("dtype", "float") == "float" else np.dtype(spec["dtype"])
-            per_row = "B" in spec["shape"]
-            if role == "in":
-                array = given[name]
-                shape = self._shape(spec["shape"], T, B)
-                if array.shape != shape or array.dtype != dtype or not array.flags.c_contiguous:
-                    raise BackendError(f"internal: buffer {name} is {array.shape} {array.dtype},"
-                                       f" the kernel needs {shape} {dtype}")
-                shared[name] = array
-            elif per_row and (role == "out" or "T" in spec["shape"]):
-                shared[name] = np.zeros(self._shape(spec["shape"], T, B), dtype)
-            else:  # per-slice scratch, and accumulators summed over slices afterwards
-                for c in range(chunks):
-                    rows = int(bounds[c + 1] - bounds[c])
-                    make = np.zeros if role == "out" else np.empty
-                    private[c][name] = make(self._shape(spec["shape"], T, rows), dtype)
+        count = len(bounds) - 1
+        slices: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        for c in range(count):
+            b0, b1 = bounds[c], bounds[c + 1]
+            rows = b1 - b0
+            for spec in layout:
+                name, dims = spec["name"], spec["shape"]
+                dtype = self.dtype if spec.get("dtype", "float") == "float" else np.dtype(
+                    spec["dtype"])
+                shape = self._shape(dims, T, rows)
+                if spec["role"] == "in":
+                    if per_slice is not None and name in per_slice[c]:
+                        array = per_slice[c][name]
+                    else:
+                        array = given[name]
+                        if "B" in dims and count > 1:
+                            axis = dims.index("B")
+                            array = np.ascontiguousarray(
+                                array[(slice(None),) * axis + (slice(b0, b1),)])
+                    if array.shape != shape or array.dtype != dtype or not (
+                            array.flags.c_contiguous):
+                        raise BackendError(f"internal: buffer {name} is {array.shape} "
+                                           f"{array.dtype}, the kernel needs {shape} {dtype}")
+                elif spec["role"] == "out":
+                    array = np.zeros(shape, dtype)
+                else:
+                    array = np.empty(shape, dtype)
+                slices[c][name] = array
 
         def run(c: int) -> int:
-            b0, rows = int(bounds[c]), int(bounds[c + 1] - bounds[c])
             pointers = (ctypes.c_void_p * max(len(layout), 1))()
             for index, spec in enumerate(layout):
-                name = spec["name"]
-                if name in shared:
-                    array = shared[name]
-                    offset = 0
-                    if "B" in spec["shape"]:
-                        after = spec["shape"][spec["shape"].index("B") + 1:]
-                        offset = b0 * int(np.prod([d for d in after], dtype=np.int64))
-                    pointers[index] = array.ctypes.data + offset * array.itemsize
-                else:
-                    pointers[index] = private[c][name].ctypes.data
-            return self._entries[entry](T, rows, B, pointers)
+                pointers[index] = slices[c][spec["name"]].ctypes.data
+            return self._entries[entry](T, bounds[c + 1] - bounds[c], pointers)
 
-        statuses = [run(0)] if chunks == 1 else list(_executor().map(run, range(chunks)))
+        statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
-        out = dict(shared)
-        for name in private[0]:
-            if any(s["name"] == name and s["role"] == "out" for s in layout):
-                out[name] = sum(p[name] for p in private)
+        out: dict = {"slices": slices}
+        for spec in layout:
+            if spec["role"] != "out":
+                continue
+            name, dims = spec["name"], spec["shape"]
+            parts = [sl[name] for sl in slices]
+            if count == 1:
+                out[name] = parts[0]
+            elif "B" in dims:
+                out[name] = np.concatenate(parts, axis=dims.index("B"))
+            else:
+                out[name] = sum(parts[1:], parts[0])
         return out
 
     @staticmethod
@@ -174,52 +185,35 @@ class NativeCell(CellBase):
         return given
 
     def _run_forward(self, x, params, state, train, lengths):
-        T, B, I = x.shape
-        packs = self._packs(params)
-        given = self._inputs(x, params, state, lengths, packs)
-        rows = x.reshape(T * B, I)
-        for h in self.manifest["hoisted"]:  # input projections: one GEMM each
-            weight = packs[f"packed:{h['packed']}"]
-            given[f"hoisted:{h['index']}"] = (rows @ weight.T).reshape(T, B, -1)
-        out = self._call("forward_train" if train else "forward", T, B, given)
+        T, B, _ = x.shape
+        given = self._inputs(x, params, state, lengths, self._packs(params))
+        bounds = self._bounds(B)
+        out = self._call("forward_train" if train else "forward", T, bounds, given)
         final = {n: out[f"state_out:{n}"] for n in self.state_sizes}
         saved = None
         if train:
-            buffers = {k: v for k, v in out.items() if k.startswith("saved:")}
-            buffers.update({k: v for k, v in given.items() if k.startswith("hoisted:")})
-            saved = Saved(buffers, x, given["lengths"])
+            kept = [{k: v for k, v in sl.items() if k.startswith("saved:")}
+                    for sl in out["slices"]]
+            saved = Saved(kept, bounds, x, given["lengths"])
         return out["y"], final, saved
 
     def _run_backward(self, saved: Saved, params, dy, dstate):
-        x = saved.x
-        T, B, I = x.shape
         packs = self._packs(params)
-        given = self._inputs(x, params, {}, saved.lengths, packs)
-        given.update(saved.buffers)
+        given = self._inputs(saved.x, params, {}, saved.lengths, packs)
         given["dy"] = dy
         given.update({f"dstate_in:{n}": v for n, v in dstate.items()})
-        out = self._call("backward", T, B, given)
+        T = saved.x.shape[0]
+        out = self._call("backward", T, saved.bounds, given, per_slice=saved.slices)
         dparams = {n: np.zeros(s, self.dtype) for n, s in self.param_shapes.items()}
         for name in self.param_shapes:
             if f"dparam:{name}" in out:
                 dparams[name] += out[f"dparam:{name}"]
-        dx = out["dx"]
-        rows = x.reshape(T * B, I)
-        by_name = {p["name"]: p for p in self.manifest["packed"]}
-        for h in self.manifest["hoisted"]:  # weight gradients: one GEMM each, all steps
-            d_out = out[f"dhoisted:{h['index']}"].reshape(T * B, -1)
-            self._scatter(by_name[h["packed"]], d_out.T @ rows, dparams)
-            dx += (d_out @ packs[f"packed:{h['packed']}"]).reshape(T, B, I)
-        for p in self.manifest["products"]:
-            d_out = out[f"dproduct:{p['id']}"].reshape(T * B, -1)
-            operand = saved.buffers[p["operand"]].reshape(T * B, -1)
-            self._scatter(by_name[p["packed"]], d_out.T @ operand, dparams)
+        for p in self.manifest["packed"]:
+            gradient, offset = out.get(f"dpacked:{p['name']}"), 0
+            if gradient is None:
+                continue
+            for name, rows in p["segments"]:
+                dparams[name] += gradient[offset:offset + rows]
+                offset += rows
         dstate0 = {n: out[f"dstate_out:{n}"] for n in self.state_sizes}
-        return dx, dparams, dstate0
-
-    @staticmethod
-    def _scatter(packed: dict, gradient: np.ndarray, into: dict) -> None:
-        offset = 0
-        for name, rows in packed["segments"]:
-            into[name] += gradient[offset:offset + rows]
-            offset += rows
+        return out["dx"], dparams, dstate0

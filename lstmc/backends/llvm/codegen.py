@@ -1,16 +1,15 @@
 """Render a Program as an LLVM module with three entry points, each running the time loop
 of a whole sequence (for a slice of the batch) in one call:
 
-    int32 lstmc_forward(int64 T, int64 B, int64 BS, void **buffers)
+    int32 lstmc_forward(int64 T, int64 B, void **buffers)
     int32 lstmc_forward_train(...)      # also saves what the backward pass reads
     int32 lstmc_backward(...)
 
-`buffers` is an array of pointers whose order and shapes the ABI lists; B rows are
-processed, and sequence buffers (T, *, n) hold BS rows per step, so that the runtime can
-run slices of one batch on several cores at once, each call given pointers to its first
-row. Products inside the step use lstmc_small_gemm on weights packed into panels; the
-whole-sequence products (input projections before the loop, weight gradients after it)
-are the runtime's, as big GEMMs over all T*B rows.
+`buffers` is an array of pointers whose order and shapes the ABI lists. Batch rows never
+interact, so the runtime may run slices of one batch on several cores at once, one call
+each. Every product is lstmc_small_gemm on weights packed into panels: the input
+projections as one GEMM over all T*B rows before the loop, the recurrent products inside
+it, and the weight gradients as one GEMM over all T*B rows after it.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from ...passes.pipeline import Program
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
 from .regions import Place, RegionEmitter, StepEnv
-from .smallgemm import emit_small_gemm
+from .smallgemm import NV, emit_small_gemm, vector_width
 
 
 @dataclass
@@ -68,7 +67,9 @@ class ModuleBuilder:
         self.regions = RegionEmitter(self.module, self.math, "lstmc")
         self.packed: dict[tuple, PackedWeight] = {}
         self.entries: dict[str, EntryAbi] = {}
-        self.small_gemm = emit_small_gemm(self.module, self.ftype)
+        self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
+        self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
+        self.panel = NV * vector_width(self.ftype)
 
     def size(self, node_or_size) -> int:
         size = node_or_size.size if isinstance(node_or_size, Node) else node_or_size
@@ -96,9 +97,9 @@ class _Kernel:
         self.mb, self.ftype, self.math = mb, mb.ftype, mb.math
         self.abi = EntryAbi(symbol)
         mb.entries[symbol] = self.abi
-        fn_type = ir.FunctionType(I32, [I64, I64, I64, PTR])
+        fn_type = ir.FunctionType(I32, [I64, I64, PTR])
         self.fn = ir.Function(mb.module, fn_type, symbol)
-        self.T, self.B, self.BS, self.bufs = self.fn.args
+        self.T, self.B, self.bufs = self.fn.args
         self.entry = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.b = ir.IRBuilder(self.fn.append_basic_block("body"))
         self._buffers: dict[str, ir.Value] = {}
@@ -121,8 +122,22 @@ class _Kernel:
         return Place(base, n)
 
     def seq_row(self, base: ir.Value, t: ir.Value, n: int) -> ir.Value:
-        """Pointer to step t of a (T, BS, n) sequence buffer (at this call's first row)."""
-        return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.BS), i64(n)))
+        """Pointer to step t of a (T, B, n) sequence buffer."""
+        return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.B), i64(n)))
+
+    def gemm(self, m, n: int, k, a, sam, sak, b_matrix, layout: str, c, ldc: int,
+             accumulate: bool = False) -> None:
+        """C (m x n) (+)= A . B with B (k x n) either in panels ("panels", packed by the
+        runtime) or plain row-major ("rows")."""
+        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
+        nr = self.mb.panel
+        if layout == "panels":
+            bk, bp, bt = i64(nr), self.b.mul(as_i64(k), i64(nr)), i64(n % nr)
+        else:
+            bk, bp, bt = i64(n), i64(nr), i64(n)
+        fn = self.mb.small_gemm_acc if accumulate else self.mb.small_gemm
+        self.b.call(fn, [as_i64(m), i64(n), as_i64(k), a, as_i64(sam), as_i64(sak), b_matrix,
+                         bk, bp, bt, c, i64(ldc)])
 
     def copy(self, src: ir.Value, dst: ir.Value, count: ir.Value) -> None:
         b = self.b
@@ -195,8 +210,8 @@ class _Kernel:
         else:
             n_out, k = weight.columns, weight.rows
             packed = self.buffer(f"panels:{weight.name}", [k * n_out], "in")
-        self.b.call(self.mb.small_gemm, [self.B, i64(n_out), i64(k), operand.base,
-                                         i64(operand.stride), packed, out.base, i64(out.stride)])
+        self.gemm(self.B, n_out, k, operand.base, operand.stride, 1, packed, "panels", out.base,
+                  out.stride)
         self.role_copies(node, env)
 
     def role_copies(self, node: Node, env: StepEnv) -> None:
@@ -234,12 +249,15 @@ class _ForwardKernel(_Kernel):
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
         y = self.buffer("y", ["T", "B", state_sizes[info.output]], "out")
 
-        # Input projections, computed by the runtime as one GEMM over all T*B rows each.
+        # Input projections: one GEMM over all T*B rows each, before the loop.
         hoisted = []
         for h in program.hoisted:
             weight = mb.packed_weight(h.segments)
-            hoisted.append((self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "in"),
-                            weight.rows))
+            out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
+            panels = self.buffer(f"panelsT:{weight.name}", [I * weight.rows], "in")
+            self.gemm(b.mul(self.T, self.B), weight.rows, I, x, I, 1, panels, "panels", out,
+                      weight.rows)
+            hoisted.append((out, weight.rows))
 
         current = {}
         for s, n in state_sizes.items():
@@ -326,10 +344,10 @@ class _BackwardKernel(_Kernel):
             carry[s] = self.alloca(f"carry_{s}", PTR)
             b.store(self.buffer(f"dstate_in:{s}", ["B", n], "in"), carry[s])
         # Gradients of every product's output, for the runtime's weight-gradient GEMMs.
-        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "out")
+        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "work")
                       for p in program.recurrent_products}
         d_hoisted = {h.index: self.buffer(f"dhoisted:{h.index}", ["T", "B", mb.size(h.rows)],
-                                          "out") for h in program.hoisted}
+                                          "work") for h in program.hoisted}
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
@@ -388,6 +406,7 @@ class _BackwardKernel(_Kernel):
         for s, n in state_sizes.items():
             out = self.buffer(f"dstate_out:{s}", ["B", n], "out")
             self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
+        self._weight_gradients(I, dx, d_products, d_hoisted)
         self.finish()
 
     def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
@@ -408,3 +427,24 @@ class _BackwardKernel(_Kernel):
 
         self.rows_by_length(t, active, lambda row: self.fill(self.row(place.base, row, n),
                                                               i64(n), 0.0))
+
+    def _weight_gradients(self, I, dx, d_products, d_hoisted) -> None:
+        """Deferred to after the loop: one GEMM over all T*B rows per product."""
+        mb, b, program = self.mb, self.b, self.mb.program
+        rows_total = b.mul(self.T, self.B)
+        x = self.buffer("x", ["T", "B", I], "in")
+        for h in program.hoisted:
+            w = mb.packed_weight(h.segments)
+            dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
+            panels = self.buffer(f"panels:{w.name}", [w.rows * w.columns], "in")
+            dh = d_hoisted[h.index]
+            # dW += dG^T x ; dx += dG W
+            self.gemm(w.rows, I, rows_total, dh, 1, w.rows, x, "rows", dpacked, I, True)
+            self.gemm(rows_total, I, w.rows, dh, w.rows, 1, panels, "panels", dx, I, True)
+        for p in program.recurrent_products:
+            w = mb.packed_weight(p.segments)
+            dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
+            operand = self.buffer(f"saved:{p.inputs[0].id}", ["T", "B", w.columns], "in")
+            # dU += dP^T v
+            self.gemm(w.rows, w.columns, rows_total, d_products[p.id], 1, w.rows, operand,
+                      "rows", dpacked, w.columns, True)

@@ -1,8 +1,12 @@
-"""`lstmc_small_gemm`: C (M x N) = A (M x K) . B (K x N) for the products inside the time
-loop, where M is a batch (often small) and B a weight matrix that the runtime packs once
-per call into column panels (`pack_panels`): each panel of NR columns is K x NR
-contiguous, so the kernel streams it with unit stride; columns past the last full panel
-follow as one K x (N mod NR) row-major block.
+"""`lstmc_small_gemm` and `lstmc_small_gemm_acc`: C (M x N) = (or +=) A (M x K) . B (K x N).
+
+Every GEMM of a compiled cell runs here: the products inside the time loop (M is the
+batch, often small), and the whole-sequence ones (M or K is T*B). Element (i, k) of A is
+at A[i*sam + k*sak], so A may be read transposed. B is read in column panels of NR: row
+k of panel p starts at B[p*bp + k*bk]; columns past the last full panel start at
+B[panels*bp + k*bt]. The runtime packs weight matrices into panels once per call
+(`pack_panels`: bk = NR, bp = K*NR, bt = N mod NR) so the kernel streams them with unit
+stride; a plain row-major B works too (bk = bt = ldb, bp = NR).
 
 Register tiles of MR rows x NR columns (NR = two 512-bit vectors) keep every accumulator
 in registers across the K loop: per k, two vector loads of B, MR broadcasts of A, 2*MR
@@ -28,49 +32,55 @@ def panel_width(dtype: str) -> int:
 
 
 def small_gemm_type() -> ir.FunctionType:
-    return ir.FunctionType(ir.VoidType(), [I64, I64, I64, PTR, I64, PTR, PTR, I64])
+    # M, N, K, A, sam, sak, B, bk, bp, bt, C, ldc
+    return ir.FunctionType(ir.VoidType(), [I64, I64, I64, PTR, I64, I64, PTR, I64, I64, I64,
+                                           PTR, I64])
 
 
-def emit_small_gemm(module: ir.Module, ftype: ir.Type) -> ir.Function:
+def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.Function:
     vw = vector_width(ftype)
     nr = NV * vw
     vtype = ir.VectorType(ftype, vw)
-    tiles = {mr: _emit_tile(module, ftype, vtype, mr) for mr in range(1, MR + 1)}
+    suffix = "_acc" if accumulate else ""
+    tiles = {mr: _emit_tile(module, ftype, vtype, mr, accumulate) for mr in range(1, MR + 1)}
 
-    fn = ir.Function(module, small_gemm_type(), "lstmc_small_gemm")
+    fn = ir.Function(module, small_gemm_type(), f"lstmc_small_gemm{suffix}")
     fn.attributes.add("nounwind")
-    M, N, K, A, lda, B, C, ldc = fn.args
+    M, N, K, A, sam, sak, B, bk, bp, bt, C, ldc = fn.args
     for arg in (A, B, C):
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     panels = b.sdiv(N, i64(nr))
     with for_range(b, panels, "panel") as p:
         n0 = b.mul(p, i64(nr))
-        panel = element(b, ftype, B, b.mul(p, b.mul(K, i64(nr))))
+        panel = element(b, ftype, B, b.mul(p, bp))
         full = b.sdiv(M, i64(MR))
         with for_range(b, full, "mtile") as mt:
-            _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, K, A, lda, panel, C, ldc, ftype)
+            _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, K, A, sam, sak, panel, bk, C, ldc,
+                       ftype)
         rest = b.srem(M, i64(MR))
         m0 = b.mul(full, i64(MR))
         for mr in range(1, MR):
             with b.if_then(b.icmp_signed("==", rest, i64(mr))):
-                _call_tile(b, tiles[mr], m0, n0, K, A, lda, panel, C, ldc, ftype)
-    # Columns past the last full panel: a K x width row-major block after the panels.
+                _call_tile(b, tiles[mr], m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype)
+    # Columns past the last full panel.
     start = b.mul(panels, i64(nr))
-    width = b.sub(N, start)
-    tail = element(b, ftype, B, b.mul(panels, b.mul(K, i64(nr))))
-    with for_range(b, width, "ncol") as dn:
+    tail = element(b, ftype, B, b.mul(panels, bp))
+    with for_range(b, b.sub(N, start), "ncol") as dn:
         with for_range(b, M, "mrow") as m:
-            total = _scalar_dot(b, ftype, K, A, lda, m, tail, width, dn)
-            b.store(total, element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn))))
+            total = _scalar_dot(b, ftype, K, A, sam, sak, m, tail, bt, dn)
+            c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
+            if accumulate:
+                total = b.fadd(b.load(c_ptr, typ=ftype), total)
+            b.store(total, c_ptr)
     b.ret_void()
     return fn
 
 
-def _call_tile(b, tile, m0, n0, K, A, lda, panel, C, ldc, ftype) -> None:
-    a = element(b, ftype, A, b.mul(m0, lda))
+def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> None:
+    a = element(b, ftype, A, b.mul(m0, sam))
     c = element(b, ftype, C, b.add(b.mul(m0, ldc), n0))
-    b.call(tile, [K, a, lda, panel, c, ldc])
+    b.call(tile, [K, a, sam, sak, panel, bk, c, ldc])
 
 
 def _loop(b: ir.IRBuilder, start, stop, step: int, carried: list, body, name: str) -> list:
@@ -98,26 +108,25 @@ def _loop(b: ir.IRBuilder, start, stop, step: int, carried: list, body, name: st
     return phis
 
 
-def _scalar_dot(b, ftype, K, A, lda, m, B, ldb, n) -> ir.Value:
+def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n) -> ir.Value:
     """sum_k A[m, k] * B[k, n]."""
     def body(k, carried):
-        av = b.load(element(b, ftype, A, b.add(b.mul(m, lda), k)), typ=ftype)
+        av = b.load(element(b, ftype, A, b.add(b.mul(m, sam), b.mul(k, sak))), typ=ftype)
         bv = b.load(element(b, ftype, B, b.add(b.mul(k, ldb), n)), typ=ftype)
         return [b.fadd(carried[0], b.fmul(av, bv, flags=FAST), flags=FAST)]
 
     return _loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
 
 
-def _emit_tile(module, ftype, vtype, mr) -> ir.Function:
-    """C[0:mr, 0:NR] = A[0:mr, :] . panel, the panel K x NR contiguous."""
+def _emit_tile(module, ftype, vtype, mr, accumulate) -> ir.Function:
+    """C[0:mr, 0:NR] (+)= A[0:mr, :] . panel, row k of the panel at P + k*bk."""
     vw = vtype.count
-    nr = NV * vw
     sets = {1: 4, 2: 2}.get(mr, 1)  # independent accumulator sets for short tiles
-    fn_type = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64])
-    fn = ir.Function(module, fn_type, f"lstmc_gemm_tile{mr}")
+    fn_type = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, I64, PTR, I64, PTR, I64])
+    fn = ir.Function(module, fn_type, f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}")
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    K, A, lda, P, C, ldc = fn.args
+    K, A, sam, sak, P, bk, C, ldc = fn.args
     for arg in (A, P, C):
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -129,11 +138,12 @@ def _emit_tile(module, ftype, vtype, mr) -> ir.Function:
         """Add row k's contribution to accumulator set `which`; accs is flat
         [set][row][vector]."""
         accs = list(accs)
-        row = element(b, ftype, P, b.mul(k, i64(nr)))
+        row = element(b, ftype, P, b.mul(k, bk))
         bvecs = [b.load(element(b, ftype, row, i64(v * vw)), typ=vtype, align=4)
                  for v in range(NV)]
+        a_k = element(b, ftype, A, b.mul(k, sak))
         for i in range(mr):
-            a = b.load(element(b, ftype, A, b.add(b.mul(i64(i), lda), k)), typ=ftype)
+            a = b.load(element(b, ftype, a_k, b.mul(i64(i), sam)), typ=ftype)
             splat = b.shuffle_vector(b.insert_element(undef, a, i64(0)), undef, splat_mask)
             for v in range(NV):
                 index = (which * mr + i) * NV + v
@@ -158,6 +168,9 @@ def _emit_tile(module, ftype, vtype, mr) -> ir.Function:
             total = accs[i * NV + v]
             for s in range(1, sets):
                 total = b.fadd(total, accs[(s * mr + i) * NV + v], flags=FAST)
-            b.store(total, element(b, ftype, c_row, i64(v * vw)), align=4)
+            c_ptr = element(b, ftype, c_row, i64(v * vw))
+            if accumulate:
+                total = b.fadd(b.load(c_ptr, typ=vtype, align=4), total)
+            b.store(total, c_ptr, align=4)
     b.ret_void()
     return fn
