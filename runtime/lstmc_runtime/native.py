@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+import weakref
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,6 +41,39 @@ def _executor() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=thread_count(), thread_name_prefix="lstmc")
     return _pool
+
+
+class BufferPool:
+    """Recycles large arrays between calls. A fresh allocation of tens of megabytes costs
+    a page fault per 4 KiB on first touch, every call; recycled ones are already mapped."""
+
+    MIN_BYTES = 1 << 20
+    PER_SHAPE = 8
+
+    def __init__(self):
+        self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
+        with self._lock:
+            free = self._free.get((shape, dtype))
+            array = free.pop() if free else None
+        if array is None:
+            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        if zero:
+            array.fill(0)
+        return array
+
+    def put(self, arrays) -> None:
+        with self._lock:
+            for array in arrays:
+                if array.nbytes >= self.MIN_BYTES and array.base is None:
+                    free = self._free[(array.shape, array.dtype)]
+                    if len(free) < self.PER_SHAPE:
+                        free.append(array)
+
+
+POOL = BufferPool()
 
 
 def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
@@ -143,10 +179,8 @@ class NativeCell(CellBase):
                             array.flags.c_contiguous):
                         raise BackendError(f"internal: buffer {name} is {array.shape} "
                                            f"{array.dtype}, the kernel needs {shape} {dtype}")
-                elif spec["role"] == "out":
-                    array = np.zeros(shape, dtype)
                 else:
-                    array = np.empty(shape, dtype)
+                    array = POOL.get(shape, dtype, zero=spec["role"] == "out")
                 slices[c][name] = array
 
         def run(c: int) -> int:
@@ -159,17 +193,22 @@ class NativeCell(CellBase):
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         out: dict = {"slices": slices}
+        spent = []
         for spec in layout:
-            if spec["role"] != "out":
-                continue
             name, dims = spec["name"], spec["shape"]
             parts = [sl[name] for sl in slices]
-            if count == 1:
-                out[name] = parts[0]
-            elif "B" in dims:
-                out[name] = np.concatenate(parts, axis=dims.index("B"))
-            else:
-                out[name] = sum(parts[1:], parts[0])
+            if spec["role"] == "work":
+                spent += parts
+            elif spec["role"] in ("out", "result"):
+                if count == 1 or name.startswith("saved:"):  # saved: kept per slice
+                    out[name] = parts[0]
+                    continue
+                if "B" in dims:
+                    out[name] = np.concatenate(parts, axis=dims.index("B"))
+                else:
+                    out[name] = sum(parts[1:], parts[0])
+                spent += parts
+        POOL.put(spent)
         return out
 
     @staticmethod
@@ -195,6 +234,8 @@ class NativeCell(CellBase):
             kept = [{k: v for k, v in sl.items() if k.startswith("saved:")}
                     for sl in out["slices"]]
             saved = Saved(kept, bounds, x, given["lengths"])
+            # The saved arrays go back to the pool when the tape is gone.
+            weakref.finalize(saved, POOL.put, [a for sl in kept for a in sl.values()])
         return out["y"], final, saved
 
     def _run_backward(self, saved: Saved, params, dy, dstate):

@@ -30,7 +30,8 @@ from .smallgemm import NV, emit_small_gemm, vector_width
 class Buffer:
     name: str
     shape: list  # ints, "T" and "B"
-    role: str  # "in" (caller fills), "out" (caller zero-fills and reads), "work" (scratch)
+    role: str  # "in" (caller fills); "out" (caller zero-fills, kernel adds, caller reads);
+    #            "result" (kernel writes every element, caller reads); "work" (scratch)
     dtype: str = "float"  # "float" (the cell's dtype) or "int64"
 
 
@@ -247,7 +248,7 @@ class _ForwardKernel(_Kernel):
         I = mb.size(info.input[1])
         x = self.buffer("x", ["T", "B", I], "in")
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
-        y = self.buffer("y", ["T", "B", state_sizes[info.output]], "out")
+        y = self.buffer("y", ["T", "B", state_sizes[info.output]], "result")
 
         # Input projections: one GEMM over all T*B rows each, before the loop.
         hoisted = []
@@ -283,7 +284,7 @@ class _ForwardKernel(_Kernel):
             for node in nodes:
                 if node.id in saved_ids:
                     n = mb.size(node)
-                    seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "out")
+                    seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "result")
                     home = Place(self.seq_row(seq, t, n), n)
                     if node.op in LEAVES:
                         env.role(node).stores.append((home, 0))
@@ -305,7 +306,8 @@ class _ForwardKernel(_Kernel):
                 self.copy(self.row(nxt[info.output], row, out_n), self.row(y_t, row, out_n),
                           i64(out_n))
 
-            def finished(row):  # past its length: y[t] = 0 (y is zeroed), state kept
+            def finished(row):  # past its length: y[t] = 0, state kept
+                self.fill(self.row(y_t, row, out_n), i64(out_n), 0.0)
                 for s, n in state_sizes.items():
                     self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
 
@@ -314,7 +316,7 @@ class _ForwardKernel(_Kernel):
                 b.store(nxt[s], current[s])
 
         for s, n in state_sizes.items():
-            out = self.buffer(f"state_out:{s}", ["B", n], "out")
+            out = self.buffer(f"state_out:{s}", ["B", n], "result")
             self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
 
@@ -404,7 +406,7 @@ class _BackwardKernel(_Kernel):
                 b.store(nxt[s], carry[s])
 
         for s, n in state_sizes.items():
-            out = self.buffer(f"dstate_out:{s}", ["B", n], "out")
+            out = self.buffer(f"dstate_out:{s}", ["B", n], "result")
             self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self._weight_gradients(I, dx, d_products, d_hoisted)
         self.finish()

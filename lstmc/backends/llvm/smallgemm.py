@@ -37,12 +37,17 @@ def small_gemm_type() -> ir.FunctionType:
                                            PTR, I64])
 
 
+KC = 256  # a block of K: one panel's block (KC x NR) stays in L1 across row tiles
+MC = 128  # a block of rows: A's block (MC x KC) stays in L2 across panels
+
+
 def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.Function:
     vw = vector_width(ftype)
     nr = NV * vw
     vtype = ir.VectorType(ftype, vw)
     suffix = "_acc" if accumulate else ""
-    tiles = {mr: _emit_tile(module, ftype, vtype, mr, accumulate) for mr in range(1, MR + 1)}
+    store_tiles = _tiles(module, ftype, vtype, False)
+    add_tiles = _tiles(module, ftype, vtype, True)
 
     fn = ir.Function(module, small_gemm_type(), f"lstmc_small_gemm{suffix}")
     fn.attributes.add("nounwind")
@@ -51,30 +56,56 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.F
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     panels = b.sdiv(N, i64(nr))
-    with for_range(b, panels, "panel") as p:
-        n0 = b.mul(p, i64(nr))
-        panel = element(b, ftype, B, b.mul(p, bp))
-        full = b.sdiv(M, i64(MR))
-        with for_range(b, full, "mtile") as mt:
-            _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, K, A, sam, sak, panel, bk, C, ldc,
-                       ftype)
-        rest = b.srem(M, i64(MR))
-        m0 = b.mul(full, i64(MR))
-        for mr in range(1, MR):
-            with b.if_then(b.icmp_signed("==", rest, i64(mr))):
-                _call_tile(b, tiles[mr], m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype)
-    # Columns past the last full panel.
-    start = b.mul(panels, i64(nr))
-    tail = element(b, ftype, B, b.mul(panels, bp))
-    with for_range(b, b.sub(N, start), "ncol") as dn:
-        with for_range(b, M, "mrow") as m:
-            total = _scalar_dot(b, ftype, K, A, sam, sak, m, tail, bt, dn)
-            c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
-            if accumulate:
-                total = b.fadd(b.load(c_ptr, typ=ftype), total)
-            b.store(total, c_ptr)
+    k_blocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
+    m_blocks = b.sdiv(b.add(M, i64(MC - 1)), i64(MC))
+    with for_range(b, k_blocks, "kb") as kb:
+        k0 = b.mul(kb, i64(KC))
+        kc = b.select(b.icmp_signed("<", b.sub(K, k0), i64(KC)), b.sub(K, k0), i64(KC))
+        a_k = element(b, ftype, A, b.mul(k0, sak))
+        # The first block of K stores (unless accumulating), later ones add.
+        first = b.icmp_signed("==", kb, i64(0))
+        overwrite = b.and_(first, ir.Constant(ir.IntType(1), 0 if accumulate else 1))
+        with for_range(b, m_blocks, "mb") as mb:
+            mstart = b.mul(mb, i64(MC))
+            rows = b.sub(M, mstart)
+            mc = b.select(b.icmp_signed("<", rows, i64(MC)), rows, i64(MC))
+            a_block = element(b, ftype, a_k, b.mul(mstart, sam))
+            c_block = element(b, ftype, C, b.mul(mstart, ldc))
+            with for_range(b, panels, "panel") as p:
+                n0 = b.mul(p, i64(nr))
+                panel = element(b, ftype, B, b.add(b.mul(p, bp), b.mul(k0, bk)))
+                full = b.sdiv(mc, i64(MR))
+                rest = b.srem(mc, i64(MR))
+                with b.if_else(overwrite) as (store, add):
+                    for tiles, branch in ((store_tiles, store), (add_tiles, add)):
+                        with branch:
+                            with for_range(b, full, "mtile") as mt:
+                                _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, kc, a_block,
+                                           sam, sak, panel, bk, c_block, ldc, ftype)
+                            m0 = b.mul(full, i64(MR))
+                            for mr in range(1, MR):
+                                with b.if_then(b.icmp_signed("==", rest, i64(mr))):
+                                    _call_tile(b, tiles[mr], m0, n0, kc, a_block, sam, sak,
+                                               panel, bk, c_block, ldc, ftype)
+        # Columns past the last full panel.
+        start = b.mul(panels, i64(nr))
+        tail = element(b, ftype, B, b.add(b.mul(panels, bp), b.mul(k0, bt)))
+        with for_range(b, b.sub(N, start), "ncol") as dn:
+            with for_range(b, M, "mrow") as m:
+                total = _scalar_dot(b, ftype, kc, a_k, sam, sak, m, tail, bt, dn)
+                c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
+                old = b.select(overwrite, ir.Constant(ftype, 0.0), b.load(c_ptr, typ=ftype))
+                b.store(b.fadd(old, total), c_ptr)
     b.ret_void()
     return fn
+
+
+def _tiles(module, ftype, vtype, accumulate: bool) -> dict:
+    name = f"lstmc_gemm_tile{MR}{'_acc' if accumulate else ''}"
+    if name in module.globals:
+        return {mr: module.globals[f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}"]
+                for mr in range(1, MR + 1)}
+    return {mr: _emit_tile(module, ftype, vtype, mr, accumulate) for mr in range(1, MR + 1)}
 
 
 def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> None:
