@@ -51,9 +51,10 @@ class CellBase:
             raise ShapeError(f"x: expected at least one step and one batch row, got shape "
                              f"{tuple(x.shape)}")
         batch = x.shape[1]
-        check_names("params", params, list(self.param_shapes))
-        for name, shape in self.param_shapes.items():
-            check_array(f"params['{name}']", params[name], shape, self.dtype)
+        if not getattr(params, "validated_for", None) is self:  # see NativeCell.pack_params
+            check_names("params", params, list(self.param_shapes))
+            for name, shape in self.param_shapes.items():
+                check_array(f"params['{name}']", params[name], shape, self.dtype)
         if state is None:
             state = self.zero_state(batch)
         else:

@@ -76,6 +76,13 @@ class BufferPool:
 POOL = BufferPool()
 
 
+def _address(array: np.ndarray) -> int:
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # the fast way
+    except (TypeError, ValueError):  # read-only arrays
+        return array.ctypes.data
+
+
 def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
     """A K x N matrix as lstmc_small_gemm reads it: column panels of `width`, each K x
     width contiguous, then the remaining columns as one row-major block."""
@@ -95,9 +102,11 @@ class Saved:
 
 class PackedParams(dict):
     """Parameters plus their packed forms; `NativeCell.pack_params` makes one, and
-    forward accepts it in place of the plain dict to skip packing on every call."""
+    forward accepts it in place of the plain dict to skip validating and packing on every
+    call. It is a snapshot: after changing a parameter, pack again."""
 
     packs: dict
+    validated_for: object = None
 
 
 class NativeCell(CellBase):
@@ -139,8 +148,10 @@ class NativeCell(CellBase):
     def pack_params(self, params: dict) -> PackedParams:
         """Validate and pack parameters once, for many forward calls with them."""
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
-        packed = PackedParams(params)
-        packed.packs = self._packs(params)
+        plain = {n: np.ascontiguousarray(v) for n, v in params.items()}
+        packed = PackedParams(plain)
+        packed.packs = self._packs(plain)
+        packed.validated_for = self  # forward skips checking these again
         return packed
 
     # -- calls --------------------------------------------------------------------------
@@ -148,31 +159,38 @@ class NativeCell(CellBase):
     @staticmethod
     def _bounds(B: int) -> list[int]:
         slices = max(1, min(thread_count(), B // MIN_ROWS_PER_THREAD))
-        return [int(v) for v in np.linspace(0, B, slices + 1).astype(int)]
+        return [B * c // slices for c in range(slices + 1)]
+
+    def _layout(self, entry: str) -> list[tuple]:
+        """An entry's buffers as (name, dims, role, dtype, batch axis or None), once."""
+        cache = self.__dict__.setdefault("_layouts", {})
+        if entry not in cache:
+            cache[entry] = [
+                (spec["name"], tuple(spec["shape"]), spec["role"],
+                 self.dtype if spec.get("dtype", "float") == "float" else np.dtype(spec["dtype"]),
+                 spec["shape"].index("B") if "B" in spec["shape"] else None)
+                for spec in self.manifest["entries"][entry]["buffers"]]
+        return cache[entry]
 
     def _call(self, entry: str, T: int, bounds: list[int], given: dict[str, np.ndarray],
               per_slice: list[dict] | None = None) -> dict:
         """Run an entry point on each batch slice [bounds[c], bounds[c+1]). Arrays with a
         batch axis are cut into slices (outputs: joined again); `per_slice` supplies
         arrays already cut; outputs without a batch axis are summed over slices."""
-        layout = self.manifest["entries"][entry]["buffers"]
+        layout = self._layout(entry)
         count = len(bounds) - 1
         slices: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
         for c in range(count):
             b0, b1 = bounds[c], bounds[c + 1]
             rows = b1 - b0
-            for spec in layout:
-                name, dims = spec["name"], spec["shape"]
-                dtype = self.dtype if spec.get("dtype", "float") == "float" else np.dtype(
-                    spec["dtype"])
-                shape = self._shape(dims, T, rows)
-                if spec["role"] == "in":
+            for name, dims, role, dtype, axis in layout:
+                shape = tuple(T if d == "T" else rows if d == "B" else d for d in dims)
+                if role == "in":
                     if per_slice is not None and name in per_slice[c]:
                         array = per_slice[c][name]
                     else:
                         array = given[name]
-                        if "B" in dims and count > 1:
-                            axis = dims.index("B")
+                        if axis is not None and count > 1:
                             array = np.ascontiguousarray(
                                 array[(slice(None),) * axis + (slice(b0, b1),)])
                     if array.shape != shape or array.dtype != dtype or not (
@@ -180,13 +198,13 @@ class NativeCell(CellBase):
                         raise BackendError(f"internal: buffer {name} is {array.shape} "
                                            f"{array.dtype}, the kernel needs {shape} {dtype}")
                 else:
-                    array = POOL.get(shape, dtype, zero=spec["role"] == "out")
+                    array = POOL.get(shape, dtype, zero=role == "out")
                 slices[c][name] = array
 
         def run(c: int) -> int:
-            pointers = (ctypes.c_void_p * max(len(layout), 1))()
-            for index, spec in enumerate(layout):
-                pointers[index] = slices[c][spec["name"]].ctypes.data
+            arrays = slices[c]
+            pointers = (ctypes.c_void_p * max(len(layout), 1))(
+                *[_address(arrays[name]) for name, *_ in layout])
             return self._entries[entry](T, bounds[c + 1] - bounds[c], pointers)
 
         statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
@@ -194,17 +212,16 @@ class NativeCell(CellBase):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         out: dict = {"slices": slices}
         spent = []
-        for spec in layout:
-            name, dims = spec["name"], spec["shape"]
+        for name, dims, role, dtype, axis in layout:
             parts = [sl[name] for sl in slices]
-            if spec["role"] == "work":
+            if role == "work":
                 spent += parts
-            elif spec["role"] in ("out", "result"):
+            elif role in ("out", "result"):
                 if count == 1 or name.startswith("saved:"):  # saved: kept per slice
                     out[name] = parts[0]
                     continue
-                if "B" in dims:
-                    out[name] = np.concatenate(parts, axis=dims.index("B"))
+                if axis is not None:
+                    out[name] = np.concatenate(parts, axis=axis)
                 else:
                     out[name] = sum(parts[1:], parts[0])
                 spent += parts

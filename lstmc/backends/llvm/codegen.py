@@ -70,6 +70,8 @@ class ModuleBuilder:
         self.entries: dict[str, EntryAbi] = {}
         self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
         self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
+        self.malloc = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "malloc")
+        self.free = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
         self.panel = NV * vector_width(self.ftype)
 
     def size(self, node_or_size) -> int:
@@ -105,13 +107,35 @@ class _Kernel:
         self.b = ir.IRBuilder(self.fn.append_basic_block("body"))
         self._buffers: dict[str, ir.Value] = {}
         self._scratch: dict[int, Place] = {}
+        self._arena = None
 
     def buffer(self, name: str, shape: list, role: str, dtype: str = "float") -> ir.Value:
+        if role == "work" and shape[0] == "B" and len(shape) == 2:
+            return self._arena_buffer(name, shape[1])
         if name not in self._buffers:
             index = len(self.abi.buffers)
             self.abi.buffers.append(Buffer(name, shape, role, dtype))
             slot = self.entry.gep(self.bufs, [i64(index)], source_etype=PTR)
             self._buffers[name] = self.entry.load(slot, typ=PTR, name=name.replace(":", "_"))
+        return self._buffers[name]
+
+    def _arena_buffer(self, name: str, n: int) -> ir.Value:
+        """Per-step scratch (B, n) carved from one block the kernel allocates itself, so
+        the caller passes only the buffers it fills or reads."""
+        if name not in self._buffers:
+            if self._arena is None:
+                self._arena_size = ir.GlobalVariable(self.mb.module, I64,
+                                                     f"{self.abi.symbol}_arena_elements")
+                self._arena_size.linkage = "internal"
+                self._arena_size.global_constant = True
+                size = self.entry.mul(self.B, self.entry.load(self._arena_size, typ=I64))
+                itemsize = 4 if isinstance(self.ftype, ir.FloatType) else 8
+                bytes_ = self.entry.mul(size, i64(itemsize))
+                self._arena = self.entry.call(self.mb.malloc, [self.entry.add(bytes_, i64(64))])
+                self._arena_elements = 0
+            offset = self.entry.mul(self.B, i64(self._arena_elements))
+            self._buffers[name] = self.entry.gep(self._arena, [offset], source_etype=self.ftype)
+            self._arena_elements += -(-n // 16) * 16  # keeps every block 64-byte aligned
         return self._buffers[name]
 
     def alloca(self, name: str, typ=None) -> ir.Value:
@@ -173,8 +197,18 @@ class _Kernel:
             b.store(self.math.const(value), element(b, self.ftype, dst, i))
 
     def finish(self) -> None:
+        if self._arena is not None:
+            self._arena_size.initializer = i64(self._arena_elements)
+            self.b.call(self.mb.free, [self._arena])
         self.b.ret(ir.Constant(I32, 0))
-        self.entry.branch(self.b.function.blocks[1])
+        body = self.b.function.blocks[1]
+        if self._arena is not None:  # out of memory: status 1, nothing touched
+            ok = self.entry.icmp_unsigned("!=", self._arena, ir.Constant(PTR, None))
+            fail = self.fn.append_basic_block("no_memory")
+            ir.IRBuilder(fail).ret(ir.Constant(I32, 1))
+            self.entry.cbranch(ok, body, fail)
+        else:
+            self.entry.branch(body)
 
     def consumers(self, nodes: list[Node]) -> dict[int, list[Node]]:
         result: dict[int, list[Node]] = {}
