@@ -31,6 +31,9 @@ CASES = [  # (label, T, B, I=H, with backward)
 
 
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    # Let the previous contender's worker threads (OpenMP, OpenBLAS) stop spinning, so
+    # that they do not steal cores from this one.
+    time.sleep(0.3)
     for _ in range(warmup):
         fn()
     times = []

@@ -8,7 +8,7 @@ import lstmc
 
 SPECS = pathlib.Path(__file__).resolve().parent.parent / "specs"
 
-cell = lstmc.compile(SPECS / "peephole_lstm.lstm", input_size=8, hidden_size=16)
+cell = lstmc.compile(SPECS / "peephole_lstm.lstm", input_size=8, hidden_size=16, target="cpu")
 params = cell.init_params(seed=0)
 x = np.random.default_rng(0).standard_normal((20, 4, 8)).astype(np.float32)  # (T, B, I)
 
@@ -20,7 +20,7 @@ try:
     import torch
 except ImportError:
     raise SystemExit(0)
-lstm = lstmc.compile(SPECS / "lstm.lstm", input_size=8, hidden_size=16)
+lstm = lstmc.compile(SPECS / "lstm.lstm", input_size=8, hidden_size=16, target="cpu")
 module = torch.nn.LSTM(8, 16)
 y, _ = lstm.forward(x, lstmc.params_from_torch(lstm, module))
 y_torch, _ = module(torch.from_numpy(x))

@@ -91,3 +91,24 @@ def test_help_everywhere(args):
 def test_no_command_is_a_usage_error():
     result = lstmc()
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_compile_emit_llvm_and_asm_to_stdout():
+    result = lstmc("compile", spec_path("rnn_tanh"), "--emit", "llvm,asm", "--input-size", "3",
+                   "--hidden-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "define i32 @lstmc_forward(" in result.stdout
+    assert "lstmc_backward:" in result.stdout  # the assembly's label
+
+
+def test_compile_to_a_directory_and_errors(tmp_path):
+    result = lstmc("compile", spec_path("mgu"), "-o", str(tmp_path / "a"), "--input-size", "3",
+                   "--hidden-size", "4", "--dtype", "float64", "--emit", "ir")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'a'}/manifest.json"
+    assert {"manifest.json", "cell.so", "cell.ir"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    missing = lstmc("compile", spec_path("mgu"), "-o", str(tmp_path / "b"))
+    assert missing.returncode == 1
+    assert "no value for sizes H, I: pass hidden_size=..., input_size=..." in missing.stderr
+    bad_stage = lstmc("compile", spec_path("mgu"), "--emit", "ir,wasm")
+    assert bad_stage.returncode == 2 and "unknown stage wasm" in bad_stage.stderr
