@@ -94,3 +94,29 @@ def test_float32_math_is_accurate_over_a_wide_range():
     np.testing.assert_allclose(final["e"], np.exp(small[-1:, 0].astype(np.float64)), rtol=3e-7)
     np.testing.assert_allclose(final["s"], 1 / (1 + np.exp(-small[-1:, 0].astype(np.float64))),
                                rtol=3e-7, atol=1e-30)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "lstmp", "indrnn", "layernorm_lstm",
+                                  "greff/fgr"])
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_small_batches_share_each_step_across_threads(monkeypatch, name, threads):
+    """Inference with a batch too small to cut runs every step on several threads, each
+    taking a share of every product's columns (and H = 40: panels and a tail)."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
+    monkeypatch.setattr("lstmc_runtime.native.THREADED_STEP_WEIGHTS", 0)  # always threaded
+    from lstmc_runtime.native import NativeCell
+
+    calls = []
+    original = NativeCell._run_threaded
+    monkeypatch.setattr(NativeCell, "_run_threaded",
+                        lambda self, *a: calls.append(a[0]) or original(self, *a))
+    reference = compile_spec(name, hidden_size=40)
+    native = compile_spec(name, hidden_size=40, target="cpu")
+    x, params, state = random_inputs(reference, T=9, B=3)
+    lengths = np.array([9, 2, 5])
+    y0, f0 = reference.forward(x, params, state, lengths=lengths)
+    y1, f1 = native.forward(x, params, state, lengths=lengths)
+    assert calls == ["forward_mt"]
+    np.testing.assert_allclose(y1, y0, **TOLERANCE["float64"])
+    for n in f0:
+        np.testing.assert_allclose(f1[n], f0[n], **TOLERANCE["float64"])

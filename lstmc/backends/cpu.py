@@ -15,7 +15,7 @@ from .llvm.toolchain import optimize, target_machine
 
 LIBRARY = "cell.so"
 ENTRIES = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
-           "backward": "lstmc_backward"}
+           "backward": "lstmc_backward", "forward_mt": "lstmc_forward_mt"}
 
 
 def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: ModuleBuilder,
@@ -35,6 +35,9 @@ def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: Module
         "packed": [{"name": w.name, "segments": [[p, r] for p, r in w.segments],
                     "columns": w.columns} for w in mb.packed.values()],
         "panel_width": panel_width(dtype),
+        "step_weight_elements": sum(w.rows * w.columns for w in mb.packed.values()
+                                    if any(mb.packed_weight(p.segments) is w
+                                           for p in program.recurrent_products)),
         "hoisted": [{"index": h.index, "packed": mb.packed_weight(h.segments).name}
                     for h in program.hoisted],
         "products": [{"id": p.id, "packed": mb.packed_weight(p.segments).name,

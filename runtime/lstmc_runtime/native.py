@@ -22,7 +22,12 @@ from .errors import BackendError
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
+# Threaded entries also take: thread index, thread count, barrier words, shared scratch.
+THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
+                                  ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 MIN_ROWS_PER_THREAD = 8
+THREADED_STEP_WEIGHTS = 1 << 18
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -129,8 +134,9 @@ class NativeCell(CellBase):
         self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
         self.sizes = manifest["sizes"]
         self.batch_first = bool(manifest.get("batch_first", False))
-        self._entries = {name: ENTRY(functions[entry["symbol"]])
-                         for name, entry in manifest["entries"].items()}
+        self._entries = {
+            name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry["symbol"]])
+            for name, entry in manifest["entries"].items()}
 
     # -- weights ------------------------------------------------------------------------
 
@@ -207,7 +213,10 @@ class NativeCell(CellBase):
                 *[_address(arrays[name]) for name, *_ in layout])
             return self._entries[entry](T, bounds[c + 1] - bounds[c], pointers)
 
-        statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
+        if entry.endswith("_mt"):  # one slice, every thread on it
+            statuses = self._run_threaded(entry, T, bounds[1], slices[0], layout)
+        else:
+            statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         out: dict = {"slices": slices}
@@ -228,6 +237,24 @@ class NativeCell(CellBase):
         POOL.put(spent)
         return out
 
+    def _run_threaded(self, entry, T, B, arrays, layout) -> list[int]:
+        threads = thread_count()
+        pointers = (ctypes.c_void_p * max(len(layout), 1))(
+            *[_address(arrays[name]) for name, *_ in layout])
+        sync = np.zeros(2, np.int64)
+        elements = self.manifest["entries"][entry]["arena_elements"]
+        arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
+        kernel = self._entries[entry]
+        args = (T, B, pointers)
+
+        def run(tid: int) -> int:
+            return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
+
+        helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
+        statuses = [run(0)] + [h.result() for h in helpers]
+        POOL.put([arena])
+        return statuses
+
     @staticmethod
     def _shape(dims, T, B) -> tuple:
         return tuple(T if d == "T" else B if d == "B" else d for d in dims)
@@ -244,7 +271,14 @@ class NativeCell(CellBase):
         T, B, _ = x.shape
         given = self._inputs(x, params, state, lengths, self._packs(params))
         bounds = self._bounds(B)
-        out = self._call("forward_train" if train else "forward", T, bounds, given)
+        entry = "forward_train" if train else "forward"
+        # A small batch cannot be cut into slices: its threads share every step instead,
+        # when a step has enough product work to repay waking a thread and meeting at
+        # barriers (measured: a win from about 4H x H = 256K weights, a loss at 64K).
+        if (not train and len(bounds) == 2 and thread_count() > 1 and T >= 8
+                and self.manifest.get("step_weight_elements", 0) >= THREADED_STEP_WEIGHTS):
+            entry = "forward_mt"
+        out = self._call(entry, T, bounds, given)
         final = {n: out[f"state_out:{n}"] for n in self.state_sizes}
         saved = None
         if train:

@@ -13,6 +13,7 @@ it, and the weight gradients as one GEMM over all T*B rows after it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -39,9 +40,10 @@ class Buffer:
 class EntryAbi:
     symbol: str
     buffers: list[Buffer] = field(default_factory=list)
+    arena_elements: int = 0  # threaded entries: per batch row, in elements
 
     def to_json(self) -> dict:
-        return {"symbol": self.symbol,
+        return {"symbol": self.symbol, "arena_elements": self.arena_elements,
                 "buffers": [{"name": b.name, "shape": b.shape, "role": b.role,
                              "dtype": b.dtype} for b in self.buffers]}
 
@@ -72,6 +74,7 @@ class ModuleBuilder:
         self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
         self.malloc = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "malloc")
         self.free = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+        self.sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
         self.panel = NV * vector_width(self.ftype)
 
     def size(self, node_or_size) -> int:
@@ -89,6 +92,7 @@ class ModuleBuilder:
     def build(self) -> ir.Module:
         _ForwardKernel(self, train=False).emit()
         _ForwardKernel(self, train=True).emit()
+        _ForwardKernel(self, train=False, threaded=True).emit()
         _BackwardKernel(self).emit()
         return self.module
 
@@ -96,15 +100,23 @@ class ModuleBuilder:
 class _Kernel:
     """Shared machinery of one entry point: buffers, scratch, GEMM calls, copies."""
 
-    def __init__(self, mb: ModuleBuilder, symbol: str):
+    def __init__(self, mb: ModuleBuilder, symbol: str, threaded: bool = False):
         self.mb, self.ftype, self.math = mb, mb.ftype, mb.math
         self.abi = EntryAbi(symbol)
         mb.entries[symbol] = self.abi
-        fn_type = ir.FunctionType(I32, [I64, I64, PTR])
-        self.fn = ir.Function(mb.module, fn_type, symbol)
-        self.T, self.B, self.bufs = self.fn.args
+        # A threaded kernel is run by several threads at once on the same buffers: each
+        # computes a share of every product's columns; thread 0 does everything else.
+        self.threaded = threaded
+        extra = [I64, I64, PTR, PTR] if threaded else []  # tid, threads, sync, arena
+        self.fn = ir.Function(mb.module, ir.FunctionType(I32, [I64, I64, PTR] + extra), symbol)
+        self.T, self.B, self.bufs = self.fn.args[:3]
         self.entry = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.b = ir.IRBuilder(self.fn.append_basic_block("body"))
+        if threaded:
+            self.tid, self.threads, self.sync, self.arena_arg = self.fn.args[3:]
+            self.leader = self.entry.icmp_signed("==", self.tid, i64(0))
+            self.generation = self.entry.alloca(I64, name="generation")
+            self.entry.store(i64(0), self.generation)
         self._buffers: dict[str, ir.Value] = {}
         self._scratch: dict[int, Place] = {}
         self._arena = None
@@ -123,6 +135,8 @@ class _Kernel:
         """Per-step scratch (B, n) carved from one block the kernel allocates itself, so
         the caller passes only the buffers it fills or reads."""
         if name not in self._buffers:
+            if self._arena is None and self.threaded:  # shared: the caller allocates it
+                self._arena, self._arena_elements = self.arena_arg, 0
             if self._arena is None:
                 self._arena_size = ir.GlobalVariable(self.mb.module, I64,
                                                      f"{self.abi.symbol}_arena_elements")
@@ -196,7 +210,54 @@ class _Kernel:
         with for_range(b, count, "fill") as i:
             b.store(self.math.const(value), element(b, self.ftype, dst, i))
 
+    @contextmanager
+    def leader_only(self):
+        """Code only thread 0 runs in a threaded kernel (all of it, otherwise)."""
+        if not self.threaded:
+            yield
+            return
+        with self.b.if_then(self.leader):
+            yield
+
+    def barrier(self) -> None:
+        """All threads of a threaded kernel meet here (a spinning, sense-counting barrier;
+        it yields the core while it waits long)."""
+        if not self.threaded:
+            return
+        b = self.b
+        counter, generation = self.sync, b.gep(self.sync, [i64(1)], source_etype=I64)
+        mine = b.load(self.generation, typ=I64)
+        arrived = b.atomic_rmw("add", counter, i64(1), "seq_cst")
+        with b.if_else(b.icmp_signed("==", arrived, b.sub(self.threads, i64(1)))) as (
+                last, wait):
+            with last:
+                # (atomic exchanges: llvmlite's store_atomic needs typed pointers)
+                b.atomic_rmw("xchg", counter, i64(0), "seq_cst")
+                b.atomic_rmw("xchg", generation, b.add(mine, i64(1)), "seq_cst")
+            with wait:
+                pre = b.block
+                spin = b.append_basic_block("spin")
+                pause = b.append_basic_block("spin.pause")
+                done = b.append_basic_block("spin.done")
+                b.branch(spin)
+                b.position_at_end(spin)
+                tries = b.phi(I64)
+                tries.add_incoming(i64(0), pre)
+                now = b.load_atomic(generation, "acquire", 8, typ=I64)
+                b.cbranch(b.icmp_signed("!=", now, mine), done, pause)
+                b.position_at_end(pause)
+                more = b.add(tries, i64(1))
+                with b.if_then(b.icmp_signed("==", b.and_(more, i64(1023)), i64(0))):
+                    b.call(self.mb.sched_yield, [])
+                tries.add_incoming(more, b.block)
+                b.branch(spin)
+                b.position_at_end(done)
+        b.store(b.add(mine, i64(1)), self.generation)
+
     def finish(self) -> None:
+        if self.threaded:
+            self.abi.arena_elements = self._arena_elements if self._arena is not None else 0
+            self._arena = None  # the caller's: nothing to free
         if self._arena is not None:
             self._arena_size.initializer = i64(self._arena_elements)
             self.b.call(self.mb.free, [self._arena])
@@ -218,12 +279,40 @@ class _Kernel:
         return result
 
     def run_stages(self, stages, env: StepEnv) -> None:
-        for stage in stages:
+        """The stages of one step. Threaded: every thread computes its share of each
+        product stage, then thread 0 alone runs what follows up to the next product
+        stage; the caller ends the step with a barrier."""
+        for index, stage in enumerate(stages):
             if stage.kind == "product":
+                if index:
+                    self.barrier()  # the previous region's results are visible
                 for node in stage.nodes:
                     self.product(node, env)
+                self.barrier()  # every share of the products is done
+                with self.leader_only():
+                    for node in stage.nodes:
+                        self.role_copies(node, env)
             else:
-                self.mb.regions.emit(self.b, stage.nodes, env, self.B, self.alloca)
+                with self.leader_only():
+                    self.mb.regions.emit(self.b, stage.nodes, env, self.B, self.alloca)
+
+    def gemm_share(self, m, n: int, k, a, sam, sak, panels, c, ldc: int) -> None:
+        """This thread's share of a GEMM's column panels (all of them, unthreaded)."""
+        if not self.threaded:
+            self.gemm(m, n, k, a, sam, sak, panels, "panels", c, ldc)
+            return
+        b, nr = self.b, self.mb.panel
+        count = i64(n // nr)
+        first = b.sdiv(b.mul(count, self.tid), self.threads)
+        end = b.sdiv(b.mul(count, b.add(self.tid, i64(1))), self.threads)
+        last = b.icmp_signed("==", self.tid, b.sub(self.threads, i64(1)))
+        width = b.add(b.mul(b.sub(end, first), i64(nr)), b.select(last, i64(n % nr), i64(0)))
+        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
+        b.call(self.mb.small_gemm, [
+            as_i64(m), width, as_i64(k), a, as_i64(sam), as_i64(sak),
+            element(b, self.ftype, panels, b.mul(first, b.mul(as_i64(k), i64(nr)))),
+            i64(nr), b.mul(as_i64(k), i64(nr)), i64(n % nr),
+            element(b, self.ftype, c, b.mul(first, i64(nr))), i64(ldc)])
 
     def product(self, node: Node, env: StepEnv) -> None:
         """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its
@@ -235,9 +324,11 @@ class _Kernel:
         if operand.stride == 0:  # a learned vector as operand: give every row a copy
             vector, n = operand.base, self.mb.size(node.inputs[0])
             operand = self.scratch(node.inputs[0], n)
-            with for_range(self.b, self.B, "bcast") as row:
-                self.copy(vector, element(self.b, self.ftype, operand.base,
-                                          self.b.mul(row, i64(n))), i64(n))
+            with self.leader_only():
+                with for_range(self.b, self.B, "bcast") as row:
+                    self.copy(vector, element(self.b, self.ftype, operand.base,
+                                              self.b.mul(row, i64(n))), i64(n))
+            self.barrier()
         out = env.place(node)
         if node.op == Op.MATMUL:
             n_out, k = weight.rows, weight.columns
@@ -245,9 +336,8 @@ class _Kernel:
         else:
             n_out, k = weight.columns, weight.rows
             packed = self.buffer(f"panels:{weight.name}", [k * n_out], "in")
-        self.gemm(self.B, n_out, k, operand.base, operand.stride, 1, packed, "panels", out.base,
-                  out.stride)
-        self.role_copies(node, env)
+        self.gemm_share(self.B, n_out, k, operand.base, operand.stride, 1, packed, out.base,
+                        out.stride)
 
     def role_copies(self, node: Node, env: StepEnv) -> None:
         """Stores and accumulations of a value that no elementwise loop computes (a
@@ -270,8 +360,9 @@ class _Kernel:
 
 
 class _ForwardKernel(_Kernel):
-    def __init__(self, mb: ModuleBuilder, train: bool):
-        super().__init__(mb, "lstmc_forward_train" if train else "lstmc_forward")
+    def __init__(self, mb: ModuleBuilder, train: bool, threaded: bool = False):
+        symbol = "lstmc_forward_train" if train else "lstmc_forward"
+        super().__init__(mb, symbol + ("_mt" if threaded else ""), threaded)
         self.train = train
 
     def emit(self) -> None:
@@ -290,9 +381,10 @@ class _ForwardKernel(_Kernel):
             weight = mb.packed_weight(h.segments)
             out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
             panels = self.buffer(f"panelsT:{weight.name}", [I * weight.rows], "in")
-            self.gemm(b.mul(self.T, self.B), weight.rows, I, x, I, 1, panels, "panels", out,
-                      weight.rows)
+            self.gemm_share(b.mul(self.T, self.B), weight.rows, I, x, I, 1, panels, out,
+                            weight.rows)
             hoisted.append((out, weight.rows))
+        self.barrier()
 
         current = {}
         for s, n in state_sizes.items():
@@ -330,9 +422,10 @@ class _ForwardKernel(_Kernel):
                     env.pin(node, target)
                 else:
                     env.role(node).stores.append((target, 0))
-            for node in nodes:  # leaves that must be saved or become outputs as they are
-                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
-                    self.role_copies(node, env)
+            with self.leader_only():  # leaves saved or output as they are
+                for node in nodes:
+                    if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                        self.role_copies(node, env)
             self.run_stages(program.forward, env)
             out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
 
@@ -345,13 +438,16 @@ class _ForwardKernel(_Kernel):
                 for s, n in state_sizes.items():
                     self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
 
-            self.rows_by_length(t, active, finished)
+            with self.leader_only():
+                self.rows_by_length(t, active, finished)
+            self.barrier()  # the new states are complete before the next step reads them
             for s in state_sizes:
                 b.store(nxt[s], current[s])
 
-        for s, n in state_sizes.items():
-            out = self.buffer(f"state_out:{s}", ["B", n], "result")
-            self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
+        with self.leader_only():
+            for s, n in state_sizes.items():
+                out = self.buffer(f"state_out:{s}", ["B", n], "result")
+                self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
 
 
