@@ -30,6 +30,22 @@ CASES = [  # (label, T, B, I=H, with backward)
 ]
 
 
+def interleaved_medians(contenders: dict, repeat: int) -> dict[str, float]:
+    """Median ms of each contender, timed in turns (A B C A B C ...) so that a slow spell
+    of the machine falls on all of them alike."""
+    for fn in contenders.values():
+        fn()
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            time.sleep(0.05)  # let other contenders' worker threads stop spinning
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
     # Let the previous contender's worker threads (OpenMP, OpenBLAS) stop spinning, so
     # that they do not steal cores from this one.
@@ -133,17 +149,16 @@ def main() -> None:
 
     rows = []
     for label, T, B, H, backward in CASES:
-        times = {
-            "lstmc lstm": median_ms(lstmc_runner("lstm", T, B, H, backward), args.repeat),
-            "lstmc peephole": median_ms(lstmc_runner("peephole_lstm", T, B, H, backward),
-                                        args.repeat),
-            "nn.LSTM": median_ms(torch_lstm_runner(T, B, H, backward), args.repeat),
-            "eager peephole": median_ms(eager_peephole_runner(T, B, H, backward), args.repeat),
+        contenders = {
+            "lstmc lstm": lstmc_runner("lstm", T, B, H, backward),
+            "lstmc peephole": lstmc_runner("peephole_lstm", T, B, H, backward),
+            "nn.LSTM": torch_lstm_runner(T, B, H, backward),
+            "eager peephole": eager_peephole_runner(T, B, H, backward),
         }
         if compiled_step is not None:
-            times["compiled peephole"] = median_ms(
-                eager_peephole_runner(T, B, H, backward, compiled_step), args.repeat, warmup=3)
-        rows.append((label, T, B, H, backward, times))
+            contenders["compiled peephole"] = eager_peephole_runner(T, B, H, backward,
+                                                                    compiled_step)
+        rows.append((label, T, B, H, backward, interleaved_medians(contenders, args.repeat)))
 
     names = list(rows[0][5])
     print("\n| case (T, B, I=H) | " + " | ".join(f"{n} ms" for n in names)

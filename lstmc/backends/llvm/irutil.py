@@ -14,24 +14,50 @@ def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, value)
 
 
-@contextmanager
-def for_range(b: ir.IRBuilder, count: ir.Value, name: str = "i"):
-    """`for (i = 0; i < count; i++) { body }`; yields i."""
+def _open_loop(b: ir.IRBuilder, start, stop, carried, name: str):
+    """Header (with the index and carried phis) and body blocks; the builder is left in
+    the body. Returns what _close_loop needs."""
     pre = b.block
     header = b.append_basic_block(f"{name}.head")
-    body = b.append_basic_block(f"{name}.body")
+    block = b.append_basic_block(f"{name}.body")
     after = b.append_basic_block(f"{name}.end")
     b.branch(header)
     b.position_at_end(header)
     index = b.phi(I64, name)
-    index.add_incoming(i64(0), pre)
-    b.cbranch(b.icmp_signed("<", index, count), body, after)
-    b.position_at_end(body)
-    yield index
-    step = b.add(index, i64(1), name=f"{name}.next")
-    index.add_incoming(step, b.block)
+    index.add_incoming(start, pre)
+    phis = [b.phi(v.type) for v in carried]
+    for phi, value in zip(phis, carried):
+        phi.add_incoming(value, pre)
+    b.cbranch(b.icmp_signed("<", index, stop), block, after)
+    b.position_at_end(block)
+    return index, phis, header, after
+
+
+def _close_loop(b: ir.IRBuilder, loop, step: int, updated, name: str) -> None:
+    index, phis, header, after = loop
+    end = b.block
+    for phi, value in zip(phis, updated):
+        phi.add_incoming(value, end)
+    index.add_incoming(b.add(index, i64(step), name=f"{name}.next"), end)
     b.branch(header)
     b.position_at_end(after)
+
+
+def carried_loop(b: ir.IRBuilder, start, stop, step: int, carried: list, body,
+                 name: str) -> list:
+    """`for (k = start; k < stop; k += step) carried = body(k, carried)`, the carried
+    values in phis (registers); returns their final values."""
+    loop = _open_loop(b, start, stop, carried, name)
+    _close_loop(b, loop, step, body(loop[0], loop[1]), name)
+    return loop[1]
+
+
+@contextmanager
+def for_range(b: ir.IRBuilder, count: ir.Value, name: str = "i"):
+    """`for (i = 0; i < count; i++) { body }`; yields i (the body is the with-block)."""
+    loop = _open_loop(b, i64(0), count, [], name)
+    yield loop[0]
+    _close_loop(b, loop, 1, [], name)
 
 
 def element(b: ir.IRBuilder, ftype: ir.Type, base: ir.Value, index: ir.Value) -> ir.Value:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .irutil import I32, I64, PTR, element, for_range, i64
+from .irutil import I32, I64, PTR, carried_loop, element, for_range, i64
 from .mathlib import FAST
 
 MR = 8  # rows of a register tile
@@ -114,31 +114,6 @@ def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> Non
     b.call(tile, [K, a, sam, sak, panel, bk, c, ldc])
 
 
-def _loop(b: ir.IRBuilder, start, stop, step: int, carried: list, body, name: str) -> list:
-    """for (k = start; k < stop; k += step) carried = body(k, carried); returns carried."""
-    pre = b.block
-    header = b.append_basic_block(f"{name}.head")
-    block = b.append_basic_block(f"{name}.body")
-    after = b.append_basic_block(f"{name}.end")
-    b.branch(header)
-    b.position_at_end(header)
-    k = b.phi(I64, name)
-    k.add_incoming(start, pre)
-    phis = [b.phi(v.type) for v in carried]
-    for phi, value in zip(phis, carried):
-        phi.add_incoming(value, pre)
-    b.cbranch(b.icmp_signed("<", k, stop), block, after)
-    b.position_at_end(block)
-    updated = body(k, phis)
-    end = b.block
-    for phi, value in zip(phis, updated):
-        phi.add_incoming(value, end)
-    k.add_incoming(b.add(k, i64(step)), end)
-    b.branch(header)
-    b.position_at_end(after)
-    return phis
-
-
 def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n) -> ir.Value:
     """sum_k A[m, k] * B[k, n]."""
     def body(k, carried):
@@ -146,7 +121,7 @@ def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n) -> ir.Value:
         bv = b.load(element(b, ftype, B, b.add(b.mul(k, ldb), n)), typ=ftype)
         return [b.fadd(carried[0], b.fmul(av, bv, flags=FAST), flags=FAST)]
 
-    return _loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
+    return carried_loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
 
 
 def _emit_tile(module, ftype, vtype, mr, accumulate) -> ir.Function:
@@ -190,9 +165,9 @@ def _emit_tile(module, ftype, vtype, mr, accumulate) -> ir.Function:
             carried = update(b.add(k, i64(s)), carried, s)
         return carried
 
-    accs = _loop(b, i64(0), main_end, sets, accs, unrolled, "k")
+    accs = carried_loop(b, i64(0), main_end, sets, accs, unrolled, "k")
     if sets > 1:
-        accs = _loop(b, main_end, K, 1, accs, lambda k, c: update(k, c, 0), "krest")
+        accs = carried_loop(b, main_end, K, 1, accs, lambda k, c: update(k, c, 0), "krest")
     for i in range(mr):
         c_row = element(b, ftype, C, b.mul(i64(i), ldc))
         for v in range(NV):
