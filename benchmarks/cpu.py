@@ -21,7 +21,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import lstmc  # noqa: E402
-from eager import make_graph_runner, peephole_sequence, peephole_step  # noqa: E402
+from eager import make_graph_runner, peephole_step  # noqa: E402
 
 CASES = [  # (label, T, B, I=H, with backward)
     ("fwd+bwd (100, 32, 256)", 100, 32, 256, True),
@@ -31,18 +31,25 @@ CASES = [  # (label, T, B, I=H, with backward)
 
 
 def interleaved_medians(contenders: dict, repeat: int) -> dict[str, float]:
-    """Median ms of each contender, timed in turns (A B C A B C ...) so that a slow spell
-    of the machine falls on all of them alike."""
-    for fn in contenders.values():
+    """Median ms of each contender over `repeat` rounds; in each round every contender in
+    turn (A B C, A B C, ...) is warmed up and then timed over a block of back-to-back
+    runs, so a slow spell of the machine falls on all alike and every contender's own
+    worker threads are awake and the others' have gone quiet."""
+    inner = {}
+    for name, fn in contenders.items():
         fn()
+        start = time.perf_counter()
         fn()
+        inner[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-6)))
     times = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, fn in contenders.items():
-            time.sleep(0.05)  # let other contenders' worker threads stop spinning
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            fn()
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / inner[name])
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 

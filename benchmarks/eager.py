@@ -17,16 +17,6 @@ def peephole_step(p, x_t, h, c):
     return o * torch.tanh(c), c
 
 
-def peephole_sequence(p, x, h, c):
-    """The whole sequence; the input products hoisted as one matmul, as anyone would."""
-    gates = [x @ p[f"W_{g}"].T for g in "ifgo"]
-    outputs = []
-    for t in range(x.shape[0]):
-        h, c = peephole_step(p, [g[t] for g in gates], h, c)
-        outputs.append(h)
-    return torch.stack(outputs), h, c
-
-
 _TORCH_OPS = {
     Op.ADD: torch.add, Op.SUB: torch.sub, Op.MUL: torch.mul, Op.DIV: torch.div,
     Op.MIN: torch.minimum, Op.MAX: torch.maximum, Op.NEG: torch.neg,

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 
-import llvmlite.binding as llvm
-
-from lstmc_runtime.native import NativeCell
-
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
 from .llvm.smallgemm import panel_width
-from .llvm.toolchain import optimize, target_machine
+from .llvm.toolchain import optimize
 
 LIBRARY = "cell.so"
 ENTRIES = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
@@ -35,6 +31,7 @@ def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: Module
         "packed": [{"name": w.name, "segments": [[p, r] for p, r in w.segments],
                     "columns": w.columns} for w in mb.packed.values()],
         "panel_width": panel_width(dtype),
+        "gradient_aliases": dict(mb.gradient_aliases),
         "step_weight_elements": sum(w.rows * w.columns for w in mb.packed.values()
                                     if any(mb.packed_weight(p.segments) is w
                                            for p in program.recurrent_products)),
@@ -51,16 +48,6 @@ def generate(program: Program, sizes: dict[str, int], dtype: str) -> tuple[str, 
     mb = ModuleBuilder(program, sizes, dtype)
     module = mb.build()
     return str(module), manifest_for(program, sizes, dtype, mb)
-
-
-def jit(program: Program, sizes: dict[str, int], dtype: str) -> NativeCell:
-    ir_text, manifest = generate(program, sizes, dtype)
-    module = optimize(ir_text)
-    engine = llvm.create_mcjit_compiler(module, target_machine())
-    engine.finalize_object()
-    symbols = list(ENTRIES.values())
-    functions = {s: engine.get_function_address(s) for s in symbols}
-    return NativeCell(manifest, functions, keepalive=(engine, module))
 
 
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,

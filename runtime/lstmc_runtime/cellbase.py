@@ -51,7 +51,7 @@ class CellBase:
             raise ShapeError(f"x: expected at least one step and one batch row, got shape "
                              f"{tuple(x.shape)}")
         batch = x.shape[1]
-        if not getattr(params, "validated_for", None) is self:  # see NativeCell.pack_params
+        if getattr(params, "validated_for", None) is not self:  # see NativeCell.pack_params
             check_names("params", params, list(self.param_shapes))
             for name, shape in self.param_shapes.items():
                 check_array(f"params['{name}']", params[name], shape, self.dtype)

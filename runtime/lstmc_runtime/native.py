@@ -300,6 +300,8 @@ class NativeCell(CellBase):
         for name in self.param_shapes:
             if f"dparam:{name}" in out:
                 dparams[name] += out[f"dparam:{name}"]
+        for name, same in self.manifest.get("gradient_aliases", {}).items():
+            dparams[name] += out[f"dparam:{same}"]
         for p in self.manifest["packed"]:
             gradient, offset = out.get(f"dpacked:{p['name']}"), 0
             if gradient is None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
-from ...ir.size import SCALAR
 from ...passes.pipeline import Program
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
@@ -70,6 +69,7 @@ class ModuleBuilder:
         self.regions = RegionEmitter(self.module, self.math, "lstmc")
         self.packed: dict[tuple, PackedWeight] = {}
         self.entries: dict[str, EntryAbi] = {}
+        self.gradient_aliases: dict[str, str] = {}  # parameter -> one with the same gradient
         self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
         self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
         self.malloc = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "malloc")
@@ -496,6 +496,7 @@ class _BackwardKernel(_Kernel):
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.ADJOINT:
                     self._adjoint(node, env, cur, dy, t, info.output)
+            accumulated: dict[int, str] = {}
             for (kind, key), node in grads.items():
                 n = mb.size(node)
                 if kind == "state":
@@ -507,6 +508,10 @@ class _BackwardKernel(_Kernel):
                 elif kind == "input":
                     target = Place(self.seq_row(dx, t, n), n)
                 else:  # a learned vector: summed over rows and steps
+                    first = accumulated.setdefault(node.id, key)
+                    if first != key:  # the same gradient (PyTorch's twin biases): sum once
+                        self.mb.gradient_aliases[key] = first
+                        continue
                     acc = self.buffer(f"dparam:{key}", [n], "out")
                     env.role(node).accumulate.append(Place(acc, 0))
                     continue

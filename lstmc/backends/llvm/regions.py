@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from ...ir.graph import BINARY, LEAVES, REDUCTIONS, UNARY, Node, Op
+from ...ir.graph import BINARY, REDUCTIONS, UNARY, Node, Op
 from ...ir.size import SCALAR
 from .irutil import I64, PTR, element, for_range, i64
 from .mathlib import FAST, MathLib
@@ -366,4 +366,4 @@ def _task_nodes(task) -> list[Node]:
     return [n]
 
 
-__all__ = ["Place", "Roles", "StepEnv", "RegionEmitter", "LEAVES"]
+__all__ = ["Place", "Roles", "StepEnv", "RegionEmitter"]
