@@ -1,5 +1,7 @@
 """The CPU target (LLVM) against the reference executor: every spec, forward and
 backward, float32 and float64, with and without variable lengths."""
+import os
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,27 @@ def test_small_batches_share_each_step_across_threads(monkeypatch, name, threads
     np.testing.assert_allclose(y1, y0, **TOLERANCE["float64"])
     for n in f0:
         np.testing.assert_allclose(f1[n], f0[n], **TOLERANCE["float64"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_runs_native_cells(monkeypatch):
+    """Worker threads do not survive a fork; the child must get its own, not hang."""
+    import multiprocessing
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    cell = compile_spec("gru", dtype="float32", target="cpu")
+    x, params, state = random_inputs(cell, T=3, B=16)
+    expected, _ = cell.forward(x, params, state)  # the parent's pool now has threads
+    _FORKED.update(cell=cell, x=x, params=params, state=state)  # inherited, not pickled
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        got = pool.apply_async(_forward_in_child).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
+
+
+_FORKED: dict = {}
+
+
+def _forward_in_child():
+    case = _FORKED
+    return case["cell"].forward(case["x"], case["params"], case["state"])[0]

@@ -41,10 +41,16 @@ def thread_count() -> int:
         return os.cpu_count() or 1
 
 
+_pool_pid = 0
+
+
 def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
+    """The worker threads; a process forked from one that had them gets its own (a fork
+    copies the pool object but not its threads)."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=thread_count(), thread_name_prefix="lstmc")
+        _pool_pid = os.getpid()
     return _pool
 
 
@@ -57,6 +63,13 @@ class BufferPool:
 
     def __init__(self):
         self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        self._lock = threading.Lock()
+        # After a fork, a lock another thread held is held forever: start afresh.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._free = defaultdict(list)
         self._lock = threading.Lock()
 
     def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
