@@ -58,12 +58,13 @@ class BufferPool:
     """Recycles large arrays between calls. A fresh allocation of tens of megabytes costs
     a page fault per 4 KiB on first touch, every call; recycled ones are already mapped."""
 
-    MIN_BYTES = 1 << 20
-    PER_SHAPE = 8
+    MIN_BYTES = 1 << 20  # smaller arrays are cheap to allocate
+    MAX_BYTES = 1 << 28  # at most this much is kept for reuse
 
     def __init__(self):
         self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
         self._lock = threading.Lock()
+        self._bytes = 0
         # After a fork, a lock another thread held is held forever: start afresh.
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset)
@@ -71,11 +72,14 @@ class BufferPool:
     def _reset(self) -> None:
         self._free = defaultdict(list)
         self._lock = threading.Lock()
+        self._bytes = 0
 
     def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
         with self._lock:
             free = self._free.get((shape, dtype))
             array = free.pop() if free else None
+            if array is not None:
+                self._bytes -= array.nbytes
         if array is None:
             return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
         if zero:
@@ -85,10 +89,10 @@ class BufferPool:
     def put(self, arrays) -> None:
         with self._lock:
             for array in arrays:
-                if array.nbytes >= self.MIN_BYTES and array.base is None:
-                    free = self._free[(array.shape, array.dtype)]
-                    if len(free) < self.PER_SHAPE:
-                        free.append(array)
+                if (array.nbytes >= self.MIN_BYTES and array.base is None
+                        and self._bytes + array.nbytes <= self.MAX_BYTES):
+                    self._free[(array.shape, array.dtype)].append(array)
+                    self._bytes += array.nbytes
 
 
 POOL = BufferPool()
