@@ -15,7 +15,7 @@ from lstmc_runtime.cellbase import CellBase, Tape
 from lstmc_runtime.stack import Stack
 
 from .frontend.source import read_source
-from .errors import CompileError
+from .errors import BackendError, CompileError
 from .passes.pipeline import Program
 
 __all__ = ["compile", "Cell", "Tape", "bind_sizes"]
@@ -109,8 +109,15 @@ def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
         return Cell(program, bound, np.dtype(dtype), target)
     from lstmc_runtime.artifact import load_cell
 
-    from .backends.cpu import write_artifact
+    from .backends.cpu import jit, write_artifact
+    from .backends.llvm.toolchain import find_linker
     from .cache import cache_key, cached
+
+    try:
+        find_linker()
+    except BackendError:  # no C toolchain to link a library: JIT in process, uncached
+        program = lower_spec(source, cell)
+        return jit(program, bind_sizes(program, input_size, hidden_size, sizes), dtype)
 
     key = cache_key({"spec": source.text, "cell": cell, "input_size": input_size,
                      "hidden_size": hidden_size, "sizes": sizes, "dtype": dtype,

@@ -146,3 +146,22 @@ _FORKED: dict = {}
 def _forward_in_child():
     case = _FORKED
     return case["cell"].forward(case["x"], case["params"], case["state"])[0]
+
+
+def test_without_a_c_toolchain_the_cell_is_jit_compiled_in_process(monkeypatch):
+    import lstmc
+    from lstmc.backends.llvm import toolchain
+
+    def no_linker():
+        raise lstmc.BackendError("no C compiler driver")
+
+    monkeypatch.setattr(toolchain, "find_linker", no_linker)
+    expected, got = run_both("gru_cho", "float64", T=4, B=2)
+    assert_same(expected, got, "float64", "gru_cho")
+    for hidden in (3, 4, 5):  # engines come and go without taking shared state with them
+        cell = compile_spec("gru", target="cpu", hidden_size=hidden)
+        x, params, state = random_inputs(cell, T=2, B=2)
+        assert np.isfinite(cell.forward(x, params, state)[0]).all()
+        del cell
+        import gc
+        gc.collect()

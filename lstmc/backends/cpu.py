@@ -50,6 +50,22 @@ def generate(program: Program, sizes: dict[str, int], dtype: str) -> tuple[str, 
     return str(module), manifest_for(program, sizes, dtype, mb)
 
 
+def jit(program: Program, sizes: dict[str, int], dtype: str):
+    """The cell compiled in process by LLVM's MCJIT: for machines without a C toolchain
+    to link a shared library (then nothing is cached on disk)."""
+    import llvmlite.binding as llvm
+    from lstmc_runtime.native import NativeCell
+
+    from .llvm.toolchain import new_target_machine
+
+    ir_text, manifest = generate(program, sizes, dtype)
+    engine = llvm.create_mcjit_compiler(optimize(ir_text), new_target_machine())
+    engine.finalize_object()
+    functions = {entry["symbol"]: engine.get_function_address(entry["symbol"])
+                 for entry in manifest["entries"].values()}
+    return NativeCell(manifest, functions, keepalive=engine)
+
+
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
                    emit: frozenset[str] = frozenset(), batch_first: bool = False) -> None:
     """A loadable artifact in `directory`: manifest.json and cell.so, plus the

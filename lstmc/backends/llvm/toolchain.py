@@ -17,6 +17,13 @@ from ...errors import BackendError
 
 @functools.lru_cache(maxsize=1)
 def target_machine() -> llvm.TargetMachine:
+    """The process's target machine for optimizing and emitting code."""
+    return new_target_machine()
+
+
+def new_target_machine() -> llvm.TargetMachine:
+    """A target machine of its own: an MCJIT engine takes ownership of the one it is given
+    and destroys it with itself, so the shared one must never be handed to an engine."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_triple(llvm.get_process_triple())
