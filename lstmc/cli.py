@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--seed", type=int, default=0)
     grad.add_argument("--tolerance", type=float, default=1e-6,
                       help="largest relative error accepted (default: 1e-6)")
+    grad.add_argument("--target", default="reference", choices=["reference", "cpu"],
+                      help="whose backward pass to check: the reference executor's "
+                           "(default) or the native code's")
     grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                       help="show tracebacks of errors")
     return parser
@@ -168,7 +171,7 @@ def cmd_gradcheck(args) -> int:
     from .gradcheck import gradcheck
 
     cell = compile(args.spec, args.input_size, args.hidden_size, dtype="float64",
-                   cell=args.cell, **_sizes(args))
+                   cell=args.cell, target=args.target, **_sizes(args))
     result = gradcheck(cell, steps=args.steps, batch=args.batch, seed=args.seed)
     ok = result.passed(args.tolerance)
     print(f"{args.spec}: cell {cell.name}: worst relative error {result.worst_error:.3e} "

@@ -40,9 +40,11 @@ def test_compile_emit_backward_and_sizes():
     assert "matmul_t" in result.stdout and "backward step" in result.stdout
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_cho", "layernorm_lstm"])
-def test_gradcheck_passes(name):
-    result = lstmc("gradcheck", spec_path(name))
+@pytest.mark.parametrize("name,target", [("lstm", "reference"), ("gru_cho", "reference"),
+                                         ("layernorm_lstm", "reference"), ("lstmp", "cpu")])
+def test_gradcheck_passes(name, target):
+    extra = ["--size", "P=2"] if name == "lstmp" else []
+    result = lstmc("gradcheck", spec_path(name), "--target", target, *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "worst relative error" in result.stdout and ": ok" in result.stdout
 

@@ -118,7 +118,6 @@ class _Kernel:
             self.generation = self.entry.alloca(I64, name="generation")
             self.entry.store(i64(0), self.generation)
         self._buffers: dict[str, ir.Value] = {}
-        self._scratch: dict[int, Place] = {}
         self._arena = None
 
     def buffer(self, name: str, shape: list, role: str, dtype: str = "float") -> ir.Value:
