@@ -129,6 +129,7 @@ class PackedParams(dict):
 
     packs: dict
     validated_for: object = None
+    addresses: dict | None = None
 
 
 class NativeCell(CellBase):
@@ -224,14 +225,16 @@ class NativeCell(CellBase):
                     array = POOL.get(shape, dtype, zero=role == "out")
                 slices[c][name] = array
 
+        known = given.get("addresses", {})  # of packed parameters, computed once
+
         def run(c: int) -> int:
             arrays = slices[c]
             pointers = (ctypes.c_void_p * max(len(layout), 1))(
-                *[_address(arrays[name]) for name, *_ in layout])
+                *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
             return self._entries[entry](T, bounds[c + 1] - bounds[c], pointers)
 
         if entry.endswith("_mt"):  # one slice, every thread on it
-            statuses = self._run_threaded(entry, T, bounds[1], slices[0], layout)
+            statuses = self._run_threaded(entry, T, bounds[1], slices[0], layout, known)
         else:
             statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
         if any(statuses):
@@ -254,10 +257,10 @@ class NativeCell(CellBase):
         POOL.put(spent)
         return out
 
-    def _run_threaded(self, entry, T, B, arrays, layout) -> list[int]:
+    def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
         threads = thread_count()
         pointers = (ctypes.c_void_p * max(len(layout), 1))(
-            *[_address(arrays[name]) for name, *_ in layout])
+            *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
         sync = np.zeros(2, np.int64)
         elements = self.manifest["entries"][entry]["arena_elements"]
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
@@ -281,6 +284,11 @@ class NativeCell(CellBase):
         given = {"x": x, "lengths": np.full(B, T, np.int64) if lengths is None else lengths}
         given.update({f"param:{n}": np.ascontiguousarray(v) for n, v in params.items()})
         given.update(packs)
+        if isinstance(params, PackedParams):
+            if params.addresses is None:  # stable: the snapshot owns these arrays
+                params.addresses = {name: _address(given[name]) for name in
+                                    [f"param:{n}" for n in params] + list(packs)}
+            given["addresses"] = params.addresses
         given.update({f"state_in:{n}": v for n, v in state.items()})
         return given
 
