@@ -167,7 +167,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
                        hidden_size: int | None = None, *, target: str = "cpu",
                        dtype: str = "float32", cell: str | None = None, num_layers: int = 1,
                        bidirectional: bool = False, batch_first: bool = False,
-                       emit: frozenset[str] = frozenset(), **sizes: int) -> None:
+                       emit: frozenset[str] = frozenset(), cpu: str = "host",
+                       **sizes: int) -> None:
     """Write a compiled artifact that lstmc_runtime.load runs (`lstmc compile -o DIR`)."""
     from lstmc_runtime.artifact import write_manifest
 
@@ -182,7 +183,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     bound = bind_sizes(program, input_size, hidden_size, sizes)
     os.makedirs(directory, exist_ok=True)
     if num_layers == 1 and not bidirectional:
-        write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first)
+        write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
+                       cpu=cpu)
         return
     directions = 2 if bidirectional else 1
     parts = {"layer0": bound}
@@ -195,7 +197,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     for name, part_sizes in parts.items():
         sub = os.path.join(directory, name)
         os.makedirs(sub, exist_ok=True)
-        write_artifact(sub, program, part_sizes, dtype, emit)
+        write_artifact(sub, program, part_sizes, dtype, emit, cpu=cpu)
     manifest = {"target": "cpu", "cell": program.info.name, "dtype": dtype,
                 "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
                            "batch_first": bool(batch_first)},

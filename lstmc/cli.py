@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(with the backward step), ir-unfused (before fusion), llvm "
                            "(optimized LLVM IR), asm (host assembly); llvm and asm need "
                            "the sizes")
+    comp.add_argument("--cpu", default="host", metavar="NAME",
+                      help="the CPU the artifact is for: host (default: this CPU, all its "
+                           "features) or an LLVM CPU name such as x86-64-v3 for portability")
     comp.add_argument("--num-layers", type=int, default=1, metavar="L")
     comp.add_argument("--bidirectional", action="store_true")
     comp.add_argument("--batch-first", action="store_true")
@@ -137,7 +140,7 @@ def cmd_compile(args) -> int:
         write_artifact_dir(args.spec, args.output, args.input_size, args.hidden_size,
                            target=args.target, dtype=args.dtype, cell=args.cell,
                            num_layers=args.num_layers, bidirectional=args.bidirectional,
-                           batch_first=args.batch_first,
+                           batch_first=args.batch_first, cpu=args.cpu,
                            emit=frozenset(s.replace("ir-backward", "ir") for s in stages),
                            **_sizes(args))
         print(f"wrote {args.output}/manifest.json")

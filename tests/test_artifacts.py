@@ -172,3 +172,30 @@ def test_partially_written_cache_entry_is_never_loaded(tmp_path, monkeypatch):
     x = np.ones((2, 1, 3), np.float32)
     params = cell.init_params()
     np.testing.assert_array_equal(again.forward(x, params)[0], cell.forward(x, params)[0])
+
+
+def test_portable_artifact_for_a_generic_cpu(tmp_path):
+    result = lstmc_cli("compile", spec_path("gru"), "-o", str(tmp_path / "a"), "--cpu",
+                       "x86-64-v2", "--input-size", "3", "--hidden-size", "4",
+                       "--dtype", "float64")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["cpu"] == {"name": "x86-64-v2", "features": ["sse4_1", "sse4_2"]}
+    cell = lstmc_runtime.load(tmp_path / "a")
+    reference = lstmc.compile(spec_path("gru"), 3, 4, dtype="float64")
+    x, params, state = random_inputs(reference)
+    np.testing.assert_allclose(cell.forward(x, params, state)[0],
+                               reference.forward(x, params, state)[0], rtol=1e-10)
+
+
+def test_artifact_for_a_cpu_with_missing_instructions_is_refused(tmp_path):
+    directory = _artifact(tmp_path)
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("the check reads /proc/cpuinfo")
+    manifest["cpu"]["features"] = ["sse4_2", "instructions_from_the_future"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(lstmc.BackendError,
+                       match="compiled for a CPU with instructions_from_the_future"):
+        lstmc_runtime.load(directory)

@@ -67,24 +67,26 @@ def jit(program: Program, sizes: dict[str, int], dtype: str):
 
 
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
-                   emit: frozenset[str] = frozenset(), batch_first: bool = False) -> None:
+                   emit: frozenset[str] = frozenset(), batch_first: bool = False,
+                   cpu: str = "host") -> None:
     """A loadable artifact in `directory`: manifest.json and cell.so, plus the
     intermediate stages named in `emit` (ir: the fused IR; llvm: optimized LLVM IR;
-    asm: the host assembly)."""
+    asm: the assembly). `cpu` is "host" or an LLVM CPU name (x86-64-v3, ...)."""
     from lstmc_runtime.artifact import write_manifest
 
-    from .llvm.toolchain import emit_assembly, emit_object, link_shared
+    from .llvm.toolchain import emit_assembly, emit_object, link_shared, required_features
 
     ir_text, manifest = generate(program, sizes, dtype)
-    module = optimize(ir_text)
-    link_shared(emit_object(module), os.path.join(directory, LIBRARY))
+    module = optimize(ir_text, cpu)
+    link_shared(emit_object(module, cpu), os.path.join(directory, LIBRARY))
+    manifest["cpu"] = {"name": cpu, "features": required_features(cpu)}
     files = [LIBRARY]
     if "ir" in emit:
         _write(directory, "cell.ir", program.format(backward=True) + "\n")
     if "llvm" in emit:
         _write(directory, "cell.ll", str(module))
     if "asm" in emit:
-        _write(directory, "cell.s", emit_assembly(module))
+        _write(directory, "cell.s", emit_assembly(module, cpu))
     manifest["library"] = LIBRARY
     manifest["batch_first"] = bool(batch_first)
     write_manifest(directory, manifest, files)

@@ -54,12 +54,39 @@ def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
     if manifest.get("target") != "cpu":
         raise BackendError(f"{directory}: target '{manifest.get('target')}' artifacts are not "
                            "run by the CPU runtime")
+    _check_cpu(directory, manifest)
     library = _load_private_copy(directory, manifest)
     functions = {}
     for entry in manifest["entries"].values():
         functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
                                                  ctypes.c_void_p).value
     return NativeCell(manifest, functions, keepalive=library)
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None  # not Linux x86: nothing to compare with
+
+
+def _check_cpu(directory: str, manifest: dict) -> None:
+    """Refuse a library built for instructions this CPU lacks (running it would die of
+    SIGILL), naming them."""
+    required = manifest.get("cpu", {}).get("features", [])
+    flags = _cpu_flags()
+    if not required or flags is None:
+        return
+    missing = [f for f in required if f not in flags]
+    if missing:
+        raise BackendError(
+            f"{directory}: compiled for a CPU with {', '.join(missing)}, which this CPU "
+            f"lacks; recompile here, or with `lstmc compile --cpu x86-64-v3` (or -v2) for "
+            "a portable artifact")
 
 
 def _load_private_copy(directory: str, manifest: dict) -> ctypes.CDLL:

@@ -9,40 +9,63 @@ import shutil
 import subprocess
 import tempfile
 
-import llvmlite
 import llvmlite.binding as llvm
 
 from ...errors import BackendError
 
 
-@functools.lru_cache(maxsize=1)
-def target_machine() -> llvm.TargetMachine:
-    """The process's target machine for optimizing and emitting code."""
-    return new_target_machine()
+# Instruction-set features a library may need, as LLVM names them and as Linux's
+# /proc/cpuinfo does: the runtime refuses a library whose CPU lacks one (else: SIGILL).
+CHECKED_FEATURES = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
+    "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f",
+    "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512cd": "avx512cd", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+}
+GENERIC_X86 = {  # the x86-64 micro-architecture levels, for portable artifacts
+    "x86-64": [],
+    "x86-64-v2": ["sse4.1", "sse4.2"],
+    "x86-64-v3": ["sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "bmi", "bmi2"],
+    "x86-64-v4": ["sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "bmi", "bmi2",
+                  "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"],
+}
 
 
-def new_target_machine() -> llvm.TargetMachine:
+@functools.lru_cache(maxsize=4)
+def target_machine(cpu: str = "host") -> llvm.TargetMachine:
+    """The process's target machine for `cpu` ("host": this CPU and all its features;
+    or an LLVM CPU name such as x86-64-v3), for optimizing and emitting code."""
+    return new_target_machine(cpu)
+
+
+def new_target_machine(cpu: str = "host") -> llvm.TargetMachine:
     """A target machine of its own: an MCJIT engine takes ownership of the one it is given
     and destroys it with itself, so the shared one must never be handed to an engine."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_triple(llvm.get_process_triple())
-    return target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-        opt=3, codemodel="default", reloc="pic")
+    if cpu == "host":
+        name, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    else:
+        name, features = cpu, ""
+    return target.create_target_machine(cpu=name, features=features, opt=3,
+                                        codemodel="default", reloc="pic")
 
 
-def host_description() -> str:
-    """What the generated code depends on besides the source: part of the cache key."""
-    target_machine()
-    return (f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} "
-            f"{llvm.get_host_cpu_features().flatten()} llvmlite {llvmlite.__version__} "
-            f"llvm {'.'.join(map(str, llvm.llvm_version_info))}")
+def required_features(cpu: str = "host") -> list[str]:
+    """The checked instruction-set features code for `cpu` may use, /proc/cpuinfo names."""
+    if cpu == "host":
+        enabled = [f[1:] for f in llvm.get_host_cpu_features().flatten().split(",")
+                   if f.startswith("+")]
+    else:
+        enabled = GENERIC_X86.get(cpu, [])
+    return sorted(CHECKED_FEATURES[f] for f in enabled if f in CHECKED_FEATURES)
 
 
-def optimize(ir_text: str) -> llvm.ModuleRef:
+def optimize(ir_text: str, cpu: str = "host") -> llvm.ModuleRef:
     """Parse, verify, optimize at -O3 (vectorizers on), verify again."""
-    tm = target_machine()
+    tm = target_machine(cpu)
     module = llvm.parse_assembly(ir_text)
     module.triple = tm.triple
     module.data_layout = str(tm.target_data)
@@ -57,12 +80,12 @@ def optimize(ir_text: str) -> llvm.ModuleRef:
     return module
 
 
-def emit_assembly(module: llvm.ModuleRef) -> str:
-    return target_machine().emit_assembly(module)
+def emit_assembly(module: llvm.ModuleRef, cpu: str = "host") -> str:
+    return target_machine(cpu).emit_assembly(module)
 
 
-def emit_object(module: llvm.ModuleRef) -> bytes:
-    return target_machine().emit_object(module)
+def emit_object(module: llvm.ModuleRef, cpu: str = "host") -> bytes:
+    return target_machine(cpu).emit_object(module)
 
 
 def find_linker() -> str:
