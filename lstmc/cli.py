@@ -109,10 +109,17 @@ def cmd_check(args) -> int:
     from .driver import check_spec
     from .passes.pipeline import lower
 
-    for path in args.specs:
-        for cell in check_spec(path):
-            print(f"{path}: {summarize(lower(cell))}")
-    return 0
+    failed = 0
+    for path in args.specs:  # every spec is checked; each bad one reports its error
+        try:
+            for cell in check_spec(path):
+                print(f"{path}: {summarize(lower(cell))}")
+        except SpecError as exc:
+            if args.debug:
+                traceback.print_exc()
+            print(exc, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def summarize(program) -> str:

@@ -114,3 +114,14 @@ def test_compile_to_a_directory_and_errors(tmp_path):
     assert "no value for sizes H, I: pass hidden_size=..., input_size=..." in missing.stderr
     bad_stage = lstmc("compile", spec_path("mgu"), "--emit", "ir,wasm")
     assert bad_stage.returncode == 2 and "unknown stage wasm" in bad_stage.stderr
+
+
+def test_check_reports_every_bad_spec_and_still_checks_the_good_ones(tmp_path):
+    first, second = tmp_path / "one.lstm", tmp_path / "two.lstm"
+    first.write_text("cell a(x: I) -> h: H {\n  h' = x2\n}\n")
+    second.write_text("cell b(x: I) -> h: H {\n")
+    result = lstmc("check", str(first), spec_path("gru"), str(second))
+    assert result.returncode == 1
+    assert f"{first}:2:8: error: undefined name 'x2'" in result.stderr
+    assert f"{second}:1:23: error: unexpected end of file" in result.stderr
+    assert "cell gru(" in result.stdout
