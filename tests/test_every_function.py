@@ -1,0 +1,62 @@
+"""Every function of the spec language, through every executor: the reference executor
+against finite differences, the LLVM backend against the reference (float64 and
+float32). Arguments stay away from kinks (relu, min, max, abs, clip) and outside the
+domains' edges (log, sqrt), so finite differences are a sound oracle."""
+import numpy as np
+import pytest
+
+import lstmc
+from lstmc.gradcheck import gradcheck
+
+SPEC = """
+cell all_functions(x: I) -> h: H {
+  state s: 1
+  param W, U, V, b, p
+  z  = W @ x + U @ h + b
+  a  = sigmoid(z) + tanh(z) + relu(z) + softsign(z) + hard_sigmoid(z)
+  e  = exp(-abs(z)) + log(1 + z * z) + sqrt(1 + h * h) - 2 / (3 + tanh(p * z))
+  m  = min(z, p) + max(z, 0.5) + clip(z, -0.3, 0.7)
+  n  = layernorm(V @ (a * e), 1e-3)
+  s' = tanh(mean(z) + sum(h) / 8 + 0.5 * s)
+  h' = tanh(0.3 * a + 0.2 * e + 0.1 * m + 0.2 * n + s)
+}
+"""
+
+
+def _inputs(cell, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 3, cell.input_size)).astype(cell.dtype)
+    params = {n: rng.uniform(-0.7, 0.7, shape).astype(cell.dtype)
+              for n, shape in cell.param_shapes.items()}
+    state = {n: (0.5 * rng.standard_normal((3, s))).astype(cell.dtype)
+             for n, s in cell.state_sizes.items()}
+    return x, params, state
+
+
+def test_reference_gradients_of_every_function():
+    cell = lstmc.compile(SPEC, input_size=3, hidden_size=4, dtype="float64")
+    result = gradcheck(cell, steps=4, batch=2, seed=3)
+    assert result.passed(1e-6), result.errors
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 3e-5)])
+def test_native_code_of_every_function(dtype, tol):
+    reference = lstmc.compile(SPEC, input_size=3, hidden_size=4, dtype=dtype)
+    native = lstmc.compile(SPEC, input_size=3, hidden_size=4, dtype=dtype, target="cpu")
+    x, params, state = _inputs(reference)
+    dy = np.random.default_rng(9).standard_normal((5, 3, 4)).astype(dtype)
+    out = []
+    for cell in (reference, native):
+        y, final, tape = cell.forward(x, params, state, train=True)
+        out.append((y, final, tape.backward(dy, {"s": np.ones((3, 1), dtype)})))
+    (y0, f0, g0), (y1, f1, g1) = out
+    close = dict(rtol=tol, atol=tol)
+    np.testing.assert_allclose(y1, y0, **close)
+    np.testing.assert_allclose(f1["s"], f0["s"], **close)
+    np.testing.assert_allclose(g1["x"], g0["x"], **close)
+    for name in g0["params"]:
+        np.testing.assert_allclose(g1["params"][name], g0["params"][name], **close,
+                                   err_msg=name)
+    for name in g0["state"]:
+        np.testing.assert_allclose(g1["state"][name], g0["state"][name], **close,
+                                   err_msg=name)
