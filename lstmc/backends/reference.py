@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.graph import Node, Op
+from ..ir.graph import IRError, Node, Op
 from ..passes.pipeline import Program
 
 
@@ -82,7 +82,7 @@ class ReferenceExecutor:
             return np.sum(args[0], axis=-1, keepdims=True)
         if op == Op.MEAN:
             return np.mean(args[0], axis=-1, keepdims=True)
-        raise NotImplementedError(f"reference executor has no rule for {op.value}")
+        raise IRError(f"the reference executor has no rule for op '{op.value}'")
 
     def _run(self, stages, env, params, batch) -> None:
         for stage in stages:

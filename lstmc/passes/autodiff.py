@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir.graph import LEAVES, Graph, Node, Op
+from ..ir.graph import LEAVES, Graph, IRError, Node, Op
 from ..ir.size import SCALAR, Size
 
 # Backward output keys: ("state", name) d old state, ("input", name), ("hoisted", index),
@@ -152,7 +152,7 @@ def autodiff(graph: Graph) -> dict[Key, Node]:
             continue
         rule = RULES.get(node.op)
         if rule is None:
-            raise NotImplementedError(f"no derivative rule for op '{node.op.value}'")
+            raise IRError(f"no derivative rule for op '{node.op.value}'")
         for inp, d in zip(node.inputs, rule(g, node, grad)):
             contribute(inp, d)
     return outputs

@@ -3,6 +3,7 @@ computation, forward over a sequence, and a Tape for the backward pass. A target
 implements `_run_forward` and `_run_backward` on validated arrays."""
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from .errors import ShapeError
 from .validate import check_array, check_names
 
 
-class CellBase:
+class CellBase(abc.ABC):
     name: str
     target: str
     dtype: np.dtype
@@ -85,11 +86,13 @@ class CellBase:
             return y, final
         return y, final, Tape(self, params, saved, x.shape)
 
+    @abc.abstractmethod
     def _run_forward(self, x, params, state, train, lengths):
-        raise NotImplementedError
+        """(y, final states, what backward needs or None) for validated arrays."""
 
+    @abc.abstractmethod
     def _run_backward(self, saved, params, dy, dstate):
-        raise NotImplementedError
+        """(dx, dparams, dstate0) for validated arrays."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from ...ir.graph import BINARY, REDUCTIONS, UNARY, Node, Op
+from ...ir.graph import BINARY, REDUCTIONS, UNARY, IRError, Node, Op
 from ...ir.size import SCALAR
 from .irutil import I64, PTR, element, for_range, i64
 from .mathlib import FAST, MathLib
@@ -72,8 +72,8 @@ class StepEnv:
 class _Group:
     phase: int
     size: int
-    tasks: list = field(default_factory=list)  # ("compute", n) ("store", n, place, off)
-    computed: set = field(default_factory=set)  # ("accum", n, place) ("reduce", r, n)
+    tasks: list = field(default_factory=list)  # ("compute", n) ("store", n, place, offset)
+    computed: set = field(default_factory=set)  # ("accum", n, place, offset) ("reduce", r, n)
 
 
 class RegionEmitter:
@@ -103,14 +103,14 @@ class RegionEmitter:
             if n.op == Op.CONCAT:
                 phase[n.id] = max((source_phase(u, False) for u in n.inputs), default=0) + 1
                 roles = env.roles.get(n.id) or Roles()
-                if roles.accumulate:
-                    raise NotImplementedError("accumulating a concatenation")
                 targets = [(env.place(n), 0)] + roles.stores
                 offset = 0
                 for part in n.inputs:
                     g = group_of.get(part.id) or group(source_phase(part, False), env.size(part))
                     for place, start in targets:
                         g.tasks.append(("store", part, place, start + offset))
+                    for place in roles.accumulate:
+                        g.tasks.append(("accum", part, place, offset))
                     offset += env.size(part)
                 continue
             if n.op in REDUCTIONS:
@@ -147,7 +147,7 @@ class RegionEmitter:
                 for place, offset in roles.stores:
                     g.tasks.append(("store", n, place, offset))
                 for place in roles.accumulate:
-                    g.tasks.append(("accum", n, place))
+                    g.tasks.append(("accum", n, place, 0))
         order = sorted(groups.values(), key=lambda g: g.phase)
         last = max([g.phase for g in order] + list(scalars), default=0)
         return order, scalars, last, in_stage
@@ -236,7 +236,7 @@ class RegionEmitter:
                 stream(task[2], task[3])
             elif kind == "accum":
                 need(n)
-                stream(task[2], 0)
+                stream(task[2], task[3])
             elif kind == "reduce":
                 need(task[2])
                 reduce_out[n.id] = len(reduce_out)
@@ -302,7 +302,7 @@ class RegionEmitter:
                 elif kind == "store":
                     b.store(value(n), pointer(task[2], task[3], j))
                 elif kind == "accum":
-                    ptr = pointer(task[2], 0, j)
+                    ptr = pointer(task[2], task[3], j)
                     b.store(b.fadd(b.load(ptr, typ=self.ftype), value(n)), ptr)
                 elif kind == "reduce":
                     acc = sums[n.id]
@@ -354,7 +354,7 @@ class RegionEmitter:
                 return m.fabs(b, x)
             if op == Op.SOFTSIGN:
                 return b.fdiv(x, b.fadd(m.const(1.0), m.fabs(b, x)))
-        raise NotImplementedError(f"LLVM backend has no rendering for op '{op.value}'")
+        raise IRError(f"the LLVM backend has no rendering for op '{op.value}'")
 
 
 def _task_nodes(task) -> list[Node]:
