@@ -258,7 +258,11 @@ class NativeCell(CellBase):
         return out
 
     def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
-        threads = thread_count()
+        # Enough threads for the work (each meeting costs more with more of them): one
+        # per THREADED_STEP_WEIGHTS / 2 weights of a step, at most 8.
+        share = max(1, THREADED_STEP_WEIGHTS // 2)
+        weights = self.manifest.get("step_weight_elements", 0)
+        threads = max(2, min(thread_count(), weights // share, 8))
         pointers = (ctypes.c_void_p * max(len(layout), 1))(
             *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
         sync = np.zeros(2, np.int64)
