@@ -4,7 +4,9 @@ A manifest lists, for each entry point, the buffers it takes; this module packs 
 weights into the kernels' layout, allocates the buffers and calls the kernel. Batch rows
 never interact, so a batch is cut into slices run at once on as many threads as the
 machine has cores, one native call each (ctypes releases the GIL during a call); each
-slice runs a whole sequence, its GEMMs included, in one call."""
+slice runs a whole sequence, its GEMMs included, in one call. A batch too small to cut,
+with enough weights per step, is run by several threads together instead: each takes a
+share of every product's columns, meeting at barriers inside the kernel."""
 from __future__ import annotations
 
 import ctypes
@@ -278,10 +280,6 @@ class NativeCell(CellBase):
         statuses = [run(0)] + [h.result() for h in helpers]
         POOL.put([arena])
         return statuses
-
-    @staticmethod
-    def _shape(dims, T, B) -> tuple:
-        return tuple(T if d == "T" else B if d == "B" else d for d in dims)
 
     def _inputs(self, x, params, state, lengths, packs) -> dict[str, np.ndarray]:
         T, B, _ = x.shape
