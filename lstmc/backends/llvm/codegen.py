@@ -164,9 +164,10 @@ class _Kernel:
         return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.B), i64(n)))
 
     def gemm(self, m, n: int, k, a, sam, sak, b_matrix, layout: str, c, ldc: int,
-             accumulate: bool = False) -> None:
+             accumulate: bool = False, columns: ir.Value | None = None) -> None:
         """C (m x n) (+)= A . B with B (k x n) either in panels ("panels", packed by the
-        runtime) or plain row-major ("rows")."""
+        runtime) or plain row-major ("rows"). `columns` computes only that many of C's
+        columns (b_matrix and c then point at the first one)."""
         as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
         nr = self.mb.panel
         if layout == "panels":
@@ -174,8 +175,8 @@ class _Kernel:
         else:
             bk, bp, bt = i64(n), i64(nr), i64(n)
         fn = self.mb.small_gemm_acc if accumulate else self.mb.small_gemm
-        self.b.call(fn, [as_i64(m), i64(n), as_i64(k), a, as_i64(sam), as_i64(sak), b_matrix,
-                         bk, bp, bt, c, i64(ldc)])
+        self.b.call(fn, [as_i64(m), columns or i64(n), as_i64(k), a, as_i64(sam), as_i64(sak),
+                         b_matrix, bk, bp, bt, c, i64(ldc)])
 
     def copy(self, src: ir.Value, dst: ir.Value, count: ir.Value) -> None:
         b = self.b
@@ -306,12 +307,11 @@ class _Kernel:
         end = b.sdiv(b.mul(count, b.add(self.tid, i64(1))), self.threads)
         last = b.icmp_signed("==", self.tid, b.sub(self.threads, i64(1)))
         width = b.add(b.mul(b.sub(end, first), i64(nr)), b.select(last, i64(n % nr), i64(0)))
-        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
-        b.call(self.mb.small_gemm, [
-            as_i64(m), width, as_i64(k), a, as_i64(sam), as_i64(sak),
-            element(b, self.ftype, panels, b.mul(first, b.mul(as_i64(k), i64(nr)))),
-            i64(nr), b.mul(as_i64(k), i64(nr)), i64(n % nr),
-            element(b, self.ftype, c, b.mul(first, i64(nr))), i64(ldc)])
+        k_value = k if isinstance(k, ir.Value) else i64(k)
+        self.gemm(m, n, k, a, sam, sak,
+                  element(b, self.ftype, panels, b.mul(first, b.mul(k_value, i64(nr)))),
+                  "panels", element(b, self.ftype, c, b.mul(first, i64(nr))), ldc,
+                  columns=width)
 
     def product(self, node: Node, env: StepEnv) -> None:
         """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its

@@ -204,7 +204,8 @@ class RegionEmitter:
     def _call_group(self, b, g: _Group, env: StepEnv, row, values, accumulators) -> None:
         # Arguments: distinct memory streams (pointers) and row-level scalars.
         pointers: dict[tuple, tuple[int, Place, int]] = {}
-        floats: dict[int, int] = {}
+        floats: dict[int, int] = {}  # node id -> argument index
+        scalar_nodes: list[Node] = []  # in argument order
         reduce_out: dict[int, int] = {}
 
         def stream(place: Place, offset: int) -> int:
@@ -219,6 +220,7 @@ class RegionEmitter:
             if u.size == SCALAR:
                 if u.id not in floats:
                     floats[u.id] = len(floats)
+                    scalar_nodes.append(u)
                 return
             stream(env.places[u.id], 0)
 
@@ -257,10 +259,7 @@ class RegionEmitter:
             args[index] = self._row_ptr(b, place, row, offset)
         for node_id in sorted(reduce_out, key=reduce_out.get):
             args.append(accumulators[node_id])
-        scalar_args = [None] * len(floats)
-        for node_id, index in floats.items():
-            node = next(u for t in g.tasks for u in _task_nodes(t) if u.id == node_id)
-            scalar_args[index] = self._load_scalar(b, node, env, row, values)
+        scalar_args = [self._load_scalar(b, u, env, row, values) for u in scalar_nodes]
         b.call(fn, args + scalar_args + [i64(g.size)])
 
     def _emit_group_body(self, fn, g, env, pointers, floats, reduce_out) -> None:
@@ -355,15 +354,3 @@ class RegionEmitter:
             if op == Op.SOFTSIGN:
                 return b.fdiv(x, b.fadd(m.const(1.0), m.fabs(b, x)))
         raise IRError(f"the LLVM backend has no rendering for op '{op.value}'")
-
-
-def _task_nodes(task) -> list[Node]:
-    kind, n = task[0], task[1]
-    if kind == "compute":
-        return list(n.inputs)
-    if kind == "reduce":
-        return [task[2]]
-    return [n]
-
-
-__all__ = ["Place", "Roles", "StepEnv", "RegionEmitter"]
