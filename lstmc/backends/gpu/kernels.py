@@ -1,0 +1,247 @@
+"""A Program rendered as GPU kernels in the portable dialect, plus the launch plan.
+
+Kernels (all in one source text):
+- `lstmc_gemm`: every product: the input projections before the loop, the recurrent
+  products of each step, the weight gradients after it;
+- `{mode}_r{i}`: elementwise region i of a step (mode: infer, train, backward), one
+  work-group per batch row;
+- `{mode}_persistent` (infer, train): the whole forward sequence in one launch, each
+  work-group keeping its columns of the recurrent weights in local memory across steps
+  and meeting the others at a grid-wide barrier between stages (Diamos et al. 2016).
+
+The plan is plain JSON: buffers, the per-step launch sequence, what runs before and
+after the loop. lstmc_runtime follows it; it needs no compiler.
+"""
+from __future__ import annotations
+
+from ...ir.graph import Op
+from ...passes.pipeline import Program
+from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
+from .regions import MODES, Buffer, StepLayout
+
+PLAN_FORMAT = 1
+
+
+def _shape(buffer: Buffer) -> str:
+    return {"seq": "(T, B, {w})", "history": "(T+1, B, {w})", "ring": "(2, B, {w})",
+            "step": "(B, {w})", "param": "({w},)"}[buffer.slots].format(w=buffer.width)
+
+
+def _param(buffer: Buffer) -> str:
+    const = "const " if buffer.const else ""
+    return f"GLOBAL {const}float* RESTRICT {buffer.name}"
+
+
+class PackedWeights:
+    """The matrices of a packed product stacked by rows, as the kernels read them."""
+
+    def __init__(self, program: Program, sizes: dict[str, int]):
+        self.program, self.sizes = program, sizes
+        self.by_segments: dict[tuple, dict] = {}
+
+    def get(self, segments) -> dict:
+        key = tuple((name, str(rows)) for name, rows in segments)
+        if key not in self.by_segments:
+            info = self.program.info
+            columns = info.param_shape(segments[0][0])[1].bind(self.sizes)
+            rows = [[name, r.bind(self.sizes)] for name, r in segments]
+            self.by_segments[key] = {"name": f"w{len(self.by_segments)}", "segments": rows,
+                                     "rows": sum(r for _, r in rows), "columns": columns}
+        return self.by_segments[key]
+
+
+def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
+    """(kernel source in the portable dialect, launch plan)."""
+    info = program.info
+    packed = PackedWeights(program, sizes)
+    parts = [PRELUDE, f"#define REGION_THREADS {REGION_THREADS}\n"
+             f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n", GEMM]
+    modes = {}
+    for mode in MODES:
+        layout = StepLayout(program, sizes, mode)
+        steps = []
+        for index, stage in enumerate(layout.stages):
+            if stage.kind == "product":
+                for node in stage.nodes:
+                    steps.append(_gemm_step(layout, packed, node))
+            else:
+                name = f"{mode}_r{index}"
+                parts.append(_region_kernel(layout, index, name))
+                steps.append({"kind": "region", "kernel": name})
+        entry = {"buffers": [vars(b) for b in layout.buffers], "steps": steps,
+                 "persistent": None}
+        if mode != "backward":
+            entry["persistent"] = _persistent(layout, packed, mode, parts)
+        modes[mode] = entry
+    backward = StepLayout(program, sizes, "backward")
+    plan = {
+        "format": PLAN_FORMAT,
+        "threads": {"gemm": GEMM_THREADS, "gemm_tile": GEMM_TILE, "region": REGION_THREADS,
+                    "persistent": PERSISTENT_THREADS},
+        "modes": modes,
+        "hoisted": [{"buffer": f"hx{h.index}", "grad": f"dh{h.index}",
+                     "packed": packed.get(h.segments)["name"]} for h in program.hoisted],
+        "products": [_product_gradient(backward, packed, p) for p in program.recurrent_products],
+        "param_grads": [{"param": s.name, "acc": f"acc_{s.name}", "width": s.width}
+                        for s in backward.stores if s.kind == "param"],
+        "packed": list(packed.by_segments.values()),
+    }
+    return "\n".join(parts), plan
+
+
+def _gemm_step(layout: StepLayout, packed: PackedWeights, node) -> dict:
+    weights = packed.get(node.segments)
+    operand = layout.operand(node.inputs[0])
+    if node.op == Op.MATMUL:  # (B, K) @ W^T, W (rows, K)
+        n, k, sbk, sbn = weights["rows"], weights["columns"], 1, weights["columns"]
+    else:  # MATMUL_T: (B, rows) @ W
+        n, k, sbk, sbn = weights["columns"], weights["rows"], weights["columns"], 1
+    return {"kind": "gemm", "node": node.id, "packed": weights["name"], "a": list(operand),
+            "out": [f"nd{node.id}", layout.slot(node), n], "n": n, "k": k,
+            "sbk": sbk, "sbn": sbn}
+
+
+def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> dict:
+    """dW of a recurrent product = dP^T @ operand over all T*B rows; the operand as the
+    training forward kept it (slot t of a sequence buffer, or a learned vector)."""
+    buffer, slot, stride = backward.operand(product.inputs[0])
+    if slot not in ("t", "state", "param"):
+        raise AssertionError(f"operand %{product.inputs[0].id} of a product is not kept")
+    return {"id": product.id, "packed": packed.get(product.segments)["name"],
+            "grad": f"dp{product.id}", "operand": [buffer, stride]}
+
+
+def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
+    lines = [f"/* {title}", " * int t: step; int B: batch rows; lens (B,) int: row lengths"]
+    lines += [f" * {b.name} {_shape(b)}" for b in layout.buffers]
+    lines += [f" * {e}" for e in extra]
+    lines.append(" */")
+    return lines
+
+
+def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
+    cell = layout.program.info.name
+    args = ", ".join(["int t", "int B", "GLOBAL const int* RESTRICT lens"]
+                     + [_param(b) for b in layout.buffers])
+    lines = _header(layout, f"{cell}: {layout.mode} step, region {index}; one work-group of "
+                            f"REGION_THREADS per batch row (grid: B).", [])
+    lines.append(f"KERNEL {name}({args}) {{")
+    lines.append("  SHARED float red_scratch[REGION_THREADS];")
+    lines.append(f"  SHARED float red_out[{max(1, layout.reductions_in(index))}];")
+    lines.append("  const int row = GID;")
+    lines.append("  const int active = t < lens[row];")
+    lines += ["  " + s for s in layout.region_body(index)]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: list[str]) -> dict:
+    program = layout.program
+    name = f"{mode}_persistent"
+    products = [n for s in layout.stages if s.kind == "product" for n in s.nodes]
+    weights = [packed.get(p.segments) for p in products]
+    unique = list({w["name"]: w for w in weights}.values())
+    args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens"]
+                     + [_param(b) for b in layout.buffers]
+                     + [f"GLOBAL const float* RESTRICT {w['name']}" for w in unique]
+                     + ["COUNTER* counter"])
+    extra = [f"{w['name']} ({w['rows']}, {w['columns']}): packed recurrent weights" for w in unique]
+    extra.append("counter: one zeroed unsigned int (the grid barrier); dynamic local memory: "
+                 "this group's weight columns, sum over products of cw * (K + 1) floats")
+    lines = _header(layout, f"{program.info.name}: the whole {mode} sequence in one launch; "
+                            "PERSISTENT_THREADS per group, every group resident at once.", extra)
+    lines.append(f"KERNEL {name}({args} DYN_SHARED_PARAM) {{")
+    lines.append("  DYN_SHARED_DECL")
+    lines.append("  SHARED float red_scratch[PERSISTENT_THREADS];")
+    reductions = max([1] + [layout.reductions_in(i) for i in layout.regions])
+    lines.append(f"  SHARED float red_out[{reductions}];")
+    lines.append("  unsigned int epoch = 0;")
+    offset = "0"
+    for i, (p, w) in enumerate(zip(products, weights)):
+        rows, cols = w["rows"], w["columns"]
+        lines += [
+            f"  /* this group's columns of product %{p.id}, resident for the whole sequence */",
+            f"  const int cw{i} = ({rows} + NGROUPS - 1) / NGROUPS, c0{i} = GID * cw{i};",
+            f"  LOCAL float* wl{i} = dyn_smem + {offset};",
+            f"  for (int e = LID; e < cw{i} * {cols}; e += LSZ) {{",
+            f"    const int c = e / {cols}, k = e % {cols};",
+            f"    wl{i}[c * {cols + 1} + k] = c0{i} + c < {rows} ? {w['name']}[(c0{i} + c) * {cols} + k] : 0.0f;",
+            "  }",
+        ]
+        offset = f"{offset} + cw{i} * {cols + 1}"
+    lines.append("  BARRIER();")
+    lines.append("  for (int t = 0; t < T; ++t) {")
+    index_of = {p.id: i for i, p in enumerate(products)}
+    for stage_index, stage in enumerate(layout.stages):
+        if stage.kind == "product":
+            for p in stage.nodes:
+                lines += ["    " + s for s in _persistent_product(layout, p, index_of[p.id],
+                                                                 weights[index_of[p.id]])]
+        else:
+            lines.append("    for (int row = GID; row < B; row += NGROUPS) {")
+            lines.append("      const int active = t < lens[row];")
+            lines += ["      " + s for s in layout.region_body(stage_index)]
+            lines.append("    }")
+        lines.append("    grid_sync(counter, ++epoch * (unsigned int)NGROUPS);")
+    lines.append("  }")
+    lines.append("}")
+    parts.append("\n".join(lines) + "\n")
+    return {"kernel": name, "weights": [w["name"] for w in unique],
+            "products": [[w["rows"], w["columns"]] for w in weights]}
+
+
+def _slot_index(layout: StepLayout, slot: str) -> str:
+    return {"t": "t", "0": "0", "state": layout.state_read_slot(), "param": "0"}[slot]
+
+
+def _persistent_product(layout: StepLayout, product, i: int, w: dict) -> list[str]:
+    """C[b, col] = sum_k A[b, k] * W[col, k] for this group's columns: a team of
+    work-items per (row, column) pair splits k, then adds its partial sums."""
+    buffer, slot, stride = layout.operand(product.inputs[0])
+    out, out_slot, n = f"nd{product.id}", layout.slot(product), w["rows"]
+    k = w["columns"]
+    return [
+        f"{{ /* product %{product.id}: ({n} x {k}) weights, operand {buffer} */",
+        f"  GLOBAL const float* A = {buffer} + ({_slot_index(layout, slot)}) * B * {stride};",
+        f"  GLOBAL float* Cp = {out} + ({out_slot}) * B * {n};",
+        f"  const int pairs = B * cw{i};",
+        "  int team = 1;",
+        "  while (team < 32 && team * 2 * pairs <= LSZ) team *= 2;",
+        "  for (int base = 0; base < pairs; base += LSZ / team) {",
+        "    const int pair = base + LID / team, lane = LID % team;",
+        f"    const int b = pair / cw{i}, c = pair % cw{i}, col = c0{i} + c;",
+        f"    const int live = pair < pairs && col < {n};",
+        "    float acc = 0.0f;",
+        f"    if (live) for (int k = lane; k < {k}; k += team) "
+        f"acc += LD(&A[b * {stride} + k]) * wl{i}[c * {k + 1} + k];",
+        "    red_scratch[LID] = acc;",
+        "    BARRIER();",
+        "    for (int s = team / 2; s > 0; s >>= 1) {",
+        "      if (lane < s) red_scratch[LID] += red_scratch[LID + s];",
+        "      BARRIER();",
+        "    }",
+        f"    if (live && lane == 0) Cp[b * {n} + col] = red_scratch[LID];",
+        "    BARRIER();",
+        "  }",
+        "}",
+    ]
+
+
+def manifest_for(program: Program, sizes: dict[str, int], target: str) -> tuple[str, dict]:
+    """(kernel source, the manifest GpuCell runs it by)."""
+    info = program.info
+    source, plan = generate(program, sizes)
+    manifest = {
+        "format": 1,
+        "target": target,
+        "cell": info.name,
+        "dtype": "float32",
+        "sizes": dict(sizes),
+        "input_size": info.input[1].bind(sizes),
+        "output": info.output,
+        "states": {n: s.bind(sizes) for n, s in info.states.items()},
+        "params": {n: {"shape": [d.bind(sizes) for d in info.param_shape(n)], "init": p.init}
+                   for n, p in info.params.items()},
+        "plan": plan,
+    }
+    return source, manifest

@@ -1,0 +1,413 @@
+"""One step of a Program as kernel code: where every value lives, and each elementwise
+region as per-row C code.
+
+A region runs one batch row per work-group. Its nodes are grouped into loops over units
+(`for (j = LID; j < size; j += LSZ)`), one loop per feature size, split further where a
+value needs a reduction (mean, sum) of an earlier loop; a value read only inside its own
+loop stays in a register, anything read elsewhere is stored to a global buffer and read
+back after a barrier. Reductions are tree reductions in local memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...ir.graph import BINARY, LEAVES, PRODUCTS, REDUCTIONS, UNARY, IRError, Node, Op
+from ...passes.pipeline import Program
+from ...passes.schedule import Stage
+
+MODES = ("infer", "train", "backward")
+
+_UNARY_C = {
+    Op.NEG: "(-({0}))", Op.SIGMOID: "SIGMOIDF({0})", Op.TANH: "TANHF({0})",
+    Op.RELU: "FMAXF({0}, 0.0f)", Op.EXP: "EXPF({0})", Op.LOG: "LOGF({0})",
+    Op.SQRT: "SQRTF({0})", Op.ABS: "FABSF({0})", Op.SOFTSIGN: "(({0}) / (1.0f + FABSF({0})))",
+}
+_BINARY_C = {
+    Op.ADD: "({0} + {1})", Op.SUB: "({0} - {1})", Op.MUL: "({0} * {1})", Op.DIV: "({0} / {1})",
+    Op.MIN: "FMINF({0}, {1})", Op.MAX: "FMAXF({0}, {1})", Op.GT: "(({0} > {1}) ? 1.0f : 0.0f)",
+}
+
+
+def literal(value: float) -> str:
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        raise IRError(f"constant {text} cannot be written as a kernel literal")
+    return text + "f"
+
+
+@dataclass
+class Buffer:
+    """A device array of (slots, B, width) floats. slots: "seq" T, "history" T + 1,
+    "ring" 2, "step" 1; `zero`: cleared before the sequence runs."""
+
+    name: str
+    width: int
+    slots: str
+    zero: bool = False
+    const: bool = False  # read-only in every kernel (parameters)
+
+
+@dataclass
+class Store:
+    """A value one step hands out: a new state, an output row, a gradient."""
+
+    kind: str  # state | output | carry | input | hoisted | product | param
+    name: str  # state / parameter name, or buffer name
+    width: int
+    node: Node | None  # None: zero
+
+
+@dataclass
+class Loop:
+    size: int
+    nodes: list[Node] = field(default_factory=list)
+    reductions: list[Node] = field(default_factory=list)
+    stores: list[tuple[Store, Node]] = field(default_factory=list)
+
+
+class StepLayout:
+    """Where each value of one step (forward for inference or training, or backward)
+    lives, and the code that reads and writes it. `t`, `B`, `row` and `active` are C
+    variables of the kernels that include this code."""
+
+    def __init__(self, program: Program, sizes: dict[str, int], mode: str):
+        if mode not in MODES:
+            raise IRError(f"unknown step mode {mode!r}")
+        self.program, self.sizes, self.mode = program, sizes, mode
+        info = program.info
+        self.input_name = info.input[0]
+        self.input_size = info.input[1].bind(sizes)
+        self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
+        self.output = info.output
+        self.saved_ids = {n.id for n in program.saved}
+        self.stages = self._stages()
+        self.step_nodes = [n for s in self.stages for n in s.nodes]
+        self.in_step = {n.id for n in self.step_nodes}
+        self.stores = self._stores()
+        self.consumers: dict[int, list[Node]] = {}
+        for node in self.step_nodes:
+            for inp in node.inputs:
+                self.consumers.setdefault(inp.id, []).append(node)
+        # Region structure: loops per elementwise stage, and which values need memory.
+        self.loop_of: dict[int, tuple[int, int]] = {}  # node id -> (stage index, loop index)
+        self.reduction_slot: dict[int, tuple[int, int]] = {}  # reduction id -> (stage, k)
+        self.regions: dict[int, list[Loop]] = {}
+        for index, stage in enumerate(self.stages):
+            if stage.kind == "elementwise":
+                self.regions[index] = self._loops(index, stage)
+        self._place_stores()
+        self.materialized = self._materialized()
+        self.buffers = self._buffers()
+
+    # -- the step's stages and what it hands out ------------------------------------------
+
+    def _stages(self) -> list[Stage]:
+        program = self.program
+        stages = list(program.backward if self.mode == "backward" else program.forward)
+        if not stages or stages[-1].kind != "elementwise":
+            stages.append(Stage("elementwise", []))  # stores of values no region computes
+        # Products read operands from memory: leaves that are expressions (adjoints,
+        # constants) get a region of their own that writes them out first.
+        for stage in stages:
+            if stage.kind == "product":
+                for product in stage.nodes:
+                    if product.inputs[0].op in (Op.ADJOINT, Op.CONST):
+                        raise IRError("a product of an adjoint or constant needs a "
+                                      "materializing region; not generated")
+        return stages
+
+    def _stores(self) -> list[Store]:
+        program, sizes = self.program, self.sizes
+        stores = []
+        if self.mode != "backward":
+            for name, node in program.graph.outputs.items():
+                stores.append(Store("state", name, self.state_sizes[name], node))
+            stores.append(Store("output", self.output, self.state_sizes[self.output],
+                                program.graph.outputs[self.output]))
+            return stores
+        grads = program.gradients
+        for name, size in self.state_sizes.items():
+            stores.append(Store("carry", name, size, grads.get(("state", name))))
+        for (kind, key), node in grads.items():
+            if kind == "input":
+                stores.append(Store("input", key, self.input_size, node))
+            elif kind == "hoisted":
+                stores.append(Store("hoisted", f"dh{key}",
+                                    program.hoisted[key].rows.bind(sizes), node))
+            elif kind == "product":
+                product = next(p for p in program.recurrent_products if p.id == key)
+                stores.append(Store("product", f"dp{key}", product.size.bind(sizes), node))
+            elif kind == "param":
+                shape = program.info.param_shape(key)
+                stores.append(Store("param", key, shape[0].bind(sizes), node))
+        return stores
+
+    # -- loops ----------------------------------------------------------------------------
+
+    def size(self, node: Node) -> int:
+        return node.size.bind(self.sizes)
+
+    def _loops(self, stage_index: int, stage: Stage) -> list[Loop]:
+        loops: list[Loop] = []
+        ready_after: dict[int, int] = {}  # node id -> first loop index that may read it
+        for node in stage.nodes:
+            width = self.size(node.inputs[0]) if node.op in REDUCTIONS else self.size(node)
+            earliest = 0
+            for inp in node.inputs:
+                if inp.id in ready_after:
+                    earliest = max(earliest, ready_after[inp.id])
+                elif inp.id in self.loop_of and self.loop_of[inp.id][0] == stage_index:
+                    _, where = self.loop_of[inp.id]
+                    same = loops[where].size == width and node.op not in (Op.SLICE, Op.CONCAT)
+                    earliest = max(earliest, where if same else where + 1)
+            target = next((i for i in range(earliest, len(loops)) if loops[i].size == width),
+                          None)
+            if target is None:
+                loops.append(Loop(width))
+                target = len(loops) - 1
+            self.loop_of[node.id] = (stage_index, target)
+            if node.op in REDUCTIONS:
+                loops[target].reductions.append(node)
+                ready_after[node.id] = target + 1
+                count = sum(len(l.reductions) for l in loops)
+                self.reduction_slot[node.id] = (stage_index, count - 1)
+            else:
+                loops[target].nodes.append(node)
+        return loops
+
+    def _place_stores(self) -> None:
+        """Each store goes in the loop that computes its value, when the sizes agree;
+        the rest in loops of their own at the end of the last region."""
+        last = max(self.regions)
+        self.epilogue: list[Store] = []
+        for store in self.stores:
+            node = store.node
+            where = self.loop_of.get(node.id) if node is not None else None
+            if (where is not None and node.op not in REDUCTIONS
+                    and self.size(node) == store.width):
+                self.regions[where[0]][where[1]].stores.append((store, node))
+            else:
+                self.epilogue.append(store)
+        for store in self.epilogue:
+            loop = Loop(store.width)
+            loop.stores.append((store, store.node))
+            self.regions[last].append(loop)
+
+    def _materialized(self) -> set[int]:
+        """Values that must be in memory: product results, values read outside their
+        own loop (reductions: outside their own region), the epilogue's values, and in
+        training the values the backward pass reads."""
+        keep: set[int] = set()
+        for node in self.step_nodes:
+            where = self.loop_of.get(node.id)
+            for user in self.consumers.get(node.id, []):
+                seen_from = self.loop_of.get(user.id)
+                if node.op in PRODUCTS:
+                    keep.add(node.id)
+                elif node.op in REDUCTIONS:
+                    if seen_from is None or seen_from[0] != where[0]:
+                        keep.add(node.id)
+                elif seen_from != where:
+                    keep.add(node.id)
+            if node.op in PRODUCTS:
+                keep.add(node.id)
+        for store in self.epilogue:
+            if store.node is not None and store.node.id in self.in_step:
+                keep.add(store.node.id)
+        if self.mode == "train":
+            keep |= {i for i in self.saved_ids if i in self.in_step}
+        return keep
+
+    # -- buffers --------------------------------------------------------------------------
+
+    def _buffers(self) -> list[Buffer]:
+        program, sizes, mode = self.program, self.sizes, self.mode
+        buffers = [Buffer("x", self.input_size, "seq")]
+        for h in program.hoisted:
+            buffers.append(Buffer(f"hx{h.index}", h.rows.bind(sizes), "seq"))
+        history = mode in ("train", "backward")
+        for name, size in self.state_sizes.items():
+            buffers.append(Buffer(f"st_{name}", size, "history" if history else "ring"))
+        for name in program.info.params:
+            shape = program.info.param_shape(name)
+            if len(shape) == 1:
+                buffers.append(Buffer(f"p_{name}", shape[0].bind(sizes), "param", const=True))
+        if mode == "backward":
+            for node in program.saved:
+                if node.op not in LEAVES:
+                    buffers.append(Buffer(f"nd{node.id}", self.size(node), "seq"))
+        for node in self.step_nodes:
+            if node.id in self.materialized:
+                seq = mode == "train" and node.id in self.saved_ids
+                buffers.append(Buffer(f"nd{node.id}", self.size(node), "seq" if seq else "step"))
+        if mode == "backward":
+            buffers.append(Buffer("dy", self.state_sizes[self.output], "seq"))
+            for name, size in self.state_sizes.items():
+                buffers.append(Buffer(f"cr_{name}", size, "ring"))
+            for store in self.stores:
+                if store.kind == "input":
+                    buffers.append(Buffer("dx", store.width, "seq", zero=True))
+                elif store.kind in ("hoisted", "product"):
+                    buffers.append(Buffer(store.name, store.width, "seq", zero=True))
+                elif store.kind == "param":
+                    buffers.append(Buffer(f"acc_{store.name}", store.width, "step", zero=True))
+            if not any(b.name == "dx" for b in buffers):
+                buffers.append(Buffer("dx", self.input_size, "seq", zero=True))
+        else:
+            buffers.append(Buffer("y", self.state_sizes[self.output], "seq"))
+        return buffers
+
+    def slot(self, node: Node) -> str:
+        """The C expression of the slot of a materialized node's buffer at step t."""
+        if node.id in self.saved_ids and (self.mode == "train" or
+                                          (self.mode == "backward" and node.id not in self.in_step)):
+            return "t"
+        return "0"
+
+    def state_read_slot(self) -> str:
+        return "(t & 1)" if self.mode == "infer" else "t"
+
+    def state_write_slot(self) -> str:
+        return "((t + 1) & 1)" if self.mode == "infer" else "(t + 1)"
+
+    # -- reading values -------------------------------------------------------------------
+
+    def at(self, buffer: str, slot: str, width: int, j: str) -> str:
+        return f"{buffer}[(({slot}) * B + row) * {width} + {j}]"
+
+    def read(self, node: Node, j: str, stage_index: int | None, loop_index: int | None) -> str:
+        """The C expression of `node` at unit `j` of this row, seen from a loop."""
+        if self.size(node) == 1:
+            j = "0"
+        op = node.op
+        if op == Op.CONST:
+            return literal(node.attr)
+        if op == Op.PARAM:
+            return f"p_{node.attr}[{j}]"
+        if op == Op.INPUT:
+            return f"LD(&{self.at('x', 't', self.input_size, j)})"
+        if op == Op.HOISTED:
+            rows = self.program.hoisted[node.attr].rows.bind(self.sizes)
+            return f"LD(&{self.at(f'hx{node.attr}', 't', rows, j)})"
+        if op == Op.STATE:
+            return f"LD(&{self.at('st_' + node.attr, self.state_read_slot(), self.size(node), j)})"
+        if op == Op.ADJOINT:
+            name, n = node.attr, self.state_sizes[node.attr]
+            value = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, j)})"
+            if name == self.output:
+                value += f" + LD(&{self.at('dy', 't', n, j)})"
+            return f"(active ? ({value}) : 0.0f)"
+        where = self.loop_of.get(node.id)
+        if where is not None and where == (stage_index, loop_index) and op not in REDUCTIONS:
+            return f"v{node.id}"
+        if op in REDUCTIONS and node.id in self.reduction_slot \
+                and self.reduction_slot[node.id][0] == stage_index:
+            return f"red_out[{self.reduction_slot[node.id][1]}]"
+        if node.id not in self.materialized and node.id in self.in_step:
+            raise IRError(f"value %{node.id} is read from memory but never stored")
+        return f"LD(&{self.at(f'nd{node.id}', self.slot(node), self.size(node), j)})"
+
+    def operand(self, node: Node) -> tuple[str, str, int]:
+        """(buffer, slot kind, row stride) of a product's operand, for GEMM launches:
+        slot kinds "t", "0", "state" (the state at the start of step t), "param"."""
+        op = node.op
+        if op == Op.PARAM:
+            return f"p_{node.attr}", "param", 0
+        if op == Op.INPUT:
+            return "x", "t", self.input_size
+        if op == Op.HOISTED:
+            return f"hx{node.attr}", "t", self.program.hoisted[node.attr].rows.bind(self.sizes)
+        if op == Op.STATE:
+            return f"st_{node.attr}", "state", self.size(node)
+        if op in LEAVES:
+            raise IRError(f"a product cannot read a {op.value} leaf directly")
+        return f"nd{node.id}", self.slot(node), self.size(node)
+
+    # -- region code ----------------------------------------------------------------------
+
+    def reductions_in(self, stage_index: int) -> int:
+        return sum(len(l.reductions) for l in self.regions[stage_index])
+
+    def region_body(self, stage_index: int) -> list[str]:
+        """C statements for one row of the region; needs `red_scratch` (LSZ floats) and
+        `red_out` (reductions_in(stage) floats) in local memory."""
+        lines: list[str] = []
+        for loop_index, loop in enumerate(self.regions[stage_index]):
+            for r in loop.reductions:
+                lines.append(f"float acc{r.id} = 0.0f;")
+            lines.append(f"for (int j = LID; j < {loop.size}; j += LSZ) {{")
+            for node in loop.nodes:
+                expr = self._expression(node, stage_index, loop_index)
+                lines.append(f"  const float v{node.id} = {expr};")
+                if node.id in self.materialized:
+                    lines.append(f"  {self.at(f'nd{node.id}', self.slot(node), loop.size, 'j')}"
+                                 f" = v{node.id};")
+            for r in loop.reductions:
+                lines.append(f"  acc{r.id} += {self.read(r.inputs[0], 'j', stage_index, loop_index)};")
+            for store, node in loop.stores:
+                value = "0.0f" if node is None else self.read(node, "j", stage_index, loop_index)
+                lines.extend("  " + s for s in self._store(store, value))
+            lines.append("}")
+            for r in loop.reductions:
+                k = self.reduction_slot[r.id][1]
+                scale = f" * {literal(1.0 / loop.size)}" if r.op == Op.MEAN else ""
+                lines += [
+                    f"red_scratch[LID] = acc{r.id};",
+                    "BARRIER();",
+                    "for (int s = LSZ / 2; s > 0; s >>= 1) {",
+                    "  if (LID < s) red_scratch[LID] += red_scratch[LID + s];",
+                    "  BARRIER();",
+                    "}",
+                    f"if (LID == 0) red_out[{k}] = red_scratch[0]{scale};",
+                    "BARRIER();",
+                ]
+                if r.id in self.materialized:
+                    lines.append(f"if (LID == 0) {self.at(f'nd{r.id}', self.slot(r), 1, '0')}"
+                                 f" = red_out[{k}];")
+            lines.append("BARRIER();")
+        return lines
+
+    def _expression(self, node: Node, stage_index: int, loop_index: int) -> str:
+        op = node.op
+        read = lambda n, j="j": self.read(n, j, stage_index, loop_index)  # noqa: E731
+        if op in UNARY:
+            return _UNARY_C[op].format(read(node.inputs[0]))
+        if op in BINARY:
+            return _BINARY_C[op].format(read(node.inputs[0]), read(node.inputs[1]))
+        if op == Op.BROADCAST:
+            return read(node.inputs[0], "0")
+        if op == Op.SLICE:
+            offset = node.attr[0].bind(self.sizes)
+            return read(node.inputs[0], f"({offset} + j)")
+        if op == Op.CONCAT:
+            expr, start = None, 0
+            pieces = []
+            for part in node.inputs:
+                width = self.size(part)
+                pieces.append((start, width, read(part, f"(j - {start})")))
+                start += width
+            expr = pieces[-1][2]
+            for begin, width, value in reversed(pieces[:-1]):
+                expr = f"(j < {begin + width} ? {value} : {expr})"
+            return expr
+        raise IRError(f"the GPU backend has no rule for op '{op.value}' in a region")
+
+    def _store(self, store: Store, value: str) -> list[str]:
+        name, n = store.name, store.width
+        kind = store.kind
+        if kind == "state":
+            old = f"LD(&{self.at('st_' + name, self.state_read_slot(), n, 'j')})"
+            return [f"{self.at('st_' + name, self.state_write_slot(), n, 'j')} = "
+                    f"active ? {value} : {old};"]
+        if kind == "output":
+            return [f"{self.at('y', 't', n, 'j')} = active ? {value} : 0.0f;"]
+        if kind == "carry":
+            old = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, 'j')})"
+            return [f"{self.at('cr_' + name, '(t & 1)', n, 'j')} = active ? {value} : {old};"]
+        if kind == "input":
+            return [f"{self.at('dx', 't', n, 'j')} = {value};"]
+        if kind in ("hoisted", "product"):
+            return [f"{self.at(name, 't', n, 'j')} = {value};"]
+        if kind == "param":
+            return [f"{self.at('acc_' + name, '0', n, 'j')} += {value};"]
+        raise IRError(f"unknown store kind {kind!r}")

@@ -1,0 +1,109 @@
+"""The CUDA device layer: CuPy arrays, kernels loaded with cupy.RawModule, and the
+launches of a sequence captured once in a CUDA graph and replayed. Arrays given to and
+returned from cells are CuPy arrays (NumPy arrays are accepted and copied)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendError
+
+
+def import_cupy():
+    """CuPy with a working device, or a BackendError saying what is missing."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendError("target 'cuda' needs CuPy: pip install 'lstmc[cuda]' "
+                           "(cupy-cuda13x), and an NVIDIA GPU with its driver") from error
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDARuntimeError: no driver, or a driver too old
+        raise BackendError(f"target 'cuda': CuPy is installed but no CUDA device can be "
+                           f"used ({error}); is there an NVIDIA GPU and driver?") from error
+    if count < 1:
+        raise BackendError("target 'cuda': CuPy is installed but there is no CUDA device")
+    return cupy
+
+
+class CudaDevice:
+    kind = "cuda"
+
+    def __init__(self, source: str, cubin: bytes | None = None):
+        cupy = import_cupy()
+        self.cupy = cupy
+        self.user_module = cupy
+        try:
+            self.module = cupy.RawModule(code=source, options=("-std=c++17",))
+            self.module.compile()
+        except Exception as error:
+            raise BackendError(f"NVRTC rejected the kernels: {error}") from error
+        self.kernels: dict = {}
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
+        self.compute_units = props["multiProcessorCount"]
+        self.max_local_bytes = props.get("sharedMemPerBlockOptin", props["sharedMemPerBlock"])
+        self.name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        # A blocking stream: ordered with the legacy default stream the caller uses.
+        self.stream = cupy.cuda.Stream(non_blocking=False)
+        self.graphs: dict = {}
+
+    def kernel(self, name: str):
+        if name not in self.kernels:
+            self.kernels[name] = self.module.get_function(name)
+        return self.kernels[name]
+
+    # -- arrays ---------------------------------------------------------------------------
+
+    def empty(self, count: int, dtype=np.float32):
+        return self.cupy.empty(max(count, 1), dtype)
+
+    def zeros(self, count: int, dtype=np.float32):
+        return self.cupy.zeros(max(count, 1), dtype)
+
+    def upload(self, array):
+        return self.cupy.ascontiguousarray(self.cupy.asarray(array)).reshape(-1)
+
+    def write(self, target, offset: int, array) -> None:
+        flat = self.cupy.asarray(array).reshape(-1)
+        target[offset:offset + flat.size] = flat
+
+    def read(self, source, offset: int, shape: tuple) -> np.ndarray:
+        return self.cupy.asnumpy(self.to_user(source, offset, shape))
+
+    def to_user(self, source, offset: int, shape: tuple):
+        count = int(np.prod(shape))
+        return source[offset:offset + count].reshape(shape).copy()
+
+    def add(self, target, source) -> None:
+        target += source
+
+    def fill_zero(self, array) -> None:
+        array.fill(0)
+
+    # -- launches -------------------------------------------------------------------------
+
+    def launch(self, name: str, groups: int, threads: int, args: list, local_floats: int = 0):
+        values = tuple(np.int32(a) if isinstance(a, (int, np.integer)) else a for a in args)
+        kernel = self.kernel(name)
+        shared = 4 * local_floats
+        if shared > 48 * 1024:
+            kernel.max_dynamic_shared_size_bytes = shared
+        kernel((groups,), (threads,), values, shared_mem=shared, stream=self.stream)
+
+    def sequence(self, key, run) -> None:
+        """Replay the graph captured for `key` (the same launches on the same buffers);
+        capture it the first time."""
+        graph = self.graphs.get(key)
+        if graph is None:
+            self.stream.begin_capture()
+            try:
+                run()
+            finally:
+                graph = self.stream.end_capture()
+            self.graphs[key] = graph
+        graph.launch(self.stream)
+
+    def context(self):
+        return self.stream
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()

@@ -1,0 +1,297 @@
+"""GpuCell: runs a cell's GPU kernels by following the plan lstmc wrote for them.
+
+The same code drives CUDA (CuPy) and OpenCL (pyopencl); only the device layer differs.
+A call uploads its inputs into a pooled set of device buffers, then runs the sequence:
+the input projections (one GEMM per packed input product), then per step the recurrent
+GEMMs and the elementwise region kernels in plan order, or, for small batches whose
+recurrent weights fit in the work-groups' local memory, one persistent kernel. Buffer
+sets are reused for the same (mode, T, B), so on CUDA the launches of a sequence are
+captured once as a CUDA graph and replayed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cellbase import CellBase
+from ..errors import BackendError, ShapeError
+
+SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2,
+         "step": lambda T: 1}
+INT32_LIMIT = 2**31 - 1
+
+
+def make_device(kind: str, source: str):
+    if kind == "opencl":
+        from .opencl import OpenCLDevice
+        return OpenCLDevice(source)
+    if kind == "cuda":
+        from .cuda import CudaDevice
+        return CudaDevice(source)
+    raise BackendError(f"unknown GPU target {kind!r}")
+
+
+class BufferSet:
+    """Device buffers of one mode for one (T, B); `lens` holds the row lengths."""
+
+    def __init__(self, device, specs: list[dict], T: int, B: int, skip=()):
+        self.arrays = {}
+        for spec in specs:
+            if spec["name"] in skip:
+                continue
+            if spec["slots"] == "param":
+                count = spec["width"]
+            else:
+                count = SLOTS[spec["slots"]](T) * B * spec["width"]
+            if count > INT32_LIMIT:
+                raise ShapeError(f"buffer {spec['name']} would hold {count} values; the GPU "
+                                 f"kernels index with 32-bit integers (at most {INT32_LIMIT})")
+            self.arrays[spec["name"]] = device.empty(count)
+        self.zero = [s["name"] for s in specs if s["zero"] and s["name"] in self.arrays]
+        self.lens = device.empty(B, np.int32)
+
+
+class Pool:
+    """Free buffer sets by key; a set in use belongs to one call (or one tape)."""
+
+    def __init__(self, limit: int = 4):
+        self.free: dict[tuple, list[BufferSet]] = {}
+        self.limit = limit
+
+    def take(self, key: tuple, make) -> BufferSet:
+        free = self.free.get(key)
+        return free.pop() if free else make()
+
+    def give(self, key: tuple, buffers: BufferSet) -> None:
+        free = self.free.setdefault(key, [])
+        if len(free) < self.limit:
+            free.append(buffers)
+
+
+@dataclass
+class GpuSaved:
+    buffers: BufferSet
+    T: int
+    B: int
+
+
+class GpuCell(CellBase):
+    """A cell compiled for target "cuda" or "opencl"."""
+
+    def __init__(self, manifest: dict, source: str, target: str):
+        self.manifest, self.plan, self.target = manifest, manifest["plan"], target
+        self.name = manifest["cell"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.output = manifest["output"]
+        self.input_size = manifest["input_size"]
+        self.state_sizes = dict(manifest["states"])
+        self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
+        self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
+        self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
+        self.device = make_device(target, source)
+        self.xp = self.device.user_module
+        # "auto": the persistent kernel for batches up to persistent_batch whose weights
+        # fit; True / False force it on or off. persistent_groups overrides the group count.
+        self.persistent = os.environ.get("LSTMC_PERSISTENT", "auto")
+        self.persistent_batch = 8
+        self.persistent_groups: int | None = None
+        self._pool = Pool()
+        self._packed = {w["name"]: w for w in self.plan["packed"]}
+        self._weights = {name: self.device.empty(w["rows"] * w["columns"])
+                         for name, w in self._packed.items()}
+        self._counter = self.device.zeros(1, np.uint32)
+        self._one = self.device.upload(np.ones(1, np.float32))
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _upload_params(self, params: dict, buffers: BufferSet) -> None:
+        dev = self.device
+        for name, shape in self.param_shapes.items():
+            if len(shape) == 1:
+                dev.write(buffers.arrays[f"p_{name}"], 0, params[name])
+        for name, w in self._packed.items():
+            offset = 0
+            for param, rows in w["segments"]:
+                dev.write(self._weights[name], offset, params[param])
+                offset += rows * w["columns"]
+
+    def _take(self, mode: str, T: int, B: int, skip=()) -> tuple[tuple, BufferSet]:
+        key = (mode, T, B)
+        specs = self.plan["modes"][mode]["buffers"]
+        return key, self._pool.take(key, lambda: BufferSet(self.device, specs, T, B, skip))
+
+    # -- launches -------------------------------------------------------------------------
+
+    def _gemm(self, M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc, acc):
+        if M <= 0 or N <= 0:
+            return
+        tile = self.plan["threads"]["gemm_tile"]
+        groups = math.ceil(M / tile) * math.ceil(N / tile)
+        self.device.launch("lstmc_gemm", groups, self.plan["threads"]["gemm"],
+                           [M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc,
+                            int(acc)])
+
+    def _slot(self, kind: str, t: int, mode: str) -> int:
+        if kind == "state":
+            return t & 1 if mode == "infer" else t
+        return {"t": t, "0": 0, "param": 0}[kind]
+
+    def _step(self, mode: str, t: int, T: int, B: int, arrays: dict, lens, order: list) -> None:
+        for step in self.plan["modes"][mode]["steps"]:
+            if step["kind"] == "gemm":
+                a_name, a_slot, a_stride = step["a"]
+                out, out_slot, n = step["out"]
+                self._gemm(B, step["n"], step["k"],
+                           arrays[a_name], self._slot(a_slot, t, mode) * B * a_stride,
+                           a_stride, 1, self._weights[step["packed"]], 0, step["sbk"],
+                           step["sbn"], arrays[out], self._slot(out_slot, t, mode) * B * n, n, 0)
+            else:
+                self.device.launch(step["kernel"], B, self.plan["threads"]["region"],
+                                   [t, B, lens] + [arrays[name] for name in order])
+
+    def _hoisted(self, T: int, B: int, arrays: dict) -> None:
+        for h in self.plan["hoisted"]:
+            w = self._packed[h["packed"]]
+            rows, cols = w["rows"], w["columns"]
+            self._gemm(T * B, rows, cols, arrays["x"], 0, cols, 1, self._weights[w["name"]],
+                       0, 1, cols, arrays[h["buffer"]], 0, rows, 0)
+
+    def _persistent_groups(self, mode: str, B: int) -> int | None:
+        """Work-groups for the persistent kernel, or None when it should not run."""
+        entry = self.plan["modes"][mode]["persistent"]
+        if entry is None or self.persistent in (False, "0", "off"):
+            return None
+        forced = self.persistent in (True, "1", "on")
+        if not forced and B > self.persistent_batch:
+            return None
+        groups = self.persistent_groups or self.device.compute_units
+        floats = sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+        reserve = 4 * (self.plan["threads"]["persistent"] + 64)  # the static local arrays
+        if 4 * floats + reserve > self.device.max_local_bytes:
+            if forced:
+                raise BackendError(f"the persistent kernel needs {4 * floats} bytes of local "
+                                   f"memory per group; the device has "
+                                   f"{self.device.max_local_bytes}")
+            return None
+        return groups
+
+    # -- the sequence ---------------------------------------------------------------------
+
+    def _run_forward(self, x, params, state, train, lengths):
+        dev, xp = self.device, self.xp
+        T, B = x.shape[:2]
+        mode = "train" if train else "infer"
+        key, buffers = self._take(mode, T, B)
+        arrays = buffers.arrays
+        order = [b["name"] for b in self.plan["modes"][mode]["buffers"]]
+        with dev.context():
+            dev.write(arrays["x"], 0, x)
+            for name in self.state_sizes:
+                dev.write(arrays[f"st_{name}"], 0, state[name])
+            self._upload_params(params, buffers)
+            dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
+                      else np.asarray(lengths, np.int32))
+            groups = self._persistent_groups(mode, B)
+            if groups is not None:
+                self._hoisted(T, B, arrays)
+                self._launch_persistent(mode, T, B, arrays, buffers.lens, order, groups)
+            else:
+                def run():
+                    self._hoisted(T, B, arrays)
+                    for t in range(T):
+                        self._step(mode, t, T, B, arrays, buffers.lens, order)
+                dev.sequence((key, id(buffers)), run)
+            out = self.state_sizes[self.output]
+            y = dev.to_user(arrays["y"], 0, (T, B, out))
+            last = T if train else T & 1
+            final = {name: dev.to_user(arrays[f"st_{name}"], last * B * n, (B, n))
+                     for name, n in self.state_sizes.items()}
+        if not train:
+            self._pool.give(key, buffers)
+            return y, final, None
+        saved = GpuSaved(buffers, T, B)
+        weakref.finalize(saved, self._pool.give, key, buffers)
+        return y, final, saved
+
+    def _launch_persistent(self, mode, T, B, arrays, lens, order, groups) -> None:
+        entry = self.plan["modes"][mode]["persistent"]
+        floats = sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+        self.device.fill_zero(self._counter)
+        args = ([T, B, lens] + [arrays[name] for name in order]
+                + [self._weights[name] for name in entry["weights"]] + [self._counter])
+        self.device.launch(entry["kernel"], groups, self.plan["threads"]["persistent"], args,
+                           local_floats=max(floats, 1))
+
+    def _run_backward(self, saved: GpuSaved, params, dy, dstate):
+        dev, plan = self.device, self.plan
+        T, B = saved.T, saved.B
+        train = saved.buffers.arrays
+        key, extra = self._take("backward", T, B, skip=set(train))
+        arrays = dict(train, **extra.arrays)
+        order = [b["name"] for b in plan["modes"]["backward"]["buffers"]]
+        gradients = {w: dev.empty(p["rows"] * p["columns"]) for w, p in self._packed.items()}
+        vector_grads = {g["param"]: dev.empty(g["width"]) for g in plan["param_grads"]}
+        with dev.context():
+            self._upload_params(params, saved.buffers)
+            for name in extra.zero:
+                dev.fill_zero(arrays[name])
+            dev.write(arrays["dy"], 0, dy)
+            for name, n in self.state_sizes.items():
+                dev.write(arrays[f"cr_{name}"], (T & 1) * B * n, dstate[name])
+
+            def run():
+                for t in reversed(range(T)):
+                    self._step("backward", t, T, B, arrays, saved.buffers.lens, order)
+                self._weight_gradients(T, B, arrays, gradients, vector_grads)
+            dev.sequence((key, id(saved.buffers), id(extra)), run)
+            dx = dev.to_user(arrays["dx"], 0, (T, B, self.input_size))
+            dparams = self._split_gradients(gradients, vector_grads)
+            dstate0 = {name: dev.to_user(arrays[f"cr_{name}"], 0, (B, n))
+                       for name, n in self.state_sizes.items()}
+        self._pool.give(key, extra)
+        return dx, dparams, dstate0
+
+    def _weight_gradients(self, T, B, arrays, gradients, vector_grads) -> None:
+        TB = T * B
+        written = set()
+        for h in self.plan["hoisted"]:
+            w = self._packed[h["packed"]]
+            rows, cols = w["rows"], w["columns"]
+            dh = arrays[h["grad"]]
+            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays["x"], 0, cols, 1,
+                       gradients[w["name"]], 0, cols, w["name"] in written)
+            written.add(w["name"])
+            self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w["name"]], 0, cols, 1,
+                       arrays["dx"], 0, cols, 1)
+        for p in self.plan["products"]:
+            w = self._packed[p["packed"]]
+            rows, cols = w["rows"], w["columns"]
+            operand, stride = p["operand"]
+            self._gemm(rows, cols, TB, arrays[p["grad"]], 0, 1, rows, arrays[operand], 0,
+                       stride, 1, gradients[w["name"]], 0, cols, w["name"] in written)
+            written.add(w["name"])
+        for g in self.plan["param_grads"]:
+            width = g["width"]
+            self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g["acc"]], 0, width, 1,
+                       vector_grads[g["param"]], 0, width, 0)
+        self._unwritten = [w for w in gradients if w not in written]
+
+    def _split_gradients(self, gradients, vector_grads) -> dict:
+        dev, xp = self.device, self.xp
+        out: dict = {}
+        for name, w in self._packed.items():
+            if name in self._unwritten:
+                continue
+            offset = 0
+            for param, rows in w["segments"]:
+                part = dev.to_user(gradients[name], offset, (rows, w["columns"]))
+                out[param] = part if param not in out else out[param] + part
+                offset += rows * w["columns"]
+        for param, array in vector_grads.items():
+            out[param] = dev.to_user(array, 0, self.param_shapes[param])
+        return {name: out[name] if name in out else xp.zeros(shape, self.dtype)
+                for name, shape in self.param_shapes.items()}
