@@ -126,7 +126,7 @@ def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
     lines = _header(layout, f"{cell}: {layout.mode} step, region {index}; one work-group of "
                             f"REGION_THREADS per batch row (grid: B).", [])
     lines.append(f"KERNEL {name}({args}) {{")
-    lines.append("  SHARED float red_scratch[REGION_THREADS];")
+    lines.append(f"  SHARED float red_scratch[REGION_THREADS * {layout.max_reductions(index)}];")
     lines.append(f"  SHARED float red_out[{max(1, layout.reductions_in(index))}];")
     lines.append("  const int row = GID;")
     lines.append("  const int active = t < lens[row];")
@@ -152,7 +152,8 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
                             "PERSISTENT_THREADS per group, every group resident at once.", extra)
     lines.append(f"KERNEL {name}({args} DYN_SHARED_PARAM) {{")
     lines.append("  DYN_SHARED_DECL")
-    lines.append("  SHARED float red_scratch[PERSISTENT_THREADS];")
+    scratch = max(layout.max_reductions(i) for i in layout.regions)
+    lines.append(f"  SHARED float red_scratch[PERSISTENT_THREADS * {scratch}];")
     reductions = max([1] + [layout.reductions_in(i) for i in layout.regions])
     lines.append(f"  SHARED float red_out[{reductions}];")
     lines.append("  unsigned int epoch = 0;")
@@ -187,6 +188,7 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     lines.append("}")
     parts.append("\n".join(lines) + "\n")
     return {"kernel": name, "weights": [w["name"] for w in unique],
+            "static_floats": scratch * PERSISTENT_THREADS + reductions,
             "products": [[w["rows"], w["columns"]] for w in weights]}
 
 

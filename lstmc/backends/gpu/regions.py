@@ -107,13 +107,12 @@ class StepLayout:
         if not stages or stages[-1].kind != "elementwise":
             stages.append(Stage("elementwise", []))  # stores of values no region computes
         # Products read operands from memory: leaves that are expressions (adjoints,
-        # constants) get a region of their own that writes them out first.
-        for stage in stages:
-            if stage.kind == "product":
-                for product in stage.nodes:
-                    if product.inputs[0].op in (Op.ADJOINT, Op.CONST):
-                        raise IRError("a product of an adjoint or constant needs a "
-                                      "materializing region; not generated")
+        # constants) are written out by a region of their own at the start of the step.
+        self.leaf_copies = list({n.id: n for s in stages if s.kind == "product"
+                                 for p in s.nodes for n in p.inputs[:1]
+                                 if n.op in (Op.ADJOINT, Op.CONST)}.values())
+        if self.leaf_copies:
+            stages.insert(0, Stage("elementwise", []))
         return stages
 
     def _stores(self) -> list[Store]:
@@ -192,6 +191,10 @@ class StepLayout:
             loop = Loop(store.width)
             loop.stores.append((store, store.node))
             self.regions[last].append(loop)
+        for leaf in self.leaf_copies:
+            loop = Loop(self.size(leaf))
+            loop.stores.append((Store("node", f"nd{leaf.id}", self.size(leaf), leaf), leaf))
+            self.regions[0].append(loop)
 
     def _materialized(self) -> set[int]:
         """Values that must be in memory: product results, values read outside their
@@ -236,6 +239,8 @@ class StepLayout:
             for node in program.saved:
                 if node.op not in LEAVES:
                     buffers.append(Buffer(f"nd{node.id}", self.size(node), "seq"))
+        for leaf in self.leaf_copies:
+            buffers.append(Buffer(f"nd{leaf.id}", self.size(leaf), "step"))
         for node in self.step_nodes:
             if node.id in self.materialized:
                 seq = mode == "train" and node.id in self.saved_ids
@@ -319,6 +324,8 @@ class StepLayout:
             return f"hx{node.attr}", "t", self.program.hoisted[node.attr].rows.bind(self.sizes)
         if op == Op.STATE:
             return f"st_{node.attr}", "state", self.size(node)
+        if any(leaf is node for leaf in self.leaf_copies):
+            return f"nd{node.id}", "0", self.size(node)
         if op in LEAVES:
             raise IRError(f"a product cannot read a {op.value} leaf directly")
         return f"nd{node.id}", self.slot(node), self.size(node)
@@ -329,8 +336,9 @@ class StepLayout:
         return sum(len(l.reductions) for l in self.regions[stage_index])
 
     def region_body(self, stage_index: int) -> list[str]:
-        """C statements for one row of the region; needs `red_scratch` (LSZ floats) and
-        `red_out` (reductions_in(stage) floats) in local memory."""
+        """C statements for one row of the region; needs `red_scratch` (LSZ *
+        max_reductions(stage) floats) and `red_out` (reductions_in(stage) floats) in
+        local memory."""
         lines: list[str] = []
         for loop_index, loop in enumerate(self.regions[stage_index]):
             for r in loop.reductions:
@@ -348,23 +356,33 @@ class StepLayout:
                 value = "0.0f" if node is None else self.read(node, "j", stage_index, loop_index)
                 lines.extend("  " + s for s in self._store(store, value))
             lines.append("}")
-            for r in loop.reductions:
-                k = self.reduction_slot[r.id][1]
-                scale = f" * {literal(1.0 / loop.size)}" if r.op == Op.MEAN else ""
-                lines += [
-                    f"red_scratch[LID] = acc{r.id};",
-                    "BARRIER();",
-                    "for (int s = LSZ / 2; s > 0; s >>= 1) {",
-                    "  if (LID < s) red_scratch[LID] += red_scratch[LID + s];",
-                    "  BARRIER();",
-                    "}",
-                    f"if (LID == 0) red_out[{k}] = red_scratch[0]{scale};",
-                    "BARRIER();",
-                ]
-                if r.id in self.materialized:
-                    lines.append(f"if (LID == 0) {self.at(f'nd{r.id}', self.slot(r), 1, '0')}"
-                                 f" = red_out[{k}];")
+            if loop.reductions:
+                lines += self._reduce(loop)
             lines.append("BARRIER();")
+        return lines
+
+    def max_reductions(self, stage_index: int) -> int:
+        """Reductions finished after one loop, at most: rows of `red_scratch`."""
+        return max([1] + [len(l.reductions) for l in self.regions[stage_index]])
+
+    def _reduce(self, loop: Loop) -> list[str]:
+        """Tree reductions of all the loop's partial sums at once: row k of
+        `red_scratch` holds reduction k's partials, one per work-item."""
+        count = len(loop.reductions)
+        rows = range(count)
+        lines = [f"red_scratch[{k} * LSZ + LID] = acc{r.id};"
+                 for k, r in zip(rows, loop.reductions)]
+        lines += ["BARRIER();", "for (int s = LSZ / 2; s > 0; s >>= 1) {", "  if (LID < s) {"]
+        lines += [f"    red_scratch[{k} * LSZ + LID] += red_scratch[{k} * LSZ + LID + s];"
+                  for k in rows]
+        lines += ["  }", "  BARRIER();", "}", "if (LID == 0) {"]
+        for k, r in zip(rows, loop.reductions):
+            slot = self.reduction_slot[r.id][1]
+            scale = f" * {literal(1.0 / loop.size)}" if r.op == Op.MEAN else ""
+            lines.append(f"  red_out[{slot}] = red_scratch[{k} * LSZ]{scale};")
+            if r.id in self.materialized:
+                lines.append(f"  {self.at(f'nd{r.id}', self.slot(r), 1, '0')} = red_out[{slot}];")
+        lines += ["}", "BARRIER();"]
         return lines
 
     def _expression(self, node: Node, stage_index: int, loop_index: int) -> str:
@@ -410,4 +428,6 @@ class StepLayout:
             return [f"{self.at(name, 't', n, 'j')} = {value};"]
         if kind == "param":
             return [f"{self.at('acc_' + name, '0', n, 'j')} += {value};"]
+        if kind == "node":
+            return [f"{self.at(name, '0', n, 'j')} = {value};"]
         raise IRError(f"unknown store kind {kind!r}")

@@ -170,7 +170,7 @@ class GpuCell(CellBase):
             return None
         groups = self.persistent_groups or self.device.compute_units
         floats = sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
-        reserve = 4 * (self.plan["threads"]["persistent"] + 64)  # the static local arrays
+        reserve = 4 * entry["static_floats"]  # the kernel's static local arrays
         if 4 * floats + reserve > self.device.max_local_bytes:
             if forced:
                 raise BackendError(f"the persistent kernel needs {4 * floats} bytes of local "
