@@ -20,7 +20,8 @@ from .passes.pipeline import Program
 
 __all__ = ["compile", "Cell", "Tape", "bind_sizes"]
 
-TARGETS = ("reference", "cpu")
+TARGETS = ("reference", "cpu", "cuda", "opencl")
+GPU_TARGETS = ("cuda", "opencl")
 DTYPES = ("float32", "float64")
 
 
@@ -78,8 +79,10 @@ def compile(spec: "str | os.PathLike[str]", input_size: int | None = None,
     projection size P, say) are keyword arguments. `cell` picks one cell of a spec that
     defines several. `num_layers`, `bidirectional` and `batch_first` mean what they mean
     for torch.nn.LSTM; with more than one layer or direction the result is a Stack.
-    target="cpu" compiles native code (cached on disk); "reference" runs the NumPy
-    reference executor.
+    target="cpu" compiles native code (cached on disk); "cuda" runs generated CUDA
+    kernels through CuPy (CuPy arrays in and out), "opencl" the same kernels through
+    pyopencl on any OpenCL device (NumPy arrays in and out); both compute in float32.
+    "reference" runs the NumPy reference executor.
     """
     if target not in TARGETS:
         raise CompileError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
@@ -107,6 +110,8 @@ def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
         program = lower_spec(source, cell)
         bound = bind_sizes(program, input_size, hidden_size, sizes)
         return Cell(program, bound, np.dtype(dtype), target)
+    if target in GPU_TARGETS:
+        return _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target)
     from lstmc_runtime.artifact import load_cell
 
     from .backends.cpu import jit, write_artifact
@@ -130,6 +135,22 @@ def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
 
     compiled, _ = cached(key, build, load_cell)
     return compiled
+
+
+def _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target):
+    from lstmc_runtime.gpu.executor import GpuCell
+
+    from .backends.gpu.kernels import manifest_for
+
+    if dtype != "float32":
+        raise CompileError(f"target '{target}' computes in float32; got dtype {dtype}")
+    if target == "cuda":  # say what is missing before compiling anything
+        from lstmc_runtime.gpu.cuda import import_cupy
+        import_cupy()
+    program = lower_spec(source, cell)
+    kernels, manifest = manifest_for(program, bind_sizes(program, input_size, hidden_size,
+                                                         sizes), target)
+    return GpuCell(manifest, kernels, target)
 
 
 def _is_dtype(value) -> bool:
@@ -172,10 +193,17 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     """Write a compiled artifact that lstmc_runtime.load runs (`lstmc compile -o DIR`)."""
     from lstmc_runtime.artifact import write_manifest
 
-    from .backends.cpu import write_artifact
+    from .backends.cpu import write_artifact as write_cpu
+    from .backends.gpu.artifact import write_artifact as write_gpu
 
-    if target != "cpu":
-        raise CompileError(f"artifacts are written for target 'cpu', not '{target}'")
+    if target not in ("cpu",) + GPU_TARGETS:
+        raise CompileError(f"artifacts are written for targets cpu, cuda and opencl, not "
+                           f"'{target}'")
+    if target == "cpu":
+        write_artifact = write_cpu
+    else:
+        def write_artifact(*args, **kwargs):
+            write_gpu(*args, target=target, **kwargs)
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
@@ -198,7 +226,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
         sub = os.path.join(directory, name)
         os.makedirs(sub, exist_ok=True)
         write_artifact(sub, program, part_sizes, dtype, emit, cpu=cpu)
-    manifest = {"target": "cpu", "cell": program.info.name, "dtype": dtype,
+    manifest = {"target": target, "cell": program.info.name, "dtype": dtype,
                 "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
                            "batch_first": bool(batch_first)},
                 "cells": {name: name for name in parts}}

@@ -20,7 +20,7 @@ def _size_assignment(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
-STAGES = ("ir", "ir-backward", "ir-unfused", "llvm", "asm")
+STAGES = ("ir", "ir-backward", "ir-unfused", "llvm", "asm", "cuda")
 
 
 def _stage_list(text: str) -> list[str]:
@@ -64,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "lstmc_runtime.load(DIR) runs, plus the stages named by --emit.")
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("-o", "--output", metavar="DIR", help="write the artifact to DIR")
-    comp.add_argument("--target", default="cpu", choices=["cpu"],
-                      help="what the artifact runs on (default: cpu)")
+    comp.add_argument("--target", default="cpu", choices=["cpu", "cuda", "opencl"],
+                      help="what the artifact runs on (default: cpu); cuda writes the "
+                           "kernels as a .cu file, plus cubin and PTX for sm_80 and sm_90 "
+                           "where NVRTC is installed")
     comp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     comp.add_argument("--emit", type=_stage_list, default=None, metavar="STAGES",
                       help="comma-separated stages: ir (fused forward IR), ir-backward "
                            "(with the backward step), ir-unfused (before fusion), llvm "
-                           "(optimized LLVM IR), asm (host assembly); llvm and asm need "
+                           "(optimized LLVM IR), asm (host assembly), cuda (the GPU "
+                           "kernels in their portable dialect); llvm, asm and cuda need "
                            "the sizes")
     comp.add_argument("--cpu", default="host", metavar="NAME",
                       help="the CPU the artifact is for: host (default: this CPU, all its "
@@ -151,11 +154,17 @@ def cmd_compile(args) -> int:
                            emit=frozenset(s.replace("ir-backward", "ir") for s in stages),
                            **_sizes(args))
         print(f"wrote {args.output}/manifest.json")
+        if args.target == "cuda":
+            from .backends.gpu import nvrtc
+            print("  kernels.cu, and cubin + PTX for " + ", ".join(nvrtc.ARCHES)
+                  if nvrtc.available() else
+                  "  kernels.cu only: NVRTC is not installed, so no cubin or PTX "
+                  "(pip install 'nvidia-cuda-nvrtc==13.0.*' cuda-bindings)")
         return 0
     cell = select_cell(check_spec(args.spec), args.cell)
     program = lower(cell)
     sizes = None
-    if args.input_size or args.hidden_size or args.size or {"llvm", "asm"} & set(stages):
+    if args.input_size or args.hidden_size or args.size or {"llvm", "asm", "cuda"} & set(stages):
         sizes = bind_sizes(program, args.input_size, args.hidden_size, _sizes(args))
         print("; sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     for stage in stages:
@@ -167,6 +176,10 @@ def cmd_compile(args) -> int:
                 print(f"{name}' = {node!r}")
         elif stage in ("ir", "ir-backward"):
             print(format_program(program, backward=stage == "ir-backward"))
+        elif stage == "cuda":
+            from .backends.gpu.kernels import generate as generate_kernels
+
+            print(generate_kernels(program, sizes)[0])
         else:
             from .backends.cpu import generate
             from .backends.llvm.toolchain import emit_assembly, optimize

@@ -51,6 +51,8 @@ def read_manifest(directory: str) -> dict:
 def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
     """One compiled cell from an artifact directory."""
     manifest = manifest or read_manifest(directory)
+    if manifest.get("target") in ("cuda", "opencl"):
+        return _load_gpu_cell(directory, manifest)
     if manifest.get("target") != "cpu":
         raise BackendError(f"{directory}: target '{manifest.get('target')}' artifacts are not "
                            "run by the CPU runtime")
@@ -61,6 +63,19 @@ def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
         functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
                                                  ctypes.c_void_p).value
     return NativeCell(manifest, functions, keepalive=library)
+
+
+def _load_gpu_cell(directory: str, manifest: dict):
+    from .gpu.executor import GpuCell
+
+    path = os.path.join(directory, manifest["source"])
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    binaries = {arch: os.path.join(directory, files["cubin"])
+                for arch, files in manifest.get("binaries", {}).items()}
+    cell = GpuCell(manifest, source, manifest["target"], binaries=binaries)
+    cell.batch_first = bool(manifest.get("batch_first", False))
+    return cell
 
 
 def _cpu_flags() -> set[str] | None:

@@ -28,15 +28,21 @@ def import_cupy():
 class CudaDevice:
     kind = "cuda"
 
-    def __init__(self, source: str, cubin: bytes | None = None):
+    def __init__(self, source: str, binaries: dict[str, str]):
+        """`binaries`: cubin paths by architecture (sm_90, ...); the one matching this
+        device is loaded as it is, otherwise NVRTC compiles `source` here."""
         cupy = import_cupy()
         self.cupy = cupy
         self.user_module = cupy
+        cubin = binaries.get(f"sm_{cupy.cuda.Device().compute_capability}")  # e.g. "90"
         try:
-            self.module = cupy.RawModule(code=source, options=("-std=c++17",))
-            self.module.compile()
+            if cubin is not None:
+                self.module = cupy.RawModule(path=cubin)
+            else:
+                self.module = cupy.RawModule(code=source, options=("-std=c++17",))
+                self.module.compile()
         except Exception as error:
-            raise BackendError(f"NVRTC rejected the kernels: {error}") from error
+            raise BackendError(f"CUDA could not load the kernels: {error}") from error
         self.kernels: dict = {}
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
         self.compute_units = props["multiProcessorCount"]

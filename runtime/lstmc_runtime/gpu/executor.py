@@ -25,13 +25,13 @@ SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2,
 INT32_LIMIT = 2**31 - 1
 
 
-def make_device(kind: str, source: str):
+def make_device(kind: str, source: str, binaries: dict | None = None):
     if kind == "opencl":
         from .opencl import OpenCLDevice
         return OpenCLDevice(source)
     if kind == "cuda":
         from .cuda import CudaDevice
-        return CudaDevice(source)
+        return CudaDevice(source, binaries or {})
     raise BackendError(f"unknown GPU target {kind!r}")
 
 
@@ -82,7 +82,8 @@ class GpuSaved:
 class GpuCell(CellBase):
     """A cell compiled for target "cuda" or "opencl"."""
 
-    def __init__(self, manifest: dict, source: str, target: str):
+    def __init__(self, manifest: dict, source: str, target: str,
+                 binaries: dict[str, str] | None = None):
         self.manifest, self.plan, self.target = manifest, manifest["plan"], target
         self.name = manifest["cell"]
         self.dtype = np.dtype(manifest["dtype"])
@@ -92,7 +93,7 @@ class GpuCell(CellBase):
         self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
         self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
         self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
-        self.device = make_device(target, source)
+        self.device = make_device(target, source, binaries)
         self.xp = self.device.user_module
         # "auto": the persistent kernel for batches up to persistent_batch whose weights
         # fit; True / False force it on or off. persistent_groups overrides the group count.

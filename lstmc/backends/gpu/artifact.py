@@ -1,0 +1,48 @@
+"""GPU artifacts: the kernel source (prelude included, so `nvcc -c kernels.cu` builds
+it standalone), the manifest with the launch plan, and where NVRTC is installed, cubin
+and PTX for each architecture in nvrtc.ARCHES."""
+from __future__ import annotations
+
+import os
+
+from ...errors import CompileError
+from ...passes.pipeline import Program
+from . import nvrtc
+from .kernels import manifest_for
+
+SOURCE = {"cuda": "kernels.cu", "opencl": "kernels.cl"}
+
+
+def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
+                   emit: frozenset[str] = frozenset(), batch_first: bool = False,
+                   cpu: str = "host", target: str = "cuda") -> None:
+    from lstmc_runtime.artifact import write_manifest
+
+    if dtype != "float32":
+        raise CompileError(f"target '{target}' computes in float32, not {dtype}")
+    source, manifest = manifest_for(program, sizes, target)
+    files = [SOURCE[target]]
+    _write(directory, SOURCE[target], source)
+    if target == "cuda" and nvrtc.available():
+        manifest["binaries"] = {}
+        for arch in nvrtc.ARCHES:
+            compiled = nvrtc.compile_cuda(source, arch)
+            cubin, ptx = f"kernels.{arch}.cubin", f"kernels.{arch}.ptx"
+            with open(os.path.join(directory, cubin), "wb") as f:
+                f.write(compiled.cubin)
+            _write(directory, ptx, compiled.ptx)
+            files += [cubin, ptx]
+            manifest["binaries"][arch] = {
+                "cubin": cubin, "ptx": ptx,
+                "registers": {k: r.registers for k, r in compiled.kernels.items()},
+                "spill_bytes": {k: r.spill_stores for k, r in compiled.kernels.items()}}
+    if "ir" in emit:
+        _write(directory, "cell.ir", program.format(backward=True) + "\n")
+    manifest["source"] = SOURCE[target]
+    manifest["batch_first"] = bool(batch_first)
+    write_manifest(directory, manifest, files)
+
+
+def _write(directory: str, name: str, text: str) -> None:
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        f.write(text)
