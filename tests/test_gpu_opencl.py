@@ -1,0 +1,137 @@
+"""The GPU kernels run as OpenCL C on PoCL: every spec, forward and backward, on the
+step-by-step path and on the persistent kernel, against the float64 reference executor;
+stacks, directions, lengths, artifacts and bad inputs."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import SPEC_NAMES, compile_spec, random_inputs, spec_path
+from gpu_common import assert_close, compare_spec, gpu_cell, run_both
+
+pytest.importorskip("pyopencl")
+
+import lstmc  # noqa: E402
+from lstmc.errors import BackendError, CompileError, ShapeError  # noqa: E402
+
+_cells = {}
+
+
+def opencl_cell(name):
+    if name not in _cells:
+        _cells[name] = gpu_cell(name, "opencl")
+    return _cells[name]
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+@pytest.mark.parametrize("path", ["steps", "persistent"])
+def test_spec_matches_reference(name, path):
+    cell = opencl_cell(name)
+    cell.persistent_groups = None
+    compare_spec(name, "opencl", persistent=(path == "persistent"), cell=cell)
+
+
+def test_many_tiles_and_tails():
+    """Sizes that leave partial GEMM tiles (64) in every dimension and several groups."""
+    reference = lstmc.compile(spec_path("lstm"), 67, 70, dtype="float64")
+    cell = lstmc.compile(spec_path("lstm"), 67, 70, target="opencl")
+    cell.persistent = False
+    rng = np.random.default_rng(3)
+    x, params, state = random_inputs(reference, T=3, B=66, seed=3)
+    expected, actual = run_both(reference, cell, x, params, state,
+                                rng.integers(1, 4, size=66))
+    assert_close(expected, actual, rtol=1e-3)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_persistent_groups_and_batches(groups, batch):
+    """Column slices that do not divide evenly, rows fewer or more than groups."""
+    reference = lstmc.compile(spec_path("gru"), 4, 7, dtype="float64")
+    cell = lstmc.compile(spec_path("gru"), 4, 7, target="opencl")
+    cell.persistent, cell.persistent_groups = True, groups
+    x, params, state = random_inputs(reference, T=6, B=batch, seed=batch)
+    expected, actual = run_both(reference, cell, x, params, state, None)
+    assert_close(expected, actual)
+
+
+def test_persistent_kernel_is_chosen_for_small_batches(monkeypatch):
+    cell = opencl_cell("lstm")
+    cell.persistent = "auto"
+    launched = []
+    original = cell._launch_persistent
+    monkeypatch.setattr(cell, "_launch_persistent",
+                        lambda *a, **k: (launched.append(a[2]), original(*a, **k)))
+    x, params, _ = random_inputs(cell, T=3, B=cell.persistent_batch)
+    cell.forward(x, params)
+    x9, _, _ = random_inputs(cell, T=3, B=cell.persistent_batch + 1)
+    cell.forward(x9, params)
+    assert launched == [cell.persistent_batch]
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bidirectional_stack_with_lengths(name, batch_first):
+    kwargs = dict(num_layers=2, bidirectional=True, batch_first=batch_first)
+    reference = lstmc.compile(spec_path(name), 3, 5, dtype="float64", **kwargs)
+    stack = lstmc.compile(spec_path(name), 3, 5, target="opencl", **kwargs)
+    rng = np.random.default_rng(7)
+    T, B = 6, 4
+    x = rng.standard_normal((B, T, 3) if batch_first else (T, B, 3))
+    params = reference.init_params(seed=2)
+    state = {n: rng.standard_normal(v.shape) for n, v in reference.zero_state(B).items()}
+    lengths = np.array([6, 3, 1, 5])
+    dy_shape = (B, T, 10) if batch_first else (T, B, 10)
+    dy = rng.standard_normal(dy_shape)
+    results = []
+    for cell, dtype in ((reference, np.float64), (stack, np.float32)):
+        cast = lambda a: np.asarray(a, dtype)  # noqa: E731
+        y, final, tape = cell.forward(cast(x), {k: cast(v) for k, v in params.items()},
+                                      {k: cast(v) for k, v in state.items()}, train=True,
+                                      lengths=lengths)
+        grads = tape.backward(cast(dy))
+        out = {"y": y, "dx": grads["x"]}
+        out.update({f"state {k}": v for k, v in final.items()})
+        out.update({f"d{k}": v for k, v in grads["params"].items()})
+        out.update({f"dstate {k}": v for k, v in grads["state"].items()})
+        results.append(out)
+    assert_close(*results)
+
+
+def test_artifact_round_trip(tmp_path):
+    from lstmc.api import write_artifact_dir
+    import lstmc_runtime
+
+    write_artifact_dir(spec_path("peephole_lstm"), str(tmp_path), 3, 5, target="opencl")
+    loaded = lstmc_runtime.load(str(tmp_path))
+    assert loaded.target == "opencl"
+    reference = compile_spec("peephole_lstm")
+    x, params, state = random_inputs(reference, T=4, B=2)
+    expected, actual = run_both(reference, loaded, x, params, state, None)
+    assert_close(expected, actual)
+
+
+def test_bad_inputs_are_named():
+    cell = opencl_cell("lstm")
+    x, params, state = random_inputs(cell, T=2, B=2)
+    with pytest.raises(ShapeError, match=r"x: expected dtype float32, got float64"):
+        cell.forward(x.astype(np.float64), params)
+    with pytest.raises(ShapeError, match=r"params\['W_hi'\]: expected shape \(5, 5\)"):
+        cell.forward(x, dict(params, W_hi=np.zeros((5, 3), np.float32)))
+    with pytest.raises(ShapeError, match=r"state\['c'\]: expected shape \(2, 5\)"):
+        cell.forward(x, params, dict(state, c=np.zeros((3, 5), np.float32)))
+    with pytest.raises(ShapeError, match="lengths"):
+        cell.forward(x, params, lengths=np.array([3, 1]))
+    with pytest.raises(CompileError, match="float32"):
+        lstmc.compile(spec_path("lstm"), 3, 5, target="opencl", dtype="float64")
+
+
+def test_cuda_target_without_gpu_says_what_is_missing():
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            pytest.skip("a CUDA device is present")
+    except Exception:
+        pass
+    with pytest.raises(BackendError, match=r"target 'cuda'.*(CuPy|device|driver)"):
+        lstmc.compile(spec_path("lstm"), 3, 5, target="cuda")
