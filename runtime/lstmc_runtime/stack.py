@@ -16,14 +16,15 @@ from .errors import ShapeError
 from .validate import check_array, check_names
 
 
-def reverse_in_place_of_length(seq: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """Each row's first lengths[b] steps reversed; steps past a row's length stay."""
+def reverse_in_place_of_length(seq, lengths: np.ndarray | None, xp=np):
+    """Each row's first lengths[b] steps reversed; steps past a row's length stay.
+    `xp`: the array module of `seq` (NumPy, or CuPy for the cuda target)."""
     T, B = seq.shape[:2]
     if lengths is None:
-        return np.ascontiguousarray(seq[::-1])
+        return xp.ascontiguousarray(seq[::-1])
     t = np.arange(T)[:, None]
     index = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-    return np.ascontiguousarray(seq[index, np.arange(B)[None, :]])
+    return xp.ascontiguousarray(seq[xp.asarray(index), xp.asarray(np.arange(B)[None, :])])
 
 
 def layer_prefix(layer: int, direction: int) -> str:
@@ -35,6 +36,7 @@ class Stack:
         self.layers, self.batch_first = layers, batch_first
         first = layers[0][0]
         self.name, self.dtype, self.target = first.name, first.dtype, first.target
+        self.xp = getattr(first, "xp", np)  # the array module cells take and return
         self.output, self.input_size = first.output, first.input_size
         self.hidden_size = first.hidden_size
         self.num_layers, self.num_directions = len(layers), len(layers[0])
@@ -68,10 +70,11 @@ class Stack:
     def forward(self, x, params, state=None, train: bool = False, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first); returns y (T, B, D * out), the
         final states {name: (L * D, B, n)}, and with train=True a tape."""
+        xp = self.xp
         shape = (None, None, self.input_size)
         x = check_array("x", x, shape, self.dtype)
         if self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            x = xp.ascontiguousarray(x.transpose(1, 0, 2))
         T, B = x.shape[:2]
         lengths = check_lengths(lengths, T, B)
         check_names("params", params, list(self.param_shapes))
@@ -84,7 +87,7 @@ class Stack:
         for name, size in self.state_sizes.items():
             check_array(f"state['{name}']", state[name], (count, B, size), self.dtype)
 
-        final = {n: np.empty((count, B, s), self.dtype) for n, s in self.state_sizes.items()}
+        final = {n: xp.empty((count, B, s), self.dtype) for n, s in self.state_sizes.items()}
         tapes = []
         layer_input = x
         for l, cells in enumerate(self.layers):
@@ -93,19 +96,19 @@ class Stack:
                 prefix, k = layer_prefix(l, d), l * self.num_directions + d
                 sub = {n: params[prefix + n] for n in cell.param_shapes}
                 init = {n: state[n][k] for n in self.state_sizes}
-                seq = layer_input if d == 0 else reverse_in_place_of_length(layer_input, lengths)
+                seq = layer_input if d == 0 else reverse_in_place_of_length(layer_input, lengths, xp)
                 result = cell.forward(seq, sub, init, train=train, lengths=lengths)
-                y = result[0] if d == 0 else reverse_in_place_of_length(result[0], lengths)
+                y = result[0] if d == 0 else reverse_in_place_of_length(result[0], lengths, xp)
                 outputs.append(y)
                 for n in self.state_sizes:
                     final[n][k] = result[1][n]
                 if train:
                     layer_tapes.append(result[2])
-            layer_input = np.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+            layer_input = xp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
             tapes.append(layer_tapes)
         y = layer_input
         if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+            y = xp.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
         return y, final, StackTape(self, tapes, lengths, (T, B))
@@ -120,19 +123,20 @@ class StackTape:
 
     def backward(self, dy, dstate=None) -> dict:
         stack = self.stack
+        xp = stack.xp
         T, B = self.steps_batch
         count = stack.num_layers * stack.num_directions
         shape = (B, T, stack.output_size) if stack.batch_first else (T, B, stack.output_size)
         dy = check_array("dy", dy, shape, stack.dtype)
         if stack.batch_first:
-            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+            dy = xp.ascontiguousarray(dy.transpose(1, 0, 2))
         dstate = dstate or {}
         for name, value in dstate.items():
             if name not in stack.state_sizes:
                 raise ShapeError(f"dstate: unexpected {name!r}")
             check_array(f"dstate['{name}']", value, (count, B, stack.state_sizes[name]),
                         stack.dtype)
-        grads_params, grads_state = {}, {n: np.zeros((count, B, s), stack.dtype)
+        grads_params, grads_state = {}, {n: xp.zeros((count, B, s), stack.dtype)
                                           for n, s in stack.state_sizes.items()}
         d_output = dy
         out = stack.state_sizes[stack.output]
@@ -140,12 +144,12 @@ class StackTape:
             d_input = None
             for d, tape in enumerate(self.tapes[l]):
                 k = l * stack.num_directions + d
-                part = np.ascontiguousarray(d_output[..., d * out:(d + 1) * out])
+                part = xp.ascontiguousarray(d_output[..., d * out:(d + 1) * out])
                 if d:
-                    part = reverse_in_place_of_length(part, self.lengths)
-                ds = {n: np.ascontiguousarray(v[k]) for n, v in dstate.items()}
+                    part = reverse_in_place_of_length(part, self.lengths, xp)
+                ds = {n: xp.ascontiguousarray(v[k]) for n, v in dstate.items()}
                 g = tape.backward(part, ds)
-                dx = g["x"] if d == 0 else reverse_in_place_of_length(g["x"], self.lengths)
+                dx = g["x"] if d == 0 else reverse_in_place_of_length(g["x"], self.lengths, xp)
                 d_input = dx if d_input is None else d_input + dx
                 for n, v in g["params"].items():
                     grads_params[layer_prefix(l, d) + n] = v
@@ -154,7 +158,7 @@ class StackTape:
             d_output = d_input
         dx = d_output
         if stack.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+            dx = xp.ascontiguousarray(dx.transpose(1, 0, 2))
         return {"x": dx, "params": grads_params, "state": grads_state}
 
 

@@ -51,6 +51,7 @@ class CudaDevice:
         # A blocking stream: ordered with the legacy default stream the caller uses.
         self.stream = cupy.cuda.Stream(non_blocking=False)
         self.graphs: dict = {}
+        self.capture = True  # launches of a sequence go through a CUDA graph
 
     def kernel(self, name: str):
         if name not in self.kernels:
@@ -93,18 +94,27 @@ class CudaDevice:
         shared = 4 * local_floats
         if shared > 48 * 1024:
             kernel.max_dynamic_shared_size_bytes = shared
-        kernel((groups,), (threads,), values, shared_mem=shared, stream=self.stream)
+        kernel((groups,), (threads,), values, shared_mem=shared)  # on the current stream
 
     def sequence(self, key, run) -> None:
         """Replay the graph captured for `key` (the same launches on the same buffers);
-        capture it the first time."""
+        capture it the first time. Where capture fails (an old driver, say), launch
+        directly from then on."""
+        if not self.capture:
+            run()
+            return
         graph = self.graphs.get(key)
         if graph is None:
-            self.stream.begin_capture()
             try:
+                self.stream.begin_capture()
+                try:
+                    run()
+                finally:
+                    graph = self.stream.end_capture()
+            except Exception:  # noqa: BLE001 - any capture failure: fall back, same result
+                self.capture = False
                 run()
-            finally:
-                graph = self.stream.end_capture()
+                return
             self.graphs[key] = graph
         graph.launch(self.stream)
 
