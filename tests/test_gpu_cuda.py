@@ -64,6 +64,8 @@ def test_against_cudnn(kind, batch):
     from lstmc.interop.torch import params_from_torch, params_to_torch
 
     torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False  # cuDNN's RNNs use TF32 by default
+    torch.backends.cuda.matmul.allow_tf32 = False
     T, I, H = 20, 64, 128
     module = getattr(torch.nn, kind)(I, H).cuda()
     spec = "lstm" if kind == "LSTM" else "gru"
@@ -81,3 +83,30 @@ def test_against_cudnn(kind, batch):
     for name, parameter in module.named_parameters():
         np.testing.assert_allclose(got[name].numpy(), parameter.grad.cpu().numpy(), atol=1e-3,
                                    rtol=1e-3, err_msg=name)
+
+
+def test_bidirectional_stack_with_lengths():
+    import cupy
+    import lstmc
+    from gpu_common import assert_close
+
+    kwargs = dict(num_layers=2, bidirectional=True)
+    reference = lstmc.compile(spec_path("lstm"), 3, 5, dtype="float64", **kwargs)
+    stack = lstmc.compile(spec_path("lstm"), 3, 5, target="cuda", **kwargs)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4, 3))
+    params = reference.init_params(seed=2)
+    lengths = np.array([6, 3, 1, 5])
+    dy = rng.standard_normal((6, 4, 10))
+    results = []
+    for cell, xp, dtype in ((reference, np, np.float64), (stack, cupy, np.float32)):
+        y, final, tape = cell.forward(xp.asarray(x, dtype),
+                                      {k: xp.asarray(v, dtype) for k, v in params.items()},
+                                      train=True, lengths=lengths)
+        grads = tape.backward(xp.asarray(dy, dtype))
+        host = (lambda a: a) if xp is np else cupy.asnumpy
+        out = {"y": host(y), "dx": host(grads["x"])}
+        out.update({f"d{k}": host(v) for k, v in grads["params"].items()})
+        out.update({f"state {k}": host(v) for k, v in final.items()})
+        results.append(out)
+    assert_close(*results)
