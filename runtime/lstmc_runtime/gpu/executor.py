@@ -104,6 +104,9 @@ class GpuCell(CellBase):
         self._packed = {w["name"]: w for w in self.plan["packed"]}
         self._weights = {name: self.device.empty(w["rows"] * w["columns"])
                          for name, w in self._packed.items()}
+        # Packed weights whose gradient some product computes (all, in practice).
+        self._trained = ({h["packed"] for h in self.plan["hoisted"]}
+                         | {p["packed"] for p in self.plan["products"]})
         self._counter = self.device.zeros(1, np.uint32)
         self._one = self.device.upload(np.ones(1, np.float32))
 
@@ -279,13 +282,12 @@ class GpuCell(CellBase):
             width = g["width"]
             self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g["acc"]], 0, width, 1,
                        vector_grads[g["param"]], 0, width, 0)
-        self._unwritten = [w for w in gradients if w not in written]
 
     def _split_gradients(self, gradients, vector_grads) -> dict:
         dev, xp = self.device, self.xp
         out: dict = {}
         for name, w in self._packed.items():
-            if name in self._unwritten:
+            if name not in self._trained:
                 continue
             offset = 0
             for param, rows in w["segments"]:
