@@ -63,6 +63,8 @@ def test_against_cudnn(kind, batch):
     import lstmc
     from lstmc.interop.torch import params_from_torch, params_to_torch
 
+    if not torch.cuda.is_available():
+        pytest.skip("this PyTorch build has no CUDA (cuDNN is the oracle here)")
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # cuDNN's RNNs use TF32 by default
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -5,6 +5,7 @@ The generator only uses smooth functions (no relu/min/max/abs kinks, no log or s
 values that may be negative), so finite differences are a sound oracle: a failure is a
 wrong derivative rule, a wrong accumulation, or a wrong schedule through time."""
 import itertools
+import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,8 @@ import lstmc
 from lstmc.gradcheck import gradcheck
 
 FUNCTIONS = ["sigmoid", "tanh", "softsign", "layernorm"]
+# Random cells run through the GPU kernels in CI; LSTMC_GPU_EXAMPLES=80 for a longer run.
+GPU_EXAMPLES = int(os.environ.get("LSTMC_GPU_EXAMPLES", "15"))
 
 
 @st.composite
@@ -112,3 +115,34 @@ def test_generated_native_code_matches_the_reference_executor(spec):
         np.testing.assert_allclose(g1["params"][n], g0["params"][n], **close, err_msg=spec)
     for n in g0["state"]:
         np.testing.assert_allclose(g1["state"][n], g0["state"][n], **close, err_msg=spec)
+
+
+@settings(max_examples=GPU_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells(), st.booleans())
+def test_generated_gpu_kernels_match_the_reference_executor(spec, persistent):
+    """The same random cells through the GPU kernels, run as OpenCL on PoCL (float32),
+    step by step or persistent, against the float64 reference executor."""
+    import pytest
+    pytest.importorskip("pyopencl")
+    reference = lstmc.compile(spec, input_size=2, hidden_size=3, dtype="float64")
+    gpu = lstmc.compile(spec, input_size=2, hidden_size=3, target="opencl")
+    gpu.persistent = persistent
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 2))
+    params = reference.init_params(1)
+    state = {n: 0.5 * rng.standard_normal((3, s)) for n, s in reference.state_sizes.items()}
+    dy = rng.standard_normal((4, 3, 3))
+    lengths = np.array([4, 2, 3])
+    f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths)
+    y1, s1, t1 = gpu.forward(x.astype(np.float32), f32(params), f32(state), train=True,
+                             lengths=lengths)
+    g0, g1 = t0.backward(dy), t1.backward(dy.astype(np.float32))
+    pairs = [("y", y0, y1), ("dx", g0["x"], g1["x"])]
+    pairs += [(f"state {n}", s0[n], s1[n]) for n in s0]
+    pairs += [(f"d{n}", g0["params"][n], g1["params"][n]) for n in g0["params"]]
+    pairs += [(f"dstate {n}", g0["state"][n], g1["state"][n]) for n in g0["state"]]
+    for label, expected, actual in pairs:
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=f"{label}\n{spec}")
