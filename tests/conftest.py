@@ -45,3 +45,14 @@ def pytest_configure(config):
     # Compiled cells go to a cache private to this test session.
     if "LSTMC_CACHE_DIR" not in os.environ:
         os.environ["LSTMC_CACHE_DIR"] = tempfile.mkdtemp(prefix="lstmc-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def watchdog():
+    """A test that hangs (a kernel waiting at a grid barrier for a work-group that never
+    runs, say) ends the run with every thread's traceback instead of stalling CI."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(900, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
