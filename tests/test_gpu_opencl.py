@@ -135,3 +135,30 @@ def test_cuda_target_without_gpu_says_what_is_missing():
         pass
     with pytest.raises(BackendError, match=r"target 'cuda'.*(CuPy|device|driver)"):
         lstmc.compile(spec_path("lstm"), 3, 5, target="cuda")
+
+
+@pytest.mark.parametrize("case", ["plain", "transposed_a", "broadcast_a", "accumulate",
+                                  "offsets"])
+def test_cuda_library_gemm_contract(case):
+    """The CUDA target's whole-sequence products (cuBLAS through CuPy) follow lstmc_gemm's
+    strided contract; checked here with NumPy standing in for CuPy."""
+    from lstmc_runtime.gpu.cuda import strided_gemm
+
+    rng = np.random.default_rng(0)
+    M, N, K = 5, 7, 3
+    A = rng.standard_normal(64).astype(np.float32)
+    Bm = rng.standard_normal(64).astype(np.float32)
+    C = rng.standard_normal(80).astype(np.float32)
+    a_off, b_off, c_off, ldc = (2, 3, 4, 9) if case == "offsets" else (0, 0, 0, N)
+    sam, sak = {"transposed_a": (1, M), "broadcast_a": (0, 1)}.get(case, (K, 1))
+    sbk, sbn = (1, K) if case == "transposed_a" else (N, 1)
+    expected = C.copy()
+    for m in range(M):
+        for n in range(N):
+            value = sum(A[a_off + m * sam + k * sak] * Bm[b_off + k * sbk + n * sbn]
+                        for k in range(K))
+            index = c_off + m * ldc + n
+            expected[index] = expected[index] + value if case == "accumulate" else value
+    strided_gemm(np, np.lib.stride_tricks.as_strided, M, N, K, A, a_off, sam, sak, Bm, b_off,
+                 sbk, sbn, C, c_off, ldc, case == "accumulate")
+    np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-5)

@@ -25,6 +25,22 @@ def import_cupy():
     return cupy
 
 
+def strided_gemm(xp, as_strided, M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off,
+                 ldc, accumulate) -> None:
+    """lstmc_gemm's contract on flat arrays, computed by the array module's matmul (cuBLAS
+    for CuPy): C[m, n] (+)= sum_k A[a_off + m*sam + k*sak] * B[b_off + k*sbk + n*sbn],
+    C row-major with leading dimension ldc. Strides may be 0 (a broadcast row)."""
+    item = A.itemsize
+    a = as_strided(A[a_off:], shape=(M, K), strides=(sam * item, sak * item))
+    b = as_strided(Bm[b_off:], shape=(K, N), strides=(sbk * item, sbn * item))
+    c = as_strided(C[c_off:], shape=(M, N), strides=(ldc * item, item))
+    product = xp.matmul(a, b)
+    if accumulate:
+        c += product
+    else:
+        c[...] = product
+
+
 class CudaDevice:
     kind = "cuda"
 
@@ -85,6 +101,10 @@ class CudaDevice:
 
     def fill_zero(self, array) -> None:
         array.fill(0)
+
+    def matmul(self, *args) -> None:
+        """A whole-sequence product (outside any captured graph) by cuBLAS."""
+        strided_gemm(self.cupy, self.cupy.lib.stride_tricks.as_strided, *args)
 
     # -- launches -------------------------------------------------------------------------
 

@@ -130,8 +130,16 @@ class GpuCell(CellBase):
 
     # -- launches -------------------------------------------------------------------------
 
-    def _gemm(self, M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc, acc):
+    def _gemm(self, M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc, acc,
+              whole=False):
+        """C[m, n] (+)= sum_k A[a_off + m*sam + k*sak] * B[b_off + k*sbk + n*sbn]. The
+        products over a whole sequence (`whole`) go to the device's library GEMM where it
+        has one (cuBLAS through CuPy); the rest, and everything on OpenCL, to lstmc_gemm."""
         if M <= 0 or N <= 0:
+            return
+        if whole and hasattr(self.device, "matmul"):
+            self.device.matmul(M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc,
+                               acc)
             return
         tile = self.plan["threads"]["gemm_tile"]
         groups = math.ceil(M / tile) * math.ceil(N / tile)
@@ -162,7 +170,7 @@ class GpuCell(CellBase):
             w = self._packed[h["packed"]]
             rows, cols = w["rows"], w["columns"]
             self._gemm(T * B, rows, cols, arrays["x"], 0, cols, 1, self._weights[w["name"]],
-                       0, 1, cols, arrays[h["buffer"]], 0, rows, 0)
+                       0, 1, cols, arrays[h["buffer"]], 0, rows, 0, whole=True)
 
     def _persistent_groups(self, mode: str, B: int) -> int | None:
         """Work-groups for the persistent kernel, or None when it should not run."""
@@ -204,8 +212,9 @@ class GpuCell(CellBase):
                 self._hoisted(T, B, arrays)
                 self._launch_persistent(mode, T, B, arrays, buffers.lens, order, groups)
             else:
+                self._hoisted(T, B, arrays)
+
                 def run():
-                    self._hoisted(T, B, arrays)
                     for t in range(T):
                         self._step(mode, t, T, B, arrays, buffers.lens, order)
                 dev.sequence((key, id(buffers)), run)
@@ -250,8 +259,8 @@ class GpuCell(CellBase):
             def run():
                 for t in reversed(range(T)):
                     self._step("backward", t, T, B, arrays, saved.buffers.lens, order)
-                self._weight_gradients(T, B, arrays, gradients, vector_grads)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
+            self._weight_gradients(T, B, arrays, gradients, vector_grads)
             dx = dev.to_user(arrays["dx"], 0, (T, B, self.input_size))
             dparams = self._split_gradients(gradients, vector_grads)
             dstate0 = {name: dev.to_user(arrays[f"cr_{name}"], 0, (B, n))
@@ -267,21 +276,22 @@ class GpuCell(CellBase):
             rows, cols = w["rows"], w["columns"]
             dh = arrays[h["grad"]]
             self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays["x"], 0, cols, 1,
-                       gradients[w["name"]], 0, cols, w["name"] in written)
+                       gradients[w["name"]], 0, cols, w["name"] in written, whole=True)
             written.add(w["name"])
             self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w["name"]], 0, cols, 1,
-                       arrays["dx"], 0, cols, 1)
+                       arrays["dx"], 0, cols, 1, whole=True)
         for p in self.plan["products"]:
             w = self._packed[p["packed"]]
             rows, cols = w["rows"], w["columns"]
             operand, stride = p["operand"]
             self._gemm(rows, cols, TB, arrays[p["grad"]], 0, 1, rows, arrays[operand], 0,
-                       stride, 1, gradients[w["name"]], 0, cols, w["name"] in written)
+                       stride, 1, gradients[w["name"]], 0, cols, w["name"] in written,
+                       whole=True)
             written.add(w["name"])
         for g in self.plan["param_grads"]:
             width = g["width"]
             self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g["acc"]], 0, width, 1,
-                       vector_grads[g["param"]], 0, width, 0)
+                       vector_grads[g["param"]], 0, width, 0, whole=True)
 
     def _split_gradients(self, gradients, vector_grads) -> dict:
         dev, xp = self.device, self.xp
