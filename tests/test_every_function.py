@@ -60,3 +60,31 @@ def test_native_code_of_every_function(dtype, tol):
     for name in g0["state"]:
         np.testing.assert_allclose(g1["state"][name], g0["state"][name], **close,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_gpu_kernels_of_every_function(persistent):
+    """The GPU kernels (as OpenCL on PoCL, float32) against the float64 reference."""
+    pytest.importorskip("pyopencl")
+    reference = lstmc.compile(SPEC, input_size=3, hidden_size=4, dtype="float64")
+    gpu = lstmc.compile(SPEC, input_size=3, hidden_size=4, target="opencl")
+    gpu.persistent = persistent
+    x, params, state = _inputs(reference)
+    dy = np.random.default_rng(9).standard_normal((5, 3, 4))
+    lengths = np.array([5, 1, 3])
+    f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths)
+    y1, s1, t1 = gpu.forward(x.astype(np.float32), f32(params), f32(state), train=True,
+                             lengths=lengths)
+    g0 = t0.backward(dy, {"s": np.ones((3, 1))})
+    g1 = t1.backward(dy.astype(np.float32), {"s": np.ones((3, 1), np.float32)})
+    close = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y1, y0, **close)
+    np.testing.assert_allclose(s1["s"], s0["s"], **close)
+    np.testing.assert_allclose(g1["x"], g0["x"], **close)
+    for name in g0["params"]:
+        np.testing.assert_allclose(g1["params"][name], g0["params"][name], **close,
+                                   err_msg=name)
+    for name in g0["state"]:
+        np.testing.assert_allclose(g1["state"][name], g0["state"][name], **close,
+                                   err_msg=name)

@@ -97,3 +97,17 @@ def test_artifact_cu_compiles_with_nvcc(name, tmp_path):
                              str(tmp_path / "kernels.cu")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "k.cubin").stat().st_size > 0
+
+
+@needs_nvrtc
+def test_every_function_compiles_for_cuda():
+    """Every op of the language (log, sqrt, abs, min, max, masks, reductions, a size-1
+    state) as CUDA C."""
+    from test_every_function import SPEC
+
+    program = lower_spec(SPEC)
+    source, plan = generate(program, bind_sizes(program, 64, 128, {}))
+    for arch in nvrtc.ARCHES:
+        compiled = nvrtc.compile_cuda(source, arch)
+        assert set(compiled.kernels) == launched_kernels(plan)
+        assert all(r.spill_stores == 0 for r in compiled.kernels.values())
