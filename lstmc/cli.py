@@ -155,11 +155,7 @@ def cmd_compile(args) -> int:
                            **_sizes(args))
         print(f"wrote {args.output}/manifest.json")
         if args.target == "cuda":
-            from .backends.gpu import nvrtc
-            print("  kernels.cu, and cubin + PTX for " + ", ".join(nvrtc.ARCHES)
-                  if nvrtc.available() else
-                  "  kernels.cu only: NVRTC is not installed, so no cubin or PTX "
-                  "(pip install 'nvidia-cuda-nvrtc==13.0.*' cuda-bindings)")
+            _report_cuda_artifact(args.output)
         return 0
     cell = select_cell(check_spec(args.spec), args.cell)
     program = lower(cell)
@@ -187,6 +183,23 @@ def cmd_compile(args) -> int:
             module = optimize(generate(program, sizes, args.dtype)[0])
             print(str(module) if stage == "llvm" else emit_assembly(module))
     return 0
+
+
+def _report_cuda_artifact(directory: str) -> None:
+    import json
+    import os
+
+    with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+        binaries = json.load(f).get("binaries")
+    if not binaries:
+        print("  kernels.cu only: NVRTC is not installed, so no cubin or PTX "
+              "(pip install 'nvidia-cuda-nvrtc==13.0.*' cuda-bindings)")
+        return
+    for arch, files in binaries.items():
+        spilled = sorted(k for k, v in files["spill_bytes"].items() if v)
+        registers = ", ".join(f"{k} {v}" for k, v in sorted(files["registers"].items()))
+        print(f"  {arch}: {files['cubin']}, {files['ptx']}; registers: {registers}; "
+              + (f"SPILLS in {', '.join(spilled)}" if spilled else "no spills"))
 
 
 def cmd_gradcheck(args) -> int:

@@ -41,7 +41,8 @@ def test_cuda_artifact_files_and_manifest(tmp_path):
             assert (out / files["cubin"]).read_bytes()[:4] == b"\x7fELF"
             assert f".target {arch}" in (out / files["ptx"]).read_text()
             assert set(files["spill_bytes"].values()) == {0}
-        assert "cubin + PTX for sm_80, sm_90" in result.stdout
+        assert "sm_90: kernels.sm_90.cubin, kernels.sm_90.ptx; registers: " in result.stdout
+        assert "no spills" in result.stdout and "lstmc_gemm" in result.stdout
     assert set(manifest["checksums"]) >= {"kernels.cu"}
 
 

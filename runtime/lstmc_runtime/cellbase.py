@@ -135,6 +135,8 @@ def check_lengths(lengths, steps: int, batch: int) -> np.ndarray | None:
     """Per-row sequence lengths as int64, each in 1..steps; None stays None."""
     if lengths is None:
         return None
+    if hasattr(lengths, "__cuda_array_interface__"):  # a CuPy array: the host needs it
+        lengths = lengths.get()
     array = np.asarray(lengths)
     if array.dtype.kind not in "iu":
         raise ShapeError(f"lengths: expected integers, got {array.dtype}")
