@@ -136,20 +136,30 @@ def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
 
 
 def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: list[str]) -> dict:
+    """The whole forward sequence in one kernel. Each work-group owns a fixed share of
+    every recurrent product's columns and keeps those weight rows in local memory.
+    Usually ("units" partition, see StepLayout.unit_local) a group owns units j of the
+    state and computes the product columns k * U + j its own gate math reads, so a step
+    is: products, a local barrier, the region for its units of every row, one grid-wide
+    barrier. Otherwise ("columns") the columns are split evenly, rows are shared out for
+    the regions, and every stage ends at a grid-wide barrier."""
     program = layout.program
     name = f"{mode}_persistent"
     products = [n for s in layout.stages if s.kind == "product" for n in s.nodes]
     weights = [packed.get(p.segments) for p in products]
     unique = list({w["name"]: w for w in weights}.values())
+    units = layout.unit_local()
     args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens"]
                      + [_param(b) for b in layout.buffers]
                      + [f"GLOBAL const float* RESTRICT {w['name']}" for w in unique]
                      + ["COUNTER* counter"])
     extra = [f"{w['name']} ({w['rows']}, {w['columns']}): packed recurrent weights" for w in unique]
     extra.append("counter: one zeroed unsigned int (the grid barrier); dynamic local memory: "
-                 "this group's weight columns, sum over products of cw * (K + 1) floats")
+                 "this group's weight rows, sum over products of cw * (K + 1) floats")
+    partition = f"units (U = {units})" if units else "columns"
     lines = _header(layout, f"{program.info.name}: the whole {mode} sequence in one launch; "
-                            "PERSISTENT_THREADS per group, every group resident at once.", extra)
+                            f"PERSISTENT_THREADS per group, every group resident at once; "
+                            f"work shared out by {partition}.", extra)
     lines.append(f"KERNEL {name}({args} DYN_SHARED_PARAM) {{")
     lines.append("  DYN_SHARED_DECL")
     scratch = max(layout.max_reductions(i) for i in layout.regions)
@@ -157,16 +167,28 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     reductions = max([1] + [layout.reductions_in(i) for i in layout.regions])
     lines.append(f"  SHARED float red_out[{reductions}];")
     lines.append("  unsigned int epoch = 0;")
+    if units:
+        lines.append(f"  const int uw = ({units} + NGROUPS - 1) / NGROUPS, u0 = GID * uw;")
+        lines.append(f"  const int u1 = u0 + uw < {units} ? u0 + uw : {units};")
+    columns = []  # per product: (C expression of column c's index, of its validity)
     offset = "0"
     for i, (p, w) in enumerate(zip(products, weights)):
         rows, cols = w["rows"], w["columns"]
+        if units:
+            lines.append(f"  const int cw{i} = {rows // units} * uw;")
+            column = (f"((c) / uw * {units} + u0 + (c) % uw)", f"(u0 + (c) % uw < {units})")
+        else:
+            lines.append(f"  const int cw{i} = ({rows} + NGROUPS - 1) / NGROUPS, "
+                         f"c0{i} = GID * cw{i};")
+            column = (f"(c0{i} + (c))", f"(c0{i} + (c) < {rows})")
+        columns.append(column)
+        col, valid = (e.replace("(c)", "c") for e in column)
         lines += [
-            f"  /* this group's columns of product %{p.id}, resident for the whole sequence */",
-            f"  const int cw{i} = ({rows} + NGROUPS - 1) / NGROUPS, c0{i} = GID * cw{i};",
+            f"  /* this group's rows of product %{p.id}'s weights, resident all sequence */",
             f"  LOCAL float* wl{i} = dyn_smem + {offset};",
             f"  for (int e = LID; e < cw{i} * {cols}; e += LSZ) {{",
             f"    const int c = e / {cols}, k = e % {cols};",
-            f"    wl{i}[c * {cols + 1} + k] = c0{i} + c < {rows} ? {w['name']}[(c0{i} + c) * {cols} + k] : 0.0f;",
+            f"    wl{i}[c * {cols + 1} + k] = {valid} ? {w['name']}[{col} * {cols} + k] : 0.0f;",
             "  }",
         ]
         offset = f"{offset} + cw{i} * {cols + 1}"
@@ -176,19 +198,26 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     for stage_index, stage in enumerate(layout.stages):
         if stage.kind == "product":
             for p in stage.nodes:
-                lines += ["    " + s for s in _persistent_product(layout, p, index_of[p.id],
-                                                                 weights[index_of[p.id]])]
+                i = index_of[p.id]
+                lines += ["    " + s for s in _persistent_product(layout, p, i, weights[i],
+                                                                 columns[i])]
+            lines.append("    BARRIER();" if units else
+                         "    grid_sync(counter, ++epoch * (unsigned int)NGROUPS);")
         else:
-            lines.append("    for (int row = GID; row < B; row += NGROUPS) {")
+            rows_loop = ("for (int row = 0; row < B; ++row) {" if units else
+                         "for (int row = GID; row < B; row += NGROUPS) {")
+            lines.append("    " + rows_loop)
             lines.append("      const int active = t < lens[row];")
-            lines += ["      " + s for s in layout.region_body(stage_index)]
+            lines += ["      " + s for s in layout.region_body(
+                stage_index, ("u0", "u1") if units else None)]
             lines.append("    }")
-        lines.append("    grid_sync(counter, ++epoch * (unsigned int)NGROUPS);")
+            lines.append("    grid_sync(counter, ++epoch * (unsigned int)NGROUPS);")
     lines.append("  }")
     lines.append("}")
     parts.append("\n".join(lines) + "\n")
     return {"kernel": name, "weights": [w["name"] for w in unique],
             "static_floats": scratch * PERSISTENT_THREADS + reductions,
+            "partition": "units" if units else "columns", "units": units,
             "products": [[w["rows"], w["columns"]] for w in weights]}
 
 
@@ -196,12 +225,14 @@ def _slot_index(layout: StepLayout, slot: str) -> str:
     return {"t": "t", "0": "0", "state": layout.state_read_slot(), "param": "0"}[slot]
 
 
-def _persistent_product(layout: StepLayout, product, i: int, w: dict) -> list[str]:
-    """C[b, col] = sum_k A[b, k] * W[col, k] for this group's columns: a team of
-    work-items per (row, column) pair splits k, then adds its partial sums."""
+def _persistent_product(layout: StepLayout, product, i: int, w: dict, column) -> list[str]:
+    """C[b, col] = sum_k A[b, k] * W[col, k] for this group's cw columns (`column`: C
+    expressions of local column c's index and validity): a team of work-items per (row,
+    column) pair splits k, then adds its partial sums."""
     buffer, slot, stride = layout.operand(product.inputs[0])
     out, out_slot, n = f"nd{product.id}", layout.slot(product), w["rows"]
     k = w["columns"]
+    col, valid = (e.replace("(c)", "c") for e in column)
     return [
         f"{{ /* product %{product.id}: ({n} x {k}) weights, operand {buffer} */",
         f"  GLOBAL const float* A = {buffer} + ({_slot_index(layout, slot)}) * B * {stride};",
@@ -211,8 +242,8 @@ def _persistent_product(layout: StepLayout, product, i: int, w: dict) -> list[st
         "  while (team < 32 && team * 2 * pairs <= LSZ) team *= 2;",
         "  for (int base = 0; base < pairs; base += LSZ / team) {",
         "    const int pair = base + LID / team, lane = LID % team;",
-        f"    const int b = pair / cw{i}, c = pair % cw{i}, col = c0{i} + c;",
-        f"    const int live = pair < pairs && col < {n};",
+        f"    const int b = pair / cw{i}, c = pair % cw{i}, col = {col};",
+        f"    const int live = pair < pairs && {valid};",
         "    float acc = 0.0f;",
         f"    if (live) for (int k = lane; k < {k}; k += team) "
         f"acc += LD(&A[b * {stride} + k]) * wl{i}[c * {k + 1} + k];",

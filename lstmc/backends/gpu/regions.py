@@ -335,15 +335,48 @@ class StepLayout:
     def reductions_in(self, stage_index: int) -> int:
         return sum(len(l.reductions) for l in self.regions[stage_index])
 
-    def region_body(self, stage_index: int) -> list[str]:
+    def unit_local(self) -> int | None:
+        """U, when the forward step can run with each work-group owning a slice of the U
+        units: one product stage, then one region whose loops all run over U units with
+        no reductions, reading product columns only at k * U + j for its own unit j.
+        The persistent kernel then needs one grid-wide barrier per step, not two."""
+        if self.mode == "backward" or [s.kind for s in self.stages] != ["product",
+                                                                        "elementwise"]:
+            return None
+        loops = self.regions[1]
+        sizes = {loop.size for loop in loops}
+        if len(sizes) != 1 or any(loop.reductions for loop in loops):
+            return None
+        units = sizes.pop()
+        products = {p.id: p for p in self.stages[0].nodes}
+        if any(self.size(p) % units for p in products.values()):
+            return None
+        for node in self.stages[1].nodes:
+            if node.op in (Op.CONCAT, Op.BROADCAST):
+                return None
+            for inp in node.inputs:
+                if inp.id not in products:
+                    continue
+                if node.op == Op.SLICE:
+                    if node.attr[0].bind(self.sizes) % units or self.size(node) != units:
+                        return None
+                elif self.size(inp) != units:
+                    return None
+        if any(s.node is not None and s.node.id in products and self.size(s.node) != units
+               for s in self.stores):
+            return None
+        return units
+
+    def region_body(self, stage_index: int, units: tuple[str, str] | None = None) -> list[str]:
         """C statements for one row of the region; needs `red_scratch` (LSZ *
         max_reductions(stage) floats) and `red_out` (reductions_in(stage) floats) in
-        local memory."""
+        local memory. `units` (C expressions lo, hi): only units lo <= j < hi."""
         lines: list[str] = []
         for loop_index, loop in enumerate(self.regions[stage_index]):
             for r in loop.reductions:
                 lines.append(f"float acc{r.id} = 0.0f;")
-            lines.append(f"for (int j = LID; j < {loop.size}; j += LSZ) {{")
+            lo, hi = units or ("0", str(loop.size))
+            lines.append(f"for (int j = {lo} + LID; j < {hi}; j += LSZ) {{")
             for node in loop.nodes:
                 expr = self._expression(node, stage_index, loop_index)
                 lines.append(f"  const float v{node.id} = {expr};")

@@ -172,6 +172,15 @@ class GpuCell(CellBase):
             self._gemm(T * B, rows, cols, arrays["x"], 0, cols, 1, self._weights[w["name"]],
                        0, 1, cols, arrays[h["buffer"]], 0, rows, 0, whole=True)
 
+    @staticmethod
+    def _persistent_floats(entry: dict, groups: int) -> int:
+        """Local memory (floats) each group keeps its share of the weights in."""
+        if entry["partition"] == "units":
+            share = math.ceil(entry["units"] / groups)
+            return sum(rows // entry["units"] * share * (cols + 1)
+                       for rows, cols in entry["products"])
+        return sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+
     def _persistent_groups(self, mode: str, B: int) -> int | None:
         """Work-groups for the persistent kernel, or None when it should not run."""
         entry = self.plan["modes"][mode]["persistent"]
@@ -181,7 +190,7 @@ class GpuCell(CellBase):
         if not forced and B > self.persistent_batch:
             return None
         groups = self.persistent_groups or self.device.compute_units
-        floats = sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+        floats = self._persistent_floats(entry, groups)
         reserve = 4 * entry["static_floats"]  # the kernel's static local arrays
         if 4 * floats + reserve > self.device.max_local_bytes:
             if forced:
@@ -232,7 +241,7 @@ class GpuCell(CellBase):
 
     def _launch_persistent(self, mode, T, B, arrays, lens, order, groups) -> None:
         entry = self.plan["modes"][mode]["persistent"]
-        floats = sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+        floats = self._persistent_floats(entry, groups)
         self.device.fill_zero(self._counter)
         args = ([T, B, lens] + [arrays[name] for name in order]
                 + [self._weights[name] for name in entry["weights"]] + [self._counter])
