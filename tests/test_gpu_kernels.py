@@ -111,3 +111,18 @@ def test_every_function_compiles_for_cuda():
         compiled = nvrtc.compile_cuda(source, arch)
         assert set(compiled.kernels) == launched_kernels(plan)
         assert all(r.spill_stores == 0 for r in compiled.kernels.values())
+
+
+@pytest.mark.parametrize("name,partition", [
+    ("lstm", "units"), ("peephole_lstm", "units"), ("gru", "units"), ("greff/fgr", "units"),
+    ("rnn_tanh", "units"), ("gru_cho", "columns"), ("lstmp", "columns"), ("mgu", "columns"),
+    ("layernorm_lstm", "columns")])
+def test_persistent_partition(name, partition):
+    """Cells whose gate math works unit by unit after one product stage get the
+    one-barrier-per-step persistent kernel; two dependent products (gru_cho, lstmp, mgu)
+    or reductions across units (layer norm) need a barrier between stages."""
+    _, plan = kernels_of(name)
+    for mode in ("infer", "train"):
+        entry = plan["modes"][mode]["persistent"]
+        assert entry["partition"] == partition
+        assert (entry["units"] == 256) == (partition == "units")
