@@ -150,7 +150,7 @@ def _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target):
     program = lower_spec(source, cell)
     kernels, manifest = manifest_for(program, bind_sizes(program, input_size, hidden_size,
                                                          sizes), target)
-    return GpuCell(manifest, kernels, target)
+    return GpuCell(manifest, kernels)
 
 
 def _is_dtype(value) -> bool:

@@ -73,9 +73,7 @@ def _load_gpu_cell(directory: str, manifest: dict):
         source = f.read()
     binaries = {arch: os.path.join(directory, files["cubin"])
                 for arch, files in manifest.get("binaries", {}).items()}
-    cell = GpuCell(manifest, source, manifest["target"], binaries=binaries)
-    cell.batch_first = bool(manifest.get("batch_first", False))
-    return cell
+    return GpuCell(manifest, source, binaries=binaries)
 
 
 def _cpu_flags() -> set[str] | None:

@@ -29,6 +29,20 @@ class CellBase(abc.ABC):
                 f"(input {self.input_size}, hidden {self.hidden_size}) target={self.target} "
                 f"dtype={self.dtype}>")
 
+    def _describe(self, manifest: dict) -> None:
+        """Name, dtype, sizes, states and parameters from an artifact's manifest."""
+        self.manifest = manifest
+        self.name = manifest["cell"]
+        self.target = manifest["target"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.output = manifest["output"]
+        self.input_size = manifest["input_size"]
+        self.state_sizes = dict(manifest["states"])
+        self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
+        self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
+        self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
+        self.batch_first = bool(manifest.get("batch_first", False))
+
     def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
         """Parameters as PyTorch initializes them: uniform(-1/sqrt(H), 1/sqrt(H)), except
         those the spec gives a constant initial value."""

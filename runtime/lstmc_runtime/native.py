@@ -141,19 +141,9 @@ class NativeCell(CellBase):
     `manifest` is the dict an artifact's manifest.json holds."""
 
     def __init__(self, manifest: dict, functions: dict[str, int], keepalive=None):
-        self.manifest = manifest
+        self._describe(manifest)
         self._keepalive = keepalive  # the library the addresses live in
-        self.name = manifest["cell"]
-        self.target = manifest["target"]
-        self.dtype = np.dtype(manifest["dtype"])
-        self.output = manifest["output"]
-        self.input_size = manifest["input_size"]
-        self.state_sizes = dict(manifest["states"])
-        self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
-        self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
-        self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
         self.sizes = manifest["sizes"]
-        self.batch_first = bool(manifest.get("batch_first", False))
         self._entries = {
             name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry["symbol"]])
             for name, entry in manifest["entries"].items()}

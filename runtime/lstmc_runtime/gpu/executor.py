@@ -82,18 +82,10 @@ class GpuSaved:
 class GpuCell(CellBase):
     """A cell compiled for target "cuda" or "opencl"."""
 
-    def __init__(self, manifest: dict, source: str, target: str,
-                 binaries: dict[str, str] | None = None):
-        self.manifest, self.plan, self.target = manifest, manifest["plan"], target
-        self.name = manifest["cell"]
-        self.dtype = np.dtype(manifest["dtype"])
-        self.output = manifest["output"]
-        self.input_size = manifest["input_size"]
-        self.state_sizes = dict(manifest["states"])
-        self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
-        self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
-        self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
-        self.device = make_device(target, source, binaries)
+    def __init__(self, manifest: dict, source: str, binaries: dict[str, str] | None = None):
+        self._describe(manifest)
+        self.plan = manifest["plan"]
+        self.device = make_device(self.target, source, binaries)
         self.xp = self.device.user_module
         # "auto": the persistent kernel for batches up to persistent_batch whose weights
         # fit; True / False force it on or off. persistent_groups overrides the group count.
