@@ -52,13 +52,12 @@ class PackedWeights:
 
 def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
     """(kernel source in the portable dialect, launch plan)."""
-    info = program.info
     packed = PackedWeights(program, sizes)
     parts = [PRELUDE, f"#define REGION_THREADS {REGION_THREADS}\n"
              f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n", GEMM]
-    modes = {}
+    modes, layouts = {}, {}
     for mode in MODES:
-        layout = StepLayout(program, sizes, mode)
+        layout = layouts[mode] = StepLayout(program, sizes, mode)
         steps = []
         for index, stage in enumerate(layout.stages):
             if stage.kind == "product":
@@ -73,7 +72,7 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
         if mode != "backward":
             entry["persistent"] = _persistent(layout, packed, mode, parts)
         modes[mode] = entry
-    backward = StepLayout(program, sizes, "backward")
+    backward = layouts["backward"]
     plan = {
         "format": PLAN_FORMAT,
         "threads": {"gemm": GEMM_THREADS, "gemm_tile": GEMM_TILE, "region": REGION_THREADS,

@@ -75,7 +75,6 @@ class StepLayout:
             raise IRError(f"unknown step mode {mode!r}")
         self.program, self.sizes, self.mode = program, sizes, mode
         info = program.info
-        self.input_name = info.input[0]
         self.input_size = info.input[1].bind(sizes)
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
         self.output = info.output

@@ -89,15 +89,9 @@ class CudaDevice:
         flat = self.cupy.asarray(array).reshape(-1)
         target[offset:offset + flat.size] = flat
 
-    def read(self, source, offset: int, shape: tuple) -> np.ndarray:
-        return self.cupy.asnumpy(self.to_user(source, offset, shape))
-
     def to_user(self, source, offset: int, shape: tuple):
         count = int(np.prod(shape))
         return source[offset:offset + count].reshape(shape).copy()
-
-    def add(self, target, source) -> None:
-        target += source
 
     def fill_zero(self, array) -> None:
         array.fill(0)

@@ -105,10 +105,15 @@ class GpuCell(CellBase):
     # -- inputs ---------------------------------------------------------------------------
 
     def _upload_params(self, params: dict, buffers: BufferSet) -> None:
-        dev = self.device
         for name, shape in self.param_shapes.items():
             if len(shape) == 1:
-                dev.write(buffers.arrays[f"p_{name}"], 0, params[name])
+                self.device.write(buffers.arrays[f"p_{name}"], 0, params[name])
+        self._upload_weights(params)
+
+    def _upload_weights(self, params: dict) -> None:
+        """The packed matrices, shared by every buffer set of this cell: the backward
+        uploads them again, in case a later forward ran with other parameters."""
+        dev = self.device
         for name, w in self._packed.items():
             offset = 0
             for param, rows in w["segments"]:
@@ -144,7 +149,7 @@ class GpuCell(CellBase):
             return t & 1 if mode == "infer" else t
         return {"t": t, "0": 0, "param": 0}[kind]
 
-    def _step(self, mode: str, t: int, T: int, B: int, arrays: dict, lens, order: list) -> None:
+    def _step(self, mode: str, t: int, B: int, arrays: dict, lens, order: list) -> None:
         for step in self.plan["modes"][mode]["steps"]:
             if step["kind"] == "gemm":
                 a_name, a_slot, a_stride = step["a"]
@@ -217,7 +222,7 @@ class GpuCell(CellBase):
 
                 def run():
                     for t in range(T):
-                        self._step(mode, t, T, B, arrays, buffers.lens, order)
+                        self._step(mode, t, B, arrays, buffers.lens, order)
                 dev.sequence((key, id(buffers)), run)
             out = self.state_sizes[self.output]
             y = dev.to_user(arrays["y"], 0, (T, B, out))
@@ -250,7 +255,7 @@ class GpuCell(CellBase):
         gradients = {w: dev.empty(p["rows"] * p["columns"]) for w, p in self._packed.items()}
         vector_grads = {g["param"]: dev.empty(g["width"]) for g in plan["param_grads"]}
         with dev.context():
-            self._upload_params(params, saved.buffers)
+            self._upload_weights(params)
             for name in extra.zero:
                 dev.fill_zero(arrays[name])
             dev.write(arrays["dy"], 0, dy)
@@ -259,7 +264,7 @@ class GpuCell(CellBase):
 
             def run():
                 for t in reversed(range(T)):
-                    self._step("backward", t, T, B, arrays, saved.buffers.lens, order)
+                    self._step("backward", t, B, arrays, saved.buffers.lens, order)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
             self._weight_gradients(T, B, arrays, gradients, vector_grads)
             dx = dev.to_user(arrays["dx"], 0, (T, B, self.input_size))

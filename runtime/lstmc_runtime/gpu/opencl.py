@@ -60,28 +60,19 @@ class OpenCLDevice:
         return self.cl.array.to_device(self.queue, flat)
 
     def write(self, target, offset: int, array) -> None:
-        """Copy a host or device array into target[offset:offset + size]."""
-        if isinstance(array, self.cl.array.Array):
-            self.cl.enqueue_copy(self.queue, target.data, array.data, byte_count=array.nbytes,
-                                 dst_offset=offset * target.dtype.itemsize)
-            return
+        """Copy a host array into target[offset:offset + size]."""
         flat = np.ascontiguousarray(array).reshape(-1)
         if flat.size:
             self.cl.enqueue_copy(self.queue, target.data, flat,
                                  dst_offset=offset * target.dtype.itemsize)
 
-    def read(self, source, offset: int, shape: tuple) -> np.ndarray:
+    def to_user(self, source, offset: int, shape: tuple) -> np.ndarray:
+        """source[offset:] as a NumPy array of `shape`."""
         out = np.empty(shape, source.dtype)
         if out.size:
             self.cl.enqueue_copy(self.queue, out, source.data,
                                  src_offset=offset * source.dtype.itemsize)
         return out
-
-    def to_user(self, source, offset: int, shape: tuple) -> np.ndarray:
-        return self.read(source, offset, shape)
-
-    def add(self, target, source) -> None:
-        target += source
 
     def fill_zero(self, array) -> None:
         array.fill(0)
