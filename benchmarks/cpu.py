@@ -81,9 +81,9 @@ def lstmc_runner(name: str, T, B, H, backward: bool):
     return run
 
 
-def torch_lstm_runner(T, B, H, backward: bool):
-    module = torch.nn.LSTM(H, H)
-    x = torch.randn(T, B, H)
+def torch_lstm_runner(T, B, H, backward: bool, device: str = "cpu"):
+    module = torch.nn.LSTM(H, H).to(device)
+    x = torch.randn(T, B, H, device=device)
     if not backward:
         def run():
             with torch.no_grad():
@@ -97,19 +97,19 @@ def torch_lstm_runner(T, B, H, backward: bool):
     return run_backward
 
 
-def peephole_params(H, requires_grad):
+def peephole_params(H, requires_grad, device: str = "cpu"):
     g = torch.Generator().manual_seed(0)
     k = 1 / H ** 0.5
     shapes = {f"W_{n}": (H, H) for n in "ifgo"} | {f"U_{n}": (H, H) for n in "ifgo"}
     shapes |= {f"p_{n}": (H,) for n in "ifo"} | {f"b_{n}": (H,) for n in "ifgo"}
-    return {n: ((torch.rand(s, generator=g) * 2 - 1) * k).requires_grad_(requires_grad)
-            for n, s in shapes.items()}
+    return {n: ((torch.rand(s, generator=g) * 2 - 1) * k).to(device)
+            .requires_grad_(requires_grad) for n, s in shapes.items()}
 
 
-def eager_peephole_runner(T, B, H, backward: bool, step=None):
-    params = peephole_params(H, backward)
-    x = torch.randn(T, B, H)
-    h0, c0 = torch.zeros(B, H), torch.zeros(B, H)
+def eager_peephole_runner(T, B, H, backward: bool, step=None, device: str = "cpu"):
+    params = peephole_params(H, backward, device)
+    x = torch.randn(T, B, H, device=device)
+    h0, c0 = torch.zeros(B, H, device=device), torch.zeros(B, H, device=device)
 
     def sequence():
         gates = [x @ params[f"W_{g}"].T for g in "ifgo"]

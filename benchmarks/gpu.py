@@ -22,8 +22,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import lstmc  # noqa: E402
-from cpu import interleaved_medians, peephole_params  # noqa: E402
-from eager import peephole_step  # noqa: E402
+from cpu import eager_peephole_runner, interleaved_medians, torch_lstm_runner  # noqa: E402
 
 CUDA_CASES = [(100, b, h) for h in (256, 512, 1024) for b in (1, 32, 256)]
 OPENCL_CASES = [(20, 1, 128), (20, 32, 128)]
@@ -63,43 +62,6 @@ def lstmc_runner(target: Target, spec: str, T, B, H, backward: bool, persistent=
     return target.timed(run)
 
 
-def torch_lstm_runner(target: Target, T, B, H, backward: bool):
-    module = torch.nn.LSTM(H, H).to(target.device)
-    x = torch.randn(T, B, H, device=target.device)
-    if not backward:
-        def run():
-            with torch.no_grad():
-                module(x)
-        return target.timed(run)
-
-    def run_backward():
-        y, _ = module(x.clone().requires_grad_())
-        y.sum().backward()
-    return target.timed(run_backward)
-
-
-def eager_peephole_runner(target: Target, T, B, H, backward: bool):
-    params = {k: v.detach().to(target.device).requires_grad_(backward)
-              for k, v in peephole_params(H, False).items()}
-    x = torch.randn(T, B, H, device=target.device)
-    h0 = torch.zeros(B, H, device=target.device)
-
-    def sequence():
-        gates = [x @ params[f"W_{g}"].T for g in "ifgo"]
-        h, c, outputs = h0, h0, []
-        for t in range(T):
-            h, c = peephole_step(params, [g[t] for g in gates], h, c)
-            outputs.append(h)
-        return torch.stack(outputs)
-
-    if not backward:
-        def run():
-            with torch.no_grad():
-                sequence()
-        return target.timed(run)
-    return target.timed(lambda: sequence().sum().backward())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", choices=["cuda", "opencl"], default="cuda")
@@ -131,8 +93,9 @@ def main() -> None:
                 "lstm": lstmc_runner(target, "lstm", T, B, H, backward),
                 "steps": lstmc_runner(target, "lstm", T, B, H, backward, persistent=False),
                 "peephole": lstmc_runner(target, "peephole_lstm", T, B, H, backward),
-                "torch": torch_lstm_runner(target, T, B, H, backward),
-                "eager": eager_peephole_runner(target, T, B, H, backward),
+                "torch": target.timed(torch_lstm_runner(T, B, H, backward, target.device)),
+                "eager": target.timed(eager_peephole_runner(T, B, H, backward,
+                                                            device=target.device)),
             }
             ms = interleaved_medians(contenders, args.repeat)
             label = f"{'fwd+bwd' if backward else 'fwd'} ({T}, {B}, {H})"

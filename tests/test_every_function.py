@@ -49,8 +49,12 @@ def test_native_code_of_every_function(dtype, tol):
     for cell in (reference, native):
         y, final, tape = cell.forward(x, params, state, train=True)
         out.append((y, final, tape.backward(dy, {"s": np.ones((3, 1), dtype)})))
-    (y0, f0, g0), (y1, f1, g1) = out
-    close = dict(rtol=tol, atol=tol)
+    _assert_same(*out, rtol=tol, atol=tol)
+
+
+def _assert_same(expected, actual, **close):
+    """(y, final states, gradients) of two runs agree."""
+    (y0, f0, g0), (y1, f1, g1) = expected, actual
     np.testing.assert_allclose(y1, y0, **close)
     np.testing.assert_allclose(f1["s"], f0["s"], **close)
     np.testing.assert_allclose(g1["x"], g0["x"], **close)
@@ -78,13 +82,4 @@ def test_gpu_kernels_of_every_function(persistent):
                              lengths=lengths)
     g0 = t0.backward(dy, {"s": np.ones((3, 1))})
     g1 = t1.backward(dy.astype(np.float32), {"s": np.ones((3, 1), np.float32)})
-    close = dict(rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(y1, y0, **close)
-    np.testing.assert_allclose(s1["s"], s0["s"], **close)
-    np.testing.assert_allclose(g1["x"], g0["x"], **close)
-    for name in g0["params"]:
-        np.testing.assert_allclose(g1["params"][name], g0["params"][name], **close,
-                                   err_msg=name)
-    for name in g0["state"]:
-        np.testing.assert_allclose(g1["state"][name], g0["state"][name], **close,
-                                   err_msg=name)
+    _assert_same((y0, s0, g0), (y1, s1, g1), rtol=1e-4, atol=1e-5)
