@@ -31,12 +31,17 @@ def run_both(reference, gpu, x, params, state, lengths, seed=1, to_host=np.asarr
                                       {k: cast(v) for k, v in state.items()}, train=True,
                                       lengths=lengths)
         grads = tape.backward(cast(dy), {k: cast(v) for k, v in dstate.items()})
-        out = {"y": to_host(y), "dx": to_host(grads["x"])}
-        out.update({f"state {k}": to_host(v) for k, v in final.items()})
-        out.update({f"d{k}": to_host(v) for k, v in grads["params"].items()})
-        out.update({f"dstate {k}": to_host(v) for k, v in grads["state"].items()})
-        results.append(out)
+        results.append(flatten(y, final, grads, to_host))
     return results
+
+
+def flatten(y, final, grads, to_host=np.asarray) -> dict:
+    """A run's outputs, final states and gradients as one dict of host arrays."""
+    out = {"y": to_host(y), "dx": to_host(grads["x"])}
+    out.update({f"state {k}": to_host(v) for k, v in final.items()})
+    out.update({f"d{k}": to_host(v) for k, v in grads["params"].items()})
+    out.update({f"dstate {k}": to_host(v) for k, v in grads["state"].items()})
+    return out
 
 
 def assert_close(expected: dict, actual: dict, rtol=2e-4, atol=2e-5):

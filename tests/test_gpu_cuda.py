@@ -90,7 +90,7 @@ def test_against_cudnn(kind, batch):
 def test_bidirectional_stack_with_lengths():
     import cupy
     import lstmc
-    from gpu_common import assert_close
+    from gpu_common import assert_close, flatten
 
     kwargs = dict(num_layers=2, bidirectional=True)
     reference = lstmc.compile(spec_path("lstm"), 3, 5, dtype="float64", **kwargs)
@@ -106,9 +106,5 @@ def test_bidirectional_stack_with_lengths():
                                       {k: xp.asarray(v, dtype) for k, v in params.items()},
                                       train=True, lengths=lengths)
         grads = tape.backward(xp.asarray(dy, dtype))
-        host = (lambda a: a) if xp is np else cupy.asnumpy
-        out = {"y": host(y), "dx": host(grads["x"])}
-        out.update({f"d{k}": host(v) for k, v in grads["params"].items()})
-        out.update({f"state {k}": host(v) for k, v in final.items()})
-        results.append(out)
+        results.append(flatten(y, final, grads, np.asarray if xp is np else cupy.asnumpy))
     assert_close(*results)
