@@ -5,6 +5,7 @@ target. Arrays follow PyTorch's sequence layout (T, B, F) and NumPy's convention
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -199,11 +200,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     if target not in ("cpu",) + GPU_TARGETS:
         raise CompileError(f"artifacts are written for targets cpu, cuda and opencl, not "
                            f"'{target}'")
-    if target == "cpu":
-        write_artifact = write_cpu
-    else:
-        def write_artifact(*args, **kwargs):
-            write_gpu(*args, target=target, **kwargs)
+    write_artifact = write_cpu if target == "cpu" else functools.partial(write_gpu,
+                                                                         target=target)
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)

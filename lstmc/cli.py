@@ -186,20 +186,28 @@ def cmd_compile(args) -> int:
 
 
 def _report_cuda_artifact(directory: str) -> None:
+    """Each cell's binaries, registers and spills (a stack: each distinct layer's)."""
     import json
     import os
 
-    with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
-        binaries = json.load(f).get("binaries")
-    if not binaries:
-        print("  kernels.cu only: NVRTC is not installed, so no cubin or PTX "
-              "(pip install 'nvidia-cuda-nvrtc==13.0.*' cuda-bindings)")
-        return
-    for arch, files in binaries.items():
-        spilled = sorted(k for k, v in files["spill_bytes"].items() if v)
-        registers = ", ".join(f"{k} {v}" for k, v in sorted(files["registers"].items()))
-        print(f"  {arch}: {files['cubin']}, {files['ptx']}; registers: {registers}; "
-              + (f"SPILLS in {', '.join(spilled)}" if spilled else "no spills"))
+    def manifest(path: str) -> dict:
+        with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    top = manifest(directory)
+    cells = {name: os.path.join(directory, sub) for name, sub in top.get("cells", {}).items()}
+    for label, path in (cells or {"": directory}).items():
+        binaries = manifest(path).get("binaries")
+        prefix = f"  {label}/" if label else "  "
+        if not binaries:
+            print(f"{prefix}kernels.cu only: NVRTC is not installed, so no cubin or PTX "
+                  "(pip install 'nvidia-cuda-nvrtc==13.0.*' cuda-bindings)")
+            continue
+        for arch, files in binaries.items():
+            spilled = sorted(k for k, v in files["spill_bytes"].items() if v)
+            registers = ", ".join(f"{k} {v}" for k, v in sorted(files["registers"].items()))
+            print(f"{prefix}{arch}: {files['cubin']}, {files['ptx']}; registers: {registers}; "
+                  + (f"SPILLS in {', '.join(spilled)}" if spilled else "no spills"))
 
 
 def cmd_gradcheck(args) -> int:

@@ -87,3 +87,13 @@ def test_opencl_stack_artifact(tmp_path):
     y_ref, _ = reference.forward(x, params)
     y, _ = stack.forward(x, params)
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not nvrtc.available(), reason="NVRTC not installed")
+def test_cuda_stack_artifact_reports_each_layer(tmp_path):
+    result = lstmc("compile", spec_path("gru"), "-o", str(tmp_path), "--target", "cuda",
+                   "--input-size", "4", "--hidden-size", "8", "--num-layers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "  layer0/sm_90: kernels.sm_90.cubin" in result.stdout
+    assert "  upper/sm_90: kernels.sm_90.cubin" in result.stdout
+    assert "NVRTC is not installed" not in result.stdout
