@@ -6,6 +6,7 @@ exit status 0 on success, 1 on an error in the input or a failed check, 2 on bad
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default) or the native code's")
     grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                       help="show tracebacks of errors")
+    for module in EXTENSION_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
@@ -230,11 +233,17 @@ def cmd_gradcheck(args) -> int:
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradcheck}
 
+# Commands of the optional extras. Each module defines `register(commands)`, which adds its
+# subparsers with `set_defaults(handler=...)`; it must not import its extra's heavy
+# dependencies (onnx, optuna, torch) at module level, so `lstmc --help` works without them.
+EXTENSION_MODULES: list[str] = []
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except LstmcError as exc:
         if args.debug:
             traceback.print_exc()
