@@ -3,8 +3,10 @@
 An entry is an artifact directory named by a hash of everything that determines the
 code: the spec's text, the cell, the sizes and dtype, lstmc's version, llvmlite's (hence
 LLVM's) version, and the CPU. Entries are built in a temporary directory and renamed into
-place, so a reader never sees a half-written one; an entry that fails its checksums is
-removed and rebuilt, never loaded."""
+place, so a reader never sees a half-written one; an entry that fails to load for any
+reason (checksums, an edited manifest, another schema) is removed and rebuilt, never
+trusted. A cache directory that cannot be used (not writable, not a directory) is not an
+error: the cell is compiled without the cache, with a CacheWarning naming the directory."""
 from __future__ import annotations
 
 import functools
@@ -14,11 +16,16 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from lstmc_runtime.errors import BackendError
+
+
+class CacheWarning(UserWarning):
+    """The on-disk cache could not be used; compiling went on without it."""
 
 
 def cache_root() -> Path:
@@ -63,23 +70,74 @@ def cache_key(parts: dict) -> str:
 
 
 def cached(key: str, build: Callable[[str], None], load: Callable[[str], object]):
-    """Load the entry for `key`, building it first when it is missing or damaged."""
+    """(the loaded entry for `key`, whether it was a hit), building the entry first when it
+    is missing or fails to load."""
     root = cache_root()
     entry = root / key
-    if entry.is_dir():
+    try:
+        present = entry.is_dir()
+    except OSError as exc:  # e.g. a cache root inside a directory we may not read
+        _warn_unusable(root, exc)
+        return _uncached(build, load), False
+    if present:
         try:
             return load(str(entry)), True
-        except BackendError:
-            shutil.rmtree(entry, ignore_errors=True)  # damaged: rebuild below
-    root.mkdir(parents=True, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
+        except Exception:  # noqa: BLE001 (damaged, edited, another lstmc's: rebuild it)
+            _discard(entry)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
+    except OSError as exc:
+        _warn_unusable(root, exc)
+        return _uncached(build, load), False
     try:
         build(staging)
-        try:
-            os.rename(staging, entry)
-        except OSError:  # another process finished the same entry first
-            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:  # the disk filled up, say: the cache is not usable now
+        shutil.rmtree(staging, ignore_errors=True)
+        _warn_unusable(root, exc)
+        return _uncached(build, load), False
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        os.rename(staging, entry)
+    except OSError:  # another process finished the same entry first, or a damaged one
+        try:         # could not be removed: use theirs if it loads, else ours
+            return load(str(entry)), False
+        except Exception:  # noqa: BLE001 (theirs is unusable: ours was just built)
+            try:
+                return load(staging), False
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return load(str(entry)), False
+
+
+def _discard(entry: Path) -> None:
+    """Remove an entry; renamed away first, so no reader meets it half removed."""
+    doomed = entry.with_name(f".{entry.name}.discarded.{os.getpid()}")
+    try:
+        os.rename(entry, doomed)
+    except OSError:
+        doomed = entry
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _warn_unusable(root: Path, exc: OSError) -> None:
+    reason = exc.strerror or type(exc).__name__
+    warnings.warn(f"lstmc: cannot use the cache directory {root} ({reason}); compiling "
+                  "without a cache. Set LSTMC_CACHE_DIR to a writable directory.",
+                  CacheWarning, stacklevel=4)
+
+
+def _uncached(build: Callable[[str], None], load: Callable[[str], object]):
+    """Build in a private temporary directory, load, and remove it (a loaded library is
+    a private copy, so nothing needs the files afterwards)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="lstmc-") as directory:
+            build(directory)
+            return load(directory)
+    except OSError as exc:
+        raise BackendError(f"cannot compile without a cache either: the temporary "
+                           f"directory is unusable ({exc})") from None

@@ -5,8 +5,18 @@ from dataclasses import dataclass, field
 
 from lstmc_runtime.errors import BackendError, LstmcError, ShapeError
 
-__all__ = ["Location", "LstmcError", "SpecError", "SpecSyntaxError", "ShapeError",
-           "CompileError", "BackendError"]
+__all__ = [
+    "BackendError",
+    "CompileError",
+    "Location",
+    "LstmcError",
+    "ShapeError",
+    "SpecError",
+    "SpecSyntaxError",
+]
+
+
+_BLANKS = {ord(c): " " for c in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,9 @@ class SpecError(LstmcError):
             loc = self.location
             text = f"{loc}: error: {self.message}"
             if loc.source_line:
-                line = loc.source_line.rstrip("\r\n").expandtabs(1)
+                # One column per character, and no character a terminal breaks the
+                # line at: the caret stays under the column the location names.
+                line = loc.source_line.rstrip("\r\n").translate(_BLANKS)
                 caret = " " * (max(loc.column, 1) - 1) + "^"
                 text += f"\n    {line}\n    {caret}"
         if self.hint:

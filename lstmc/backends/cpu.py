@@ -1,8 +1,13 @@
 """The CPU target: a Program rendered by the LLVM backend, compiled for the host, and
-run by lstmc_runtime's NativeCell."""
+run by lstmc_runtime's NativeCell.
+
+An artifact's library embeds the contract hash of its manifest (lstmc_runtime.manifest),
+so the runtime refuses a manifest edited after the library was built."""
 from __future__ import annotations
 
 import os
+
+from lstmc_runtime.manifest import CONTRACT_SYMBOL, ENTRY_SYMBOLS, SCHEMA, contract_hash
 
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
@@ -10,15 +15,14 @@ from .llvm.smallgemm import panel_width
 from .llvm.toolchain import optimize
 
 LIBRARY = "cell.so"
-ENTRIES = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
-           "backward": "lstmc_backward", "forward_mt": "lstmc_forward_mt"}
+ENTRIES = ENTRY_SYMBOLS
 
 
 def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: ModuleBuilder,
                  target: str = "cpu") -> dict:
     info = program.info
     return {
-        "format": 1,
+        "format": SCHEMA,
         "target": target,
         "cell": info.name,
         "dtype": dtype,
@@ -77,9 +81,11 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     from .llvm.toolchain import emit_assembly, emit_object, link_shared, required_features
 
     ir_text, manifest = generate(program, sizes, dtype)
-    module = optimize(ir_text, cpu)
-    link_shared(emit_object(module, cpu), os.path.join(directory, LIBRARY))
     manifest["cpu"] = {"name": cpu, "features": required_features(cpu)}
+    manifest["library"] = LIBRARY
+    manifest["batch_first"] = bool(batch_first)
+    module = optimize(ir_text + embedded_string(CONTRACT_SYMBOL, contract_hash(manifest)), cpu)
+    link_shared(emit_object(module, cpu), os.path.join(directory, LIBRARY))
     files = [LIBRARY]
     if "ir" in emit:
         _write(directory, "cell.ir", program.format(backward=True) + "\n")
@@ -87,9 +93,13 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
         _write(directory, "cell.ll", str(module))
     if "asm" in emit:
         _write(directory, "cell.s", emit_assembly(module, cpu))
-    manifest["library"] = LIBRARY
-    manifest["batch_first"] = bool(batch_first)
     write_manifest(directory, manifest, files)
+
+
+def embedded_string(symbol: str, text: str) -> str:
+    """LLVM IR of an exported constant holding `text` (ASCII), for the loader to read."""
+    assert text.isascii() and '"' not in text and "\\" not in text
+    return (f'\n@{symbol} = constant [{len(text)} x i8] c"{text}", align 1\n')
 
 
 def _write(directory: str, name: str, text: str) -> None:

@@ -1,7 +1,10 @@
-"""Compiled artifacts on disk: a directory with manifest.json and the native library.
+"""Compiled artifacts on disk: a directory with manifest.json and the files it names.
 
-The manifest records a SHA-256 of every file it refers to; `load` checks them before
-loading anything, so a damaged or half-written artifact is an error, never a crash."""
+Before anything of an artifact runs, `read_manifest` checks the manifest's schema
+version, its checksum of itself, and the SHA-256 of every file it names; a CPU artifact's
+manifest is then read into a `CpuManifest` (every field typed and recomputed, see
+manifest.py) and its library must embed the hash of exactly this manifest. A damaged,
+half-written or edited artifact is an ArtifactError naming what is wrong, never a crash."""
 from __future__ import annotations
 
 import ctypes
@@ -10,10 +13,18 @@ import json
 import os
 import tempfile
 
-from .errors import BackendError
+from .errors import ArtifactError, BackendError
+from .manifest import (
+    CONTRACT_SYMBOL,
+    SCHEMA,
+    CpuManifest,
+    check_schema,
+    contract_hash,
+    self_checksum,
+)
 from .native import NativeCell
 
-FORMAT = 1
+FORMAT = SCHEMA
 MANIFEST = "manifest.json"
 
 
@@ -25,53 +36,86 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _plain_name(directory: str, name) -> str:
+    """A file named by a manifest: inside the artifact, never outside it."""
+    if (not isinstance(name, str) or not name or os.path.isabs(name)
+            or ".." in name.replace("\\", "/").split("/")):
+        raise ArtifactError(f"{directory}: the manifest names a file outside the artifact: "
+                            f"{name!r}")
+    return os.path.join(directory, name)
+
+
 def read_manifest(directory: str) -> dict:
+    """The manifest of an artifact directory, once its schema, its own checksum and the
+    checksums of the files it names have been verified."""
     path = os.path.join(directory, MANIFEST)
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise BackendError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
+        raise ArtifactError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
     except (OSError, ValueError) as exc:
-        raise BackendError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackendError(f"{path}: unsupported artifact format "
-                           f"{manifest.get('format') if isinstance(manifest, dict) else '?'}"
-                           f" (this runtime reads format {FORMAT})")
-    for name, expected in manifest.get("checksums", {}).items():
-        file = os.path.join(directory, name)
-        if not os.path.exists(file):
-            raise BackendError(f"{directory}: artifact is incomplete: {name} is missing")
+        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: unreadable manifest (not a JSON object)")
+    check_schema(manifest, path)
+    if manifest.get("manifest_sha256") != self_checksum(manifest):
+        raise ArtifactError(f"{path}: the manifest does not match its own checksum (edited "
+                            "or damaged); recompile the artifact")
+    checksums = manifest.get("checksums")
+    if not isinstance(checksums, dict):
+        raise ArtifactError(f"{path}: field 'checksums' must be an object")
+    for name, expected in checksums.items():
+        file = _plain_name(directory, name)
+        if not os.path.isfile(file):
+            raise ArtifactError(f"{directory}: artifact is incomplete: {name} is missing")
         if sha256(file) != expected:
-            raise BackendError(f"{directory}: {name} does not match its checksum "
-                               "(damaged or partially written); recompile it")
+            raise ArtifactError(f"{directory}: {name} does not match its checksum "
+                                "(damaged or partially written); recompile it")
     return manifest
 
 
-def load_cell(directory: str, manifest: dict | None = None) -> NativeCell:
+def load_cell(directory: str, manifest: dict | None = None):
     """One compiled cell from an artifact directory."""
     manifest = manifest or read_manifest(directory)
-    if manifest.get("target") in ("cuda", "opencl"):
+    target = manifest.get("target")
+    if target in ("cuda", "opencl"):
         return _load_gpu_cell(directory, manifest)
-    if manifest.get("target") != "cpu":
-        raise BackendError(f"{directory}: target '{manifest.get('target')}' artifacts are not "
-                           "run by the CPU runtime")
-    _check_cpu(directory, manifest)
-    library = _load_private_copy(directory, manifest)
+    if target != "cpu":
+        raise ArtifactError(f"{directory}: target {target!r} artifacts are not run by the "
+                            "CPU runtime")
+    typed = CpuManifest.from_json(manifest, os.path.join(directory, MANIFEST))
+    if typed.library is None:
+        raise ArtifactError(f"{directory}: the manifest names no library")
+    _check_cpu(directory, typed)
+    library = _load_private_copy(directory, typed)
+    _check_contract(directory, library, manifest)
     functions = {}
-    for entry in manifest["entries"].values():
-        functions[entry["symbol"]] = ctypes.cast(getattr(library, entry["symbol"]),
-                                                 ctypes.c_void_p).value
-    return NativeCell(manifest, functions, keepalive=library)
+    for entry in typed.entries.values():
+        functions[entry.symbol] = ctypes.cast(getattr(library, entry.symbol),
+                                              ctypes.c_void_p).value
+    return NativeCell(typed, functions, keepalive=library)
+
+
+def _check_contract(directory: str, library: ctypes.CDLL, manifest: dict) -> None:
+    """The library was built against exactly this manifest (see manifest.py)."""
+    try:
+        embedded = (ctypes.c_char * 64).in_dll(library, CONTRACT_SYMBOL).raw.decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        embedded = None
+    if embedded != contract_hash(manifest):
+        raise ArtifactError(f"{directory}: the manifest does not describe the library it "
+                            "names (the manifest was edited, or the library swapped); "
+                            "recompile the artifact")
 
 
 def _load_gpu_cell(directory: str, manifest: dict):
     from .gpu.executor import GpuCell
 
-    path = os.path.join(directory, manifest["source"])
+    path = _plain_name(directory, manifest.get("source"))
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    binaries = {arch: os.path.join(directory, files["cubin"])
+    binaries = {arch: _plain_name(directory, files["cubin"])
                 for arch, files in manifest.get("binaries", {}).items()}
     return GpuCell(manifest, source, binaries=binaries)
 
@@ -87,10 +131,10 @@ def _cpu_flags() -> set[str] | None:
     return None  # not Linux x86: nothing to compare with
 
 
-def _check_cpu(directory: str, manifest: dict) -> None:
+def _check_cpu(directory: str, manifest: CpuManifest) -> None:
     """Refuse a library built for instructions this CPU lacks (running it would die of
     SIGILL), naming them."""
-    required = manifest.get("cpu", {}).get("features", [])
+    required = manifest.cpu.get("features", [])
     flags = _cpu_flags()
     if not required or flags is None:
         return
@@ -102,22 +146,22 @@ def _check_cpu(directory: str, manifest: dict) -> None:
             "a portable artifact")
 
 
-def _load_private_copy(directory: str, manifest: dict) -> ctypes.CDLL:
+def _load_private_copy(directory: str, manifest: CpuManifest) -> ctypes.CDLL:
     """dlopen a private, already deleted copy of the library, made from the very bytes
     whose checksum was verified. The artifact's file may then be replaced, truncated or
     rebuilt at the same path without touching the mapped code (a truncated mapped file
     would crash the process) and without dlopen handing back a stale handle."""
-    name = manifest["library"]
-    path = os.path.join(directory, name)
+    name = manifest.library
+    path = _plain_name(directory, name)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise BackendError(f"{path}: cannot read the native library ({exc.strerror})") from None
-    expected = manifest.get("checksums", {}).get(name)
+        raise ArtifactError(f"{path}: cannot read the native library ({exc.strerror})") from None
+    expected = manifest.checksums.get(name)
     if expected is None or hashlib.sha256(data).hexdigest() != expected:
-        raise BackendError(f"{directory}: {name} does not match its checksum "
-                           "(damaged or partially written); recompile it")
+        raise ArtifactError(f"{directory}: {name} does not match its checksum "
+                            "(damaged or partially written); recompile it")
     errors = []
     for place in (None, directory):
         try:
@@ -137,7 +181,10 @@ def _load_private_copy(directory: str, manifest: dict) -> ctypes.CDLL:
 
 
 def write_manifest(directory: str, manifest: dict, files: list[str]) -> None:
+    """manifest.json for `directory`: the schema version, the SHA-256 of each of `files`,
+    and the manifest's checksum of itself."""
     manifest = dict(manifest, format=FORMAT,
                     checksums={f: sha256(os.path.join(directory, f)) for f in files})
+    manifest["manifest_sha256"] = self_checksum(manifest)
     with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)

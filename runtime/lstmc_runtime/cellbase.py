@@ -29,19 +29,25 @@ class CellBase(abc.ABC):
                 f"(input {self.input_size}, hidden {self.hidden_size}) target={self.target} "
                 f"dtype={self.dtype}>")
 
-    def _describe(self, manifest: dict) -> None:
-        """Name, dtype, sizes, states and parameters from an artifact's manifest."""
-        self.manifest = manifest
-        self.name = manifest["cell"]
-        self.target = manifest["target"]
-        self.dtype = np.dtype(manifest["dtype"])
-        self.output = manifest["output"]
-        self.input_size = manifest["input_size"]
-        self.state_sizes = dict(manifest["states"])
-        self.param_shapes = {n: tuple(p["shape"]) for n, p in manifest["params"].items()}
-        self.param_inits = {n: p["init"] for n, p in manifest["params"].items()}
-        self.hidden_size = manifest["sizes"].get("H", self.state_sizes[self.output])
-        self.batch_first = bool(manifest.get("batch_first", False))
+    def _describe(self, description) -> None:
+        """Name, dtype, sizes, states and parameters from a CellDescription (or the JSON
+        of an artifact's manifest, which holds one)."""
+        from .manifest import CellDescription
+
+        if not isinstance(description, CellDescription):
+            self.manifest = description
+            description = CellDescription.from_json(description)
+        self.description = description
+        self.name = description.name
+        self.target = description.target
+        self.dtype = np.dtype(description.dtype)
+        self.output = description.output
+        self.input_size = description.input_size
+        self.state_sizes = dict(description.states)
+        self.param_shapes = {n: p.shape for n, p in description.params.items()}
+        self.param_inits = {n: p.init for n, p in description.params.items()}
+        self.hidden_size = description.sizes.get("H", self.state_sizes[self.output])
+        self.batch_first = description.batch_first
 
     def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
         """Parameters as PyTorch initializes them: uniform(-1/sqrt(H), 1/sqrt(H)), except
@@ -85,20 +91,22 @@ class CellBase(abc.ABC):
         (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
         the final states; with train=True also a Tape for the backward pass.
 
-        `lengths` (B integers in 1..T) runs a padded batch of shorter sequences as
+        `lengths` (B integers in 0..T) runs a padded batch of shorter sequences as
         PyTorch's packed sequences do: outputs past a row's length are zero and its final
-        state is its state at its length."""
+        state is its state at its length (a row of length 0 keeps its initial state).
+        Whatever the padding holds (NaN, inf) it reaches no output and no gradient."""
         if self.batch_first:
             x = check_array("x", x, (None, None, self.input_size), self.dtype)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         x, params, state = self._check_inputs(x, params, state)
         lengths = check_lengths(lengths, *x.shape[:2])
+        x = zero_padding(x, lengths, getattr(self, "xp", np))
         y, final, saved = self._run_forward(x, params, state, train, lengths)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
-        return y, final, Tape(self, params, saved, x.shape)
+        return y, final, Tape(self, params, saved, x.shape, lengths)
 
     @abc.abstractmethod
     def _run_forward(self, x, params, state, train, lengths):
@@ -117,6 +125,7 @@ class Tape:
     params: dict
     saved: object
     x_shape: tuple
+    lengths: np.ndarray | None = None
 
     def backward(self, dy, dstate=None) -> dict:
         """Gradients of a loss, given dy (T, B, out) = dL/dy and optionally the gradients
@@ -129,6 +138,7 @@ class Tape:
             dy = check_array("dy", dy, (B, T, out), cell.dtype)
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         dy = check_array("dy", dy, (T, B, out), cell.dtype)
+        dy = zero_padding(dy, self.lengths, getattr(cell, "xp", np))
         full = cell.zero_state(B)
         if dstate is not None:
             if not isinstance(dstate, dict):
@@ -146,7 +156,7 @@ class Tape:
 
 
 def check_lengths(lengths, steps: int, batch: int) -> np.ndarray | None:
-    """Per-row sequence lengths as int64, each in 1..steps; None stays None."""
+    """Per-row sequence lengths as int64, each in 0..steps; None stays None."""
     if lengths is None:
         return None
     if hasattr(lengths, "__cuda_array_interface__"):  # a CuPy array: the host needs it
@@ -157,9 +167,24 @@ def check_lengths(lengths, steps: int, batch: int) -> np.ndarray | None:
     if array.shape != (batch,):
         raise ShapeError(f"lengths: expected shape ({batch},), one per batch row, got "
                          f"{tuple(array.shape)}")
-    bad = np.flatnonzero((array < 1) | (array > steps))
+    bad = np.flatnonzero((array < 0) | (array > steps))
     if bad.size:
         row = int(bad[0])
-        raise ShapeError(f"lengths: each must be between 1 and T={steps}, got {array[row]} "
+        raise ShapeError(f"lengths: each must be between 0 and T={steps}, got {array[row]} "
                          f"for row {row}")
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def zero_padding(seq, lengths: np.ndarray | None, xp=np):
+    """`seq` (T, B, F) with the steps past each row's length set to zero (a copy; `seq`
+    itself when nothing is padding). The kernels mask padded steps out of the recurrence,
+    but the whole-sequence products (input projection, weight gradients) read every row:
+    0 x NaN would be NaN there, so the padding must hold zeros before any native call."""
+    if lengths is None:
+        return seq
+    T = seq.shape[0]
+    if bool((lengths >= T).all()):
+        return seq
+    valid = np.arange(T)[:, None] < lengths[None, :]  # (T, B)
+    return xp.ascontiguousarray(xp.where(xp.asarray(valid)[..., None], seq,
+                                         seq.dtype.type(0)))

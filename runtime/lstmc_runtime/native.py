@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
+import warnings
 import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import buffers as names
 from .cellbase import CellBase
-from .errors import BackendError
+from .errors import BackendError, UsageError
+from .manifest import CpuManifest
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -56,25 +60,55 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+DEFAULT_POOL_BYTES = 1 << 28
+DEFAULT_POOL_IDLE_S = 5.0
+
+
+def _env_number(name: str, default: float, kind=int) -> float:
+    """A non-negative number from the environment; a bad value warns and is ignored."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = kind(text.strip())
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        warnings.warn(f"{name}={text!r} is not a non-negative {kind.__name__}; using "
+                      f"{default}", RuntimeWarning, stacklevel=3)
+        return default
+
+
 class BufferPool:
     """Recycles large arrays between calls. A fresh allocation of tens of megabytes costs
-    a page fault per 4 KiB on first touch, every call; recycled ones are already mapped."""
+    a page fault per 4 KiB on first touch, every call; recycled ones are already mapped.
+
+    It keeps at most LSTMC_POOL_BYTES (default 256 MiB; 0 disables it), and gives
+    everything back once no call has used it for LSTMC_POOL_IDLE_S seconds (default 5),
+    or on `release()` (`lstmc.release_memory()`)."""
 
     MIN_BYTES = 1 << 20  # smaller arrays are cheap to allocate
-    MAX_BYTES = 1 << 28  # at most this much is kept for reuse
 
     def __init__(self):
-        self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
-        self._lock = threading.Lock()
-        self._bytes = 0
+        self._reset()
         # After a fork, a lock another thread held is held forever: start afresh.
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._free = defaultdict(list)
+        self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
         self._lock = threading.Lock()
         self._bytes = 0
+        self._last_use = 0.0
+        self._reaper: threading.Thread | None = None
+        self.limit = int(_env_number("LSTMC_POOL_BYTES", DEFAULT_POOL_BYTES))
+        self.idle_seconds = float(_env_number("LSTMC_POOL_IDLE_S", DEFAULT_POOL_IDLE_S,
+                                              float))
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
 
     def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
         with self._lock:
@@ -89,15 +123,48 @@ class BufferPool:
         return array
 
     def put(self, arrays) -> None:
+        kept = False
         with self._lock:
             for array in arrays:
                 if (array.nbytes >= self.MIN_BYTES and array.base is None
-                        and self._bytes + array.nbytes <= self.MAX_BYTES):
+                        and self._bytes + array.nbytes <= self.limit):
                     self._free[(array.shape, array.dtype)].append(array)
                     self._bytes += array.nbytes
+                    kept = True
+            self._last_use = time.monotonic()
+            if kept and self._reaper is None and self.idle_seconds > 0:
+                self._reaper = threading.Thread(target=self._reap, name="lstmc-pool-reaper",
+                                                daemon=True)
+                self._reaper.start()
+
+    def release(self) -> int:
+        """Give every pooled array back to the system; returns how many bytes."""
+        with self._lock:
+            freed, self._bytes = self._bytes, 0
+            self._free = defaultdict(list)
+        return freed
+
+    def _reap(self) -> None:
+        """Wakes now and then; empties the pool once it has been idle long enough, then
+        ends (the next `put` starts another)."""
+        while True:
+            with self._lock:
+                idle = time.monotonic() - self._last_use
+                if idle >= self.idle_seconds or not self._bytes:
+                    self._free = defaultdict(list)
+                    self._bytes = 0
+                    self._reaper = None
+                    return
+            time.sleep(max(self.idle_seconds - idle, 0.05))
 
 
 POOL = BufferPool()
+
+
+def release_memory() -> int:
+    """Free the memory lstmc keeps for reuse between calls (the CPU buffer pool);
+    returns the bytes given back. Later calls allocate afresh."""
+    return POOL.release()
 
 
 def _address(array: np.ndarray) -> int:
@@ -127,48 +194,82 @@ class Saved:
 class PackedParams(dict):
     """Parameters plus their packed forms; `NativeCell.pack_params` makes one, and
     forward accepts it in place of the plain dict to skip validating and packing on every
-    call. It is a snapshot: after changing a parameter, pack again."""
+    call. It is an immutable snapshot: it owns read-only copies of the arrays (the kernels
+    read them by address), and changing an entry is a UsageError; to change a parameter,
+    pack again."""
 
-    packs: dict
-    validated_for: object = None
-    addresses: dict | None = None
+    def __init__(self, plain: dict[str, np.ndarray], packs: dict[str, np.ndarray], owner):
+        super().__init__(plain)
+        self._packs, self._owner = packs, owner
+        self._addresses: dict[str, int] | None = None
+
+    @property
+    def packs(self) -> dict[str, np.ndarray]:
+        return self._packs
+
+    @property
+    def validated_for(self):
+        return self._owner
+
+    @property
+    def addresses(self) -> dict[str, int]:
+        """Addresses of the owned arrays, by buffer name; stable: nothing can replace them."""
+        if self._addresses is None:
+            arrays = {names.param(n): v for n, v in self.items()} | self._packs
+            self._addresses = {name: _address(a) for name, a in arrays.items()}
+        return self._addresses
+
+    def _immutable(self, *args, **kwargs):
+        raise UsageError("PackedParams is an immutable snapshot of packed parameters: "
+                         "pack the changed parameters again with cell.pack_params(params)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
+    __ior__ = _immutable
+
+    def __reduce__(self):  # copies and pickles are plain dicts of the parameters
+        return dict, (dict(self),)
 
 
 class NativeCell(CellBase):
     """A cell whose time loops are native functions.
 
-    `functions` maps entry symbols to addresses (from a loaded shared library);
-    `manifest` is the dict an artifact's manifest.json holds."""
+    `functions` maps entry symbols to addresses (from a loaded shared library, or code
+    compiled in process); `manifest` is the artifact's CpuManifest (or its JSON, which is
+    checked the same way)."""
 
-    def __init__(self, manifest: dict, functions: dict[str, int], keepalive=None):
-        self._describe(manifest)
+    def __init__(self, manifest, functions: dict[str, int], keepalive=None):
+        if not isinstance(manifest, CpuManifest):
+            manifest = CpuManifest.from_json(manifest)
+        self.contract = manifest
+        self._describe(manifest.cell)
+        self.manifest = manifest.to_json()  # the same, as JSON, for readers of dicts
         self._keepalive = keepalive  # the library the addresses live in
-        self.sizes = manifest["sizes"]
+        self.sizes = dict(manifest.cell.sizes)
         self._entries = {
-            name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry["symbol"]])
-            for name, entry in manifest["entries"].items()}
+            name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry.symbol])
+            for name, entry in manifest.entries.items()}
 
     # -- weights ------------------------------------------------------------------------
 
     def _packs(self, params: dict) -> dict[str, np.ndarray]:
         if isinstance(params, PackedParams):
             return params.packs
-        width = self.manifest["panel_width"]
+        width = self.contract.panel_width
         packs = {}
-        for p in self.manifest["packed"]:
-            stacked = np.concatenate([params[name] for name, _ in p["segments"]], axis=0)
-            packs[f"panelsT:{p['name']}"] = pack_panels(stacked.T, width)
-            packs[f"panels:{p['name']}"] = pack_panels(stacked, width)
+        for p in self.contract.packed.values():
+            stacked = np.concatenate([params[name] for name, _ in p.segments], axis=0)
+            packs[names.panels_t(p.name)] = pack_panels(stacked.T, width)
+            packs[names.panels(p.name)] = pack_panels(stacked, width)
         return packs
 
     def pack_params(self, params: dict) -> PackedParams:
         """Validate and pack parameters once, for many forward calls with them."""
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
-        plain = {n: np.ascontiguousarray(v) for n, v in params.items()}
-        packed = PackedParams(plain)
-        packed.packs = self._packs(plain)
-        packed.validated_for = self  # forward skips checking these again
-        return packed
+        plain = {n: _frozen(v) for n, v in params.items()}
+        packs = self._packs(plain)  # fresh arrays, referenced nowhere else
+        for array in packs.values():
+            array.flags.writeable = False
+        return PackedParams(plain, packs, self)
 
     # -- calls --------------------------------------------------------------------------
 
@@ -182,10 +283,10 @@ class NativeCell(CellBase):
         cache = self.__dict__.setdefault("_layouts", {})
         if entry not in cache:
             cache[entry] = [
-                (spec["name"], tuple(spec["shape"]), spec["role"],
-                 self.dtype if spec.get("dtype", "float") == "float" else np.dtype(spec["dtype"]),
-                 spec["shape"].index("B") if "B" in spec["shape"] else None)
-                for spec in self.manifest["entries"][entry]["buffers"]]
+                (b.name, tuple(b.shape), b.role,
+                 self.dtype if b.dtype == "float" else np.dtype(b.dtype),
+                 b.shape.index("B") if "B" in b.shape else None)
+                for b in self.contract.entries[entry].buffers]
         return cache[entry]
 
     def _call(self, entry: str, T: int, bounds: list[int], given: dict[str, np.ndarray],
@@ -238,7 +339,7 @@ class NativeCell(CellBase):
             if role == "work":
                 spent += parts
             elif role in ("out", "result"):
-                if count == 1 or name.startswith("saved:"):  # saved: kept per slice
+                if count == 1 or names.is_saved(name):  # saved: kept per slice
                     out[name] = parts[0]
                     continue
                 if axis is not None:
@@ -253,12 +354,12 @@ class NativeCell(CellBase):
         # Enough threads for the work (each meeting costs more with more of them): one
         # per THREADED_STEP_WEIGHTS / 2 weights of a step, at most 8.
         share = max(1, THREADED_STEP_WEIGHTS // 2)
-        weights = self.manifest.get("step_weight_elements", 0)
+        weights = self.contract.step_weight_elements
         threads = max(2, min(thread_count(), weights // share, 8))
         pointers = (ctypes.c_void_p * max(len(layout), 1))(
             *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
         sync = np.zeros(2, np.int64)
-        elements = self.manifest["entries"][entry]["arena_elements"]
+        elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
         kernel = self._entries[entry]
         args = (T, B, pointers)
@@ -274,14 +375,11 @@ class NativeCell(CellBase):
     def _inputs(self, x, params, state, lengths, packs) -> dict[str, np.ndarray]:
         T, B, _ = x.shape
         given = {"x": x, "lengths": np.full(B, T, np.int64) if lengths is None else lengths}
-        given.update({f"param:{n}": np.ascontiguousarray(v) for n, v in params.items()})
+        given.update({names.param(n): np.ascontiguousarray(v) for n, v in params.items()})
         given.update(packs)
-        if isinstance(params, PackedParams):
-            if params.addresses is None:  # stable: the snapshot owns these arrays
-                params.addresses = {name: _address(given[name]) for name in
-                                    [f"param:{n}" for n in params] + list(packs)}
+        if isinstance(params, PackedParams):  # stable: the snapshot owns these arrays
             given["addresses"] = params.addresses
-        given.update({f"state_in:{n}": v for n, v in state.items()})
+        given.update({names.state_in(n): v for n, v in state.items()})
         return given
 
     def _run_forward(self, x, params, state, train, lengths):
@@ -293,13 +391,13 @@ class NativeCell(CellBase):
         # when a step has enough product work to repay waking a thread and meeting at
         # barriers (measured: a win from about 4H x H = 256K weights, a loss at 64K).
         if (not train and len(bounds) == 2 and thread_count() > 1 and T >= 8
-                and self.manifest.get("step_weight_elements", 0) >= THREADED_STEP_WEIGHTS):
+                and self.contract.step_weight_elements >= THREADED_STEP_WEIGHTS):
             entry = "forward_mt"
         out = self._call(entry, T, bounds, given)
-        final = {n: out[f"state_out:{n}"] for n in self.state_sizes}
+        final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
         if train:
-            kept = [{k: v for k, v in sl.items() if k.startswith("saved:")}
+            kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
                     for sl in out["slices"]]
             saved = Saved(kept, bounds, x, given["lengths"])
             # The saved arrays go back to the pool when the tape is gone.
@@ -310,21 +408,28 @@ class NativeCell(CellBase):
         packs = self._packs(params)
         given = self._inputs(saved.x, params, {}, saved.lengths, packs)
         given["dy"] = dy
-        given.update({f"dstate_in:{n}": v for n, v in dstate.items()})
+        given.update({names.dstate_in(n): v for n, v in dstate.items()})
         T = saved.x.shape[0]
         out = self._call("backward", T, saved.bounds, given, per_slice=saved.slices)
         dparams = {n: np.zeros(s, self.dtype) for n, s in self.param_shapes.items()}
         for name in self.param_shapes:
-            if f"dparam:{name}" in out:
-                dparams[name] += out[f"dparam:{name}"]
-        for name, same in self.manifest.get("gradient_aliases", {}).items():
-            dparams[name] += out[f"dparam:{same}"]
-        for p in self.manifest["packed"]:
-            gradient, offset = out.get(f"dpacked:{p['name']}"), 0
+            if names.dparam(name) in out:
+                dparams[name] += out[names.dparam(name)]
+        for name, same in self.contract.gradient_aliases.items():
+            dparams[name] += out[names.dparam(same)]
+        for p in self.contract.packed.values():
+            gradient, offset = out.get(names.dpacked(p.name)), 0
             if gradient is None:
                 continue
-            for name, rows in p["segments"]:
+            for name, rows in p.segments:
                 dparams[name] += gradient[offset:offset + rows]
                 offset += rows
-        dstate0 = {n: out[f"dstate_out:{n}"] for n in self.state_sizes}
+        dstate0 = {n: out[names.dstate_out(n)] for n in self.state_sizes}
         return out["dx"], dparams, dstate0
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, read-only copy that nothing else references."""
+    copy = np.array(array, order="C", copy=True)
+    copy.flags.writeable = False
+    return copy

@@ -7,12 +7,12 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import llvmlite.binding as llvm
 
-from ...errors import BackendError
-
+from ...errors import BackendError, CompileError
 
 # Instruction-set features a library may need, as LLVM names them and as Linux's
 # /proc/cpuinfo does: the runtime refuses a library whose CPU lacks one (else: SIGILL).
@@ -32,6 +32,38 @@ GENERIC_X86 = {  # the x86-64 micro-architecture levels, for portable artifacts
 }
 
 
+# Asks LLVM, in a process of its own, to compile for a CPU name: LLVM answers an unknown
+# name by printing "not a recognized processor" and then ending the process.
+_PROBE = """
+import sys, llvmlite.binding as llvm
+llvm.initialize_native_target(); llvm.initialize_native_asmprinter()
+target = llvm.Target.from_triple(llvm.get_process_triple())
+tm = target.create_target_machine(cpu=sys.argv[1], features="", opt=0, reloc="pic")
+tm.emit_object(llvm.parse_assembly("define i32 @f() { ret i32 0 }"))
+"""
+
+
+@functools.lru_cache(maxsize=16)
+def check_cpu_name(cpu: str) -> None:
+    """Raise CompileError unless `cpu` is "host" or a CPU name LLVM knows for this
+    machine's target (asked in a subprocess, since LLVM ends the process on an unknown
+    one); the x86-64 levels are known without asking."""
+    if cpu == "host" or (cpu in GENERIC_X86 and llvm.get_process_triple().startswith("x86_64")):
+        return
+    if not cpu or not all(c.isalnum() or c in "-_." for c in cpu):
+        raise CompileError(f"unknown CPU name {cpu!r}: use host, or an LLVM CPU name such as "
+                           "x86-64-v3")
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, cpu], check=False,
+                               capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"cannot ask LLVM about CPU {cpu!r}: {exc}") from None
+    if probe.returncode != 0 or "not a recognized processor" in probe.stderr:
+        raise CompileError(f"unknown CPU name {cpu!r}: LLVM does not know it for "
+                           f"{llvm.get_process_triple()} (use host, or a name such as "
+                           f"{', '.join(GENERIC_X86)})")
+
+
 @functools.lru_cache(maxsize=4)
 def target_machine(cpu: str = "host") -> llvm.TargetMachine:
     """The process's target machine for `cpu` ("host": this CPU and all its features;
@@ -42,6 +74,7 @@ def target_machine(cpu: str = "host") -> llvm.TargetMachine:
 def new_target_machine(cpu: str = "host") -> llvm.TargetMachine:
     """A target machine of its own: an MCJIT engine takes ownership of the one it is given
     and destroys it with itself, so the shared one must never be handed to an engine."""
+    check_cpu_name(cpu)
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_triple(llvm.get_process_triple())
@@ -106,7 +139,7 @@ def link_shared(obj: bytes, path: str) -> None:
         with open(obj_path, "wb") as f:
             f.write(obj)
         result = subprocess.run([linker, "-shared", "-o", lib_path, obj_path, "-lm"],
-                                capture_output=True, text=True)
+                                check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise BackendError(f"linking with {linker} failed: {result.stderr.strip()}")
         os.replace(lib_path, path)

@@ -1,0 +1,75 @@
+"""The names of the buffers a CPU entry point takes: the one place they are made and read.
+
+The code generator names each buffer of an entry point's ABI with these functions and the
+runtime fills them by the same names, so the two cannot drift apart. A name is
+`kind:key` (or a bare kind); `parse` splits one back."""
+from __future__ import annotations
+
+X, Y, DX, DY, LENGTHS = "x", "y", "dx", "dy", "lengths"
+
+
+def param(name: str) -> str:
+    """A parameter as given (vectors: biases, peepholes)."""
+    return f"param:{name}"
+
+
+def dparam(name: str) -> str:
+    return f"dparam:{name}"
+
+
+def panels(packed: str) -> str:
+    """Packed weight `packed` as the backward reads it (W, in column panels)."""
+    return f"panels:{packed}"
+
+
+def panels_t(packed: str) -> str:
+    """Packed weight `packed` as the forward reads it (W^T, in column panels)."""
+    return f"panelsT:{packed}"
+
+
+def dpacked(packed: str) -> str:
+    return f"dpacked:{packed}"
+
+
+def state_in(name: str) -> str:
+    return f"state_in:{name}"
+
+
+def state_out(name: str) -> str:
+    return f"state_out:{name}"
+
+
+def dstate_in(name: str) -> str:
+    return f"dstate_in:{name}"
+
+
+def dstate_out(name: str) -> str:
+    return f"dstate_out:{name}"
+
+
+def saved(node: int) -> str:
+    """A value the training forward saves for every step, for the backward."""
+    return f"saved:{node}"
+
+
+def hoisted(index: int) -> str:
+    """The input projection of hoisted product `index`, over all steps."""
+    return f"hoisted:{index}"
+
+
+def dhoisted(index: int) -> str:
+    return f"dhoisted:{index}"
+
+
+def dproduct(node: int) -> str:
+    return f"dproduct:{node}"
+
+
+def parse(name: str) -> tuple[str, str]:
+    """(kind, key): "saved:12" -> ("saved", "12"); "x" -> ("x", "")."""
+    kind, _, key = name.partition(":")
+    return kind, key
+
+
+def is_saved(name: str) -> bool:
+    return name.startswith("saved:")

@@ -1,0 +1,446 @@
+"""The typed contract between the compiler and the runtime: what an artifact's manifest.json
+says, as dataclasses with a schema version, `to_json` and `from_json`.
+
+`from_json` trusts nothing: every field is type-checked, and for a CPU artifact every
+buffer whose size follows from the cell's description (inputs, outputs, states,
+parameters, packed weights, projections) is recomputed and compared, the entry points
+must be the fixed set with their fixed symbols, and the values the training forward saves
+must agree between the entries that write and read them. What cannot be recomputed
+without the compiler (the size of a saved intermediate, a threaded kernel's scratch) is
+covered by the contract hash: `contract_hash` of the manifest is embedded in the shared
+library when it is built, and the loader refuses a library whose hash differs. A manifest
+also carries a checksum of itself, so accidental damage is named as such.
+
+A shared library that matches a valid manifest is trusted native code: lstmc cannot check
+what a deliberately rebuilt library does."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from . import buffers as names
+from .dtypes import DTYPES
+from .errors import ArtifactError
+
+SCHEMA = 2  # the manifest layout this runtime reads; older or newer ones are refused
+ENTRY_SYMBOLS = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
+                 "backward": "lstmc_backward", "forward_mt": "lstmc_forward_mt"}
+CONTRACT_SYMBOL = "lstmc_contract_sha256"  # 64 hex characters in the library
+MAX_SIZE = 1 << 31  # any one dimension; far above any real cell, far below overflow
+ROLES = ("in", "out", "result", "work")
+# Fields outside what the library was built against: the checksums are computed after it.
+_UNHASHED = ("checksums", "manifest_sha256")
+
+
+def canonical(data: dict) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def contract_hash(data: dict) -> str:
+    """SHA-256 of a manifest's JSON, less its checksums: what the library embeds."""
+    return hashlib.sha256(canonical({k: v for k, v in data.items()
+                                     if k not in _UNHASHED})).hexdigest()
+
+
+def self_checksum(data: dict) -> str:
+    """SHA-256 of a manifest's JSON less its own checksum field."""
+    return hashlib.sha256(canonical({k: v for k, v in data.items()
+                                     if k != "manifest_sha256"})).hexdigest()
+
+
+class _Reader:
+    """Typed access to one JSON object; every failure names the field."""
+
+    def __init__(self, data, where: str):
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected an object, got {type(data).__name__}")
+        self.data, self.where = data, where
+
+    def fail(self, key: str, message: str):
+        raise ArtifactError(f"{self.where}: field '{key}' {message}")
+
+    def get(self, key: str, kind, optional=False, default=None):
+        if key not in self.data:
+            if optional:
+                return default
+            self.fail(key, "is missing")
+        value = self.data[key]
+        if isinstance(value, bool) and kind is not bool:
+            self.fail(key, f"must be {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def str(self, key: str, optional=False, default=None) -> str:
+        return self.get(key, str, optional, default)
+
+    def size(self, key: str) -> int:
+        value = self.get(key, int)
+        if not 0 < value < MAX_SIZE:
+            self.fail(key, f"must be a size in 1..{MAX_SIZE - 1}, got {value}")
+        return value
+
+    def count(self, key: str, optional=False) -> int:
+        value = self.get(key, int, optional, 0)
+        if not 0 <= value < 1 << 40:
+            self.fail(key, f"must be a count in 0..2**40, got {value}")
+        return value
+
+
+def _kind_name(kind) -> str:
+    return {str: "a string", int: "an integer", dict: "an object", list: "a list",
+            bool: "true or false"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _size(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_SIZE:
+        raise ArtifactError(f"{where}: expected a size in 1..{MAX_SIZE - 1}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    init: float | None = None  # a constant the spec gives it, else PyTorch's uniform
+
+
+@dataclass(frozen=True)
+class CellDescription:
+    """What a compiled cell is, whatever runs it: every target describes itself so."""
+
+    name: str
+    target: str
+    dtype: str
+    sizes: dict[str, int]
+    input_size: int
+    output: str  # the state that is also the output
+    states: dict[str, int]
+    params: dict[str, ParamSpec]
+    batch_first: bool = False
+
+    def to_json(self) -> dict:
+        return {"cell": self.name, "target": self.target, "dtype": self.dtype,
+                "sizes": dict(self.sizes), "input_size": self.input_size,
+                "output": self.output, "states": dict(self.states),
+                "params": {n: {"shape": list(p.shape), "init": p.init}
+                           for n, p in self.params.items()},
+                "batch_first": self.batch_first}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "manifest") -> CellDescription:
+        r = _Reader(data, where)
+        dtype = r.str("dtype")
+        if dtype not in DTYPES:
+            r.fail("dtype", f"names no supported dtype: {dtype!r} "
+                            f"(supported: {', '.join(DTYPES)})")
+        sizes = {k: _size(v, f"{where}: sizes['{k}']") for k, v in r.get("sizes", dict).items()}
+        states = {k: _size(v, f"{where}: states['{k}']")
+                  for k, v in r.get("states", dict).items()}
+        output = r.str("output")
+        if output not in states:
+            r.fail("output", f"names no state: {output!r}")
+        params = {}
+        for name, spec in r.get("params", dict).items():
+            p = _Reader(spec, f"{where}: params['{name}']")
+            shape = p.get("shape", list)
+            if not 1 <= len(shape) <= 2:
+                p.fail("shape", f"must have 1 or 2 dimensions, got {shape!r}")
+            init = p.data.get("init")
+            if init is not None and (isinstance(init, bool)
+                                     or not isinstance(init, (int, float))):
+                p.fail("init", f"must be a number or null, got {init!r}")
+            params[name] = ParamSpec(tuple(_size(d, f"{p.where}: shape") for d in shape),
+                                     init)
+        return cls(name=r.str("cell"), target=r.str("target"), dtype=dtype, sizes=sizes,
+                   input_size=r.size("input_size"), output=output, states=states,
+                   params=params,
+                   batch_first=r.get("batch_first", bool, optional=True, default=False))
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """One pointer an entry point takes: dims are integers, "T" (steps) or "B" (rows)."""
+
+    name: str
+    shape: tuple
+    role: str   # "in": caller fills; "out": caller zero-fills, kernel adds; "result":
+    #             kernel writes every element; "work": scratch the caller allocates
+    dtype: str  # "float" (the cell's dtype) or "int64"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "role": self.role,
+                "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    symbol: str
+    buffers: tuple[BufferSpec, ...]
+    arena_elements: int = 0  # threaded entries: shared scratch per batch row, elements
+
+    def to_json(self) -> dict:
+        return {"symbol": self.symbol, "arena_elements": self.arena_elements,
+                "buffers": [b.to_json() for b in self.buffers]}
+
+    def buffer(self, name: str) -> BufferSpec | None:
+        return next((b for b in self.buffers if b.name == name), None)
+
+
+@dataclass(frozen=True)
+class PackedSpec:
+    """Matrices stacked by rows in the order a product reads them."""
+
+    name: str
+    segments: tuple[tuple[str, int], ...]  # (parameter, rows)
+    columns: int
+
+    @property
+    def rows(self) -> int:
+        return sum(r for _, r in self.segments)
+
+
+@dataclass(frozen=True)
+class CpuManifest:
+    """A CPU artifact: the cell, how its weights are packed, and the entry points' ABI."""
+
+    cell: CellDescription
+    packed: dict[str, PackedSpec]
+    panel_width: int
+    gradient_aliases: dict[str, str]
+    step_weight_elements: int
+    hoisted: dict[int, str]    # hoisted product index -> packed weight
+    products: dict[int, dict]  # recurrent product id -> {"packed", "operand"}
+    entries: dict[str, EntryPoint]
+    cpu: dict = field(default_factory=dict)  # {"name", "features": [/proc/cpuinfo flags]}
+    library: str | None = None  # None: code compiled in process (JIT)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    # -- JSON ---------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        data = {"format": SCHEMA, **self.cell.to_json(),
+                "packed": [{"name": p.name, "segments": [list(s) for s in p.segments],
+                            "columns": p.columns} for p in self.packed.values()],
+                "panel_width": self.panel_width,
+                "gradient_aliases": dict(self.gradient_aliases),
+                "step_weight_elements": self.step_weight_elements,
+                "hoisted": [{"index": i, "packed": k} for i, k in self.hoisted.items()],
+                "products": [{"id": i, **p} for i, p in self.products.items()],
+                "entries": {n: e.to_json() for n, e in self.entries.items()},
+                "cpu": dict(self.cpu)}
+        if self.library is not None:
+            data["library"] = self.library
+            data["checksums"] = dict(self.checksums)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "manifest") -> CpuManifest:
+        """The manifest, checked field by field and against itself; ArtifactError says
+        which field disagrees with what."""
+        r = _Reader(data, where)
+        check_schema(data, where)
+        cell = CellDescription.from_json(data, where)
+        if cell.target != "cpu":
+            r.fail("target", f"must be 'cpu' for a CPU artifact, got {cell.target!r}")
+        packed = {}
+        for i, spec in enumerate(r.get("packed", list)):
+            p = _Reader(spec, f"{where}: packed[{i}]")
+            segments = tuple(_segment(s, f"{p.where}: segments") for s in p.get("segments",
+                                                                                 list))
+            packed[p.str("name")] = PackedSpec(p.str("name"), segments, p.size("columns"))
+        panel_width = r.size("panel_width")
+        if panel_width > 1024:
+            r.fail("panel_width", f"must be at most 1024, got {panel_width}")
+        hoisted, products = {}, {}
+        for i, spec in enumerate(r.get("hoisted", list)):
+            h = _Reader(spec, f"{where}: hoisted[{i}]")
+            hoisted[h.count("index")] = h.str("packed")
+        for i, spec in enumerate(r.get("products", list)):
+            p = _Reader(spec, f"{where}: products[{i}]")
+            products[p.count("id")] = {"packed": p.str("packed"), "operand": p.str("operand")}
+        entries = {}
+        for name, spec in r.get("entries", dict).items():
+            e = _Reader(spec, f"{where}: entries['{name}']")
+            entries[name] = EntryPoint(
+                e.str("symbol"),
+                tuple(_buffer(b, f"{e.where}: buffers[{k}]")
+                      for k, b in enumerate(e.get("buffers", list))),
+                e.count("arena_elements", optional=True))
+        cpu = r.get("cpu", dict, optional=True, default={})
+        library = r.str("library", optional=True)
+        checksums = r.get("checksums", dict, optional=True, default={})
+        manifest = cls(cell, packed, panel_width,
+                       dict(r.get("gradient_aliases", dict, optional=True, default={})),
+                       r.count("step_weight_elements", optional=True), hoisted, products,
+                       entries, dict(cpu), library, dict(checksums))
+        manifest.check(where)
+        return manifest
+
+    # -- consistency --------------------------------------------------------------------
+
+    def check(self, where: str = "manifest") -> None:
+        """Every recomputable fact recomputed and compared; ArtifactError on the first
+        disagreement."""
+        def fail(message: str):
+            raise ArtifactError(f"{where}: {message}")
+
+        cell = self.cell
+        if set(self.entries) != set(ENTRY_SYMBOLS):
+            fail(f"entry points must be exactly {', '.join(ENTRY_SYMBOLS)}; got "
+                 f"{', '.join(self.entries) or 'none'}")
+        for name, entry in self.entries.items():
+            if entry.symbol != ENTRY_SYMBOLS[name]:
+                fail(f"entry '{name}' must be symbol {ENTRY_SYMBOLS[name]}, got "
+                     f"{entry.symbol!r}")
+        for packed in self.packed.values():
+            for param, rows in packed.segments:
+                shape = cell.params.get(param, ParamSpec(())).shape
+                if shape != (rows, packed.columns):
+                    fail(f"packed weight {packed.name} stacks {param} as {rows} x "
+                         f"{packed.columns}, but {param} has shape {shape or 'none'}")
+        for index, key in self.hoisted.items():
+            if key not in self.packed:
+                fail(f"hoisted product {index} names no packed weight: {key!r}")
+        for pid, product in self.products.items():
+            if product["packed"] not in self.packed:
+                fail(f"product {pid} names no packed weight: {product['packed']!r}")
+        recurrent = {p["packed"] for p in self.products.values()}
+        weights = sum(self.packed[k].rows * self.packed[k].columns for k in recurrent)
+        if self.step_weight_elements != weights:
+            fail(f"step_weight_elements is {self.step_weight_elements}, but the recurrent "
+                 f"products hold {weights} weights")
+        for alias, same in self.gradient_aliases.items():
+            if (alias not in cell.params or same not in cell.params
+                    or cell.params[alias].shape != cell.params[same].shape):
+                fail(f"gradient alias {alias} -> {same} does not join two parameters of "
+                     "one shape")
+        saved: dict[str, tuple] = {}
+        for name in ENTRY_SYMBOLS:  # the training forward first: it defines the saved
+            self._check_entry(name, self.entries[name], saved, fail)
+        for pid, product in self.products.items():
+            columns = self.packed[product["packed"]].columns
+            if saved.get(product["operand"]) != ("T", "B", columns):
+                fail(f"product {pid} reads {product['operand']!r}, which the training "
+                     f"forward does not save as (T, B, {columns})")
+        for feature in self.cpu.get("features", []):
+            if not isinstance(feature, str):
+                fail(f"cpu features must be strings, got {feature!r}")
+        if self.library is not None:
+            if self.library in ("", ".", "..") or "/" in self.library or "\\" in self.library:
+                fail(f"library must be a file name in the artifact, got {self.library!r}")
+            if self.library not in self.checksums:
+                fail(f"no checksum for the library {self.library}")
+            for file, digest in self.checksums.items():
+                if not (isinstance(digest, str) and len(digest) == 64
+                        and all(c in "0123456789abcdef" for c in digest)):
+                    fail(f"checksum of {file} is not a SHA-256: {digest!r}")
+
+    def expected_shape(self, entry: str, name: str) -> tuple[tuple | None, str, str]:
+        """(shape, role, dtype) a buffer must have, recomputed; shape None: not
+        recomputable here (a saved value: checked between entries and by the hash)."""
+        cell = self.cell
+        out, I = cell.states[cell.output], cell.input_size
+        kind, key = names.parse(name)
+        fixed = {"x": ((("T", "B", I)), "in"), "y": (("T", "B", out), "result"),
+                 "dy": (("T", "B", out), "in"), "dx": (("T", "B", I), "out")}
+        if kind in fixed and not key:
+            shape, role = fixed[kind]
+            return shape, role, "float"
+        if kind == "lengths" and not key:
+            return ("B",), "in", "int64"
+        if kind in ("param", "dparam") and key in cell.params:
+            return cell.params[key].shape, "in" if kind == "param" else "out", "float"
+        if kind in ("state_in", "state_out", "dstate_in", "dstate_out") and key in cell.states:
+            role = "in" if kind.endswith("_in") else "result"
+            return ("B", cell.states[key]), role, "float"
+        if kind in ("panels", "panelsT", "dpacked") and key in self.packed:
+            p = self.packed[key]
+            if kind == "dpacked":
+                return (p.rows, p.columns), "out", "float"
+            return (p.rows * p.columns,), "in", "float"
+        if kind in ("hoisted", "dhoisted") and key.isdigit() and int(key) in self.hoisted:
+            rows = self.packed[self.hoisted[int(key)]].rows
+            return ("T", "B", rows), "work", "float"
+        if kind == "dproduct" and key.isdigit() and int(key) in self.products:
+            rows = self.packed[self.products[int(key)]["packed"]].rows
+            return ("T", "B", rows), "work", "float"
+        if kind == "saved" and key.isdigit():
+            return None, "result" if entry == "forward_train" else "in", "float"
+        raise ArtifactError(f"entry '{entry}' takes a buffer lstmc does not make: {name!r}")
+
+    def _check_entry(self, name: str, entry: EntryPoint, saved: dict, fail) -> None:
+        seen = set()
+        for buffer in entry.buffers:
+            where = f"entry '{name}', buffer {buffer.name}"
+            if buffer.name in seen:
+                fail(f"{where} is listed twice")
+            seen.add(buffer.name)
+            shape, role, dtype = self.expected_shape(name, buffer.name)
+            if buffer.role != role:
+                fail(f"{where} has role {buffer.role!r}, expected {role!r}")
+            if buffer.dtype != dtype:
+                fail(f"{where} has dtype {buffer.dtype!r}, expected {dtype!r}")
+            if shape is None:  # a saved value: (T, B, n), the same in every entry
+                if (len(buffer.shape) != 3 or buffer.shape[:2] != ("T", "B")
+                        or not isinstance(buffer.shape[2], int)):
+                    fail(f"{where} has shape {list(buffer.shape)}, expected [T, B, n]")
+                if name in ("forward_train", "backward"):
+                    first = saved.setdefault(buffer.name, buffer.shape)
+                    if first != buffer.shape:
+                        fail(f"{where} has shape {list(buffer.shape)}, but another entry "
+                             f"gives it {list(first)}")
+                if name not in ("forward_train", "backward"):
+                    fail(f"{where}: only the training forward and the backward pass "
+                         "take saved values")
+            elif tuple(buffer.shape) != tuple(shape):
+                fail(f"{where} has shape {list(buffer.shape)}, expected {list(shape)}")
+        cell = self.cell
+        required = {"forward": ["x", "y", "lengths"]
+                    + [names.state_in(s) for s in cell.states]
+                    + [names.state_out(s) for s in cell.states],
+                    "backward": ["dy", "dx", "lengths"]
+                    + [names.dstate_in(s) for s in cell.states]
+                    + [names.dstate_out(s) for s in cell.states]}
+        required["forward_train"] = required["forward_mt"] = required["forward"]
+        missing = [b for b in required[name] if b not in seen]
+        if missing:
+            fail(f"entry '{name}' lacks the buffer{'s' if len(missing) > 1 else ''} "
+                 f"{', '.join(missing)}")
+        if name == "backward":
+            unsaved = [b for b in saved if b not in seen]
+            if unsaved:
+                fail(f"entry 'backward' does not read the saved {', '.join(unsaved)}")
+        if name == "forward_mt" and entry.arena_elements > 1 << 32:
+            fail(f"entry 'forward_mt' asks for {entry.arena_elements} scratch elements per row")
+
+
+def _segment(value, where: str) -> tuple[str, int]:
+    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)):
+        raise ArtifactError(f"{where}: expected [parameter, rows], got {value!r}")
+    return value[0], _size(value[1], where)
+
+
+def _buffer(value, where: str) -> BufferSpec:
+    b = _Reader(value, where)
+    shape = b.get("shape", list)
+    if not 1 <= len(shape) <= 4:
+        b.fail("shape", f"must have 1 to 4 dimensions, got {shape!r}")
+    dims = tuple(d if d in ("T", "B") else _size(d, f"{where}: shape") for d in shape)
+    role = b.str("role")
+    if role not in ROLES:
+        b.fail("role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+    return BufferSpec(b.str("name"), dims, role, b.str("dtype", optional=True,
+                                                       default="float"))
+
+
+def check_schema(data: dict, where: str) -> None:
+    """Refuse a manifest of another schema, saying which and what to do."""
+    version = data.get("format") if isinstance(data, dict) else None
+    if version == SCHEMA:
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA:
+        raise ArtifactError(f"{where}: artifact schema {version} was written by an older "
+                            f"lstmc; this runtime reads schema {SCHEMA}: recompile it")
+    raise ArtifactError(f"{where}: unsupported artifact format {version!r} (this runtime "
+                        f"reads format {SCHEMA})")
