@@ -7,18 +7,34 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import pathlib
 import sys
 import traceback
 
 from . import __version__
-from .errors import LstmcError, SpecError
+from .errors import CompileError, LstmcError, SpecError
 
 
 def _size_assignment(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier() or not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected NAME=N with N a positive integer, got '{text}'")
-    return name, int(value)
+    return name, _positive_int(value)
+
+
+MAX_COUNT = 1 << 24  # steps, batch rows, sizes, layers: far above use, far below overflow
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer in 1..MAX_COUNT."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_COUNT}, got {value}")
+    return value
 
 
 STAGES = ("ir", "ir-backward", "ir-unfused", "llvm", "asm", "cuda")
@@ -35,9 +51,9 @@ def _stage_list(text: str) -> list[str]:
 
 def _add_size_options(parser: argparse.ArgumentParser, default_sizes: bool) -> None:
     default_i, default_h = (3, 4) if default_sizes else (None, None)
-    parser.add_argument("--input-size", type=int, default=default_i, metavar="N",
+    parser.add_argument("--input-size", type=_positive_int, default=default_i, metavar="N",
                         help="the input's size" + (" (default: 3)" if default_sizes else ""))
-    parser.add_argument("--hidden-size", type=int, default=default_h, metavar="N",
+    parser.add_argument("--hidden-size", type=_positive_int, default=default_h, metavar="N",
                         help="the size H" + (" (default: 4)" if default_sizes else ""))
     parser.add_argument("--size", type=_size_assignment, action="append", default=[],
                         metavar="NAME=N", help="any other named size, e.g. --size P=2")
@@ -79,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--cpu", default="host", metavar="NAME",
                       help="the CPU the artifact is for: host (default: this CPU, all its "
                            "features) or an LLVM CPU name such as x86-64-v3 for portability")
-    comp.add_argument("--num-layers", type=int, default=1, metavar="L")
+    comp.add_argument("--num-layers", type=_positive_int, default=1, metavar="L")
     comp.add_argument("--bidirectional", action="store_true")
     comp.add_argument("--batch-first", action="store_true")
     _add_size_options(comp, default_sizes=False)
@@ -92,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "state with central finite differences in float64.")
     grad.add_argument("spec", metavar="SPEC")
     _add_size_options(grad, default_sizes=True)
-    grad.add_argument("--steps", type=int, default=4, help="sequence length (default: 4)")
-    grad.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
+    grad.add_argument("--steps", type=_positive_int, default=4, help="sequence length (default: 4)")
+    grad.add_argument("--batch", type=_positive_int, default=2, help="batch size (default: 2)")
     grad.add_argument("--seed", type=int, default=0)
     grad.add_argument("--tolerance", type=float, default=1e-6,
                       help="largest relative error accepted (default: 1e-6)")
@@ -108,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sizes(args) -> dict:
-    return dict(args.size)
+    sizes: dict[str, int] = {}
+    for name, value in args.size:
+        if sizes.get(name, value) != value:
+            raise CompileError(f"--size {name} is given twice: {sizes[name]} and {value}")
+        sizes[name] = value
+    return sizes
 
 
 def cmd_check(args) -> int:
@@ -118,7 +139,7 @@ def cmd_check(args) -> int:
     failed = 0
     for path in args.specs:  # every spec is checked; each bad one reports its error
         try:
-            for cell in check_spec(path):
+            for cell in check_spec(pathlib.Path(path)):  # a path, whatever its name holds
                 print(f"{path}: {summarize(lower(cell))}")
         except SpecError as exc:
             if args.debug:
@@ -150,7 +171,7 @@ def cmd_compile(args) -> int:
 
     stages = args.emit or (["ir"] if not args.output else [])
     if args.output:
-        write_artifact_dir(args.spec, args.output, args.input_size, args.hidden_size,
+        write_artifact_dir(pathlib.Path(args.spec), args.output, args.input_size, args.hidden_size,
                            target=args.target, dtype=args.dtype, cell=args.cell,
                            num_layers=args.num_layers, bidirectional=args.bidirectional,
                            batch_first=args.batch_first, cpu=args.cpu,
@@ -160,7 +181,7 @@ def cmd_compile(args) -> int:
         if args.target == "cuda":
             _report_cuda_artifact(args.output)
         return 0
-    cell = select_cell(check_spec(args.spec), args.cell)
+    cell = select_cell(check_spec(pathlib.Path(args.spec)), args.cell)
     program = lower(cell)
     sizes = None
     if args.input_size or args.hidden_size or args.size or {"llvm", "asm", "cuda"} & set(stages):
@@ -217,7 +238,7 @@ def cmd_gradcheck(args) -> int:
     from .api import compile
     from .gradcheck import gradcheck
 
-    cell = compile(args.spec, args.input_size, args.hidden_size, dtype="float64",
+    cell = compile(pathlib.Path(args.spec), args.input_size, args.hidden_size, dtype="float64",
                    cell=args.cell, target=args.target, **_sizes(args))
     result = gradcheck(cell, steps=args.steps, batch=args.batch, seed=args.seed)
     ok = result.passed(args.tolerance)
@@ -243,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe is found here, not at exit
+        return status
     except LstmcError as exc:
         if args.debug:
             traceback.print_exc()
@@ -252,13 +275,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a compiler bug: say so plainly, traceback only on request
+    except BrokenPipeError:  # the reader went away (`lstmc check ... | head -1`): quietly
+        _silence_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except MemoryError:
+        if args.debug:
+            traceback.print_exc()
+        print("lstmc: error: out of memory (are the sizes, --steps or --batch too large?)",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 (a compiler bug: say so plainly, no traceback)
         if args.debug:
             traceback.print_exc()
         else:
             print(f"lstmc: internal error: {type(exc).__name__}: {exc} (rerun with --debug "
                   "for a traceback)", file=sys.stderr)
         return 3
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit cannot fail on
+    the closed pipe too (it would print 'Exception ignored ... BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout: nothing to flush
+        pass
 
 
 if __name__ == "__main__":
