@@ -17,12 +17,12 @@ def peephole_step(p, x_t, h, c):
     return o * torch.tanh(c), c
 
 
-_TORCH_OPS = {
-    Op.ADD: torch.add, Op.SUB: torch.sub, Op.MUL: torch.mul, Op.DIV: torch.div,
-    Op.MIN: torch.minimum, Op.MAX: torch.maximum, Op.NEG: torch.neg,
-    Op.SIGMOID: torch.sigmoid, Op.TANH: torch.tanh, Op.RELU: torch.relu, Op.EXP: torch.exp,
-    Op.LOG: torch.log, Op.SQRT: torch.sqrt, Op.ABS: torch.abs,
-    Op.SOFTSIGN: torch.nn.functional.softsign,
+_TORCH_OPS = {  # elementwise ops of lstmc's registry (lstmc/ir/ops.py), by name
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+    "min": torch.minimum, "max": torch.maximum, "neg": torch.neg, "clip": torch.clamp,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "exp": torch.exp,
+    "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
+    "softsign": torch.nn.functional.softsign,
 }
 
 
@@ -54,9 +54,6 @@ def make_graph_runner(spec_path: str, sizes: dict):
                     env[node.id] = env[node.inputs[0].id].mean(-1, keepdim=True)
                 elif op == Op.SUM:
                     env[node.id] = env[node.inputs[0].id].sum(-1, keepdim=True)
-                elif op == Op.GT:
-                    a, b = (env[i.id] for i in node.inputs)
-                    env[node.id] = (torch.as_tensor(a) > b).to(x.dtype)
                 elif op == Op.BROADCAST:
                     env[node.id] = env[node.inputs[0].id] * torch.ones(
                         x.shape[1], node.size.bind(sizes), dtype=x.dtype)
@@ -64,7 +61,7 @@ def make_graph_runner(spec_path: str, sizes: dict):
                     args = [env[i.id] for i in node.inputs]
                     args = [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=x.dtype)
                             for a in args]
-                    env[node.id] = _TORCH_OPS[op](*args)
+                    env[node.id] = _TORCH_OPS[op.value](*args)
             state = {name: env[n.id] for name, n in graph.outputs.items()}
             outputs.append(state[info.output])
         return torch.stack(outputs), state

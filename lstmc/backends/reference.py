@@ -11,21 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.graph import IRError, Node, Op
-from ..passes.pipeline import Program
-
-
-def _sigmoid(z):
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the same function, without exp overflow
-
-
-ELEMENTWISE = {
-    Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: np.divide,
-    Op.MIN: np.minimum, Op.MAX: np.maximum,
-    Op.NEG: np.negative, Op.SIGMOID: _sigmoid, Op.TANH: np.tanh,
-    Op.RELU: lambda z: np.maximum(z, 0), Op.EXP: np.exp, Op.LOG: np.log, Op.SQRT: np.sqrt,
-    Op.ABS: np.abs, Op.SOFTSIGN: lambda z: z / (1 + np.abs(z)),
-}
+from ..ir.graph import IRError, Node, Op, is_elementwise
+from ..ir.program import Program
 
 
 @dataclass
@@ -62,19 +49,17 @@ class ReferenceExecutor:
 
     def _evaluate(self, node: Node, env: dict[int, np.ndarray], params, batch: int):
         op, args = node.op, [env[i.id] for i in node.inputs]
-        if op in ELEMENTWISE:
-            return ELEMENTWISE[op](*args)
-        if op == Op.GT:
-            return (args[0] > args[1]).astype(self.dtype)
+        if is_elementwise(op):  # the registry's NumPy definition, in the cell's dtype
+            return np.asarray(op.reference(*args), dtype=self.dtype)
         if op == Op.MATMUL:
             return args[0] @ self.packed(node.segments, params).T
         if op == Op.MATMUL_T:
             return args[0] @ self.packed(node.segments, params)
         if op == Op.SLICE:
-            offset, size = (s.bind(self.sizes) for s in node.attr)
+            offset, size = (s.bind(self.sizes) for s in (node.attr.offset, node.attr.size))
             return args[0][..., offset:offset + size]
         if op == Op.CONCAT:
-            width = lambda a: a.shape[-1]  # noqa: E731
+            width = lambda a: a.shape[-1]
             return np.concatenate([np.broadcast_to(a, (batch, width(a))) for a in args], axis=-1)
         if op == Op.BROADCAST:
             return np.broadcast_to(args[0], (batch, node.size.bind(self.sizes))).copy()
@@ -116,11 +101,11 @@ class ReferenceExecutor:
         ys = np.empty((T, B, self.state_sizes[self.output]), dtype=self.dtype)
         steps = []
         for t in range(T):
-            env = self._leaves(forward_nodes, {
-                Op.INPUT: lambda name: x[t],
-                Op.STATE: lambda name: state[name],
+            env = self._leaves(forward_nodes, {  # called right here, in this step
+                Op.INPUT: lambda name, t=t: x[t],
+                Op.STATE: lambda name, state=state: state[name],
                 Op.PARAM: lambda name: params[name],
-                Op.HOISTED: lambda index: hoisted[index][t],
+                Op.HOISTED: lambda index, t=t: hoisted[index][t],
             })
             self._run(program.forward, env, params, B)
             active = (t < lengths)[:, None]
@@ -150,7 +135,7 @@ class ReferenceExecutor:
             env = dict(saved.steps[t])
             env.update(self._leaves(backward_nodes, {
                 Op.PARAM: lambda name: params[name],
-                Op.ADJOINT: lambda name: np.where(
+                Op.ADJOINT: lambda name, t=t, active=active, carry=carry: np.where(
                     active, carry[name] + (dy[t] if name == self.output else 0), 0),
             }))
             self._run(program.backward, env, params, B)

@@ -22,28 +22,28 @@ class Var:
 @dataclass(frozen=True)
 class Call:
     func: str
-    args: tuple["Expr", ...]
+    args: tuple[Expr, ...]
     loc: Location
 
 
 @dataclass(frozen=True)
 class BinOp:
     op: str  # + - * /
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     loc: Location
 
 
 @dataclass(frozen=True)
 class Neg:
-    operand: "Expr"
+    operand: Expr
     loc: Location
 
 
 @dataclass(frozen=True)
 class MatMul:
     matrix: str
-    operand: "Expr"
+    operand: Expr
     loc: Location  # position of the matrix name
 
 
@@ -88,3 +88,46 @@ class CellDecl:
     params: list[ParamDecl] = field(default_factory=list)
     assigns: list[Assign] = field(default_factory=list)
     loc: Location | None = None
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    """The operands of an expression, left to right."""
+    if isinstance(expr, BinOp):
+        return (expr.left, expr.right)
+    if isinstance(expr, Call):
+        return expr.args
+    if isinstance(expr, (Neg, MatMul)):
+        return (expr.operand,)
+    return ()
+
+
+def fold(root: Expr, visit, enter=None):
+    """`visit(expr, results of its children)` for every node of `root`, children first,
+    left to right; returns root's result. `enter(expr)`, if given, runs when a node is
+    first reached, before its children. A loop with its own stack, not a recursion:
+    expressions of any depth (10,000 nested calls, 100,000-term sums) are folded."""
+    results: list = []
+    stack: list[tuple[Expr, bool]] = [(root, False)]
+    while stack:
+        expr, ready = stack.pop()
+        if ready:
+            count = len(children(expr))
+            args = results[len(results) - count:] if count else []
+            if count:
+                del results[len(results) - count:]
+            results.append(visit(expr, args))
+            continue
+        if enter is not None:
+            enter(expr)
+        stack.append((expr, True))
+        stack.extend((c, False) for c in reversed(children(expr)))
+    return results[0]
+
+
+def walk(root: Expr):
+    """Every node of `root`, parents before children (no recursion)."""
+    stack = [root]
+    while stack:
+        expr = stack.pop()
+        yield expr
+        stack.extend(reversed(children(expr)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Location, SpecError
 from . import ast
-from .functions import FUNCTIONS
+from .functions import all_functions, lookup
 
 SizeAtom = str | int  # a named size (H) or an integer; 1 is a per-row scalar
 
@@ -120,8 +120,11 @@ class _Checker:
         self._collect_definitions()
         self.local_size: dict[str, int] = {}
         self.defined: set[tuple[str, bool]] = set()
+        self.constant_locals: set[tuple[str, bool]] = set()
         for assign in cell.assigns:
-            size = self._expr(assign.value)
+            size, constant = ast.fold(assign.value, self._visit, self._enter)
+            if constant and not assign.primed:
+                self.constant_locals.add((assign.name, False))
             if assign.primed:
                 want = self.state_size[assign.name]
                 if not self._unify_or_broadcast(want, size):
@@ -184,28 +187,23 @@ class _Checker:
 
     def _reads(self, expr: ast.Expr) -> set[tuple[str, bool]]:
         """The locals and new state values an expression reads."""
-        if isinstance(expr, ast.Var):
-            return {(expr.name, expr.primed)} if (expr.name, expr.primed) in self.definition else set()
-        children = {
-            ast.Call: lambda e: e.args, ast.BinOp: lambda e: (e.left, e.right),
-            ast.Neg: lambda e: (e.operand,), ast.MatMul: lambda e: (e.operand,),
-        }.get(type(expr), lambda e: ())(expr)
-        return set().union(*(self._reads(c) for c in children)) if children else set()
+        return {(e.name, e.primed) for e in ast.walk(expr)
+                if isinstance(e, ast.Var) and (e.name, e.primed) in self.definition}
 
     def _cycle_from(self, start: tuple[str, bool]) -> list[tuple[str, bool]] | None:
-        """A path of definitions leading from `start` back to itself, if any."""
-        def walk(key, path, seen):
-            for dep in sorted(self._reads(self.definition[key].value)):
+        """A path of definitions leading from `start` back to itself, if any (a
+        depth-first search with its own stack: chains of any length)."""
+        seen = {start}
+        stack = [(start, [start])]
+        while stack:
+            key, path = stack.pop()
+            for dep in sorted(self._reads(self.definition[key].value), reverse=True):
                 if dep == start:
                     return path + [dep]
                 if dep not in seen:
                     seen.add(dep)
-                    found = walk(dep, path + [dep], seen)
-                    if found:
-                        return found
-            return None
-
-        return walk(start, [start], {start})
+                    stack.append((dep, path + [dep]))
+        return None
 
     # -- expressions --------------------------------------------------------------------
 
@@ -221,11 +219,38 @@ class _Checker:
                          hint="move its definition above this line")
 
     def _expr(self, expr: ast.Expr) -> int:
-        method = getattr(self, "_" + type(expr).__name__.lower())
-        return method(expr)
+        """The size variable of an expression's value (checked without recursion)."""
+        return ast.fold(expr, self._visit, self._enter)[0]
 
-    def _number(self, expr: ast.Number) -> int:
-        return self.sizes.new(1)
+    def _enter(self, expr: ast.Expr) -> None:
+        """Checks that need no operand: they report before anything inside the call."""
+        if isinstance(expr, ast.Call):
+            self._function(expr)
+        elif isinstance(expr, ast.MatMul):
+            self._matrix(expr)
+
+    def _visit(self, expr: ast.Expr, args: list[tuple[int, bool]]) -> tuple[int, bool]:
+        """(size variable, whether the value is a constant) of one node."""
+        if isinstance(expr, ast.Number):
+            return self.sizes.new(1), True
+        if isinstance(expr, ast.Var):
+            constant = (expr.name, False) in self.constant_locals and not expr.primed
+            return self._var(expr), constant
+        constant = all(c for _, c in args)
+        sizes = [s for s, _ in args]
+        if isinstance(expr, ast.BinOp):
+            return self._binop(expr, *sizes), constant
+        if isinstance(expr, ast.Neg):
+            return sizes[0], constant
+        if isinstance(expr, ast.MatMul):
+            if constant:
+                raise SpecError(
+                    f"the right operand of '@' is a constant; a product with "
+                    f"'{expr.matrix}' needs a vector that depends on the input, a state "
+                    f"or a parameter", expr.loc,
+                    hint="a learned vector times a constant is written `c * p` with `param p`")
+            return self._matmul(expr, sizes[0]), False
+        return self._call(expr, sizes), constant
 
     def _var(self, expr: ast.Var) -> int:
         key = (expr.name, expr.primed)
@@ -272,8 +297,7 @@ class _Checker:
             param.first_use = loc
         return param.dims
 
-    def _binop(self, expr: ast.BinOp) -> int:
-        left, right = self._expr(expr.left), self._expr(expr.right)
+    def _binop(self, expr: ast.BinOp, left: int, right: int) -> int:
         result = self._broadcast(left, right)
         if result is None:
             for side in (expr.left, expr.right):
@@ -307,10 +331,7 @@ class _Checker:
     def _unify_or_broadcast(self, want: int, got: int) -> bool:
         return self.sizes.get(got) == 1 or self.sizes.unify(want, got)
 
-    def _neg(self, expr: ast.Neg) -> int:
-        return self._expr(expr.operand)
-
-    def _matmul(self, expr: ast.MatMul) -> int:
+    def _matrix(self, expr: ast.MatMul) -> None:
         kind = self.kinds.get(expr.matrix, (None, None))[0]
         if kind is None and (expr.matrix, False) not in self.definition:
             raise self._undefined(expr.matrix, expr.loc)
@@ -319,7 +340,8 @@ class _Checker:
             raise SpecError(
                 f"the left operand of '@' must be a learned matrix (a parameter), "
                 f"but '{expr.matrix}' is {what}", expr.loc)
-        operand = self._expr(expr.operand)
+
+    def _matmul(self, expr: ast.MatMul, operand: int) -> int:
         first = self.params[expr.matrix].first_use
         rows, cols = self._param_use(expr.matrix, 2, expr.loc)
         if not self.sizes.unify(cols, operand):
@@ -329,26 +351,32 @@ class _Checker:
                 f"multiplies an operand of size {self.sizes.show(operand)}", expr.loc)
         return rows
 
-    def _call(self, expr: ast.Call) -> int:
-        func = FUNCTIONS.get(expr.func)
+    def _function(self, expr: ast.Call):
+        func = lookup(expr.func)
         if func is None:
-            close = difflib.get_close_matches(expr.func, FUNCTIONS, n=1)
+            known = all_functions()
+            close = difflib.get_close_matches(expr.func, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else (
-                "known functions: " + ", ".join(sorted(FUNCTIONS)))
+                "known functions: " + ", ".join(sorted(known)))
             raise SpecError(f"unknown function '{expr.func}'", expr.loc, hint=hint)
         if len(expr.args) not in func.arity:
             want = " or ".join(str(n) for n in func.arity)
             raise SpecError(
                 f"'{func.name}' takes {want} argument{'s' if func.arity != (1,) else ''}, "
                 f"got {len(expr.args)}", expr.loc)
-        sizes = [self._expr(arg) for arg in expr.args]
-        if func.name == "layernorm" and len(expr.args) == 2 and not isinstance(expr.args[1], ast.Number):
-            raise SpecError("the eps of layernorm must be a number", expr.args[1].loc)
+        return func
+
+    def _call(self, expr: ast.Call, sizes: list[int]) -> int:
+        func = self._function(expr)
+        for index, what in func.number_args:
+            if index < len(expr.args) and not isinstance(expr.args[index], ast.Number):
+                raise SpecError(f"the {what} of {func.name} must be a number",
+                                expr.args[index].loc)
         if func.result == "reduce":
             return self.sizes.new(1)
         result = sizes[0]
         for arg, size in zip(expr.args[1:], sizes[1:]):
-            if func.name == "layernorm":
+            if func.number_args:  # layernorm's eps is a constant, not an operand
                 break
             merged = self._broadcast(result, size)
             if merged is None:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from importlib import resources
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from ..errors import SpecSyntaxError
 from . import ast
@@ -85,8 +85,10 @@ def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecS
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """Lark tree to AST; every node keeps the location of where it starts."""
+class _ToAst(Transformer_NonRecursive):
+    """Lark tree to AST; every node keeps the location of where it starts. Lark's
+    non-recursive transformer, so trees of any depth convert (the LALR parser itself
+    keeps its stack in a list)."""
 
     def __init__(self, source: Source):
         super().__init__()
@@ -189,4 +191,4 @@ class _ToAst(Transformer):
         return ast.MatMul(str(name), operand, self._loc(name))
 
 
-__all__ = ["parse", "Token"]
+__all__ = ["Token", "parse"]

@@ -1,20 +1,19 @@
 """Lower a checked cell to its step graph: one node per operation, composite functions
-(hard_sigmoid, clip, layernorm) expanded into primitives so only primitives need
-derivative rules."""
+(hard_sigmoid, layernorm, ...) expanded into registry ops and reductions, so only those
+need derivative rules. Expressions are lowered by a loop (ast.fold), never by
+recursion, so any depth the grammar accepts is lowered."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..frontend import ast
 from ..frontend.checker import CheckedCell, ParamInfo
-from .graph import Graph, Node, Op
+from ..frontend.functions import lookup
+from . import ops
+from .graph import Graph, Node, Op, ProductAttr
 from .size import SCALAR, Size
 
-_UNARY = {
-    "sigmoid": Op.SIGMOID, "tanh": Op.TANH, "relu": Op.RELU, "exp": Op.EXP, "log": Op.LOG,
-    "sqrt": Op.SQRT, "abs": Op.ABS, "softsign": Op.SOFTSIGN,
-}
-_BINARY = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "min": Op.MIN, "max": Op.MAX}
+_BINARY = {"+": ops.ADD, "-": ops.SUB, "*": ops.MUL, "/": ops.DIV}
 
 
 @dataclass
@@ -58,20 +57,27 @@ class _Builder:
         self.locals: dict[str, Node] = {}
 
     def expr(self, e: ast.Expr) -> Node:
+        return ast.fold(e, self._node)
+
+    def _node(self, e: ast.Expr, args: list[Node]) -> Node:
         g = self.g
         if isinstance(e, ast.Number):
             return g.const(e.value)
         if isinstance(e, ast.Var):
             return self.var(e)
         if isinstance(e, ast.Neg):
-            return g.unary(Op.NEG, self.expr(e.operand))
+            return g.unary(ops.NEG, args[0])
         if isinstance(e, ast.BinOp):
-            return g.binary(_BINARY[e.op], self.expr(e.left), self.expr(e.right))
+            return g.binary(_BINARY[e.op], *args)
         if isinstance(e, ast.MatMul):
             rows, cols = self.info.param_shape(e.matrix)
-            return g.node(Op.MATMUL, (self.expr(e.operand),), attr=(((e.matrix, rows),), cols))
+            return g.node(Op.MATMUL, args, attr=ProductAttr(((e.matrix, rows),), cols))
         if isinstance(e, ast.Call):
-            return self.call(e.func, [self.expr(a) for a in e.args], e)
+            func = lookup(e.func)
+            if func is None:
+                raise TypeError(f"no lowering for function {e.func}")
+            numbers = [a.value if isinstance(a, ast.Number) else None for a in e.args]
+            return func.lower(g, args, numbers)
         raise TypeError(f"unknown expression {e!r}")
 
     def var(self, e: ast.Var) -> Node:
@@ -86,29 +92,5 @@ class _Builder:
             return g.node(Op.PARAM, (), info.param_shape(e.name)[0], e.name)
         return self.locals[e.name]
 
-    def call(self, func: str, args: list[Node], e: ast.Call) -> Node:
-        g = self.g
-        if func in _UNARY:
-            return g.unary(_UNARY[func], args[0])
-        if func in _BINARY:
-            return g.binary(_BINARY[func], *args)
-        if func == "hard_sigmoid":  # ONNX: clip(0.2 z + 0.5, 0, 1)
-            z = g.add(g.mul(g.const(0.2), args[0]), g.const(0.5))
-            return g.binary(Op.MAX, g.binary(Op.MIN, z, g.const(1.0)), g.const(0.0))
-        if func == "clip":
-            z, lo, hi = args
-            return g.binary(Op.MIN, g.binary(Op.MAX, z, lo), hi)
-        if func == "mean":
-            return g.node(Op.MEAN, args)
-        if func == "sum":
-            return g.node(Op.SUM, args)
-        if func == "layernorm":
-            z = args[0]
-            eps = e.args[1].value if len(args) == 2 else 1e-5
-            centered = g.sub(z, g.node(Op.MEAN, (z,)))
-            variance = g.node(Op.MEAN, (g.mul(centered, centered),))
-            return g.div(centered, g.unary(Op.SQRT, g.add(variance, g.const(eps))))
-        raise TypeError(f"no lowering for function {func}")
 
-
-__all__ = ["CellInfo", "build_step_graph", "SCALAR"]
+__all__ = ["SCALAR", "CellInfo", "build_step_graph"]

@@ -7,61 +7,75 @@ topological order.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable
 
+from . import ops
+from .ops import Elementwise
 from .size import SCALAR, Size
 
 
 class Op(Enum):
+    """Structural ops. Elementwise ops are not listed here: they are entries of the op
+    registry (`ops.py`), and a node's `op` is then that entry."""
+
     # Leaves: values that come into the step from outside.
     INPUT = "input"  # x_t; attr: input name
     STATE = "state"  # the state at the start of the step; attr: state name
     PARAM = "param"  # a learned vector, broadcast over rows; attr: parameter name
     CONST = "const"  # a per-row scalar constant; attr: value
-    HOISTED = "hoisted"  # this step's rows of a product computed before the loop; attr: product index
+    HOISTED = "hoisted"  # this step's rows of a product computed before the loop; attr: index
     ADJOINT = "adjoint"  # backward only: the incoming gradient of a new state; attr: state name
-    # Products with learned matrices. attr: (segments, in_size), segments = ((param, rows), ...)
+    # Products with learned matrices; attr: ProductAttr.
     MATMUL = "matmul"  # packed W @ v; the segments' matrices are stacked by rows
     MATMUL_T = "matmul_t"  # packed W^T @ g (backward)
     # Layout.
-    SLICE = "slice"  # attr: (offset, size)
+    SLICE = "slice"  # attr: SliceAttr
     CONCAT = "concat"
     BROADCAST = "broadcast"  # a per-row scalar repeated to the node's size
-    # Elementwise, binary (a per-row scalar operand broadcasts).
-    ADD = "add"
-    SUB = "sub"
-    MUL = "mul"
-    DIV = "div"
-    MIN = "min"
-    MAX = "max"
-    GT = "gt"  # 1.0 where a > b else 0.0 (masks in derivative rules)
-    # Elementwise, unary.
-    NEG = "neg"
-    SIGMOID = "sigmoid"
-    TANH = "tanh"
-    RELU = "relu"
-    EXP = "exp"
-    LOG = "log"
-    SQRT = "sqrt"
-    ABS = "abs"
-    SOFTSIGN = "softsign"
     # Reductions across the units of a row, to a per-row scalar.
     MEAN = "mean"
     SUM = "sum"
 
 
+AnyOp = Op | Elementwise
+
 LEAVES = {Op.INPUT, Op.STATE, Op.PARAM, Op.CONST, Op.HOISTED, Op.ADJOINT}
 PRODUCTS = {Op.MATMUL, Op.MATMUL_T}
-BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MIN, Op.MAX, Op.GT}
-UNARY = {Op.NEG, Op.SIGMOID, Op.TANH, Op.RELU, Op.EXP, Op.LOG, Op.SQRT, Op.ABS, Op.SOFTSIGN}
 REDUCTIONS = {Op.MEAN, Op.SUM}
 
 
-class Node:
-    __slots__ = ("id", "op", "inputs", "size", "attr")
+def is_elementwise(op: AnyOp) -> bool:
+    """An op of the registry: computed per unit from its operands at the same unit."""
+    return isinstance(op, Elementwise)
 
-    def __init__(self, id: int, op: Op, inputs: tuple["Node", ...], size: Size, attr):
+
+@dataclass(frozen=True)
+class ProductAttr:
+    """A packed product: the matrices `segments` ((parameter, rows), ...) stacked by rows,
+    each with `in_size` columns."""
+
+    segments: tuple[tuple[str, Size], ...]
+    in_size: Size
+
+    @property
+    def rows(self) -> Size:
+        return sum((rows for _, rows in self.segments), Size())
+
+
+@dataclass(frozen=True)
+class SliceAttr:
+    """Units offset <= j < offset + size of the operand."""
+
+    offset: Size
+    size: Size
+
+
+class Node:
+    __slots__ = ("attr", "id", "inputs", "op", "size")
+
+    def __init__(self, id: int, op: AnyOp, inputs: tuple[Node, ...], size: Size, attr):
         self.id, self.op, self.inputs, self.size, self.attr = id, op, inputs, size, attr
 
     def __repr__(self) -> str:
@@ -69,7 +83,7 @@ class Node:
 
     @property
     def segments(self) -> tuple[tuple[str, Size], ...]:
-        return self.attr[0]
+        return self.attr.segments
 
 
 class IRError(AssertionError):
@@ -86,7 +100,7 @@ class Graph:
 
     # -- construction -------------------------------------------------------------------
 
-    def node(self, op: Op, inputs: Iterable[Node] = (), size: Size | None = None, attr=None) -> Node:
+    def node(self, op: AnyOp, inputs: Iterable[Node] = (), size: Size | None = None, attr=None) -> Node:
         inputs = tuple(inputs)
         key = (op, tuple(i.id for i in inputs), attr)
         found = self._interned.get(key)
@@ -102,23 +116,27 @@ class Graph:
     def const(self, value: float) -> Node:
         return self.node(Op.CONST, (), SCALAR, float(value))
 
-    def unary(self, op: Op, a: Node) -> Node:
+    def unary(self, op: Elementwise, a: Node) -> Node:
         return self.node(op, (a,))
 
-    def binary(self, op: Op, a: Node, b: Node) -> Node:
+    def binary(self, op: Elementwise, a: Node, b: Node) -> Node:
         return self.node(op, (a, b))
 
     def add(self, a: Node, b: Node) -> Node:
-        return self.binary(Op.ADD, a, b)
+        return self.binary(ops.ADD, a, b)
 
     def sub(self, a: Node, b: Node) -> Node:
-        return self.binary(Op.SUB, a, b)
+        return self.binary(ops.SUB, a, b)
 
     def mul(self, a: Node, b: Node) -> Node:
-        return self.binary(Op.MUL, a, b)
+        return self.binary(ops.MUL, a, b)
 
     def div(self, a: Node, b: Node) -> Node:
-        return self.binary(Op.DIV, a, b)
+        return self.binary(ops.DIV, a, b)
+
+    def reduce(self, op: Op, a: Node) -> Node:
+        """mean or sum across a row's units; of a per-row scalar, the scalar itself."""
+        return a if a.size == SCALAR else self.node(op, (a,))
 
     def broadcast(self, a: Node, size: Size) -> Node:
         return a if a.size == size else self.node(Op.BROADCAST, (a,), size)
@@ -152,7 +170,7 @@ class Graph:
                 raise IRError(f"output {name} is not a node of this graph")
 
 
-def infer_size(op: Op, inputs: tuple[Node, ...], attr, declared: Size | None = None) -> Size:
+def infer_size(op: AnyOp, inputs: tuple[Node, ...], attr, declared: Size | None = None) -> Size:
     """The size an op's result must have; raises IRError on inconsistent operands."""
     if op in LEAVES or op == Op.BROADCAST:
         if declared is None:
@@ -162,27 +180,30 @@ def infer_size(op: Op, inputs: tuple[Node, ...], attr, declared: Size | None = N
         if op == Op.BROADCAST and inputs[0].size != SCALAR:
             raise IRError("only a per-row scalar can be broadcast")
         return declared
-    if op in BINARY:
-        a, b = (i.size for i in inputs)
-        if a == b or b == SCALAR:
-            return a
-        if a == SCALAR:
-            return b
-        raise IRError(f"{op.value} of sizes {a} and {b}")
-    if op in UNARY:
-        return inputs[0].size
+    if is_elementwise(op):
+        if len(inputs) != op.arity:
+            raise IRError(f"{op.value} takes {op.arity} operand(s), got {len(inputs)}")
+        result = SCALAR
+        for size in (i.size for i in inputs):
+            if result == SCALAR:
+                result = size
+            elif size not in (SCALAR, result):
+                raise IRError(f"{op.value} of sizes " + ", ".join(str(i.size) for i in inputs))
+        return result
     if op in REDUCTIONS:
         return SCALAR
     if op in PRODUCTS:
-        segments, in_size = attr
-        rows = sum((rows for _, rows in segments), Size())
+        if not isinstance(attr, ProductAttr):
+            raise IRError(f"{op.value} needs a ProductAttr, got {attr!r}")
+        rows, in_size = attr.rows, attr.in_size
         expect_in, out = (in_size, rows) if op == Op.MATMUL else (rows, in_size)
         if inputs[0].size != expect_in:
             raise IRError(f"{op.value} expects an operand of size {expect_in}, got {inputs[0].size}")
         return out
     if op == Op.SLICE:
-        offset, size = attr
-        return size
+        if not isinstance(attr, SliceAttr):
+            raise IRError(f"slice needs a SliceAttr, got {attr!r}")
+        return attr.size
     if op == Op.CONCAT:
         return sum((i.size for i in inputs), Size())
     raise IRError(f"no size rule for {op}")
@@ -192,12 +213,11 @@ def format_node(node: Node) -> str:
     """One line of printed IR: `%7: H = sigmoid %5`."""
     args = " ".join(repr(i) for i in node.inputs)
     if node.op in PRODUCTS:
-        segments, in_size = node.attr
-        names = ", ".join(f"{p}[{r}x{in_size}]" for p, r in segments)
+        names = ", ".join(f"{p}[{r}x{node.attr.in_size}]" for p, r in node.attr.segments)
         t = "^T" if node.op == Op.MATMUL_T else ""
         detail = f"[{names}]{t} @ {args}"
     elif node.op == Op.SLICE:
-        offset, size = node.attr
+        offset, size = node.attr.offset, node.attr.size
         detail = f"{args}[{offset}:{offset + size}]"
     elif node.op == Op.CONST:
         detail = f"{node.attr:g}"

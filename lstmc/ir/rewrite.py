@@ -2,7 +2,7 @@
 any node on the way. Passes never mutate a graph in place."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .graph import Graph, Node
 

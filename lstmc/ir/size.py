@@ -16,14 +16,14 @@ class Size:
     const: int = 0
 
     @staticmethod
-    def of(value: "Size | str | int") -> "Size":
+    def of(value: Size | str | int) -> Size:
         if isinstance(value, Size):
             return value
         if isinstance(value, str):
             return Size(((value, 1),), 0)
         return Size((), int(value))
 
-    def __add__(self, other: "Size | str | int") -> "Size":
+    def __add__(self, other: Size | str | int) -> Size:
         other = Size.of(other)
         coefs = dict(self.terms)
         for name, coef in other.terms:
@@ -31,7 +31,7 @@ class Size:
         terms = tuple(sorted((n, c) for n, c in coefs.items() if c))
         return Size(terms, self.const + other.const)
 
-    def __radd__(self, other: "Size | str | int") -> "Size":
+    def __radd__(self, other: Size | str | int) -> Size:
         return Size.of(other) + self
 
     @property

@@ -9,24 +9,10 @@ elementwise work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..ir.graph import Graph, Node, Op
+from ..ir.graph import Graph, Node, Op, ProductAttr, SliceAttr
+from ..ir.program import HoistedProduct
 from ..ir.rewrite import rewrite
 from ..ir.size import Size
-
-
-@dataclass(frozen=True)
-class HoistedProduct:
-    """`out[t] = W_packed @ x[t]` for every step, one GEMM over all T*B rows."""
-
-    index: int
-    segments: tuple[tuple[str, Size], ...]
-    in_size: Size
-
-    @property
-    def rows(self) -> Size:
-        return sum((r for _, r in self.segments), Size())
 
 
 def fuse_gates(graph: Graph) -> tuple[Graph, list[HoistedProduct]]:
@@ -45,21 +31,24 @@ def fuse_gates(graph: Graph) -> tuple[Graph, list[HoistedProduct]]:
         group = groups[operand_id]
         if operand_id not in packed:
             segments = tuple(seg for product in group for seg in product.segments)
-            in_size = node.attr[1]
+            in_size = node.attr.in_size
             if node.inputs[0].op == Op.INPUT:
                 product = HoistedProduct(len(hoisted), segments, in_size)
                 hoisted.append(product)
                 packed[operand_id] = g.node(Op.HOISTED, (), product.rows, product.index)
             else:
-                packed[operand_id] = g.node(Op.MATMUL, inputs, attr=(segments, in_size))
+                packed[operand_id] = g.node(Op.MATMUL, inputs, attr=ProductAttr(segments, in_size))
         whole = packed[operand_id]
         if len(group) == 1:
             return whole
         offset = Size()
         for product in group:
             if product is node:
-                return g.node(Op.SLICE, (whole,), node.size, (offset, node.size))
+                return g.node(Op.SLICE, (whole,), node.size, SliceAttr(offset, node.size))
             offset = offset + product.size
         raise AssertionError("product missing from its own group")
 
     return rewrite(graph, transform), hoisted
+
+
+__all__ = ["HoistedProduct", "fuse_gates"]

@@ -7,15 +7,8 @@ each product that needs the result of another in the same step adds a stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..ir.graph import LEAVES, PRODUCTS, Node
-
-
-@dataclass
-class Stage:
-    kind: str  # "product" or "elementwise"
-    nodes: list[Node]  # topological order
+from ..ir.program import Stage
 
 
 def stage(nodes: list[Node], available: set[int]) -> list[Stage]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ...errors import CompileError
-from ...passes.pipeline import Program
+from ...ir.program import Program
 from . import nvrtc
 from .kernels import manifest_for
 

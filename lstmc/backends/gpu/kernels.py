@@ -15,7 +15,7 @@ after the loop. lstmc_runtime follows it; it needs no compiler.
 from __future__ import annotations
 
 from ...ir.graph import Op
-from ...passes.pipeline import Program
+from ...ir.program import Program
 from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
 from .regions import MODES, Buffer, StepLayout
 
@@ -53,8 +53,8 @@ class PackedWeights:
 def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
     """(kernel source in the portable dialect, launch plan)."""
     packed = PackedWeights(program, sizes)
-    parts = [PRELUDE, f"#define REGION_THREADS {REGION_THREADS}\n"
-             f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n", GEMM]
+    parts = [PRELUDE, (f"#define REGION_THREADS {REGION_THREADS}\n"
+                       f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n"), GEMM]
     modes, layouts = {}, {}
     for mode in MODES:
         layout = layouts[mode] = StepLayout(program, sizes, mode)
@@ -244,8 +244,8 @@ def _persistent_product(layout: StepLayout, product, i: int, w: dict, column) ->
         f"    const int b = pair / cw{i}, c = pair % cw{i}, col = {col};",
         f"    const int live = pair < pairs && {valid};",
         "    float acc = 0.0f;",
-        f"    if (live) for (int k = lane; k < {k}; k += team) "
-        f"acc += LD(&A[b * {stride} + k]) * wl{i}[c * {k + 1} + k];",
+        (f"    if (live) for (int k = lane; k < {k}; k += team) "
+         f"acc += LD(&A[b * {stride} + k]) * wl{i}[c * {k + 1} + k];"),
         "    red_scratch[LID] = acc;",
         "    BARRIER();",
         "    for (int s = team / 2; s > 0; s >>= 1) {",

@@ -11,21 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...ir.graph import BINARY, LEAVES, PRODUCTS, REDUCTIONS, UNARY, IRError, Node, Op
-from ...passes.pipeline import Program
-from ...passes.schedule import Stage
+from ...ir.graph import LEAVES, PRODUCTS, REDUCTIONS, IRError, Node, Op, is_elementwise
+from ...ir.program import Program, Stage
 
 MODES = ("infer", "train", "backward")
-
-_UNARY_C = {
-    Op.NEG: "(-({0}))", Op.SIGMOID: "SIGMOIDF({0})", Op.TANH: "TANHF({0})",
-    Op.RELU: "FMAXF({0}, 0.0f)", Op.EXP: "EXPF({0})", Op.LOG: "LOGF({0})",
-    Op.SQRT: "SQRTF({0})", Op.ABS: "FABSF({0})", Op.SOFTSIGN: "(({0}) / (1.0f + FABSF({0})))",
-}
-_BINARY_C = {
-    Op.ADD: "({0} + {1})", Op.SUB: "({0} - {1})", Op.MUL: "({0} * {1})", Op.DIV: "({0} / {1})",
-    Op.MIN: "FMINF({0}, {1})", Op.MAX: "FMAXF({0}, {1})", Op.GT: "(({0} > {1}) ? 1.0f : 0.0f)",
-}
 
 
 def literal(value: float) -> str:
@@ -357,7 +346,7 @@ class StepLayout:
                 if inp.id not in products:
                     continue
                 if node.op == Op.SLICE:
-                    if node.attr[0].bind(self.sizes) % units or self.size(node) != units:
+                    if node.attr.offset.bind(self.sizes) % units or self.size(node) != units:
                         return None
                 elif self.size(inp) != units:
                     return None
@@ -419,15 +408,13 @@ class StepLayout:
 
     def _expression(self, node: Node, stage_index: int, loop_index: int) -> str:
         op = node.op
-        read = lambda n, j="j": self.read(n, j, stage_index, loop_index)  # noqa: E731
-        if op in UNARY:
-            return _UNARY_C[op].format(read(node.inputs[0]))
-        if op in BINARY:
-            return _BINARY_C[op].format(read(node.inputs[0]), read(node.inputs[1]))
+        read = lambda n, j="j": self.read(n, j, stage_index, loop_index)
+        if is_elementwise(op):  # the registry entry's C expression
+            return op.c.format(*(read(i) for i in node.inputs))
         if op == Op.BROADCAST:
             return read(node.inputs[0], "0")
         if op == Op.SLICE:
-            offset = node.attr[0].bind(self.sizes)
+            offset = node.attr.offset.bind(self.sizes)
             return read(node.inputs[0], f"({offset} + j)")
         if op == Op.CONCAT:
             expr, start = None, 0
@@ -447,8 +434,8 @@ class StepLayout:
         kind = store.kind
         if kind == "state":
             old = f"LD(&{self.at('st_' + name, self.state_read_slot(), n, 'j')})"
-            return [f"{self.at('st_' + name, self.state_write_slot(), n, 'j')} = "
-                    f"active ? {value} : {old};"]
+            return [(f"{self.at('st_' + name, self.state_write_slot(), n, 'j')} = "
+                     f"active ? {value} : {old};")]
         if kind == "output":
             return [f"{self.at('y', 't', n, 'j')} = active ? {value} : 0.0f;"]
         if kind == "carry":

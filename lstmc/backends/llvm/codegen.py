@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
-from ...passes.pipeline import Program
+from ...ir.program import Program
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
 from .regions import Place, RegionEmitter, StepEnv
@@ -168,7 +168,7 @@ class _Kernel:
         """C (m x n) (+)= A . B with B (k x n) either in panels ("panels", packed by the
         runtime) or plain row-major ("rows"). `columns` computes only that many of C's
         columns (b_matrix and c then point at the first one)."""
-        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)  # noqa: E731
+        as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)
         nr = self.mb.panel
         if layout == "panels":
             bk, bp, bt = i64(nr), self.b.mul(as_i64(k), i64(nr)), i64(n % nr)
@@ -317,16 +317,14 @@ class _Kernel:
         """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its
         transpose in the backward pass, out (B, in) = g (B, rows) @ W. The runtime packs
         W^T (forward) and W (backward) into panels."""
-        segments, in_size = node.attr
-        weight = self.mb.packed_weight(segments)
+        weight = self.mb.packed_weight(node.attr.segments)
         operand = env.places[node.inputs[0].id]
         if operand.stride == 0:  # a learned vector as operand: give every row a copy
             vector, n = operand.base, self.mb.size(node.inputs[0])
             operand = self.scratch(node.inputs[0], n)
-            with self.leader_only():
-                with for_range(self.b, self.B, "bcast") as row:
-                    self.copy(vector, element(self.b, self.ftype, operand.base,
-                                              self.b.mul(row, i64(n))), i64(n))
+            with self.leader_only(), for_range(self.b, self.B, "bcast") as row:
+                self.copy(vector, element(self.b, self.ftype, operand.base,
+                                          self.b.mul(row, i64(n))), i64(n))
             self.barrier()
         out = env.place(node)
         if node.op == Op.MATMUL:

@@ -55,10 +55,13 @@ class MathLib:
         return acc
 
     def _exp_f32(self, b: ir.IRBuilder, x) -> ir.Value:
-        # Cephes expf: exp(x) = 2^n * exp(r), r = x - n ln2, |r| <= ln2/2.
-        # Clamp to where 2^n stays a normal float; comparisons keep NaN as NaN.
-        x = b.select(b.fcmp_ordered(">", x, self.const(88.0)), self.const(88.0), x)
-        x = b.select(b.fcmp_ordered("<", x, self.const(-87.0)), self.const(-87.0), x)
+        # Cephes expf: exp(x) = 2^n * exp(r), r = x - n ln2, |r| <= ln2/2. Saturates as
+        # IEEE (and torch) do: +inf above 88.72, denormals below -87.34, 0 below -103.97.
+        # x is first clamped to [-104, 89], where those results are already reached;
+        # 2^n is applied as 2^(n/2) * 2^(n - n/2) so that neither factor over- or
+        # underflows and only the final product rounds. Comparisons keep NaN as NaN.
+        x = b.select(b.fcmp_ordered(">", x, self.const(89.0)), self.const(89.0), x)
+        x = b.select(b.fcmp_ordered("<", x, self.const(-104.0)), self.const(-104.0), x)
         fx = b.call(self.intrinsic("floor"),
                     [b.fadd(b.fmul(x, self.const(1.44269504088896341)), self.const(0.5))])
         r = b.fsub(x, b.fmul(fx, self.const(0.693359375)))
@@ -67,9 +70,17 @@ class MathLib:
         p = self._poly(b, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                               4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
         y = b.fadd(b.fadd(b.fmul(p, z, flags=FAST), r), self.const(1.0))
-        n = b.fptosi(fx, ir.IntType(32))
-        bits = b.shl(b.add(n, ir.Constant(ir.IntType(32), 127)), ir.Constant(ir.IntType(32), 23))
-        return b.fmul(y, b.bitcast(bits, self.ftype))
+        # A NaN x must not reach fptosi (poison): its y is NaN already, any n will do.
+        fx = b.select(b.fcmp_unordered("uno", fx, fx), self.const(0.0), fx)
+        i32 = ir.IntType(32)
+        n = b.fptosi(fx, i32)
+        half = b.ashr(n, ir.Constant(i32, 1))
+
+        def power_of_two(k):
+            bits = b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+            return b.bitcast(bits, self.ftype)
+
+        return b.fmul(b.fmul(y, power_of_two(half)), power_of_two(b.sub(n, half)))
 
     def _tanh_f32(self, b: ir.IRBuilder, x) -> ir.Value:
         # Cephes tanhf: an odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above.

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from ...ir.graph import BINARY, REDUCTIONS, UNARY, IRError, Node, Op
+from ...ir.graph import REDUCTIONS, IRError, Node, Op, is_elementwise
 from ...ir.size import SCALAR
 from .irutil import I64, PTR, element, for_range, i64
-from .mathlib import FAST, MathLib
+from .mathlib import MathLib
 
 
 @dataclass(frozen=True)
@@ -228,15 +228,12 @@ class RegionEmitter:
             kind, n = task[0], task[1]
             if kind == "compute":
                 if n.op == Op.SLICE:
-                    offset = n.attr[0].bind(env.sizes)
+                    offset = n.attr.offset.bind(env.sizes)
                     stream(env.places[n.inputs[0].id], offset)
                 else:
                     for u in n.inputs:
                         need(u)
-            elif kind == "store":
-                need(n)
-                stream(task[2], task[3])
-            elif kind == "accum":
+            elif kind == "store" or kind == "accum":
                 need(n)
                 stream(task[2], task[3])
             elif kind == "reduce":
@@ -294,7 +291,7 @@ class RegionEmitter:
                 if kind == "compute":
                     if n.op == Op.SLICE:
                         src = env.places[n.inputs[0].id]
-                        regs[n.id] = b.load(pointer(src, n.attr[0].bind(env.sizes), j),
+                        regs[n.id] = b.load(pointer(src, n.attr.offset.bind(env.sizes), j),
                                             typ=self.ftype)
                     else:
                         regs[n.id] = self._apply(b, n, [value(u) for u in n.inputs])
@@ -314,43 +311,8 @@ class RegionEmitter:
     # -- one op -------------------------------------------------------------------------
 
     def _apply(self, b: ir.IRBuilder, n: Node, args: list[ir.Value]) -> ir.Value:
-        m, op = self.math, n.op
-        if op == Op.BROADCAST:
+        if n.op == Op.BROADCAST:
             return args[0]
-        if op in BINARY:
-            x, y = args
-            if op == Op.ADD:
-                return b.fadd(x, y, flags=FAST)
-            if op == Op.SUB:
-                return b.fsub(x, y, flags=FAST)
-            if op == Op.MUL:
-                return b.fmul(x, y, flags=FAST)
-            if op == Op.DIV:
-                return b.fdiv(x, y)
-            if op == Op.MIN:  # the first operand on ties, NaN-propagating like NumPy
-                return b.select(b.fcmp_ordered(">", x, y), y, x)
-            if op == Op.MAX:
-                return b.select(b.fcmp_ordered("<", x, y), y, x)
-            if op == Op.GT:
-                return b.uitofp(b.fcmp_ordered(">", x, y), self.ftype)
-        if op in UNARY:
-            (x,) = args
-            if op == Op.NEG:
-                return b.fneg(x)
-            if op == Op.SIGMOID:
-                return m.sigmoid(b, x)
-            if op == Op.TANH:
-                return m.tanh(b, x)
-            if op == Op.RELU:
-                return b.select(b.fcmp_ordered(">", x, m.const(0.0)), x, m.const(0.0))
-            if op == Op.EXP:
-                return m.exp(b, x)
-            if op == Op.LOG:
-                return m.log(b, x)
-            if op == Op.SQRT:
-                return m.sqrt(b, x)
-            if op == Op.ABS:
-                return m.fabs(b, x)
-            if op == Op.SOFTSIGN:
-                return b.fdiv(x, b.fadd(m.const(1.0), m.fabs(b, x)))
-        raise IRError(f"the LLVM backend has no rendering for op '{op.value}'")
+        if is_elementwise(n.op):  # the registry entry's LLVM emission
+            return n.op.llvm(self.math, b, *args)
+        raise IRError(f"the LLVM backend has no rendering for op '{n.op.value}'")

@@ -90,12 +90,11 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.F
         # Columns past the last full panel.
         start = b.mul(panels, i64(nr))
         tail = element(b, ftype, B, b.add(b.mul(panels, bp), b.mul(k0, bt)))
-        with for_range(b, b.sub(N, start), "ncol") as dn:
-            with for_range(b, M, "mrow") as m:
-                total = _scalar_dot(b, ftype, kc, a_k, sam, sak, m, tail, bt, dn)
-                c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
-                old = b.select(overwrite, ir.Constant(ftype, 0.0), b.load(c_ptr, typ=ftype))
-                b.store(b.fadd(old, total), c_ptr)
+        with for_range(b, b.sub(N, start), "ncol") as dn, for_range(b, M, "mrow") as m:
+            total = _scalar_dot(b, ftype, kc, a_k, sam, sak, m, tail, bt, dn)
+            c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
+            old = b.select(overwrite, ir.Constant(ftype, 0.0), b.load(c_ptr, typ=ftype))
+            b.store(b.fadd(old, total), c_ptr)
     b.ret_void()
     return fn
 
