@@ -154,7 +154,7 @@ def summarize(program) -> str:
     states = ", ".join(f"{n}: {s}" for n, s in info.states.items())
     params = " ".join(f"{p}[{','.join(str(d) for d in info.param_shape(p))}]" for p in info.params)
     hoisted = ", ".join(str(h.rows) for h in program.hoisted) or "none"
-    products = ", ".join(f"{p.size}x{p.attr[1]}" for p in program.recurrent_products) or "none"
+    products = ", ".join(f"{p.size}x{p.attr.in_size}" for p in program.recurrent_products) or "none"
     stages = sum(1 for s in program.forward if s.kind == "product")
     out_size = info.states[info.output]
     return (f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}: {out_size}; "
