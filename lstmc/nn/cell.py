@@ -1,0 +1,61 @@
+"""`RecurrentCell`: one step of any spec, the nn.LSTMCell convention, for streaming
+inference and reinforcement learning loops that feed one step at a time."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import ShapeError
+from .recurrent import Recurrent, call_forward
+
+
+class RecurrentCell(Recurrent):
+    """`RecurrentCell(spec, input_size, hidden_size, cell=None, **sizes)`; parameters as
+    `Recurrent`'s (named after the spec). `forward(input, state=None)` takes input (B, I)
+    (or (I,) unbatched) and states {name: (B, n)} (zeros when None), and returns
+    (output (B, out), new states {name: (B, n)}). Each call is one lstmc op call on a
+    one-step sequence; in eager inference the packed weights are reused between calls
+    while the parameters do not change."""
+
+    def __init__(self, spec, input_size: int, hidden_size: int | None, cell: str | None = None,
+                 **options):
+        super().__init__(spec, input_size, hidden_size, cell=cell, **options)
+
+    def forward(self, input: Tensor, state: dict | None = None, **inputs):
+        if inputs:
+            raise ShapeError(f"unexpected input(s) {', '.join(inputs)}: cell "
+                             f"'{self.cell_name}' takes only its input")
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2) or (
+                input.shape[-1] != self.input_size):
+            got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ShapeError(f"input: expected shape (B, {self.input_size}) or "
+                             f"({self.input_size},), got {got}")
+        unbatched = input.dim() == 1
+        weights = self._weights(0, 0)
+        x = input.reshape(1, 1 if unbatched else input.shape[0], self.input_size)
+        x = x.to(weights[0].dtype).contiguous()
+        init = []
+        if state is not None:
+            init = self._step_state(state, x.shape[1], unbatched, weights[0].dtype)
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in weights)
+            or any(s.requires_grad for s in init))
+        y, final = call_forward(self._keys[0], x, weights, init, None, grad)
+        out = y[0, 0] if unbatched else y[0]
+        finals = {n: (f[0] if unbatched else f) for n, f in zip(self.state_sizes, final)}
+        return out, finals
+
+    def _step_state(self, state: dict, batch: int, unbatched: bool, dtype) -> list[Tensor]:
+        if not isinstance(state, dict) or set(state) != set(self.state_sizes):
+            raise ShapeError(f"state: expected a dict with the states "
+                             f"{', '.join(self.state_sizes)}, got "
+                             f"{sorted(state) if isinstance(state, dict) else type(state)}")
+        out = []
+        for name, n in self.state_sizes.items():
+            s = state[name]
+            want = (n,) if unbatched else (batch, n)
+            if not isinstance(s, Tensor) or tuple(s.shape) != want:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                raise ShapeError(f"state['{name}']: expected shape {want}, got {got}")
+            out.append(s.reshape(batch, n).to(dtype).contiguous())
+        return out

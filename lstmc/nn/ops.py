@@ -1,0 +1,343 @@
+"""lstmc's torch.library custom ops: a whole sequence of one cell, forward and backward.
+
+    lstmc::forward(str key, Tensor x, Tensor[] weights, Tensor[] state, Tensor? lengths,
+                   bool train) -> (Tensor y, Tensor[] final, Tensor workspace)
+        x: (T, B, I); weights: the tensors the key's layout maps onto the spec's
+        parameters; state: (B, n) per state of the cell, in its order, or [] for zeros;
+        lengths: (B,) int64 on the CPU, or None for full-length rows.
+        y: (T, B, out); final: (B, n) per state; workspace: what the backward needs
+        (train=True; see workspace.py), else an empty tensor.
+    lstmc::backward(str key, Tensor x, Tensor[] weights, Tensor workspace, Tensor? lengths,
+                    Tensor dy, Tensor[] dfinal) -> (Tensor dx, Tensor[] dweights,
+                    Tensor[] dstate)
+        Gradients of x, of each weight tensor and of the initial states.
+
+Both have fake (meta) implementations, so torch.compile and torch.export trace them
+without graph breaks; forward's autograd formula calls backward. Double backward raises
+`DoubleBackwardError`: the backward op has no derivative of its own.
+
+Device routing: CPU tensors run the cpu target on NumPy views of the tensors (no copy of
+x, y or the gradients); CUDA tensors run the cuda target on CuPy views (DLPack), ordered
+on PyTorch's current stream; a key whose target is "opencl" runs CPU tensors through the
+OpenCL kernels.
+"""
+# No `from __future__ import annotations` here: torch.library reads the ops' annotations
+# at run time to infer their schemas.
+import threading
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import LstmcError, ShapeError
+from . import workspace as ws
+from .registry import compiled, key_of, target_for
+
+DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+class DoubleBackwardError(LstmcError, RuntimeError):
+    """A second derivative through an lstmc op was asked for (create_graph=True)."""
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = DTYPES.get(dtype)
+    if name is None:
+        raise ShapeError(f"lstmc cells compute in float32 or float64, got {dtype} "
+                         "(under torch.autocast, lstmc.nn modules cast their inputs to the "
+                         "parameters' dtype)")
+    return name
+
+
+def cell_for(key: str, x: Tensor):
+    k = key_of(key)
+    return compiled(key, dtype_name(x.dtype), target_for(k, x.device.type))
+
+
+def _host(t: Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only if it is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+class _PackCache:
+    """Packed weights of the last few weight sets of a cell. An entry is reused while the
+    same tensor objects hold the same storage at the same version (in-place updates such
+    as an optimizer step bump the version), so inference packs once and training once per
+    step (forward and backward share it)."""
+
+    LIMIT = 16
+
+    def __init__(self):
+        self.entries: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, cell, key, weights: list[Tensor], build):
+        sig = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in weights)
+        with self.lock:
+            hit = self.entries.get(sig)
+            if hit is not None and all(r() is t for r, t in zip(hit[0], weights)):
+                self.entries.move_to_end(sig)
+                return hit[1]
+        value = build()
+        with self.lock:
+            self.entries[sig] = ([weakref.ref(t) for t in weights], value)
+            while len(self.entries) > self.LIMIT:
+                self.entries.popitem(last=False)
+        return value
+
+
+_packs: "weakref.WeakKeyDictionary[object, _PackCache]" = weakref.WeakKeyDictionary()
+_zeros: dict = {}
+
+
+def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
+    """{spec parameter: array} from the op's weight tensors, by the key's layout;
+    `convert` turns a tensor into the target's array type."""
+    layout = key_of(key).layout
+    if len(layout) != len(cell.param_shapes):
+        raise ShapeError(f"cell '{cell.name}' has {len(cell.param_shapes)} parameters, the "
+                         f"key's layout maps {len(layout)}")
+    arrays = [convert(t) for t in weights]
+    params = {}
+    for (name, shape), entry in zip(cell.param_shapes.items(), layout):
+        if entry is None:
+            zkey = (shape, cell.dtype, id(type(arrays[0])) if arrays else 0)
+            if zkey not in _zeros:
+                xp = getattr(cell, "xp", np)
+                _zeros[zkey] = xp.zeros(shape, cell.dtype)
+            params[name] = _zeros[zkey]
+            continue
+        index, r0, r1 = entry
+        array = arrays[index] if r0 is None else arrays[index][r0:r1]
+        if tuple(array.shape) != tuple(shape):
+            raise ShapeError(f"weights[{index}] rows {r0}:{r1} for parameter {name}: "
+                             f"expected shape {tuple(shape)}, got {tuple(array.shape)}")
+        params[name] = array
+    return params
+
+
+def host_params(cell, key: str, weights: list[Tensor]):
+    """Parameters of a CPU-target cell, validated and packed once per weight version."""
+    def build():
+        params = spec_params(cell, key, weights, _host)
+        return cell.pack_params(params) if hasattr(cell, "pack_params") else params
+
+    if not hasattr(cell, "pack_params"):
+        return build()
+    cache = _packs.get(cell)
+    if cache is None:
+        cache = _packs.setdefault(cell, _PackCache())
+    return cache.get(cell, key, weights, build)
+
+
+def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tensor):
+    """Per weight tensor, the gradient assembled from the spec parameters' gradients."""
+    layout = key_of(key).layout
+    grads: list[Tensor | None] = [None] * len(weights)
+    for name, entry in zip(names, layout):
+        if entry is None:
+            continue
+        index, r0, r1 = entry
+        g = to_tensor(dparams[name])
+        if r0 is None:
+            grads[index] = g
+            continue
+        if grads[index] is None:
+            grads[index] = torch.zeros_like(weights[index])
+        grads[index][r0:r1] = g
+    return [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, weights)]
+
+
+# -- CUDA ------------------------------------------------------------------------------------
+
+class _TorchStream:
+    """Runs a GpuCell's launches on PyTorch's current stream: a non-default current
+    stream is lent to the cell's device for the call; on the default stream the device's
+    own blocking stream is already ordered with it. No host synchronization either way."""
+
+    def __init__(self, cell):
+        self.device = cell.device
+
+    def __enter__(self):
+        import cupy
+
+        current = torch.cuda.current_stream()
+        self.saved = None
+        if current.cuda_stream != 0 and hasattr(self.device, "stream"):
+            self.saved = self.device.stream
+            self.device.stream = cupy.cuda.ExternalStream(current.cuda_stream)
+        self.use = (self.device.stream if hasattr(self.device, "stream") else None)
+        if self.use is not None:
+            self.use.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.use is not None:
+            self.use.__exit__(*exc)
+        if self.saved is not None:
+            self.device.stream = self.saved
+
+
+def _cupy(t: Tensor):
+    import cupy
+
+    return cupy.from_dlpack(t.detach().contiguous())
+
+
+def _torch(a) -> Tensor:
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+# -- the ops -----------------------------------------------------------------------------------
+
+def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
+            lengths: Tensor | None, train: bool) -> tuple[Tensor, list[Tensor], Tensor]:
+    cell = cell_for(key, x)
+    T, B = x.shape[0], x.shape[1]
+    names = list(cell.state_sizes)
+    if state and len(state) != len(names):
+        raise ShapeError(f"state: cell '{cell.name}' has states {', '.join(names)}, got "
+                         f"{len(state)} tensors")
+    host_lengths = None if lengths is None else lengths.detach().cpu().numpy()
+    if x.device.type == "cuda":
+        params = spec_params(cell, key, weights, _cupy)
+        init = {n: _cupy(s) for n, s in zip(names, state)} if state else None
+        with torch.cuda.device(x.device), _TorchStream(cell):
+            result = cell.forward(_cupy(x), params, init, train=train, lengths=host_lengths)
+            y, final = _torch(result[0]), [_torch(result[1][n]) for n in names]
+            if not train:
+                return y, final, x.new_empty(0)
+            work = x.new_empty(ws.size(cell, T, B))
+            flat = _cupy(work)
+
+            def put(offset, array):
+                flat[offset:offset + array.size] = array
+
+            ws.pack_gpu(cell, result[2].saved, put)
+        return y, final, work
+    params = host_params(cell, key, weights)
+    init = {n: _host(s) for n, s in zip(names, state)} if state else None
+    result = cell.forward(_host(x), params, init, train=train, lengths=host_lengths)
+    y, final = torch.from_numpy(result[0]), [torch.from_numpy(result[1][n]) for n in names]
+    if not train:
+        return y, final, x.new_empty(0)
+    work = x.new_empty(ws.size(cell, T, B))
+    if ws.is_native(cell):
+        ws.pack_native(cell, result[2].saved, work.numpy())
+    else:
+        flat = work.numpy()
+
+        def put(offset, array):
+            flat[offset:offset + array.size] = array
+
+        ws.pack_gpu(cell, result[2].saved, put)
+    return y, final, work
+
+
+forward = torch.library.custom_op("lstmc::forward", forward_impl, mutates_args=())
+
+
+@forward.register_fake
+def _forward_fake(key, x, weights, state, lengths, train):
+    cell = cell_for(key, x)
+    T, B = x.shape[0], x.shape[1]
+    y = x.new_empty((T, B, cell.state_sizes[cell.output]))
+    final = [x.new_empty((B, n)) for n in cell.state_sizes.values()]
+    work = x.new_empty((ws.size(cell, T, B),) if train else (0,))
+    return y, final, work
+
+
+@torch.library.custom_op("lstmc::backward", mutates_args=())
+def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
+             lengths: Tensor | None, dy: Tensor, dfinal: list[Tensor]
+             ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    from lstmc_runtime.cellbase import Tape
+
+    cell = cell_for(key, x)
+    T, B = x.shape[0], x.shape[1]
+    names = list(cell.state_sizes)
+    if workspace.numel() == 0:
+        raise ShapeError("lstmc backward: the forward ran without train=True, so it saved "
+                         "nothing to differentiate")
+    host_lengths = None if lengths is None else lengths.detach().cpu().numpy().astype(np.int64)
+    if x.device.type == "cuda":
+        params = spec_params(cell, key, weights, _cupy)
+        with torch.cuda.device(x.device), _TorchStream(cell):
+            saved = ws.unpack_gpu(cell, _cupy(workspace), T, B, host_lengths)
+            tape = Tape(cell, params, saved, tuple(x.shape))
+            g = tape.backward(_cupy(dy), {n: _cupy(d) for n, d in zip(names, dfinal)})
+            to = _torch
+            dx = to(g["x"])
+            dweights = weight_grads(key, weights, g["params"], cell.param_shapes, to)
+            dstate = [to(g["state"][n]) for n in names]
+        return dx, dweights, dstate
+    params = host_params(cell, key, weights)
+    xn = _host(x)
+    if ws.is_native(cell):
+        full = np.full(B, T, np.int64) if host_lengths is None else host_lengths
+        saved = ws.unpack_native(cell, workspace.detach().numpy(), xn, full)
+    else:
+        saved = ws.unpack_gpu(cell, workspace.detach().numpy(), T, B, host_lengths)
+    tape = Tape(cell, params, saved, tuple(x.shape))
+    g = tape.backward(_host(dy), {n: _host(d) for n, d in zip(names, dfinal)})
+    dx = torch.from_numpy(g["x"])
+    dweights = weight_grads(key, weights, g["params"], cell.param_shapes, torch.from_numpy)
+    dstate = [torch.from_numpy(g["state"][n]) for n in names]
+    return dx, dweights, dstate
+
+
+@backward.register_fake
+def _backward_fake(key, x, weights, workspace, lengths, dy, dfinal):
+    cell = cell_for(key, x)
+    B = x.shape[1]
+    return (torch.empty_like(x), [torch.empty_like(w) for w in weights],
+            [x.new_empty((B, n)) for n in cell.state_sizes.values()])
+
+
+# -- autograd ----------------------------------------------------------------------------------
+
+def _setup_forward(ctx, inputs, output):
+    key, x, weights, state, lengths, train = inputs
+    ctx.key, ctx.train, ctx.has_state = key, train, bool(state)
+    ctx.save_for_backward(x, lengths, output[2], *weights)
+
+
+def _forward_backward(ctx, dy, dfinal, dworkspace):
+    if not ctx.train:
+        raise ShapeError("lstmc: gradients were asked of a forward run with train=False "
+                         "(call the op with train=True when any input requires grad)")
+    x, lengths, work, *weights = ctx.saved_tensors
+    cell = cell_for(ctx.key, x)
+    T, B = x.shape[0], x.shape[1]
+    if dy is None:
+        dy = x.new_zeros((T, B, cell.state_sizes[cell.output]))
+    dfinal = [x.new_zeros((B, n)) if d is None else d.contiguous()
+              for d, n in zip(dfinal or [None] * len(cell.state_sizes),
+                              cell.state_sizes.values())]
+    dx, dweights, dstate = torch.ops.lstmc.backward(ctx.key, x, weights, work, lengths,
+                                                    dy.contiguous(), dfinal)
+    return None, dx, dweights, (dstate if ctx.has_state else None), None, None
+
+
+torch.library.register_autograd("lstmc::forward", _forward_backward,
+                                setup_context=_setup_forward)
+
+
+def _setup_backward(ctx, inputs, output):
+    pass
+
+
+def _no_double_backward(ctx, *grads):
+    raise DoubleBackwardError(
+        "lstmc ops have no second derivative: backward through lstmc.nn modules cannot be "
+        "differentiated again (create_graph=True / torch.autograd.grad of a gradient)")
+
+
+torch.library.register_autograd("lstmc::backward", _no_double_backward,
+                                setup_context=_setup_backward)

@@ -1,0 +1,277 @@
+"""`Recurrent`: any lstmc spec as a torch.nn.Module, layered and bidirectional as nn.LSTM.
+
+The layers are composed here in PyTorch (one lstmc op per layer and direction, inter-layer
+dropout, reversal of the backward direction by each row's length); each op runs one whole
+sequence of one cell natively. `SequenceModule` holds that composition; `Recurrent` names
+its parameters after the spec, the drop-ins of standard.py after PyTorch's modules.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..errors import CompileError, ShapeError
+from ..frontend.source import read_source
+from . import ops
+from .registry import TARGETS, CellKey, compiled
+from .sequence import check_lengths, repack, reverse, unpack
+
+
+def describe(source: str, cell: str | None, input_size: int, hidden_size: int | None,
+             sizes: dict):
+    """The cell's metadata (parameter shapes and initial values, states, output) from the
+    reference target: parsing and lowering only, no native code generated."""
+    draft = CellKey(source, cell, input_size, hidden_size, tuple(sorted(sizes.items())),
+                    "auto", ())
+    return compiled(draft.text(), "float32", "reference")
+
+
+def recurrent_param_names(meta) -> set[str]:
+    """Parameters of the products inside the time loop (the recurrent weights)."""
+    return {name for p in meta.program.recurrent_products for name, _ in p.attr.segments}
+
+
+class SequenceModule(nn.Module):
+    """Layers x directions of lstmc cells over a sequence. Subclasses fill `_keys` (the
+    op key of each layer, same for both directions), `state_sizes`, `input_size`, and
+    define `_weights(layer, direction)` (the op's weight tensors) and
+    `_recurrent_indices(layer)` (which of them weight_dropout masks)."""
+
+    def _setup(self, num_layers: int, bidirectional: bool, batch_first: bool,
+               dropout: float, weight_dropout: float) -> None:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+        for name, p in (("dropout", dropout), ("weight_dropout", weight_dropout)):
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                raise CompileError(f"{name} must be a number in [0, 1], got {p!r}")
+        self.num_layers = num_layers
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.weight_dropout = float(weight_dropout)
+
+    # -- filled by subclasses --------------------------------------------------------------
+    _keys: list[str]
+    state_sizes: dict[str, int]
+    output_name: str
+    input_size: int
+
+    # -- the computation -------------------------------------------------------------------
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _run(self, x: Tensor, state: dict | None, lengths: Tensor | None):
+        """x (T, B, I); state {name: (L*D, B, n)} or None. Returns y (T, B, D*out) and
+        the final states {name: (L*D, B, n)}."""
+        D = self.num_directions
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+            or (state is not None and any(s.requires_grad for s in state.values())))
+        names = list(self.state_sizes)
+        finals: dict[str, list[Tensor]] = {n: [] for n in names}
+        layer_input = x
+        for layer in range(self.num_layers):
+            key = self._keys[layer]
+            outputs = []
+            for d in range(D):
+                weights = self._weights(layer, d)
+                if self.weight_dropout and self.training:
+                    # DropConnect (AWD-LSTM, haste): a fresh mask per forward on the
+                    # recurrent weights, shared by every step; the parameters stay put.
+                    weights = [F.dropout(w, self.weight_dropout, True) if i in
+                               self._recurrent_indices(layer) else w
+                               for i, w in enumerate(weights)]
+                k = layer * D + d
+                init = [] if state is None else [state[n][k] for n in names]
+                seq = layer_input if d == 0 else reverse(layer_input, lengths)
+                y, final = call_forward(key, seq, weights, init, lengths, grad)
+                outputs.append(y if d == 0 else reverse(y, lengths))
+                for n, f in zip(names, final):
+                    finals[n].append(f)
+            layer_input = torch.cat(outputs, dim=-1) if D > 1 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, True)
+        return layer_input, {n: torch.stack(v, 0) for n, v in finals.items()}
+
+    def _prepare(self, input, lengths):
+        """(x (T, B, I), lengths or None, the PackedSequence or None, unbatched)."""
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ShapeError("lengths: a PackedSequence carries its own lengths; pass "
+                                 "one or the other")
+            x, lengths = unpack(packed)
+            unbatched = False
+        else:
+            if not isinstance(input, Tensor):
+                raise ShapeError(f"input: expected a Tensor or PackedSequence, got "
+                                 f"{type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ShapeError(f"input: expected 3 dimensions ((T, B, {self.input_size}) "
+                                 f"or batch first), or 2 for one unbatched sequence; got "
+                                 f"shape {tuple(input.shape)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (
+                input.transpose(0, 1) if self.batch_first else input)
+        if x.shape[-1] != self.input_size:
+            raise ShapeError(f"input: expected {self.input_size} features, got shape "
+                             f"{tuple(input.shape if packed is None else x.shape)}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ShapeError(f"input: expected at least one step and one batch row, got "
+                             f"shape {tuple(x.shape)}")
+        # autocast and mixed inputs: the cell computes in its parameters' dtype
+        x = x.to(self._dtype()).contiguous()
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1])
+        if unbatched and lengths is not None:
+            lengths = lengths.reshape(1)
+        return x, lengths, packed, unbatched
+
+    def _check_state(self, state: dict, batch: int, unbatched: bool) -> dict:
+        if not isinstance(state, dict):
+            raise ShapeError(f"state: expected a dict {{name: tensor}} with the states "
+                             f"{', '.join(self.state_sizes)}, got {type(state).__name__}")
+        missing = [n for n in self.state_sizes if n not in state]
+        extra = [n for n in state if n not in self.state_sizes]
+        if missing or extra:
+            raise ShapeError(f"state: expected the states {', '.join(self.state_sizes)}; "
+                             + (f"missing {', '.join(missing)}" if missing else "")
+                             + ("; " if missing and extra else "")
+                             + (f"unexpected {', '.join(extra)}" if extra else ""))
+        count = self.num_layers * self.num_directions
+        out = {}
+        for name, n in self.state_sizes.items():
+            s = state[name]
+            want = (count, n) if unbatched else (count, batch, n)
+            if not isinstance(s, Tensor) or tuple(s.shape) != want:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                raise ShapeError(f"state['{name}']: expected shape {want}, got {got}")
+            s = s.to(self._dtype())
+            out[name] = (s.unsqueeze(1) if unbatched else s).contiguous()
+        return out
+
+    def _finish(self, y, finals, packed, lengths, unbatched):
+        if packed is not None:
+            y = repack(y, lengths, packed)
+        elif unbatched:
+            y = y.squeeze(1)
+            finals = {n: f.squeeze(1) for n, f in finals.items()}
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, finals
+
+
+def call_forward(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
+                 lengths: Tensor | None, grad: bool):
+    """One lstmc op call: (y, final states). Eager inference calls the implementation
+    directly (no dispatcher, no autograd record); anything else goes through the op."""
+    if not grad and not torch.compiler.is_compiling():
+        y, final, _ = ops.forward_impl(key, x, weights, state, lengths, False)
+    else:
+        y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, grad)
+    return y, final
+
+
+class Recurrent(SequenceModule):
+    """Any spec as a module: `Recurrent("specs/peephole_lstm.lstm", 8, 16)`.
+
+    Parameters are nn.Parameters named after the spec (`W_i`, `p_f`, ...); with several
+    layers or directions they are prefixed `l0_`, `l0_reverse_`, `l1_`, ... They are
+    initialized by the spec's rules: uniform(-1/sqrt(H), 1/sqrt(H)) from torch's random
+    generator, or the spec's constant. `forward(input, state=None, lengths=None)` takes
+    input (T, B, I) ((B, T, I) with batch_first; (T, I) unbatched; or a PackedSequence)
+    and returns (output (T, B, D*out), {state: (L*D, B, n)}) as nn.LSTM arranges them.
+
+    Options beyond nn.LSTM's: `weight_dropout` (DropConnect on the recurrent weights in
+    training), `target` ("auto": CPU tensors on the cpu target, CUDA tensors on cuda;
+    "opencl": CPU tensors through the OpenCL kernels), `device`, `dtype` (float32 or
+    float64). Other keyword arguments bind the spec's named sizes (`P=64`).
+    """
+
+    def __init__(self, spec, input_size: int, hidden_size: int | None, num_layers: int = 1,
+                 bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
+                 cell: str | None = None, *, weight_dropout: float = 0.0, target: str = "auto",
+                 device=None, dtype=None, **sizes: int):
+        super().__init__()
+        self._setup(num_layers, bidirectional, batch_first, dropout, weight_dropout)
+        if target not in TARGETS:
+            raise CompileError(f"unknown target '{target}' (lstmc.nn runs: "
+                               f"{', '.join(TARGETS)})")
+        source = read_source(spec).text
+        self.input_size, self.hidden_size, self.target = input_size, hidden_size, target
+        self._keys, self._names, self._cells, self._recurrent = [], [], [], []
+        for layer in range(num_layers):
+            size = input_size if layer == 0 else self.num_directions * self._out
+            meta = describe(source, cell, size, hidden_size, sizes)
+            layout = tuple((i, None, None) for i in range(len(meta.param_shapes)))
+            key = CellKey(source, cell, size, hidden_size, tuple(sorted(sizes.items())),
+                          target, layout).text()
+            self._keys.append(key)
+            self._cells.append(meta)
+            names = list(meta.param_shapes)
+            self._recurrent.append({names.index(n) for n in recurrent_param_names(meta)})
+            self._out = meta.state_sizes[meta.output]
+            for d in range(self.num_directions):
+                prefix = self._prefix(layer, d)
+                for name, shape in meta.param_shapes.items():
+                    self.register_parameter(prefix + name, nn.Parameter(
+                        torch.empty(shape, device=device, dtype=dtype or torch.float32)))
+        first = self._cells[0]
+        self.cell_name = first.name
+        self.state_sizes = dict(first.state_sizes)
+        self.output_name = first.output
+        self.output_size = self._out * self.num_directions
+        self.reset_parameters()
+
+    def _prefix(self, layer: int, direction: int) -> str:
+        if self.num_layers == 1 and self.num_directions == 1:
+            return ""
+        return f"l{layer}{'_reverse' if direction else ''}_"
+
+    def reset_parameters(self) -> None:
+        """The spec's initialization: its constants, else uniform(-1/sqrt(H), 1/sqrt(H))."""
+        for layer, meta in enumerate(self._cells):
+            bound = 1.0 / math.sqrt(meta.hidden_size)
+            for d in range(self.num_directions):
+                for name in meta.param_shapes:
+                    p = getattr(self, self._prefix(layer, d) + name)
+                    init = meta.param_inits.get(name)
+                    with torch.no_grad():
+                        if init is None:
+                            p.uniform_(-bound, bound)
+                        else:
+                            p.fill_(init)
+
+    def _weights(self, layer: int, direction: int) -> list[Tensor]:
+        prefix = self._prefix(layer, direction)
+        return [getattr(self, prefix + n) for n in self._cells[layer].param_shapes]
+
+    def _recurrent_indices(self, layer: int) -> set[int]:
+        return self._recurrent[layer]
+
+    def forward(self, input, state: dict | None = None, lengths=None, **inputs):
+        if inputs:
+            raise ShapeError(f"unexpected input(s) {', '.join(inputs)}: cell "
+                             f"'{self.cell_name}' takes only its sequence input")
+        x, lengths, packed, unbatched = self._prepare(input, lengths)
+        if state is not None:
+            state = self._check_state(state, x.shape[1], unbatched)
+        y, finals = self._run(x, state, lengths)
+        return self._finish(y, finals, packed, lengths, unbatched)
+
+    def extra_repr(self) -> str:
+        text = (f"{self.cell_name}, {self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}")
+        for name in ("bidirectional", "batch_first"):
+            if getattr(self, name):
+                text += f", {name}=True"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if self.weight_dropout:
+            text += f", weight_dropout={self.weight_dropout}"
+        return text
