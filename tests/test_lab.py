@@ -1,0 +1,367 @@
+"""The variant lab end to end: studies, resume after SIGKILL, workers, failures, reports
+(checked in a real browser), reproducibility, and that learning works."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+optuna = pytest.importorskip("optuna")
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("scipy")
+
+from lstmc.cli import main
+from lstmc.lab.errors import ExperimentError
+from lstmc.lab.experiment import define
+
+ROOT = Path(__file__).resolve().parents[1]
+LSTM = str(ROOT / "specs" / "lstm.lstm")
+CIFG = str(ROOT / "specs" / "greff" / "cifg.lstm")
+
+# A cell whose output overflows at once: its training loss is NaN or infinite.
+BLOWUP = """
+cell blowup(x: I) -> h: H {
+  param W, U, b
+  h' = exp(exp(W @ x + U @ h + b + 40))
+}
+"""
+
+
+def config_file(path: Path, variants: list[str], trials: int, *, epochs: int = 2,
+                train: int = 64, length: int = 8, extra: str = "") -> Path:
+    """A tiny experiment on `adding`: fixed hidden and batch sizes, so every trial reuses
+    one compiled kernel per variant."""
+    listed = ", ".join(f'"{v}"' for v in variants)
+    path.write_text(f"""
+task = "adding"
+variants = [{listed}]
+trials = {trials}
+epochs = {epochs}
+heartbeat = 1
+{extra}
+[task_options]
+length = {length}
+train = {train}
+valid = 32
+test = 32
+[space]
+hidden_size = 8
+batch_size = 32
+""", encoding="utf-8")
+    return path
+
+
+def lab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lstmc.cli", "experiment", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=_env(),
+                          check=False)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def trials_of(url: str, study: str):
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def assert_each_slot_once(url: str, study: str, budget: int) -> None:
+    """Every slot of the budget completed exactly once; any other attempt is a failed
+    (interrupted) one that was retried."""
+    trials = trials_of(url, study)
+    done = [t.user_attrs["slot"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(done) == list(range(budget))
+    for t in trials:
+        assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """2 variants x 2 trials on tiny sizes, run through the CLI in this process, reported."""
+    where = tmp_path_factory.mktemp("lab")
+    url = f"sqlite:///{where / 'lab.db'}"
+    config = config_file(where / "small.toml", [LSTM, CIFG], trials=4)
+    assert main(["experiment", "run", "--config", str(config), "--storage", url]) == 0
+    assert main(["experiment", "report", "--storage", url, "-o", str(where / "report")]) == 0
+    return where, url
+
+
+def test_small_experiment_end_to_end(small_study):
+    where, url = small_study
+    study = optuna.load_study(study_name="adding", storage=url)
+    assert "lstmc_experiment" in study.user_attrs
+    trials = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 4
+    assert sorted(t.params["variant"] for t in trials) == ["cifg", "cifg", "lstm", "lstm"]
+    report = where / "report"
+    for name in ("summary.csv", "summary.md", "trials.csv", "index.html", "boxplot.png",
+                 "curves.png", "importance.png", "time.png"):
+        assert (report / name).stat().st_size > 0, name
+    from PIL import Image
+
+    for png in report.glob("*.png"):
+        with Image.open(png) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+    # the summary's numbers are those the trials recorded
+    from scipy import stats
+
+    with open(report / "summary.csv", newline="") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    tests = {v: np.array([t.user_attrs["test"] for t in trials if t.params["variant"] == v])
+             for v in ("lstm", "cifg")}
+    for variant, values in tests.items():
+        row = rows[variant]
+        assert int(row["trials"]) == 2 and int(row["failed"]) == 0
+        assert float(row["best"]) == pytest.approx(values.min(), rel=1e-12)
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        assert float(row["median"]) == pytest.approx(median, rel=1e-12)
+        assert float(row["q1"]) == pytest.approx(q1, rel=1e-12)
+        assert float(row["q3"]) == pytest.approx(q3, rel=1e-12)
+    p = stats.ttest_ind(tests["cifg"], tests["lstm"], equal_var=False).pvalue
+    assert float(rows["cifg"]["p_value"]) == pytest.approx(p, rel=1e-9)
+    assert rows["lstm"]["p_value"] == ""  # the baseline
+    text = (report / "summary.md").read_text()
+    assert "| lstm | 2 | 0 |" in text and "| cifg | 2 | 0 |" in text
+
+
+def test_rerun_of_a_finished_experiment_runs_nothing(small_study):
+    where, url = small_study
+    before = len(trials_of(url, "adding"))
+    config = where / "small.toml"
+    assert main(["experiment", "run", "--config", str(config), "--storage", url]) == 0
+    assert len(trials_of(url, "adding")) == before
+    # resume by name alone: the stored definition is enough
+    assert main(["experiment", "run", "--storage", url, "--study", "adding"]) == 0
+    assert len(trials_of(url, "adding")) == before
+
+
+def test_reproducible_on_cpu(small_study):
+    """A configuration trained twice with its seed gives the same metrics."""
+    from lstmc.lab.study import read_experiment
+    from lstmc.lab.train import train
+
+    _, url = small_study
+    experiment = read_experiment(url, "adding")
+    task = experiment.make_task()
+    trial = next(t for t in trials_of(url, "adding")
+                 if t.state == optuna.trial.TrialState.COMPLETE)
+    from lstmc.lab.runner import seed_of
+
+    config = trial.user_attrs["config"]
+    variant = experiment.variant(trial.params["variant"])
+    seed = seed_of(experiment, trial.user_attrs["slot"], 0)
+    a = train(task, variant, config, epochs=experiment.epochs, seed=seed)
+    b = train(task, variant, config, epochs=experiment.epochs, seed=seed)
+    assert a.valid_curve == b.valid_curve and a.test == b.test
+    assert a.test == trial.user_attrs["test_per_seed"][0]
+
+
+def test_resume_after_sigkill(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    config = config_file(tmp_path / "resume.toml", [LSTM, CIFG], trials=4, train=512,
+                         length=16)
+    command = [sys.executable, "-m", "lstmc.cli", "experiment", "run", "--config", str(config),
+               "--storage", url]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    complete = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                complete = sum(t.state == optuna.trial.TrialState.COMPLETE
+                               for t in trials_of(url, "adding"))
+            except Exception:  # noqa: BLE001 -- not created yet, or being written
+                complete = 0
+            if complete >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert complete >= 2, "the run did not complete two trials"
+    assert complete < 4, "the run finished before it could be killed"
+    again = lab("run", "--config", str(config), "--storage", url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert_each_slot_once(url, "adding", 4)
+
+
+def test_two_workers_share_the_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    _two_workers(tmp_path, url)
+
+
+def _two_workers(where: Path, url: str, study: str = "adding") -> None:
+    config = config_file(where / "jobs.toml", [LSTM, CIFG], trials=4)
+    result = lab("run", "--config", str(config), "--storage", url, "--study", study,
+                 "--jobs", "2", cwd=where)
+    assert result.returncode == 0, result.stderr
+    assert_each_slot_once(url, study, 4)
+    trials = trials_of(url, study)
+    assert len(trials) == 4  # nothing retried, nothing run twice
+    assert "[worker 0]" in result.stderr or "[worker 1]" in result.stderr
+
+
+def test_failing_trial_is_recorded_and_the_rest_finish(tmp_path):
+    spec = tmp_path / "blowup.lstm"
+    spec.write_text(BLOWUP)
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    config = config_file(tmp_path / "fail.toml", [LSTM, str(spec)], trials=4, epochs=1)
+    assert main(["experiment", "run", "--config", str(config), "--storage", url]) == 0
+    trials = trials_of(url, "adding")
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(failed) == 2 and len(complete) == 2
+    for t in failed:
+        assert t.params["variant"] == "blowup"
+        assert "TrialDiverged" in t.user_attrs["error"] and "blowup" in t.user_attrs["error"]
+    assert {t.params["variant"] for t in complete} == {"lstm"}
+    out = tmp_path / "report"
+    assert main(["experiment", "report", "--storage", url, "-o", str(out)]) == 0
+    assert "TrialDiverged" in (out / "index.html").read_text()
+
+
+def test_bad_definitions_are_named(tmp_path, capsys):
+    with pytest.raises(ExperimentError, match="unknown task 'nope'"):
+        define({"task": "nope", "variants": [LSTM]})
+    with pytest.raises(ExperimentError, match="unknown hyperparameter 'lr'"):
+        define({"task": "adding", "variants": [LSTM], "space": {"lr": 0.1}})
+    with pytest.raises(ExperimentError, match="cannot read the spec"):
+        define({"task": "adding", "variants": [str(tmp_path / "missing.lstm")]})
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["experiment", "report", "--storage", url, "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "holds no study" in err and "Traceback" not in err
+
+
+def test_tasks_command_lists_every_task(capsys):
+    from lstmc.lab.tasks import TASKS
+
+    assert main(["experiment", "tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in TASKS:
+        assert name in out
+
+
+def test_learning_works_on_adding():
+    """The standard LSTM beats the trivial predictor's MSE (about 1/6) by 10x on adding
+    with T = 50, within a small budget."""
+    from lstmc.lab.experiment import load_variants
+    from lstmc.lab.tasks import get_task
+    from lstmc.lab.train import train
+
+    task = get_task("adding", length=50, train=2000, valid=200, test=500)
+    test = task.splits()["test"]
+    trivial = task.score(np.full_like(test.y, task.splits()["train"].y.mean()), test)
+    variant = load_variants([LSTM], None)[0]
+    config = {"learning_rate": 1e-2, "optimizer": "adam", "momentum": 0.9, "hidden_size": 32,
+              "batch_size": 32, "input_noise": 0.0, "dropout": 0.0}
+    result = train(task, variant, config, epochs=12, seed=0, patience=12)
+    assert result.test < trivial / 10, (result.test, trivial, result.valid_curve)
+
+
+def _chromium() -> tuple[str, str] | None:
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def test_report_in_a_real_browser(small_study):
+    """index.html loads in headless Chromium with no console error, and every image
+    renders with a non-zero natural size."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    found = _chromium()
+    if found is None:
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium "
+                    "chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    where, _ = small_study
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    try:
+        driver.get((where / "report" / "index.html").resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map("
+            "i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        title = driver.title
+    finally:
+        driver.quit()
+    assert title == "lstmc experiment: adding"
+    assert len(images) == 4
+    for alt, complete, width, height in images:
+        assert complete and width > 0 and height > 0, alt
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """LSTMC_TEST_POSTGRES_URL, or a private throwaway server started with Debian's
+    initdb / pg_ctl (as the postgres user when run as root); skipped if neither works."""
+    url = os.environ.get("LSTMC_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    pytest.importorskip("psycopg2")
+    import glob
+    import shutil
+    import socket
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("no PostgreSQL server: set LSTMC_TEST_POSTGRES_URL or apt-get install "
+                    "postgresql")
+    initdb, pg_ctl = os.path.join(bins[-1], "initdb"), os.path.join(bins[-1], "pg_ctl")
+    home = tempfile.mkdtemp(prefix="lstmc-pg-")
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        shutil.chown(home, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = os.path.join(home, "data")
+    try:
+        subprocess.run(prefix + [initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run(prefix + [pg_ctl, "-D", data, "-l", os.path.join(home, "log"), "-w",
+                                 "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1",
+                                 "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.skip(f"could not start a private PostgreSQL server: {exc}")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(prefix + [pg_ctl, "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql(tmp_path, postgres_url):
+    study = f"adding-{os.getpid()}-{int(time.time())}"
+    _two_workers(tmp_path, postgres_url, study)
