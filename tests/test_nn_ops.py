@@ -1,0 +1,201 @@
+"""lstmc's custom ops and Recurrent: gradcheck and opcheck (a custom spec and a stack),
+torch.compile(fullgraph=True) training equal to eager, torch.export, double backward,
+autocast, DropConnect, packed-weight reuse, RecurrentCell, and bad input."""
+import pathlib
+
+import pytest
+import torch
+
+import lstmc
+import lstmc.nn as lnn
+from lstmc.nn import ops
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PEEPHOLE = str(ROOT / "specs" / "peephole_lstm.lstm")
+T, B, I, H = 5, 3, 3, 5
+
+
+def peephole(dtype=torch.float64, **options):
+    torch.manual_seed(0)
+    return lnn.Recurrent(PEEPHOLE, I, H, dtype=dtype, **options)
+
+
+def stack(dtype=torch.float64):
+    torch.manual_seed(0)
+    return lnn.Recurrent(PEEPHOLE, I, H, num_layers=2, bidirectional=True, dtype=dtype)
+
+
+def test_parameters_named_after_the_spec():
+    single = peephole()
+    assert [n for n, _ in single.named_parameters()][:3] == ["W_i", "W_f", "W_g"]
+    names = [n for n, _ in stack().named_parameters()]
+    assert "l0_W_i" in names and "l0_reverse_p_o" in names and "l1_reverse_b_o" in names
+    assert stack().l1_W_i.shape == (H, 2 * H)
+
+
+def test_gradcheck_custom_spec_and_stack():
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    for module in (peephole(), stack()):
+        params = list(module.parameters())
+        state = {n: (0.3 * torch.randn(module.num_layers * module.num_directions, B, s,
+                                       dtype=torch.float64)).requires_grad_()
+                 for n, s in module.state_sizes.items()}
+        lengths = torch.tensor([5, 2, 4])
+
+        def f(x, *args):
+            init = dict(zip(state, args[:len(state)]))
+            y, final = torch.func.functional_call(
+                module, dict(zip([n for n, _ in module.named_parameters()],
+                                 args[len(state):])), (x, init, lengths))
+            return (y, *final.values())
+
+        assert torch.autograd.gradcheck(f, (x, *state.values(), *params), eps=1e-6,
+                                        atol=1e-6, rtol=1e-5)
+
+
+def _op_args(module, x, lengths, train):
+    key = module._keys[-1]
+    layer_input = x if module.num_layers == 1 else torch.randn(
+        x.shape[0], x.shape[1], module.num_directions * H, dtype=x.dtype)
+    state = [0.3 * torch.randn(x.shape[1], s, dtype=x.dtype)
+             for s in module.state_sizes.values()]
+    weights = [w.detach().clone().requires_grad_() for w in module._weights(
+        module.num_layers - 1, module.num_directions - 1)]
+    return (key, layer_input.requires_grad_(), weights, [s.requires_grad_() for s in state],
+            lengths, train)
+
+
+@pytest.mark.parametrize("which", ["peephole", "stack"])
+def test_opcheck(which):
+    module = peephole() if which == "peephole" else stack()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for lengths in (None, torch.tensor([5, 2, 4])):
+        args = _op_args(module, x, lengths, True)
+        torch.library.opcheck(torch.ops.lstmc.forward.default, args)
+        torch.library.opcheck(torch.ops.lstmc.forward.default, args[:-1] + (False,),
+                              test_utils=("test_schema", "test_faketensor"))
+        y, final, work = torch.ops.lstmc.forward(*args)
+        back = (args[0], args[1].detach(), [w.detach() for w in args[2]], work, lengths,
+                torch.randn_like(y), [torch.randn_like(f) for f in final])
+        torch.library.opcheck(torch.ops.lstmc.backward.default, back,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def _train(model, steps, x, target):
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = lnn.Recurrent(PEEPHOLE, I, H)
+        self.head = torch.nn.Linear(H, 1)
+
+    def forward(self, x):
+        y, state = self.rnn(x)
+        return self.head(y[-1] + state["c"][0])
+
+
+def test_compile_fullgraph_trains_like_eager():
+    x, target = torch.randn(T, B, I), torch.randn(B, 1)
+    eager = _train(Model(), 3, x, target)
+    torch._dynamo.reset()
+    compiled = torch.compile(Model(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(_train(compiled, 3, x, target), eager, rtol=1e-6, atol=1e-7)
+
+
+def test_export_inference():
+    model = Model().eval()
+    x = torch.randn(T, B, I)
+    exported = torch.export.export(model, (x,))
+    assert any("lstmc.forward" in str(n.target) for n in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_double_backward_raises():
+    module = peephole()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    y, _ = module(x)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(ops.DoubleBackwardError, match="second derivative"):
+        gx.sum().backward()
+
+
+def test_autocast_casts_inputs_to_the_cells_dtype():
+    module = peephole(dtype=torch.float32)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = module(x.to(torch.bfloat16))
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, module(x.to(torch.bfloat16).float())[0])
+
+
+def test_dropconnect_masks_recurrent_weights_without_replacing_parameters():
+    module = peephole(weight_dropout=0.5)
+    before = {n: p for n, p in module.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    first, second = module(x)[0], module(x)[0]
+    assert not torch.equal(first, second)
+    assert all(p is before[n] for n, p in module.named_parameters())
+    first.sum().backward()
+    assert module.U_i.grad is not None and module.W_i.grad is not None
+    module.eval()
+    torch.testing.assert_close(module(x)[0], peephole()(x)[0])
+
+
+def test_packed_weights_follow_parameter_updates():
+    module = peephole()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with torch.no_grad():
+        before = module(x)[0]
+        module.U_f.mul_(0.5)  # an in-place update, as an optimizer step
+        after = module(x)[0]
+    fresh = peephole()
+    with torch.no_grad():
+        fresh.U_f.mul_(0.5)
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, fresh(x)[0], rtol=0, atol=0)
+
+
+def test_recurrent_cell_steps_equal_the_sequence():
+    torch.manual_seed(0)
+    cell = lnn.RecurrentCell(PEEPHOLE, I, H, dtype=torch.float64)
+    sequence = lnn.Recurrent(PEEPHOLE, I, H, dtype=torch.float64)
+    sequence.load_state_dict(cell.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    y, final = sequence(x)
+    state = None
+    for t in range(T):
+        out, state = cell(x[t], state)
+        torch.testing.assert_close(out, y[t])
+    torch.testing.assert_close(state["c"], final["c"][0])
+    out, one = cell(x[0, 0])
+    assert out.shape == (H,) and one["c"].shape == (H,)
+
+
+def test_bad_input_is_a_named_error():
+    module = peephole()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with pytest.raises(lstmc.ShapeError, match="expected 3 features"):
+        module(torch.randn(T, B, 4, dtype=torch.float64))
+    with pytest.raises(lstmc.ShapeError, match="state: expected the states h, c; missing c"):
+        module(x, {"h": torch.zeros(1, B, H, dtype=torch.float64)})
+    with pytest.raises(lstmc.ShapeError, match=r"state\['c'\]: expected shape \(1, 3, 5\)"):
+        module(x, {"h": torch.zeros(1, B, H), "c": torch.zeros(B, H)})
+    with pytest.raises(lstmc.ShapeError, match="between 1 and T=5, got 6 for row 1"):
+        module(x, lengths=[5, 6, 1])
+    with pytest.raises(lstmc.ShapeError, match="unexpected input"):
+        module(x, extra=x)
+    with pytest.raises(lstmc.CompileError, match="unknown target"):
+        lnn.Recurrent(PEEPHOLE, I, H, target="tpu")
+    with pytest.raises(lstmc.SpecError):
+        lnn.Recurrent("cell broken(x: I) -> h: H { h' = tanh(W @ x) + gg }", I, H)
