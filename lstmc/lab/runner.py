@@ -46,6 +46,7 @@ def run_trial(url: str, name: str, experiment: Experiment, task: Task, trial_id:
     frozen = probe._storage.get_trial(trial_id)
     slot = frozen.user_attrs.get("slot", frozen.number)  # a retry keeps its first slot
     study = load_study(url, name, experiment, sampler=make_sampler(experiment, slot))
+    study.get_trials(deepcopy=False)  # Optuna's storage cache must know the claimed trial
     beat = Heartbeat(study._storage, trial_id, experiment.heartbeat)
     trial = optuna.trial.Trial(study, trial_id)
     variant = "?"
@@ -77,13 +78,28 @@ def run_trial(url: str, name: str, experiment: Experiment, task: Task, trial_id:
         retry_callback(experiment.max_retry)(study, frozen)
         raise
     except Exception as exc:  # noqa: BLE001 -- any failure is recorded; the run goes on
-        message = f"{type(exc).__name__}: {exc}"
+        message = describe_failure(exc)
         trial.set_user_attr("error", message)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         progress.trial_finished(trial.number, variant, f"FAILED: {message}")
         return False
     finally:
         beat.stop()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The message recorded for a failed trial: lstmc's own errors say what and where
+    already; anything else also names the line that raised it."""
+    import traceback
+
+    from ..errors import LstmcError
+
+    message = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not isinstance(exc, LstmcError) and frames:
+        last = frames[-1]
+        message += f" (at {last.filename}:{last.lineno}, in {last.name})"
+    return message
 
 
 def record(trial, runs) -> None:
