@@ -28,9 +28,10 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import lstmc  # noqa: E402
-import lstmc.nn as lnn  # noqa: E402
-from cpu import interleaved_medians  # noqa: E402
+from cpu import interleaved_medians
+
+import lstmc
+import lstmc.nn as lnn
 
 PEEPHOLE = str(ROOT / "specs" / "peephole_lstm.lstm")
 

@@ -39,7 +39,7 @@ class Classifier(torch.nn.Module):
         self.head = torch.nn.Linear(hidden, 1)
 
     def forward(self, x, lengths):
-        y, state = self.rnn(x, lengths=lengths)
+        _y, state = self.rnn(x, lengths=lengths)
         return self.head(state["h"][-1]).squeeze(-1)  # the last layer's final h
 
 

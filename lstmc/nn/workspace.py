@@ -24,11 +24,13 @@ GPU_SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2
 
 def _saved_widths(cell) -> list[tuple[str, int]]:
     """(name, width) of each buffer a native training forward saves, in manifest order."""
+    from lstmc_runtime.buffers import is_saved
+
     widths = cell.__dict__.get("_lstmc_nn_saved")
     if widths is None:
         widths = []
         for spec in cell.manifest["entries"]["forward_train"]["buffers"]:
-            if spec["name"].startswith("saved:") and spec["role"] in ("out", "result"):
+            if is_saved(spec["name"]) and spec["role"] in ("out", "result"):
                 if list(spec["shape"][:2]) != ["T", "B"] or len(spec["shape"]) != 3:
                     raise BackendError(f"saved buffer {spec['name']} has shape {spec['shape']}"
                                        "; lstmc.nn expects (T, B, width)")
@@ -93,7 +95,7 @@ def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarra
     if offset != workspace.size:
         raise BackendError(f"workspace: {workspace.size} elements, the cell's forward saves "
                            f"{offset} for (T, B) = ({T}, {B})")
-    return Saved(slices, bounds, x, lengths)
+    return Saved(slices, bounds, x, lengths, owner=cell)
 
 
 # -- GPU -----------------------------------------------------------------------------------
