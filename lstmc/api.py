@@ -9,21 +9,26 @@ import functools
 import os
 
 import numpy as np
+from lstmc_runtime import dtypes
+from lstmc_runtime.cellbase import CellBase, Tape
+from lstmc_runtime.errors import UsageError
+from lstmc_runtime.manifest import CellDescription, ParamSpec
+from lstmc_runtime.stack import Stack
 
 from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
-from lstmc_runtime.cellbase import CellBase, Tape
-from lstmc_runtime.stack import Stack
-
-from .frontend.source import read_source
 from .errors import BackendError, CompileError
+from .frontend.source import read_source
 from .passes.pipeline import Program
 
-__all__ = ["compile", "Cell", "Tape", "bind_sizes"]
+__all__ = ["Cell", "Tape", "bind_sizes", "compile"]
 
 TARGETS = ("reference", "cpu", "cuda", "opencl")
 GPU_TARGETS = ("cuda", "opencl")
-DTYPES = ("float32", "float64")
+DTYPES = tuple(dtypes.DTYPES)
+
+
+MAX_SIZE = 1 << 24  # any one size; a 4H x H float32 weight of it would be 2^50 bytes
 
 
 def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[str, int]:
@@ -46,10 +51,14 @@ def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[s
         if name not in names:
             raise CompileError(f"unknown size '{name}': the spec's sizes are "
                                + (", ".join(sorted(names)) or "all fixed"))
+        if name in given and given[name] != value:  # e.g. hidden_size=4 and H=5
+            raise CompileError(f"size {name} is given twice: {given[name]} and {value}")
         given[name] = value
     for name, value in given.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise CompileError(f"size {name} must be a positive integer, got {value!r}")
+        if value > MAX_SIZE:  # beyond it, buffer sizes overflow the kernels' indices
+            raise CompileError(f"size {name}={value} is too large (at most {MAX_SIZE})")
     missing = sorted(names - set(given))
     if missing:
         hint = {"H": "hidden_size=", next(iter(input_atom.names), None): "input_size="}
@@ -70,7 +79,7 @@ def _size_names(program: Program) -> set[str]:
     return names
 
 
-def compile(spec: "str | os.PathLike[str]", input_size: int | None = None,
+def compile(spec: str | os.PathLike[str], input_size: int | None = None,
             hidden_size: int | None = None, *, target: str = "reference",
             dtype: str = "float32", cell: str | None = None, num_layers: int = 1,
             bidirectional: bool = False, batch_first: bool = False, **sizes: int):
@@ -87,9 +96,7 @@ def compile(spec: "str | os.PathLike[str]", input_size: int | None = None,
     """
     if target not in TARGETS:
         raise CompileError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
-    dtype_name = np.dtype(dtype).name if _is_dtype(dtype) else str(dtype)
-    if dtype_name not in DTYPES:
-        raise CompileError(f"unsupported dtype '{dtype}' (supported: {', '.join(DTYPES)})")
+    dtype_name = _dtype_name(dtype)
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
@@ -154,12 +161,12 @@ def _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target):
     return GpuCell(manifest, kernels)
 
 
-def _is_dtype(value) -> bool:
+def _dtype_name(value) -> str:
+    """The name of a supported dtype given as a name, a NumPy dtype or a DType."""
     try:
-        np.dtype(value)
-        return True
-    except TypeError:
-        return False
+        return dtypes.dtype(value).name
+    except UsageError as exc:
+        raise CompileError(str(exc)) from None
 
 
 class Cell(CellBase):
@@ -177,6 +184,16 @@ class Cell(CellBase):
         self.param_inits = {n: p.init for n, p in info.params.items()}
         self.hidden_size = sizes.get("H", self.state_sizes[self.output])
         self._executor = ReferenceExecutor(program, sizes, dtype)
+
+    @property
+    def description(self) -> CellDescription:
+        """What this cell is, in the terms every target's cell uses."""
+        return CellDescription(
+            name=self.name, target=self.target, dtype=np.dtype(self.dtype).name,
+            sizes=dict(self.sizes), input_size=self.input_size, output=self.output,
+            states=dict(self.state_sizes),
+            params={n: ParamSpec(s, self.param_inits[n]) for n, s in self.param_shapes.items()},
+            batch_first=bool(self.batch_first))
 
     def _run_forward(self, x, params, state, train, lengths):
         return self._executor.forward(x, params, state, train, lengths)
@@ -197,6 +214,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     from .backends.cpu import write_artifact as write_cpu
     from .backends.gpu.artifact import write_artifact as write_gpu
 
+    dtype = _dtype_name(dtype)
     if target not in ("cpu",) + GPU_TARGETS:
         raise CompileError(f"artifacts are written for targets cpu, cuda and opencl, not "
                            f"'{target}'")
@@ -207,7 +225,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     source = read_source(spec)
     program = lower_spec(source, cell)
     bound = bind_sizes(program, input_size, hidden_size, sizes)
-    os.makedirs(directory, exist_ok=True)
+    _check_cpu_name(target, cpu)
+    _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
         write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
                        cpu=cpu)
@@ -229,3 +248,22 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
                            "batch_first": bool(batch_first)},
                 "cells": {name: name for name in parts}}
     write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
+
+
+def _check_cpu_name(target: str, cpu: str) -> None:
+    if target == "cpu":
+        from .backends.llvm.toolchain import check_cpu_name
+
+        check_cpu_name(cpu)
+
+
+def _make_output_directory(directory: str) -> None:
+    """The artifact's directory, made if missing; a file in its place is an error."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CompileError(f"cannot write the artifact to {directory}: it exists and is not "
+                           "a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise CompileError(f"cannot create the artifact directory {directory}: "
+                           f"{exc.strerror or exc}") from None
