@@ -195,6 +195,9 @@ def test_artifact_for_a_cpu_with_missing_instructions_is_refused(tmp_path):
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("the check reads /proc/cpuinfo")
     manifest["cpu"]["features"] = ["sse4_2", "instructions_from_the_future"]
+    from lstmc_runtime.manifest import self_checksum
+
+    manifest["manifest_sha256"] = self_checksum(manifest)  # judged by what it says
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(lstmc.BackendError,
                        match="compiled for a CPU with instructions_from_the_future"):

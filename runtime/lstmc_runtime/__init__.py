@@ -1,7 +1,7 @@
 """lstmc_runtime: loads and runs cells compiled by lstmc. Needs only NumPy (and CuPy for
 CUDA artifacts); no compiler, lark or llvmlite on the machine that deploys."""
 from .cellbase import CellBase, Tape
-from .errors import BackendError, LstmcError, ShapeError
+from .errors import ArtifactError, BackendError, LstmcError, ShapeError, UsageError
 
 
 def load(directory):
@@ -19,4 +19,13 @@ def load(directory):
     return load_cell(directory, manifest)
 
 
-__all__ = ["load", "CellBase", "Tape", "LstmcError", "ShapeError", "BackendError"]
+def release_memory() -> int:
+    """Free the memory kept for reuse between calls (the CPU buffer pool, also emptied
+    by itself after LSTMC_POOL_IDLE_S idle seconds); returns the bytes given back."""
+    from .native import release_memory as release
+
+    return release()
+
+
+__all__ = ["ArtifactError", "BackendError", "CellBase", "LstmcError", "ShapeError", "Tape",
+           "UsageError", "load", "release_memory"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import ShapeError, UsageError
 from .validate import check_array, check_names
 
 
@@ -106,7 +106,7 @@ class CellBase(abc.ABC):
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
-        return y, final, Tape(self, params, saved, x.shape, lengths)
+        return y, final, Tape(self, params, saved, x.shape, lengths, origin=self)
 
     @abc.abstractmethod
     def _run_forward(self, x, params, state, train, lengths):
@@ -126,12 +126,27 @@ class Tape:
     saved: object
     x_shape: tuple
     lengths: np.ndarray | None = None
+    origin: object = field(default=None, repr=False, compare=False)  # the recording cell
+
+    def _check_belongs(self, cell) -> None:
+        """A tape runs backward only through the cell that recorded it, with parameters
+        of that cell's shapes: anything else is a UsageError, not a KeyError inside."""
+        if not isinstance(cell, CellBase):
+            raise UsageError(f"Tape.cell: expected a compiled cell, got {type(cell).__name__}")
+        if self.origin is not None and self.origin is not cell:
+            raise UsageError(f"this tape was recorded by {self.origin!r}, not by {cell!r}: "
+                             "call backward on the tape that cell's forward returned")
+        if getattr(self.params, "validated_for", None) is not cell:
+            check_names("tape params", self.params, list(cell.param_shapes))
+            for name, shape in cell.param_shapes.items():
+                check_array(f"tape params['{name}']", self.params[name], shape, cell.dtype)
 
     def backward(self, dy, dstate=None) -> dict:
         """Gradients of a loss, given dy (T, B, out) = dL/dy and optionally the gradients
         of the final states {name: (B, n)}. Returns {"x": (T, B, I), "params": {name:
         array}, "state": {name: (B, n)}} (the last: gradients of the initial states)."""
         cell = self.cell
+        self._check_belongs(cell)
         T, B, _ = self.x_shape
         out = cell.state_sizes[cell.output]
         if cell.batch_first:

@@ -189,6 +189,7 @@ class Saved:
     bounds: list[int]
     x: np.ndarray
     lengths: np.ndarray
+    owner: object = None  # the NativeCell whose kernels wrote it
 
 
 class PackedParams(dict):
@@ -399,12 +400,15 @@ class NativeCell(CellBase):
         if train:
             kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
                     for sl in out["slices"]]
-            saved = Saved(kept, bounds, x, given["lengths"])
+            saved = Saved(kept, bounds, x, given["lengths"], owner=self)
             # The saved arrays go back to the pool when the tape is gone.
             weakref.finalize(saved, POOL.put, [a for sl in kept for a in sl.values()])
         return out["y"], final, saved
 
     def _run_backward(self, saved: Saved, params, dy, dstate):
+        if not isinstance(saved, Saved) or saved.owner is not self:
+            raise UsageError(f"this tape's saved values were not recorded by {self!r}: call "
+                             "backward on the tape its own forward returned")
         packs = self._packs(params)
         given = self._inputs(saved.x, params, {}, saved.lengths, packs)
         given["dy"] = dy
