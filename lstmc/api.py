@@ -82,13 +82,19 @@ def _size_names(program: Program) -> set[str]:
 def compile(spec: str | os.PathLike[str], input_size: int | None = None,
             hidden_size: int | None = None, *, target: str = "reference",
             dtype: str = "float32", cell: str | None = None, num_layers: int = 1,
-            bidirectional: bool = False, batch_first: bool = False, **sizes: int):
+            bidirectional: bool = False, batch_first: bool = False,
+            direction: str = "forward", reverse_spec=None, reverse_cell: str | None = None,
+            **sizes: int):
     """Compile the cell of `spec` (a path or the spec's text).
 
     `input_size` and `hidden_size` bind the input's size and H; other named sizes (a
     projection size P, say) are keyword arguments. `cell` picks one cell of a spec that
     defines several. `num_layers`, `bidirectional` and `batch_first` mean what they mean
     for torch.nn.LSTM; with more than one layer or direction the result is a Stack.
+    direction="reverse" (without `bidirectional`) runs a single direction that reads
+    each row's sequence backwards (a Stack). With `bidirectional`, the reverse direction
+    may be another cell: `reverse_spec` (default: `spec`) and `reverse_cell` (default:
+    `cell`), with the same states.
     target="cpu" compiles native code (cached on disk); "cuda" runs generated CUDA
     kernels through CuPy (CuPy arrays in and out), "opencl" the same kernels through
     pyopencl on any OpenCL device (NumPy arrays in and out); both compute in float32.
@@ -99,18 +105,44 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
     dtype_name = _dtype_name(dtype)
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    kinds = _directions(direction, bidirectional, reverse_spec, reverse_cell)
     source = read_source(spec)
-    first = _compile_one(source, cell, input_size, hidden_size, sizes, dtype_name, target)
-    if num_layers == 1 and not bidirectional:
-        first.batch_first = bool(batch_first)
-        return first
-    directions = 2 if bidirectional else 1
-    upper = None
+    # (source, cell name) per direction; one compiled cell serves both when they are alike
+    choices = {"forward": (source, cell)}
+    choices["reverse"] = choices["forward"] if reverse_spec is None and reverse_cell is None \
+        else (source if reverse_spec is None else read_source(reverse_spec),
+              cell if reverse_cell is None else reverse_cell)
+
+    def layer(in_size):
+        built = {}
+        for kind in kinds:
+            key = id(choices[kind])
+            if key not in built:
+                src, name = choices[kind]
+                built[key] = _compile_one(src, name, in_size, hidden_size, sizes, dtype_name,
+                                          target)
+        return [built[id(choices[kind])] for kind in kinds]
+
+    first = layer(input_size)
+    if num_layers == 1 and kinds == ("forward",):
+        first[0].batch_first = bool(batch_first)
+        return first[0]
+    layers = [first]
     if num_layers > 1:
-        upper_input = first.state_sizes[first.output] * directions
-        upper = _compile_one(source, cell, upper_input, hidden_size, sizes, dtype_name, target)
-    layers = [[first if l == 0 else upper for _ in range(directions)] for l in range(num_layers)]
-    return Stack(layers, batch_first=bool(batch_first))
+        layers += [layer(sum(c.state_sizes[c.output] for c in first))] * (num_layers - 1)
+    return Stack(layers, batch_first=bool(batch_first), directions=kinds)
+
+
+def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[str, ...]:
+    if direction not in ("forward", "reverse"):
+        raise CompileError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    if bidirectional and direction == "reverse":
+        raise CompileError("direction='reverse' is one reversed direction; "
+                           "bidirectional=True already adds the reverse one")
+    if not bidirectional and (reverse_spec is not None or reverse_cell is not None):
+        raise CompileError("reverse_spec and reverse_cell choose the reverse direction's "
+                           "cell of a bidirectional stack: pass bidirectional=True")
+    return ("forward", "reverse") if bidirectional else (direction,)
 
 
 def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):

@@ -93,7 +93,7 @@ def test_stack_bad_inputs():
         stack.forward(x, params, {"h": np.zeros((1, B, H), np.float32)})
     with pytest.raises(lstmc.ShapeError, match="params: missing 'l1.W_hn'"):
         stack.forward(x, {k: v for k, v in params.items() if k != "l1.W_hn"})
-    with pytest.raises(lstmc.ShapeError, match="lengths: each must be between 1 and T=6"):
+    with pytest.raises(lstmc.ShapeError, match="lengths: each must be between 0 and T=6"):
         stack.forward(x, params, lengths=[1, 2, 7, 1])
     with pytest.raises(lstmc.CompileError, match="num_layers must be a positive integer"):
         lstmc.compile(spec_path("gru"), I, H, num_layers=0)

@@ -3,7 +3,11 @@
 Layer l > 0 reads the concatenated outputs of layer l - 1's directions; the reverse
 direction reads each row's valid prefix backwards (PyTorch's packed-sequence semantics
 with `lengths`). Parameters are named `l{k}.{name}` and `l{k}_reverse.{name}`; states
-are {name: (L * D, B, n)}, index l * D + d, as in PyTorch."""
+are {name: (L * D, B, n)}, index l * D + d, as in PyTorch.
+
+Beyond nn.LSTM (for ONNX's LSTM, GRU and RNN operators): a stack may run one reversed
+direction only (`directions=("reverse",)`), and the two directions of a layer may be
+different cells, as long as they have the same states."""
 from __future__ import annotations
 
 import os
@@ -27,13 +31,24 @@ def reverse_in_place_of_length(seq, lengths: np.ndarray | None, xp=np):
     return xp.ascontiguousarray(seq[xp.asarray(index), xp.asarray(np.arange(B)[None, :])])
 
 
-def layer_prefix(layer: int, direction: int) -> str:
-    return f"l{layer}{'_reverse' if direction else ''}."
+def layer_prefix(layer: int, direction: int | str) -> str:
+    """`direction`: 0 / "forward" or 1 / "reverse"."""
+    reverse = direction in (1, "reverse")
+    return f"l{layer}{'_reverse' if reverse else ''}."
+
+
+DIRECTIONS = {1: ("forward",), 2: ("forward", "reverse")}
 
 
 class Stack:
-    def __init__(self, layers: list[list[CellBase]], batch_first: bool = False):
+    """`layers[l][d]`: the cell of layer l, direction d. `directions` names each
+    direction: ("forward",) or ("forward", "reverse") (the default, from the number of
+    cells per layer), or ("reverse",) for a single reversed direction."""
+
+    def __init__(self, layers: list[list[CellBase]], batch_first: bool = False,
+                 directions: tuple[str, ...] | None = None):
         self.layers, self.batch_first = layers, batch_first
+        self.directions = _check_layout(layers, directions)
         first = layers[0][0]
         self.name, self.dtype, self.target = first.name, first.dtype, first.target
         self.xp = getattr(first, "xp", np)  # the array module cells take and return
@@ -41,10 +56,17 @@ class Stack:
         self.hidden_size = first.hidden_size
         self.num_layers, self.num_directions = len(layers), len(layers[0])
         self.state_sizes = dict(first.state_sizes)
-        self.output_size = self.state_sizes[self.output] * self.num_directions
-        self.param_shapes = {layer_prefix(l, d) + n: s
+        self.output_size = sum(c.state_sizes[c.output] for c in layers[0])
+        self.param_shapes = {self.prefix(l, d) + n: s
                              for l, cells in enumerate(layers) for d, cell in enumerate(cells)
                              for n, s in cell.param_shapes.items()}
+
+    def prefix(self, layer: int, direction: int) -> str:
+        """The prefix of the parameter names of layers[layer][direction]."""
+        return layer_prefix(layer, self.directions[direction])
+
+    def reversed(self, direction: int) -> bool:
+        return self.directions[direction] == "reverse"
 
     def __repr__(self) -> str:
         return (f"<Stack {self.name} layers={self.num_layers} directions={self.num_directions}"
@@ -60,7 +82,7 @@ class Stack:
         for l, d, cell in self._cells():
             sub_seed = None if seed is None else seed + 1000 * l + d
             for n, v in cell.init_params(sub_seed).items():
-                params[layer_prefix(l, d) + n] = v
+                params[self.prefix(l, d) + n] = v
         return params
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
@@ -93,12 +115,13 @@ class Stack:
         for l, cells in enumerate(self.layers):
             outputs, layer_tapes = [], []
             for d, cell in enumerate(cells):
-                prefix, k = layer_prefix(l, d), l * self.num_directions + d
+                prefix, k = self.prefix(l, d), l * self.num_directions + d
                 sub = {n: params[prefix + n] for n in cell.param_shapes}
-                init = {n: state[n][k] for n in self.state_sizes}
-                seq = layer_input if d == 0 else reverse_in_place_of_length(layer_input, lengths, xp)
+                init = {n: xp.ascontiguousarray(state[n][k]) for n in self.state_sizes}
+                back = self.reversed(d)
+                seq = reverse_in_place_of_length(layer_input, lengths, xp) if back else layer_input
                 result = cell.forward(seq, sub, init, train=train, lengths=lengths)
-                y = result[0] if d == 0 else reverse_in_place_of_length(result[0], lengths, xp)
+                y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
                 outputs.append(y)
                 for n in self.state_sizes:
                     final[n][k] = result[1][n]
@@ -139,20 +162,23 @@ class StackTape:
         grads_params, grads_state = {}, {n: xp.zeros((count, B, s), stack.dtype)
                                           for n, s in stack.state_sizes.items()}
         d_output = dy
-        out = stack.state_sizes[stack.output]
         for l in reversed(range(stack.num_layers)):
-            d_input = None
+            d_input, start = None, 0
             for d, tape in enumerate(self.tapes[l]):
                 k = l * stack.num_directions + d
-                part = xp.ascontiguousarray(d_output[..., d * out:(d + 1) * out])
-                if d:
+                cell = stack.layers[l][d]
+                width = cell.state_sizes[cell.output]
+                part = xp.ascontiguousarray(d_output[..., start:start + width])
+                start += width
+                back = stack.reversed(d)
+                if back:
                     part = reverse_in_place_of_length(part, self.lengths, xp)
                 ds = {n: xp.ascontiguousarray(v[k]) for n, v in dstate.items()}
                 g = tape.backward(part, ds)
-                dx = g["x"] if d == 0 else reverse_in_place_of_length(g["x"], self.lengths, xp)
+                dx = reverse_in_place_of_length(g["x"], self.lengths, xp) if back else g["x"]
                 d_input = dx if d_input is None else d_input + dx
                 for n, v in g["params"].items():
-                    grads_params[layer_prefix(l, d) + n] = v
+                    grads_params[stack.prefix(l, d) + n] = v
                 for n, v in g["state"].items():
                     grads_state[n][k] = v
             d_output = d_input
@@ -160,6 +186,37 @@ class StackTape:
         if stack.batch_first:
             dx = xp.ascontiguousarray(dx.transpose(1, 0, 2))
         return {"x": dx, "params": grads_params, "state": grads_state}
+
+
+def _check_layout(layers: list[list[CellBase]], directions) -> tuple[str, ...]:
+    """The direction names of a grid of cells; ShapeError when the cells cannot stack."""
+    if not layers or not layers[0]:
+        raise ShapeError("a stack needs at least one layer of at least one cell")
+    count = len(layers[0])
+    if directions is None:
+        if count not in DIRECTIONS:
+            raise ShapeError(f"a stack has 1 or 2 directions, got {count} cells per layer")
+        directions = DIRECTIONS[count]
+    directions = tuple(directions)
+    if directions not in (("forward",), ("reverse",), ("forward", "reverse")):
+        raise ShapeError(f"directions must be ('forward',), ('reverse',) or ('forward', "
+                         f"'reverse'), got {directions!r}")
+    states = layers[0][0].state_sizes
+    width = sum(c.state_sizes[c.output] for c in layers[0])
+    for l, cells in enumerate(layers):
+        if len(cells) != len(directions):
+            raise ShapeError(f"layer {l} has {len(cells)} cells for {len(directions)} "
+                             f"direction(s)")
+        for d, cell in enumerate(cells):
+            if dict(cell.state_sizes) != dict(states) or cell.output != layers[0][0].output:
+                raise ShapeError(f"layer {l} direction {directions[d]}: cell {cell.name} has "
+                                 f"states {cell.state_sizes}, the stack's first cell "
+                                 f"{dict(states)} (every cell of a stack has the same states)")
+            if l and cell.input_size != width:
+                raise ShapeError(f"layer {l} direction {directions[d]}: cell {cell.name} "
+                                 f"takes inputs of size {cell.input_size}, layer {l - 1} "
+                                 f"outputs {width}")
+    return directions
 
 
 def load_stack(directory: str, manifest: dict) -> Stack:

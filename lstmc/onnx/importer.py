@@ -1,0 +1,174 @@
+"""Import: every LSTM, GRU and RNN node of an ONNX model as an lstmc cell.
+
+`load` reads the model with the onnx package, turns each node's attributes into spec
+text (nodespec.py), its weights into parameters, and compiles the result; `run` takes and
+returns arrays in ONNX's shapes and layout, so a node's test data goes in and out as is.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstmc_runtime.stack import Stack
+
+from .errors import OnnxError
+from .nodespec import GATES, NodeForm, node_form, spec_text, split_weights
+
+OPS = ("LSTM", "GRU", "RNN")
+# The node's inputs by position, as the operator documentation lists them.
+INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
+
+
+@dataclass
+class ImportedNode:
+    """One recurrent node: its spec text, parameters and compiled cell (a Stack of one
+    layer with the node's directions)."""
+
+    form: NodeForm
+    spec: str
+    params: dict[str, np.ndarray]
+    cell: Stack
+
+    @property
+    def op(self) -> str:
+        return self.form.op
+
+    @property
+    def name(self) -> str:
+        return self.form.name
+
+    def run(self, X, sequence_lens=None, initial_h=None, initial_c=None):
+        """(Y, Y_h, Y_c) as the ONNX operator computes them, in its shapes: with layout 0
+        X (T, B, I), Y (T, D, B, H), Y_h and Y_c (D, B, H); with layout 1 X (B, T, I),
+        Y (B, T, D, H), Y_h and Y_c (B, D, H). Y_c is None for GRU and RNN."""
+        form, dtype = self.form, self.cell.dtype
+        X = np.asarray(X)
+        if X.ndim != 3:
+            raise OnnxError(f"{form.where}: X must be 3-D, got shape {X.shape}")
+        if form.layout == 1:
+            X = X.transpose(1, 0, 2)
+        X = np.ascontiguousarray(X, dtype=dtype)
+        T, B = X.shape[:2]
+        D, H = len(form.directions), form.hidden_size
+        state = {}
+        for name, given in (("h", initial_h), ("c", initial_c)):
+            if name not in self.cell.state_sizes:
+                if given is not None:
+                    raise OnnxError(f"{form.where}: initial_c is an LSTM input")
+                continue
+            if given is None:
+                state[name] = np.zeros((D, B, H), dtype)
+                continue
+            given = np.asarray(given)
+            if form.layout == 1 and given.ndim == 3:
+                given = given.transpose(1, 0, 2)
+            if given.shape != (D, B, H):
+                raise OnnxError(f"{form.where}: initial_{name} must have shape "
+                                f"{(B, D, H) if form.layout else (D, B, H)}, got "
+                                f"{np.asarray(initial_h if name == 'h' else initial_c).shape}")
+            state[name] = np.ascontiguousarray(given, dtype=dtype)
+        lengths = None
+        if sequence_lens is not None:
+            lengths = np.asarray(sequence_lens)
+            if lengths.dtype.kind not in "iu":
+                raise OnnxError(f"{form.where}: sequence_lens must hold integers, got "
+                                f"{lengths.dtype}")
+            lengths = lengths.astype(np.int64)
+        y, final = self.cell.forward(X, self.params, state, lengths=lengths)
+        if lengths is not None:
+            # lstmc keeps the initial state of a row of length 0; onnxruntime zeroes it
+            for value in final.values():
+                value[:, lengths == 0] = 0
+        Y = y.reshape(T, B, D, H).transpose(0, 2, 1, 3)  # (T, D, B, H)
+        Y_h, Y_c = final["h"], final.get("c")
+        if form.layout == 1:
+            Y = Y.transpose(2, 0, 1, 3)
+            Y_h = Y_h.transpose(1, 0, 2)
+            Y_c = None if Y_c is None else Y_c.transpose(1, 0, 2)
+        return (np.ascontiguousarray(Y), np.ascontiguousarray(Y_h),
+                None if Y_c is None else np.ascontiguousarray(Y_c))
+
+
+def load(model, target: str = "cpu", dtype: str = "float32",
+         inputs: dict[str, np.ndarray] | None = None) -> list[ImportedNode]:
+    """One ImportedNode per LSTM, GRU and RNN node of `model` (a path or an
+    onnx.ModelProto), in graph order. Weights (W, R, B, P) come from initializers or
+    Constant nodes, or from `inputs` for weights the model takes as graph inputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            model = onnx.load(os.fspath(model))
+        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+            raise OnnxError(f"{os.fspath(model)}: cannot read an ONNX model: {exc}") from None
+        except Exception as exc:  # protobuf's DecodeError and relatives: not a model
+            raise OnnxError(f"{os.fspath(model)}: not an ONNX model ({exc})") from None
+    graph = model.graph
+    known = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                known[node.output[0]] = numpy_helper.to_array(attr.t)
+    known.update(inputs or {})
+    nodes = [n for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        raise OnnxError("the model has no LSTM, GRU or RNN node")
+    return [import_node(n, known, target, dtype, index)
+            for index, n in enumerate(nodes)]
+
+
+def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
+                index: int = 0) -> ImportedNode:
+    """Spec, parameters and compiled cell of one node."""
+    import lstmc
+    from onnx import helper
+
+    op = node.op_type
+    name = node.name or f"{op.lower()}{index}"
+    where = f"{op} node '{name}'"
+    names = dict(zip(INPUTS, list(node.input) + [""] * len(INPUTS)))
+    weights = {}
+    for key in ("W", "R", "B", "P"):
+        source = names[key]
+        if key == "P" and op != "LSTM":
+            continue
+        if not source:
+            if key in ("W", "R"):
+                raise OnnxError(f"{where}: input {key} is missing")
+            weights[key] = None
+            continue
+        if source not in known:
+            raise OnnxError(f"{where}: input {key} ('{source}') is neither an initializer "
+                            f"nor a constant: pass its value in inputs={{'{source}': ...}}")
+        weights[key] = np.asarray(known[source], dtype=np.float64)
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    form = node_form(op, name, attributes, {k: weights[k].shape for k in ("W", "R")},
+                     weights.get("P") is not None)
+    D, H = len(form.directions), form.hidden_size
+    gates = len(GATES[op])
+    expected = {"B": (D, 2 * gates * H), "P": (D, 3 * H)}
+    for key, shape in expected.items():
+        if weights.get(key) is not None and weights[key].shape != shape:
+            raise OnnxError(f"{where}: input {key} must have shape {shape}, got "
+                            f"{weights[key].shape}")
+    base = f"onnx_{op.lower()}"
+    same = D == 1 or form.activations[0] == form.activations[1]
+    cells = [base] * D if same else [f"{base}_{d}" for d in form.directions]
+    text = "".join(spec_text(form, c, d) for d, c in enumerate(cells[:1] if same else cells))
+    options = dict(input_size=form.input_size, hidden_size=H, target=target, dtype=dtype,
+                   cell=cells[0])
+    if D == 2:
+        compiled = lstmc.compile(text, bidirectional=True, reverse_cell=cells[1], **options)
+    elif form.directions == ("reverse",):
+        compiled = lstmc.compile(text, direction="reverse", **options)
+    else:
+        compiled = Stack([[lstmc.compile(text, **options)]])
+    params = {}
+    for d in range(D):
+        for pname, value in split_weights(form, weights, d).items():
+            params[compiled.prefix(0, d) + pname] = np.ascontiguousarray(value, dtype=dtype)
+    return ImportedNode(form, text, params, compiled)
