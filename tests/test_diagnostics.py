@@ -66,6 +66,10 @@ BAD_SPECS = [
      SpecError, "cell 'a' is defined twice (first at line 1)", 5, 6),
     (HEADER + "  param W, p\n  a = p * p\n  h' = tanh(W @ x)\n}\n",
      SpecError, "cannot infer the size of parameter 'p'", 2, 12),
+    (HEADER + "  param W, U\n  h' = tanh(W @ x) + U @ 2\n}\n",
+     SpecError, "the right operand of '@' is a constant", 3, 22),
+    (HEADER + "  param W, U\n  k = 2 * mean(1)\n  h' = tanh(W @ x) + U @ (k + 1)\n}\n",
+     SpecError, "the right operand of '@' is a constant", 4, 22),
 ]
 
 
@@ -93,7 +97,7 @@ def test_there_are_at_least_fifteen_distinct_bad_specs():
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.lstm"
-    path.write_text("  \n# only a comment? no: comments are text\n".split("#")[0])
+    path.write_text("  \n")
     with pytest.raises(SpecSyntaxError, match="spec is empty"):
         lstmc.check_spec(str(path))
 
@@ -125,3 +129,17 @@ def test_suggestions_for_misspelled_names(tmp_path):
     with pytest.raises(SpecError) as info:
         lstmc.check_spec(HEADER + "  param W\n  h' = sigmod(W @ x)\n}\n")
     assert "did you mean 'sigmoid'?" in str(info.value)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_reductions_of_a_per_row_scalar_are_the_scalar(target):
+    """`mean(1)` and `sum(s)` of a size-1 value: the value itself, on every target."""
+    import numpy as np
+
+    spec = HEADER + "  state s: 1\n  param W\n  h' = W @ x * mean(1) + sum(s)\n  s' = mean(s) + 1\n}\n"
+    cell = lstmc.compile(spec, input_size=2, hidden_size=3, target=target, dtype="float64")
+    params = {"W": np.arange(6.0).reshape(3, 2)}
+    x = np.ones((2, 1, 2))
+    y, final = cell.forward(x, params, {"h": np.zeros((1, 3)), "s": np.full((1, 1), 0.5)})
+    np.testing.assert_allclose(y[:, 0], [[1.5, 5.5, 9.5], [2.5, 6.5, 10.5]])
+    np.testing.assert_allclose(final["s"], [[2.5]])

@@ -60,7 +60,7 @@ def test_registered_op_is_checked_differentiated_and_run_by_the_reference(cube):
                       hidden_size=5)
     cell = lstmc.compile(SPEC, input_size=3, hidden_size=5, dtype="float64")
     x, params, state = _inputs(cell)
-    _, final, _ = cell.forward(x, params, state)
+    _, final = cell.forward(x, params, state)
     np.testing.assert_allclose(final["h"], _numpy_cell(x, params, state["h"]), rtol=1e-12)
     result = gradcheck(cell, steps=3, batch=2, seed=1)
     assert result.passed(1e-6), result.errors

@@ -3,6 +3,7 @@
 import re
 
 from conftest import ROOT
+
 from lstmc.frontend.functions import all_functions
 
 
