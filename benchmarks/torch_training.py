@@ -28,10 +28,10 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from cpu import interleaved_medians
+from cpu import interleaved_medians  # noqa: E402
 
-import lstmc
-import lstmc.nn as lnn
+import lstmc  # noqa: E402
+import lstmc.nn as lnn  # noqa: E402
 
 PEEPHOLE = str(ROOT / "specs" / "peephole_lstm.lstm")
 

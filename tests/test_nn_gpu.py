@@ -19,7 +19,7 @@ if not _gpu_available():
     pytest.skip("needs an NVIDIA GPU, CuPy and a CUDA build of PyTorch",
                 allow_module_level=True)
 
-import lstmc.nn as lnn
+import lstmc.nn as lnn  # noqa: E402
 
 T, B, I, H = 7, 4, 16, 32
 

@@ -5,8 +5,8 @@ that), so the disk cache shares their compiled code with lstmc.compile of the fi
 
 SPECS = {
     "lstm": (
-        "# Standard LSTM, as PyTorch's nn.LSTM and cuDNN compute it: Hochreiter & Schmidhuber 1997\n"
-        '# with the forget gate of Gers et al. 2000, no peepholes. Parameter names, the two biases\n'
+        "# Standard LSTM, as PyTorch's nn.LSTM and cuDNN compute it: Hochreiter & Schmidhuber 1997\n"  # noqa: E501
+        '# with the forget gate of Gers et al. 2000, no peepholes. Parameter names, the two biases\n'  # noqa: E501
         '# per gate and the gate order i, f, g, o follow the nn.LSTM documentation, so\n'
         '# lstmc.params_from_torch / params_to_torch convert its state_dict.\n'
         'cell lstm(x: I) -> h: H {\n'
@@ -26,7 +26,7 @@ SPECS = {
     ),
     "lstmp": (
         '# LSTM with a recurrent projection, LSTMP: Sak, Senior & Beaufays 2014; PyTorch nn.LSTM\n'
-        '# with proj_size = P. The projected h (size P < H) is what recurs; a second product inside\n'
+        '# with proj_size = P. The projected h (size P < H) is what recurs; a second product inside\n'  # noqa: E501
         '# the step. Names and gate order as in the nn.LSTM documentation.\n'
         'cell lstmp(x: I) -> h: P {\n'
         '  state c: H\n'
@@ -46,7 +46,7 @@ SPECS = {
     ),
     "gru": (
         "# GRU as PyTorch's nn.GRU and cuDNN compute it (ONNX linear_before_reset = 1): the reset\n"
-        '# gate applies after the recurrent product. Cho et al. 2014, in the cuDNN form. Names and\n'
+        '# gate applies after the recurrent product. Cho et al. 2014, in the cuDNN form. Names and\n'  # noqa: E501
         '# gate order r, z, n as in the nn.GRU documentation.\n'
         'cell gru(x: I) -> h: H {\n'
         '  param W_ir, W_iz, W_in            # weight_ih_l0\n'
@@ -61,14 +61,14 @@ SPECS = {
         '}\n'
     ),
     "rnn_tanh": (
-        '# Elman RNN with tanh, as PyTorch\'s nn.RNN(nonlinearity="tanh"); names as its documentation.\n'
+        '# Elman RNN with tanh, as PyTorch\'s nn.RNN(nonlinearity="tanh"); names as its documentation.\n'  # noqa: E501
         'cell rnn_tanh(x: I) -> h: H {\n'
         '  param W_ih, W_hh, b_ih, b_hh\n'
         "  h' = tanh(W_ih @ x + b_ih + W_hh @ h + b_hh)\n"
         '}\n'
     ),
     "rnn_relu": (
-        '# Elman RNN with ReLU, as PyTorch\'s nn.RNN(nonlinearity="relu"); names as its documentation.\n'
+        '# Elman RNN with ReLU, as PyTorch\'s nn.RNN(nonlinearity="relu"); names as its documentation.\n'  # noqa: E501
         'cell rnn_relu(x: I) -> h: H {\n'
         '  param W_ih, W_hh, b_ih, b_hh\n'
         "  h' = relu(W_ih @ x + b_ih + W_hh @ h + b_hh)\n"
