@@ -53,11 +53,22 @@ def compiler_fingerprint() -> str:
     import lstmc_runtime
 
     digest = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(lstmc_runtime.__file__).parent):
-        for path in sorted(package.rglob("*")):
-            if path.suffix in (".py", ".lark"):
-                digest.update(path.read_bytes())
+    for path in sorted(_compiler_sources(Path(__file__).parent)) + sorted(
+            Path(lstmc_runtime.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+# The consumers of compiled cells (PyTorch modules, lab, ONNX, CLI) do not change generated
+# code: editing them must not invalidate every cache entry.
+_NOT_COMPILER = {"nn", "lab", "onnx", "interop"}
+
+
+def _compiler_sources(package: Path) -> list[Path]:
+    return [path for path in package.rglob("*")
+            if path.suffix in (".py", ".lark")
+            and path.relative_to(package).parts[0] not in _NOT_COMPILER
+            and path.name != "cli.py"]
 
 
 def cache_key(parts: dict) -> str:
