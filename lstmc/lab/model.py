@@ -43,7 +43,12 @@ class SequenceModel(nn.Module):
         z = self.input(x)
         if noisy and self.tokens:
             z = z + self.input_noise * torch.randn_like(z)
-        h, _ = self.recurrent(z, lengths=lengths)
+        # Explicit zero initial states: lstmc.nn's backward mishandles state=None (an empty
+        # state list) in its first cut; zeros are what state=None means anyway.
+        layers = self.recurrent.num_layers * self.recurrent.num_directions
+        state = {name: z.new_zeros(layers, z.shape[0], size)
+                 for name, size in self.recurrent.state_sizes.items()}
+        h, _ = self.recurrent(z, state, lengths=lengths)
         h = self.dropout(h)
         if not self.per_step:
             last = (lengths - 1) if lengths is not None else torch.full(
