@@ -11,7 +11,7 @@ log-uniform one, or `{choices = [...]}`. The names and what they mean:
 | `momentum` | SGD's momentum, or Adam's beta1 |
 | `hidden_size` | H of every recurrent layer (the input layer maps to H too) |
 | `batch_size` | sequences per training step |
-| `input_noise` | std of Gaussian noise added to the inputs (to the embeddings of tokens) while training |
+| `input_noise` | std of Gaussian noise added to the inputs (tokens: their embeddings) |
 | `dropout` | dropout on the recurrent stack's output and between its layers |
 
 Defaults per task are in `DEFAULTS` (as Greff et al. 2017: log-uniform learning rate and

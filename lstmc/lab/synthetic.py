@@ -68,7 +68,8 @@ class Copy(Task):
     lower_is_better = False
     per_step = True
     loss_kind = "cross_entropy"
-    options: ClassVar[dict] = {"delay": 50, "symbols": 10, "categories": 8, "train": 4000, "valid": 500,
+    options: ClassVar[dict] = {"delay": 50, "symbols": 10, "categories": 8, "train": 4000,
+                               "valid": 500,
                "test": 1000, "seed": 0}
 
     def __init__(self, **options):

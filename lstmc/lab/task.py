@@ -87,7 +87,7 @@ class Task(ABC):
         self.check_options()
         self._splits: dict[str, Split] | None = None
 
-    def check_options(self) -> None:
+    def check_options(self) -> None:  # noqa: B027 -- optional hook; most tasks override
         """Raise ExperimentError for option values out of range (subclasses override)."""
 
     def positive(self, *keys: str) -> None:

@@ -87,7 +87,8 @@ def run_jobs(url: str, name: str, experiment: Experiment, jobs: int,
     procs = [subprocess.Popen(command + (["--quiet"] if tty else ["--label", f"[worker {k}] "]))
              for k in range(jobs)]
     study = load_study(url, name, experiment)
-    progress = Progress(experiment.trials, finished(study, experiment.max_retry), tty=tty, quiet=not tty)
+    done = finished(study, experiment.max_retry)
+    progress = Progress(experiment.trials, done, tty=tty, quiet=not tty)
     try:
         while any(p.poll() is None for p in procs):
             progress.set_done(finished(study, experiment.max_retry))
