@@ -18,9 +18,9 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")
 
-from lstmc.cli import main
-from lstmc.lab.errors import ExperimentError
-from lstmc.lab.experiment import define
+from lstmc.cli import main  # noqa: E402
+from lstmc.lab.errors import ExperimentError  # noqa: E402
+from lstmc.lab.experiment import define  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTM = str(ROOT / "specs" / "lstm.lstm")
