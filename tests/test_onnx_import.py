@@ -1,0 +1,114 @@
+"""ONNX LSTM/GRU/RNN nodes imported as lstmc cells, judged by the onnx package's own node
+tests and by onnxruntime on nodes with random weights, lengths and initial states."""
+import importlib
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from lstmc.onnx import OnnxError, load  # noqa: E402
+
+
+def node_tests():
+    import onnx.backend.test.case.node as cases
+    for module in ("lstm", "gru", "rnn"):  # importing a module runs its exports
+        importlib.import_module(f"onnx.backend.test.case.node.{module}")
+    return [c for c in cases._NodeTestCases
+            if c.model.graph.node[0].op_type in ("LSTM", "GRU", "RNN")]
+
+
+NODE_TESTS = node_tests()
+
+
+def test_at_least_18_node_tests():
+    assert len(NODE_TESTS) >= 18, [c.name for c in NODE_TESTS]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", NODE_TESTS, ids=[c.name for c in NODE_TESTS])
+def test_onnx_node_test(case, dtype):
+    node = case.model.graph.node[0]
+    inputs, expected = case.data_sets[0]
+    named = dict(zip([n for n in node.input if n], inputs))
+    weights = {k: v for k, v in named.items() if k in ("W", "R", "B", "P")}
+    imported = load(case.model, target="reference", dtype=dtype, inputs=weights)[0]
+    result = imported.run(named["X"], named.get("sequence_lens"), named.get("initial_h"),
+                          named.get("initial_c"))
+    got = [r for r, name in zip(result, list(node.output) + [""] * 3) if name]
+    for value, want in zip(got, expected):
+        np.testing.assert_allclose(value, want, rtol=case.rtol, atol=max(case.atol, 1e-6))
+
+
+def random_model(rng, op, attrs, H=4, I=3, peepholes=False):
+    D = 2 if attrs.get("direction") == "bidirectional" else 1
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    weights = {"W": rng.uniform(-1, 1, (D, G * H, I)), "R": rng.uniform(-1, 1, (D, G * H, H)),
+               "B": rng.uniform(-1, 1, (D, 2 * G * H))}
+    names = ["X", "W", "R", "B", "sequence_lens", "initial_h"]
+    if op == "LSTM":
+        names.append("initial_c")
+        if peepholes:
+            weights["P"] = rng.uniform(-1, 1, (D, 3 * H))
+            names.append("P")
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outputs, hidden_size=H, **attrs)
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None),
+                    helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, None)]
+    graph_inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                     for n in names if n.startswith("initial")]
+    graph = helper.make_graph(
+        [node], "g", graph_inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), D
+
+
+RANDOM_NODES = [
+    ("LSTM", {}, False), ("LSTM", {"input_forget": 1}, False), ("LSTM", {"clip": 0.7}, True),
+    ("LSTM", {"direction": "reverse"}, True),
+    ("LSTM", {"direction": "bidirectional", "clip": 0.5, "input_forget": 1}, True),
+    ("GRU", {"linear_before_reset": 1, "clip": 0.9}, False),
+    ("GRU", {"direction": "bidirectional",
+             "activations": ["Sigmoid", "Tanh", "HardSigmoid", "Softsign"]}, False),
+    ("RNN", {"activations": ["Affine"], "activation_alpha": [0.3],
+             "activation_beta": [0.4]}, False),
+    ("RNN", {"activations": ["ScaledTanh"]}, False),  # onnxruntime: alpha, beta default 0
+    ("RNN", {"activations": ["LeakyRelu"]}, False), ("RNN", {"activations": ["Elu"]}, False),
+    ("RNN", {"activations": ["Softplus"], "direction": "reverse"}, False),
+]
+
+
+@pytest.mark.parametrize("op,attrs,peepholes", RANDOM_NODES,
+                         ids=[f"{o}-{a}" for o, a, _ in RANDOM_NODES])
+def test_random_node_against_onnxruntime(op, attrs, peepholes):
+    """Random weights per gate, real lengths (0 included) and initial states: a swapped
+    gate, an ignored clip, input_forget, sequence_lens or initial state fails here."""
+    rng = np.random.default_rng(len(str(attrs)))
+    model, D = random_model(rng, op, attrs, peepholes=peepholes)
+    T, B = 5, 3
+    feed = {"X": rng.standard_normal((T, B, 3)).astype(np.float32) * 2,
+            "sequence_lens": np.array([5, 0, 2], np.int32),
+            "initial_h": rng.standard_normal((D, B, 4)).astype(np.float32)}
+    if op == "LSTM":
+        feed["initial_c"] = rng.standard_normal((D, B, 4)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, feed)
+    imported = load(model, target="reference", dtype="float64")[0]
+    got = imported.run(feed["X"], feed["sequence_lens"], feed["initial_h"],
+                       feed.get("initial_c"))
+    for value, want in zip(got, expected):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+
+
+def test_refusals_name_the_attribute():
+    rng = np.random.default_rng(0)
+    model, _ = random_model(rng, "RNN", {"activations": ["ThresholdedRelu"]})
+    with pytest.raises(OnnxError, match="ThresholdedRelu"):
+        load(model, target="reference")
+    model, _ = random_model(rng, "RNN", {"direction": "sideways"})
+    with pytest.raises(OnnxError, match="direction"):
+        load(model, target="reference")
