@@ -2,10 +2,10 @@
 its initial state; a reverse-only direction matches a NumPy oracle."""
 import numpy as np
 import pytest
-
-import lstmc
 from conftest import spec_path
 from oracles import lstm as lstm_step
+
+import lstmc
 
 TARGETS = ["reference", "cpu"]
 

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
 from lstmc_runtime.stack import Stack
 
 from .errors import OnnxError
@@ -124,8 +123,9 @@ def load(model, target: str = "cpu", dtype: str = "float32",
 def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
                 index: int = 0) -> ImportedNode:
     """Spec, parameters and compiled cell of one node."""
-    import lstmc
     from onnx import helper
+
+    import lstmc
 
     op = node.op_type
     name = node.name or f"{op.lower()}{index}"
