@@ -20,8 +20,9 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import lstmc  # noqa: E402
 from eager import make_graph_runner, peephole_step  # noqa: E402
+
+import lstmc  # noqa: E402
 
 CASES = [  # (label, T, B, I=H, with backward)
     ("fwd+bwd (100, 32, 256)", 100, 32, 256, True),

@@ -21,8 +21,9 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import lstmc  # noqa: E402
 from cpu import eager_peephole_runner, interleaved_medians, torch_lstm_runner  # noqa: E402
+
+import lstmc  # noqa: E402
 
 CUDA_CASES = [(100, b, h) for h in (256, 512, 1024) for b in (1, 32, 256)]
 OPENCL_CASES = [(20, 1, 128), (20, 32, 128)]

@@ -19,7 +19,7 @@ print(cell, "y", y.shape, "dW_i", grads["params"]["W_i"].shape)
 try:
     import torch
 except ImportError:
-    raise SystemExit(0)
+    raise SystemExit(0) from None
 lstm = lstmc.compile(SPECS / "lstm.lstm", input_size=8, hidden_size=16, target="cpu")
 module = torch.nn.LSTM(8, 16)
 y, _ = lstm.forward(x, lstmc.params_from_torch(lstm, module))

@@ -4,8 +4,7 @@ from lstmc_runtime.stack import Stack
 
 from .api import Cell, Tape, compile
 from .driver import check_spec
-from .errors import (BackendError, CompileError, LstmcError, ShapeError, SpecError,
-                     SpecSyntaxError)
+from .errors import BackendError, CompileError, LstmcError, ShapeError, SpecError, SpecSyntaxError
 from .interop.torch import params_from_torch, params_to_torch
 
 __version__ = "0.1.0"

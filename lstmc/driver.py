@@ -10,7 +10,7 @@ from .frontend.source import read_source
 from .passes.pipeline import Program, lower
 
 
-def check_spec(spec: "str | os.PathLike[str]") -> list[CheckedCell]:
+def check_spec(spec: str | os.PathLike[str]) -> list[CheckedCell]:
     """Parse and check every cell of a spec; raises SpecSyntaxError / SpecError."""
     source = read_source(spec)
     cells = [check(decl) for decl in parse(source)]
@@ -38,5 +38,5 @@ def select_cell(cells: list[CheckedCell], name: str | None) -> CheckedCell:
                        + ", ".join(c.name for c in cells) + ")")
 
 
-def lower_spec(spec: "str | os.PathLike[str]", cell: str | None = None) -> Program:
+def lower_spec(spec: str | os.PathLike[str], cell: str | None = None) -> Program:
     return lower(select_cell(check_spec(spec), cell))

@@ -1,15 +1,15 @@
 """Helpers shared by the GPU tests: run a cell on a GPU target and on the float64
 reference executor with the same inputs, and compare everything."""
 import numpy as np
-
 from conftest import EXTRA_SIZES, SIZES, compile_spec, random_inputs
 
 LENGTHS = np.array([5, 2, 4])
 
 
 def gpu_cell(name: str, target: str, **sizes):
-    import lstmc
     from conftest import spec_path
+
+    import lstmc
 
     sizes = {**SIZES, **EXTRA_SIZES.get(name, {}), **sizes}
     return lstmc.compile(spec_path(name), target=target, **sizes)

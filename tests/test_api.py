@@ -1,9 +1,9 @@
 """The Python API: compile options, array validation, tapes."""
 import numpy as np
 import pytest
+from conftest import compile_spec, random_inputs, spec_path
 
 import lstmc
-from conftest import compile_spec, random_inputs, spec_path
 
 
 def test_spec_may_be_given_as_text():

@@ -7,12 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import lstmc_runtime
 import numpy as np
 import pytest
+from conftest import ROOT, random_inputs, spec_path
 
 import lstmc
-import lstmc_runtime
-from conftest import ROOT, random_inputs, spec_path
 
 RUNNER = textwrap.dedent("""
     import importlib.abc, sys

@@ -2,9 +2,9 @@
 any native call; the process survives them all."""
 import numpy as np
 import pytest
+from conftest import compile_spec, random_inputs
 
 import lstmc
-from conftest import compile_spec, random_inputs
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import compile_spec, random_inputs
 
 TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}

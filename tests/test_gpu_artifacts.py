@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, spec_path
 
 from lstmc.backends.gpu import nvrtc
@@ -73,9 +72,10 @@ def test_gpu_target_rejects_float64_cleanly(tmp_path):
 
 def test_opencl_stack_artifact(tmp_path):
     pytest.importorskip("pyopencl")
-    import numpy as np
-    import lstmc as lstmc_api
     import lstmc_runtime
+    import numpy as np
+
+    import lstmc as lstmc_api
 
     result = lstmc("compile", spec_path("gru"), "-o", str(tmp_path), "--target", "opencl",
                    "--input-size", "4", "--hidden-size", "6", "--num-layers", "2")

@@ -4,7 +4,6 @@ standard LSTM and GRU against PyTorch's cuDNN. Skipped elsewhere.
 Run them alone with: .venv/bin/python -m pytest -m gpu"""
 import numpy as np
 import pytest
-
 from conftest import SPEC_NAMES, spec_path
 from gpu_common import compare_spec, gpu_cell
 
@@ -45,6 +44,7 @@ def test_spec_matches_reference(name, path):
 
 def test_returns_cupy_arrays_and_accepts_them():
     import cupy
+
     import lstmc
 
     cell = lstmc.compile(spec_path("lstm"), 8, 16, target="cuda")
@@ -60,6 +60,7 @@ def test_returns_cupy_arrays_and_accepts_them():
 def test_against_cudnn(kind, batch):
     import cupy
     import torch
+
     import lstmc
     from lstmc.interop.torch import params_from_torch, params_to_torch
 
@@ -89,8 +90,9 @@ def test_against_cudnn(kind, batch):
 
 def test_bidirectional_stack_with_lengths():
     import cupy
-    import lstmc
     from gpu_common import assert_close, flatten
+
+    import lstmc
 
     kwargs = dict(num_layers=2, bidirectional=True)
     reference = lstmc.compile(spec_path("lstm"), 3, 5, dtype="float64", **kwargs)

@@ -4,12 +4,11 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import EXTRA_SIZES, SPEC_NAMES, spec_path
 
+from lstmc.api import bind_sizes
 from lstmc.backends.gpu import nvrtc
 from lstmc.backends.gpu.kernels import generate
-from lstmc.api import bind_sizes
 from lstmc.driver import lower_spec
 
 # The sizes the benchmarks use: registers do not depend on them, spills could.
@@ -52,8 +51,8 @@ def test_nvrtc_compiles_without_spills(name, arch):
 
 @needs_nvrtc
 def test_nvrtc_errors_carry_the_log():
-    from lstmc.errors import BackendError
     from lstmc.backends.gpu.dialect import PRELUDE
+    from lstmc.errors import BackendError
 
     with pytest.raises(BackendError, match=r"identifier \"undefined_name\" is undefined"):
         nvrtc.compile_cuda(PRELUDE + "KERNEL k(int n) { undefined_name = n; }\n")

@@ -1,11 +1,9 @@
 """The GPU kernels run as OpenCL C on PoCL: every spec, forward and backward, on the
 step-by-step path and on the persistent kernel, against the float64 reference executor;
 stacks, directions, lengths, artifacts and bad inputs."""
-import os
 
 import numpy as np
 import pytest
-
 from conftest import SPEC_NAMES, compile_spec, random_inputs, spec_path
 from gpu_common import assert_close, compare_spec, flatten, gpu_cell, run_both
 
@@ -95,8 +93,9 @@ def test_bidirectional_stack_with_lengths(name, batch_first):
 
 
 def test_artifact_round_trip(tmp_path):
-    from lstmc.api import write_artifact_dir
     import lstmc_runtime
+
+    from lstmc.api import write_artifact_dir
 
     write_artifact_dir(spec_path("peephole_lstm"), str(tmp_path), 3, 5, target="opencl")
     loaded = lstmc_runtime.load(str(tmp_path))

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, spec_path
 
 OCLGRIND = shutil.which("oclgrind")

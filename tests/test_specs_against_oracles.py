@@ -3,7 +3,6 @@ in tests/oracles.py: forward values, and every gradient (input, each parameter, 
 initial state) against central finite differences of that oracle in float64."""
 import numpy as np
 import pytest
-
 from conftest import SPEC_NAMES, compile_spec, random_inputs
 from oracles import STEPS, run
 

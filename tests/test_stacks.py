@@ -3,10 +3,10 @@ bidirectional LSTM and GRU, values and every gradient, on every target."""
 import numpy as np
 import pytest
 import torch
+from conftest import spec_path
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstmc
-from conftest import spec_path
 
 T, B, I, H = 6, 4, 3, 5
 LENGTHS = np.array([6, 3, 5, 1])

@@ -3,9 +3,9 @@ ways through params_from_torch / params_to_torch."""
 import numpy as np
 import pytest
 import torch
+from conftest import compile_spec
 
 import lstmc
-from conftest import compile_spec
 
 T, B, I, H, P = 5, 3, 3, 5, 4
 

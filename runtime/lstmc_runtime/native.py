@@ -335,7 +335,7 @@ class NativeCell(CellBase):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         out: dict = {"slices": slices}
         spent = []
-        for name, dims, role, dtype, axis in layout:
+        for name, _dims, role, _dtype, axis in layout:
             parts = [sl[name] for sl in slices]
             if role == "work":
                 spent += parts

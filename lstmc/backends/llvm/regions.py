@@ -265,7 +265,7 @@ class RegionEmitter:
         ptr_arg = {key: fn.args[index] for key, (index, _, _) in pointers.items()}
         float_arg = {node_id: fn.args[n_ptr + len(reduce_out) + i] for node_id, i in floats.items()}
         sums = {}
-        for node_id, index in reduce_out.items():
+        for node_id in reduce_out:
             sums[node_id] = b.alloca(self.ftype, name=f"sum{node_id}")
             b.store(self.math.const(0.0), sums[node_id])
         count = fn.args[-1]

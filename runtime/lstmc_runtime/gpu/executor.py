@@ -200,7 +200,7 @@ class GpuCell(CellBase):
     # -- the sequence ---------------------------------------------------------------------
 
     def _run_forward(self, x, params, state, train, lengths):
-        dev, xp = self.device, self.xp
+        dev = self.device
         T, B = x.shape[:2]
         mode = "train" if train else "infer"
         key, buffers = self._take(mode, T, B)
