@@ -322,7 +322,8 @@ def _forward_backward(ctx, dy, dfinal, dworkspace):
                               cell.state_sizes.values())]
     dx, dweights, dstate = torch.ops.lstmc.backward(ctx.key, x, weights, work, lengths,
                                                     dy.contiguous(), dfinal)
-    return None, dx, dweights, (dstate if ctx.has_state else None), None, None
+    # torch checks that the gradients mirror the inputs: an empty state list gets [].
+    return None, dx, dweights, (dstate if ctx.has_state else []), None, None
 
 
 torch.library.register_autograd("lstmc::forward", _forward_backward,
