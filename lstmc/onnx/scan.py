@@ -1,0 +1,198 @@
+"""Any cell as an ONNX `Scan`: the step graph of the cell's Program (after gate fusion)
+becomes the Scan body, node by node; the products of the input that fusion hoisted out of
+the time loop become one MatMul over all T*B rows before the Scan.
+
+Each elementwise op of the IR's registry (lstmc/ir/ops.py) has one ONNX form here, keyed
+by the registry entry; an op registered by an extension without an ONNX form is refused
+by name. Lengths are handled by masking in the body, as lstmc's executors do: for a row
+past its length the state stays as it was and the output is zero (`Where`, so whatever
+the padding computes, NaN included, reaches nothing).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..ir import ops
+from ..ir.graph import Node, Op, is_elementwise
+from .builder import Builder
+from .errors import OnnxError
+
+Emit = Callable[[Builder, list[str]], str]
+
+
+def _plain(onnx_op: str) -> Emit:
+    return lambda b, args: b.node(onnx_op, args)
+
+
+def _mask(onnx_op: str) -> Emit:
+    """A comparison as lstmc's masks compute it: 1.0 where it holds, else 0.0."""
+    return lambda b, args: b.node("Cast", [b.node(onnx_op, args)], to=b.elem)
+
+
+def _clip(b: Builder, args: list[str]) -> str:
+    # lstmc's clip takes tensor bounds (min(max(z, lo), hi)); ONNX Clip takes scalars only
+    z, lo, hi = args
+    return b.node("Min", [b.node("Max", [z, lo]), hi])
+
+
+# The registry's ops, each as ONNX nodes (the keys are the registry entries themselves).
+ELEMENTWISE: dict[ops.Elementwise, Emit] = {
+    ops.ADD: _plain("Add"), ops.SUB: _plain("Sub"), ops.MUL: _plain("Mul"),
+    ops.DIV: _plain("Div"), ops.NEG: _plain("Neg"),
+    ops.GT: _mask("Greater"), ops.GE: _mask("GreaterOrEqual"), ops.EQ: _mask("Equal"),
+    ops.SIGMOID: _plain("Sigmoid"), ops.TANH: _plain("Tanh"), ops.RELU: _plain("Relu"),
+    ops.EXP: _plain("Exp"), ops.LOG: _plain("Log"), ops.SQRT: _plain("Sqrt"),
+    ops.ABS: _plain("Abs"), ops.SOFTSIGN: _plain("Softsign"),
+    ops.MIN: _plain("Min"), ops.MAX: _plain("Max"), ops.CLIP: _clip,
+}
+
+
+def elementwise_form(op: ops.Elementwise) -> Emit:
+    form = ELEMENTWISE.get(op)
+    if form is None:
+        known = ", ".join(sorted(o.name for o in ELEMENTWISE))
+        raise OnnxError(f"the cell uses the op '{op.name}', which has no ONNX form (an op "
+                        f"added to lstmc's registry by an extension; ONNX forms exist for: "
+                        f"{known})")
+    return form
+
+
+def check_exportable(program) -> None:
+    """Refuse, by name, a cell whose step uses an op without an ONNX form."""
+    for node in program.graph.live_nodes():
+        if is_elementwise(node.op):
+            elementwise_form(node.op)
+
+
+class StepEmitter:
+    """The nodes of one step of `program` into builder `b` (a Scan body)."""
+
+    def __init__(self, b: Builder, program, sizes: dict[str, int], opset: int,
+                 param: Callable[[str], str], packed: Callable[[Node], str],
+                 leaves: dict[Op, Callable[[object], str]], batch: Callable[[], str]):
+        self.b, self.program, self.sizes, self.opset = b, program, sizes, opset
+        self.param, self.packed, self.leaves, self.batch = param, packed, leaves, batch
+
+    def width(self, node: Node) -> int:
+        return node.size.bind(self.sizes)
+
+    def rows(self, name: str, width: int) -> str:
+        """`name` broadcast to (B, width)."""
+        b = self.b
+        return b.node("Expand", [name, b.node("Concat", [self.batch(), b.ints(width)],
+                                               axis=0)])
+
+    def run(self) -> dict[int, str]:
+        b, env = self.b, {}
+        for node in self.program.graph.live_nodes():
+            args = [env[i.id] for i in node.inputs]
+            op = node.op
+            if is_elementwise(op):
+                env[node.id] = elementwise_form(op)(b, args)
+            elif op in self.leaves:
+                env[node.id] = self.leaves[op](node.attr)
+            elif op == Op.PARAM:
+                env[node.id] = self.param(node.attr)
+            elif op == Op.CONST:
+                env[node.id] = b.constant(node.attr)
+            elif op == Op.MATMUL:
+                env[node.id] = b.node("MatMul", [args[0], self.packed(node)])
+            elif op == Op.SLICE:
+                offset, size = (s.bind(self.sizes) for s in (node.attr.offset, node.attr.size))
+                env[node.id] = b.node("Slice", [args[0], b.ints(offset), b.ints(offset + size),
+                                                b.ints(-1)])
+            elif op == Op.CONCAT:
+                parts = [self.rows(a, self.width(i)) for a, i in zip(args, node.inputs)]
+                env[node.id] = b.node("Concat", parts, axis=-1)
+            elif op == Op.BROADCAST:
+                env[node.id] = self.rows(args[0], self.width(node))
+            elif op == Op.SUM:
+                env[node.id] = b.node("ReduceSum", [args[0], b.ints(-1)], keepdims=1)
+            elif op == Op.MEAN:
+                if self.opset >= 18:
+                    env[node.id] = b.node("ReduceMean", [args[0], b.ints(-1)], keepdims=1)
+                else:
+                    env[node.id] = b.node("ReduceMean", [args[0]], axes=[-1], keepdims=1)
+            else:
+                raise OnnxError(f"the IR op '{op.value}' has no ONNX form")
+        return env
+
+
+def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
+                   seq: str, mask: str, initial: dict[str, str], opset: int):
+    """One direction of one layer as a Scan over `seq` (T, B, F). `mask` (T, B, 1) bool
+    says which steps are inside each row's length; `initial` names each state's (B, n)
+    start. Returns (final state names, Y name (T, B, out))."""
+    from onnx import TensorProto, helper
+
+    program, sizes, dtype = cell.program, cell.sizes, b.dtype
+    check_exportable(program)
+    weights: dict[str, str] = {}
+
+    def weight(key: str, make: Callable[[], np.ndarray]) -> str:
+        if key not in weights:
+            weights[key] = b.initializer(np.asarray(make(), dtype), b.fresh(prefix + key))
+        return weights[key]
+
+    def packed_t(segments) -> np.ndarray:
+        return np.concatenate([params[name] for name, _ in segments], axis=0).T
+
+    scan_inputs, body_scan_inputs = [], []
+    body = b.sub()
+    hoisted_names = {}
+    for h in program.hoisted:  # one GEMM over all T*B rows, before the loop
+        w = weight(f"hoisted{h.index}", lambda h=h: packed_t(h.segments))
+        scan_inputs.append(b.node("MatMul", [seq, w], hint=f"{prefix}hoisted"))
+        hoisted_names[h.index] = body.fresh(f"hoisted{h.index}_t")
+        body_scan_inputs.append(helper.make_tensor_value_info(
+            hoisted_names[h.index], b.elem, [None, h.rows.bind(sizes)]))
+    live = program.graph.live_nodes()
+    x_t = None
+    if any(n.op == Op.INPUT for n in live):
+        x_t = body.fresh("x_t")
+        scan_inputs.append(seq)
+        body_scan_inputs.append(helper.make_tensor_value_info(x_t, b.elem,
+                                                              [None, cell.input_size]))
+    mask_t = body.fresh("mask_t")
+    scan_inputs.append(mask)
+    body_scan_inputs.append(helper.make_tensor_value_info(mask_t, TensorProto.BOOL, [None, 1]))
+
+    states = list(cell.state_sizes)
+    state_in = {n: body.fresh(f"{n}_old") for n in states}
+    batch_name = []
+
+    def batch() -> str:  # (1,) int64: B, from the first state (made once, when needed)
+        if not batch_name:
+            batch_name.append(body.node("Slice", [body.node("Shape", [state_in[states[0]]]),
+                                                  body.ints(0), body.ints(1)]))
+        return batch_name[0]
+
+    emitter = StepEmitter(
+        body, program, sizes, opset,
+        param=lambda name: weight(name, lambda: params[name]),
+        packed=lambda node: weight(f"packed{node.id}", lambda: packed_t(node.segments)),
+        leaves={Op.INPUT: lambda attr: x_t, Op.STATE: lambda attr: state_in[attr],
+                Op.HOISTED: lambda attr: hoisted_names[attr]},
+        batch=batch)
+    env = emitter.run()
+    zero = body.constant(0.0)
+    outputs = {}
+    for name in states:
+        new = env[program.graph.outputs[name].id]
+        outputs[name] = body.node("Where", [mask_t, new, state_in[name]], hint=f"{name}_new")
+    y_t = body.node("Where", [mask_t, outputs[cell.output], zero], hint="y_t")
+    body_inputs = [helper.make_tensor_value_info(state_in[n], b.elem,
+                                                 [None, cell.state_sizes[n]]) for n in states]
+    body_outputs = [helper.make_tensor_value_info(outputs[n], b.elem,
+                                                  [None, cell.state_sizes[n]]) for n in states]
+    body_outputs.append(helper.make_tensor_value_info(
+        y_t, b.elem, [None, cell.state_sizes[cell.output]]))
+    graph = helper.make_graph(body.nodes, body.fresh(f"{prefix}step"),
+                              body_inputs + body_scan_inputs, body_outputs,
+                              body.initializers)
+    results = b.node("Scan", [initial[n] for n in states] + scan_inputs,
+                     hint=f"{prefix}scan", outputs=len(states) + 1, body=graph,
+                     num_scan_inputs=len(scan_inputs))
+    return dict(zip(states, results[:-1])), results[-1]
