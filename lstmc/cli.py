@@ -257,7 +257,7 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradche
 # Commands of the optional extras. Each module defines `register(commands)`, which adds its
 # subparsers with `set_defaults(handler=...)`; it must not import its extra's heavy
 # dependencies (onnx, optuna, torch) at module level, so `lstmc --help` works without them.
-EXTENSION_MODULES: list[str] = ["lstmc.lab.cli"]
+EXTENSION_MODULES: list[str] = ["lstmc.lab.cli", "lstmc.onnx.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

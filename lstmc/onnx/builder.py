@@ -30,12 +30,13 @@ class Builder:
         return f"{hint}__{next(self.counter)}"
 
     def node(self, op: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
-             names: list[str] | None = None, **attributes):
+             names: list[str] | None = None, node_name: str | None = None, **attributes):
         """Add a node; returns its output name (or the list of names when outputs > 1)."""
         from onnx import helper
 
         names = names or [self.fresh(hint or op.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op, list(inputs), names, **attributes))
+        self.nodes.append(helper.make_node(op, list(inputs), names, name=node_name,
+                                           **attributes))
         return names[0] if len(names) == 1 and outputs == 1 else names
 
     def initializer(self, array: np.ndarray, name: str) -> str:

@@ -86,14 +86,16 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
     "reference", the default) with parameters `params` as an ONNX model to `path`, and
     return the onnx.ModelProto (path None: only return it). Cells that are exactly an
     ONNX LSTM, GRU or RNN operator export as that operator unless native=False; all
-    others as Scan loops. The model computes in the cell's dtype (float32 or float64)."""
+    others as Scan loops. The model computes in the cell's dtype (float32 or float64;
+    float64 cells export as Scan, since onnxruntime runs those operators in float32
+    only)."""
     onnx = require_onnx()
     from onnx import TensorProto, helper
 
     layers, directions, batch_first, prefix = _layout(cell)
     if isinstance(opset, bool) or not isinstance(opset, int) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
-        raise OnnxError(f"opset must be an integer in {MIN_OPSET}..."
+        raise OnnxError(f"opset must be an integer in {MIN_OPSET}.."
                         f"{onnx.defs.onnx_opset_version()} (this onnx package's newest), "
                         f"got {opset!r}")
     for cells in layers:
@@ -108,6 +110,8 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
     if dtype not in (np.float32, np.float64):
         raise OnnxError(f"export computes in float32 or float64, not {dtype}")
     params = _check_params(cell, params, dtype)
+    # onnxruntime's LSTM, GRU and RNN kernels compute in float32 only: float64 as Scan
+    native = native and dtype == np.float32
     L, D = len(layers), len(directions)
     states = dict(layers[0][0].state_sizes)
     output = layers[0][0].output
@@ -156,7 +160,7 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
     for l, cells in enumerate(layers):
         matches = [match(c) for c in cells] if native else [None]
         if native and _same_operator(matches):
-            y, layer_finals = _native_layer(b, cells, matches, [prefix(l, d) for d in
+            y, layer_finals = _native_layer(b, l, cells, matches, [prefix(l, d) for d in
                                                                  range(D)], params,
                                             directions, layer_input, lens32, mask, empty,
                                             lambda name, l=l: initial(name, l * D, D))
@@ -240,8 +244,8 @@ def _same_operator(matches: list[Match | None]) -> bool:
                for m in matches)
 
 
-def _native_layer(b: Builder, cells, matches: list[Match], prefixes, params, directions,
-                  seq, lens32, mask, empty, initial):
+def _native_layer(b: Builder, layer: int, cells, matches: list[Match], prefixes, params,
+                  directions, seq, lens32, mask, empty, initial):
     """One layer as an ONNX LSTM, GRU or RNN node. Returns (Y (T, B, D*H), finals)."""
     candidate = matches[0].candidate
     op, D = candidate.op, len(cells)
@@ -269,7 +273,7 @@ def _native_layer(b: Builder, cells, matches: list[Match], prefixes, params, dir
     if op == "GRU":
         attributes["linear_before_reset"] = int(candidate.linear_before_reset)
     outs = b.node(op, node_inputs, outputs=len(onnx_states) + 1, hint=op.lower(),
-                  **attributes)
+                  node_name=f"{op}_layer{layer}", **attributes)
     y4 = outs[0]  # (T, D, B, H)
     y = b.node("Reshape", [b.node("Transpose", [y4], perm=[0, 2, 1, 3]), b.ints(0, 0, -1)])
     y = b.node("Where", [mask, y, b.constant(0.0)])

@@ -193,6 +193,6 @@ def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
                               body_inputs + body_scan_inputs, body_outputs,
                               body.initializers)
     results = b.node("Scan", [initial[n] for n in states] + scan_inputs,
-                     hint=f"{prefix}scan", outputs=len(states) + 1, body=graph,
-                     num_scan_inputs=len(scan_inputs))
+                     hint=f"{prefix}scan", node_name=b.fresh(f"{prefix}scan"),
+                     outputs=len(states) + 1, body=graph, num_scan_inputs=len(scan_inputs))
     return dict(zip(states, results[:-1])), results[-1]
