@@ -33,8 +33,8 @@ def native():
     (lambda x, p, s: (x, p, {"h": s["h"]}, None), "state: missing 'c'"),
     (lambda x, p, s: (x, p, {**s, "c": s["c"][:, :4]}, None), r"state\['c'\]: expected shape"),
     (lambda x, p, s: (x, p, s, [4, 4]), r"lengths: expected shape \(3,\)"),
-    (lambda x, p, s: (x, p, s, [4, 0, 1]), "lengths: each must be between 1 and T=4, got 0"),
-    (lambda x, p, s: (x, p, s, [4, 5, 1]), "lengths: each must be between 1 and T=4, got 5"),
+    (lambda x, p, s: (x, p, s, [4, -1, 1]), "lengths: each must be between 0 and T=4, got -1 for row 1"),
+    (lambda x, p, s: (x, p, s, [4, 5, 1]), "lengths: each must be between 0 and T=4, got 5 for row 1"),
     (lambda x, p, s: (x, p, s, [4.0, 2.0, 1.0]), "lengths: expected integers, got float64"),
 ])
 def test_bad_input_raises_before_running(native, mutate, message):

@@ -265,8 +265,8 @@ def test_unknown_cpu_name_is_an_error_and_leaves_no_directory(tmp_path, capsys):
     assert not out.exists()
 
 
-TWO_CELLS = ("# first\ncell a(x: I) -> h: H {\n  h' = tanh(W @ x + U @ h) # ok\n}\n"
-             "cell b(x: I) -> h: H {\n  h' = tanh(W @ x) + gg\n}\n")
+TWO_CELLS = ("# first\ncell a(x: I) -> h: H {\n  param W, U\n  h' = tanh(W @ x + U @ h) # ok\n}\n"
+             "cell b(x: I) -> h: H {\n  param W\n  h' = tanh(W @ x) + gg\n}\n")
 
 
 @pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
@@ -275,7 +275,7 @@ def test_every_line_ending_reaches_the_second_cell(tmp_path, ending, capsys):
     spec.write_bytes(TWO_CELLS.replace("\n", ending).encode())
     assert main(["check", str(spec)]) == 1
     err = capsys.readouterr().err
-    assert f"{spec}:6:" in err and "undefined name 'gg'" in err, err
+    assert f"{spec}:8:" in err and "undefined name 'gg'" in err, err
     assert "h' = tanh(W @ x) + gg" in err
 
 
@@ -285,7 +285,7 @@ def test_odd_line_breaks_in_comments_quote_the_right_line(tmp_path, odd, capsys)
     spec.write_text(TWO_CELLS.replace("# first", f"# fir{odd}st"), encoding="utf-8")
     assert main(["check", str(spec)]) == 1
     err = capsys.readouterr().err
-    assert f"{spec}:6:" in err and "\n    h' = tanh(W @ x) + gg\n" in err, err
+    assert f"{spec}:8:" in err and "\n      h' = tanh(W @ x) + gg\n" in err, err
 
 
 def test_spec_file_name_with_braces_is_read_as_a_file(tmp_path, capsys):

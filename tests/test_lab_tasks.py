@@ -185,3 +185,8 @@ def test_bad_options_are_named():
         get_task("addding")
     with pytest.raises(ExperimentError, match="option 'length' must be an integer"):
         get_task("adding", length="long")
+
+
+def test_copy_refuses_more_rows_than_distinct_sequences():
+    with pytest.raises(ExperimentError, match="2\\^2 distinct sequences cannot fill 5"):
+        get_task("copy", symbols=2, categories=2, train=3, valid=1, test=1).splits()

@@ -67,8 +67,10 @@ def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecS
     if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
         isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END"
     ):
-        lines = source.text.rstrip().splitlines()
-        line, column = len(lines), len(lines[-1]) + 1
+        # The end of the last line with text on it, by Source's one definition of a line.
+        lines = source.lines
+        line = max((i for i, text in enumerate(lines, 1) if text.strip()), default=1)
+        column = len(lines[line - 1].rstrip()) + 1
         return SpecSyntaxError(
             f"unexpected end of file; expected {_expected(exc.expected)}",
             source.location(line, column),

@@ -238,9 +238,10 @@ ABS = register(Elementwise(
 
 SOFTSIGN = register(Elementwise(
     "softsign", 1, "z / (1 + |z|): NaN at +-inf (inf/inf, as torch). Derivative "
-    "dy * (1 - |y|)^2 = dy / (1 + |z|)^2.",
+    "dy / (1 + |z|)^2, from z: (1 - |y|)^2 loses digits to cancellation for large |z|; "
+    "the limit 0 at +-inf, where torch's composite rule gives inf/inf = NaN.",
     _errstate(lambda z: z / (1 + np.abs(z))),
-    _unary(lambda g, y, x: _square(g, g.sub(_one(g), g.unary(ABS, y)))),
+    lambda g, y, dy: [g.div(dy, _square(g, g.add(_one(g), g.unary(ABS, y.inputs[0]))))],
     lambda m, b, x: b.fdiv(x, b.fadd(m.const(1.0), m.fabs(b, x))),
     "(({0}) / (1.0f + FABSF({0})))", function=True))
 

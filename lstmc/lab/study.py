@@ -140,12 +140,16 @@ def queue_budget(study, experiment: Experiment, rounds: int = 0) -> None:
         experiment.variants)
     names = experiment.variant_names
     for index in range(queued, target):
-        study.enqueue_trial({"variant": names[index % len(names)]})
+        # The slot goes in at queueing: a retry copies it even when its worker died
+        # before the trial started, so the slot is counted once.
+        study.enqueue_trial({"variant": names[index % len(names)]}, user_attrs={"slot": index})
 
 
 def claim(study) -> int | None:
     """Atomically take a WAITING trial (its id), or None when none is left."""
     optuna = require("optuna")
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
     storage = study._storage
     waiting = storage.get_all_trials(study._study_id, deepcopy=False,
                                      states=(optuna.trial.TrialState.WAITING,))
@@ -153,6 +157,10 @@ def claim(study) -> int | None:
         try:
             if storage.set_trial_state_values(trial._trial_id,
                                               state=optuna.trial.TrialState.RUNNING):
+                # Beat at once: a trial with no heartbeat never turns stale, so a worker
+                # killed before its first beat would leave it RUNNING for ever.
+                if is_heartbeat_enabled(storage):
+                    storage.record_heartbeat(trial._trial_id)
                 return trial._trial_id
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished it
             continue

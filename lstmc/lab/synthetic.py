@@ -82,15 +82,36 @@ class Copy(Task):
         if self.config["categories"] < 2:
             raise ExperimentError("task 'copy' option 'categories' must be at least 2, "
                                   f"got {self.config['categories']}")
+        wanted = sum(self.config[split] for split in ("train", "valid", "test"))
+        if self.config["categories"] ** self.config["symbols"] < wanted:
+            raise ExperimentError(
+                f"task 'copy': {self.config['categories']}^{self.config['symbols']} distinct "
+                f"sequences cannot fill {wanted} disjoint train/valid/test rows; raise "
+                "'symbols' or 'categories'")
 
     def build(self) -> dict[str, Split]:
-        return {split: self._make(self.config[split], rng_for(self.config["seed"], split))
-                for split in ("train", "valid", "test")}
+        # Short token strings repeat by chance (the birthday bound); a sequence seen in
+        # training must not be scored in valid or test, so all rows are drawn distinct
+        # from one generator and then dealt out.
+        counts = [self.config[split] for split in ("train", "valid", "test")]
+        tokens = self._distinct_tokens(sum(counts), rng_for(self.config["seed"], "train"))
+        ends = np.cumsum(counts)
+        return {split: self._make(tokens[end - n:end])
+                for split, n, end in zip(("train", "valid", "test"), counts, ends)}
 
-    def _make(self, n: int, rng: np.random.Generator) -> Split:
+    def _distinct_tokens(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        s, k = self.config["symbols"], self.config["categories"]
+        drawn = np.empty((0, s), dtype=np.int64)
+        while len(drawn) < n:
+            more = np.concatenate([drawn, rng.integers(1, k + 1, (n, s))])
+            _, first = np.unique(more, axis=0, return_index=True)
+            drawn = more[np.sort(first)]  # keep the order drawn: reproducible per seed
+        return drawn[:n]
+
+    def _make(self, tokens: np.ndarray) -> Split:
         s, d, k = self.config["symbols"], self.config["delay"], self.config["categories"]
         t = 2 * s + d
-        tokens = rng.integers(1, k + 1, (n, s))
+        n = len(tokens)
         x = np.zeros((n, t), dtype=np.int64)
         x[:, :s] = tokens
         x[:, s + d - 1] = k + 1  # the delimiter: "start recalling now"

@@ -75,10 +75,10 @@ class _PackCache:
         self.entries: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, cell, key, weights: list[Tensor], build):
+    def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True):
         sig = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in weights)
         with self.lock:
-            hit = self.entries.get(sig)
+            hit = self.entries.get(sig) if reuse else None
             if hit is not None and all(r() is t for r, t in zip(hit[0], weights)):
                 self.entries.move_to_end(sig)
                 return hit[1]
@@ -120,8 +120,11 @@ def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
     return params
 
 
-def host_params(cell, key: str, weights: list[Tensor]):
-    """Parameters of a CPU-target cell, validated and packed once per weight version."""
+def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
+    """Parameters of a CPU-target cell, validated and packed. Every pack is remembered;
+    with `reuse`, a remembered pack of the same weight versions is taken instead.
+    Writes through `.data` do not bump a tensor's version, so a training forward
+    (`reuse=False`) always packs afresh; its backward and inference calls reuse."""
     def build():
         params = spec_params(cell, key, weights, _host)
         return cell.pack_params(params) if hasattr(cell, "pack_params") else params
@@ -131,7 +134,7 @@ def host_params(cell, key: str, weights: list[Tensor]):
     cache = _packs.get(cell)
     if cache is None:
         cache = _packs.setdefault(cell, _PackCache())
-    return cache.get(cell, key, weights, build)
+    return cache.get(cell, key, weights, build, reuse)
 
 
 def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tensor):
@@ -221,7 +224,7 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
 
             ws.pack_gpu(cell, result[2].saved, put)
         return y, final, work
-    params = host_params(cell, key, weights)
+    params = host_params(cell, key, weights, reuse=not train)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
     result = cell.forward(_host(x), params, init, train=train, lengths=host_lengths)
     y, final = torch.from_numpy(result[0]), [torch.from_numpy(result[1][n]) for n in names]
@@ -277,7 +280,7 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
             dweights = weight_grads(key, weights, g["params"], cell.param_shapes, to)
             dstate = [to(g["state"][n]) for n in names]
         return dx, dweights, dstate
-    params = host_params(cell, key, weights)
+    params = host_params(cell, key, weights, reuse=True)
     xn = _host(x)
     if ws.is_native(cell):
         full = np.full(B, T, np.int64) if host_lengths is None else host_lengths
