@@ -351,3 +351,34 @@ def test_cli_without_onnx_says_what_to_install(tmp_path, capsys, monkeypatch):
                   "--hidden-size", H], ["import-onnx", tmp_path / "m.onnx", "-o", tmp_path]):
         status, out, err = cli(capsys, *args)
         assert status == 1 and "pip install lstmc[onnx]" in err, err
+
+
+def test_imported_node_exports_back_as_the_same_computation():
+    """An ONNX LSTM with clip and peepholes (no exported form: it becomes a Scan),
+    imported and exported again, computes what onnxruntime computes for the original."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = {"W": rng.uniform(-1, 1, (2, 4 * H, I)), "R": rng.uniform(-1, 1, (2, 4 * H, H)),
+               "B": rng.uniform(-1, 1, (2, 8 * H)), "P": rng.uniform(-1, 1, (2, 3 * H))}
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "sequence_lens", "", "", "P"],
+                            ["Y", "Y_h", "Y_c"], hidden_size=H, clip=0.6,
+                            direction="bidirectional")
+    original = helper.make_model(helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
+                      helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h",
+                                                                             "Y_c")],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    x = (2 * rng.standard_normal((T, B, I))).astype(np.float32)
+    lengths = np.array([5, 1, 3], np.int32)
+    Y, Y_h, Y_c = session(original).run(None, {"X": x, "sequence_lens": lengths})
+    (imported,) = load(original, target="reference")
+    model = export(imported.cell, imported.params)
+    assert recurrent_ops(model) == ["Scan"]
+    got = run_exported(model, x, {}, lengths)
+    np.testing.assert_allclose(got["Y"], Y.transpose(0, 2, 1, 3).reshape(T, B, 2 * H),
+                               **TOLERANCE)
+    np.testing.assert_allclose(got["final_h"], Y_h, **TOLERANCE)
+    np.testing.assert_allclose(got["final_c"], Y_c, **TOLERANCE)
