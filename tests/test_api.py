@@ -48,8 +48,12 @@ def test_default_state_is_zeros():
     cell = compile_spec("lstm")
     x, params, _ = random_inputs(cell)
     y1, s1 = cell.forward(x, params)
-    y2, s2 = cell.forward(x, params, cell.zero_state(x.shape[1]))
+    zeros = {name: np.zeros((x.shape[1], size), x.dtype)
+             for name, size in cell.state_sizes.items()}
+    y2, s2 = cell.forward(x, params, zeros)
     np.testing.assert_array_equal(y1, y2)
+    for name, value in cell.zero_state(x.shape[1]).items():
+        np.testing.assert_array_equal(value, zeros[name])
 
 
 def test_state_carries_across_calls():

@@ -63,4 +63,11 @@ def test_backward_has_one_transposed_product_per_forward_product(name):
 def test_lstm_backward_saves_only_what_it_needs():
     program = lower_spec(spec_path("lstm"))
     # h (operand of the weight gradient), c, the four gate activations and tanh(c')
-    assert len(program.saved) == 7
+    def describe(node):
+        return f"state {node.attr}" if node.op == Op.STATE else node.op.name
+
+    saved = sorted(program.saved, key=lambda n: n.id)
+    assert [describe(n) for n in saved] == [
+        "state h", "sigmoid", "sigmoid", "tanh", "sigmoid", "state c", "tanh"]
+    # the last is tanh(c'), c' = f * c + i * g: not a value the step's outputs hold
+    assert saved[-1].inputs[0].op == ops.REGISTRY["add"]
