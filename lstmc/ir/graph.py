@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeGuard
 
 from . import ops
 from .ops import Elementwise
@@ -46,7 +47,7 @@ PRODUCTS = {Op.MATMUL, Op.MATMUL_T}
 REDUCTIONS = {Op.MEAN, Op.SUM}
 
 
-def is_elementwise(op: AnyOp) -> bool:
+def is_elementwise(op: AnyOp) -> TypeGuard[Elementwise]:
     """An op of the registry: computed per unit from its operands at the same unit."""
     return isinstance(op, Elementwise)
 
@@ -74,6 +75,13 @@ class SliceAttr:
 
 class Node:
     __slots__ = ("attr", "id", "inputs", "op", "size")
+    # Declared, not only inferred from __init__: ops.py, in an import cycle with this
+    # module, may be type-checked first.
+    id: int
+    op: AnyOp
+    inputs: tuple[Node, ...]
+    size: Size
+    attr: Any
 
     def __init__(self, id: int, op: AnyOp, inputs: tuple[Node, ...], size: Size, attr):
         self.id, self.op, self.inputs, self.size, self.attr = id, op, inputs, size, attr
@@ -93,7 +101,7 @@ class IRError(AssertionError):
 class Graph:
     """An append-only, interned set of nodes plus named outputs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.nodes: list[Node] = []
         self.outputs: dict[str, Node] = {}
         self._interned: dict[tuple, Node] = {}

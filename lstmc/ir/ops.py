@@ -150,7 +150,8 @@ DIV = register(Elementwise(
                                      g.unary(NEG, g.mul(dy, g.div(y, y.inputs[1])))]),
     lambda m, b, x, y: b.fdiv(x, y), "(({0}) / ({1}))"))
 
-NEG = register(Elementwise(
+# Annotated: the rules of SUB, DIV and NEG itself refer to NEG before its assignment.
+NEG: Elementwise = register(Elementwise(
     "neg", 1, "-a (flips the sign of zeros and NaNs).", np.negative,
     lambda g, y, dy: [g.unary(NEG, dy)],
     lambda m, b, x: b.fneg(x), "(-({0}))"))

@@ -90,10 +90,11 @@ def load_cell(directory: str, manifest: dict | None = None):
     _check_cpu(directory, typed)
     library = _load_private_copy(directory, typed)
     _check_contract(directory, library, manifest)
-    functions = {}
+    functions: dict[str, int] = {}
     for entry in typed.entries.values():
-        functions[entry.symbol] = ctypes.cast(getattr(library, entry.symbol),
-                                              ctypes.c_void_p).value
+        address = ctypes.cast(getattr(library, entry.symbol), ctypes.c_void_p).value
+        assert address is not None  # getattr raises AttributeError for a missing symbol
+        functions[entry.symbol] = address
     return NativeCell(typed, functions, keepalive=library)
 
 
@@ -153,6 +154,7 @@ def _load_private_copy(directory: str, manifest: CpuManifest) -> ctypes.CDLL:
     would crash the process) and without dlopen handing back a stale handle."""
     name = manifest.library
     path = _plain_name(directory, name)
+    assert name is not None  # load_cell checked it, and _plain_name rejects a non-string
     try:
         with open(path, "rb") as f:
             data = f.read()

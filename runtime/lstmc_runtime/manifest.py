@@ -72,7 +72,8 @@ class _Reader:
             self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
         return value
 
-    def str(self, key: str, optional=False, default=None) -> str:
+    # Not named `str`: in this class body that name would shadow the type.
+    def string(self, key: str, optional=False, default=None) -> str:
         return self.get(key, str, optional, default)
 
     def size(self, key: str) -> int:
@@ -130,14 +131,14 @@ class CellDescription:
     @classmethod
     def from_json(cls, data: dict, where: str = "manifest") -> CellDescription:
         r = _Reader(data, where)
-        dtype = r.str("dtype")
+        dtype = r.string("dtype")
         if dtype not in DTYPES:
             r.fail("dtype", f"names no supported dtype: {dtype!r} "
                             f"(supported: {', '.join(DTYPES)})")
         sizes = {k: _size(v, f"{where}: sizes['{k}']") for k, v in r.get("sizes", dict).items()}
         states = {k: _size(v, f"{where}: states['{k}']")
                   for k, v in r.get("states", dict).items()}
-        output = r.str("output")
+        output = r.string("output")
         if output not in states:
             r.fail("output", f"names no state: {output!r}")
         params = {}
@@ -152,7 +153,7 @@ class CellDescription:
                 p.fail("init", f"must be a number or null, got {init!r}")
             params[name] = ParamSpec(tuple(_size(d, f"{p.where}: shape") for d in shape),
                                      init)
-        return cls(name=r.str("cell"), target=r.str("target"), dtype=dtype, sizes=sizes,
+        return cls(name=r.string("cell"), target=r.string("target"), dtype=dtype, sizes=sizes,
                    input_size=r.size("input_size"), output=output, states=states,
                    params=params,
                    batch_first=r.get("batch_first", bool, optional=True, default=False))
@@ -248,27 +249,27 @@ class CpuManifest:
             p = _Reader(spec, f"{where}: packed[{i}]")
             segments = tuple(_segment(s, f"{p.where}: segments") for s in p.get("segments",
                                                                                  list))
-            packed[p.str("name")] = PackedSpec(p.str("name"), segments, p.size("columns"))
+            packed[p.string("name")] = PackedSpec(p.string("name"), segments, p.size("columns"))
         panel_width = r.size("panel_width")
         if panel_width > 1024:
             r.fail("panel_width", f"must be at most 1024, got {panel_width}")
         hoisted, products = {}, {}
         for i, spec in enumerate(r.get("hoisted", list)):
             h = _Reader(spec, f"{where}: hoisted[{i}]")
-            hoisted[h.count("index")] = h.str("packed")
+            hoisted[h.count("index")] = h.string("packed")
         for i, spec in enumerate(r.get("products", list)):
             p = _Reader(spec, f"{where}: products[{i}]")
-            products[p.count("id")] = {"packed": p.str("packed"), "operand": p.str("operand")}
+            products[p.count("id")] = {"packed": p.string("packed"), "operand": p.string("operand")}
         entries = {}
         for name, spec in r.get("entries", dict).items():
             e = _Reader(spec, f"{where}: entries['{name}']")
             entries[name] = EntryPoint(
-                e.str("symbol"),
+                e.string("symbol"),
                 tuple(_buffer(b, f"{e.where}: buffers[{k}]")
                       for k, b in enumerate(e.get("buffers", list))),
                 e.count("arena_elements", optional=True))
         cpu = r.get("cpu", dict, optional=True, default={})
-        library = r.str("library", optional=True)
+        library = r.string("library", optional=True)
         checksums = r.get("checksums", dict, optional=True, default={})
         manifest = cls(cell, packed, panel_width,
                        dict(r.get("gradient_aliases", dict, optional=True, default={})),
@@ -427,10 +428,10 @@ def _buffer(value, where: str) -> BufferSpec:
     if not 1 <= len(shape) <= 4:
         b.fail("shape", f"must have 1 to 4 dimensions, got {shape!r}")
     dims = tuple(d if d in ("T", "B") else _size(d, f"{where}: shape") for d in shape)
-    role = b.str("role")
+    role = b.string("role")
     if role not in ROLES:
         b.fail("role", f"must be one of {', '.join(ROLES)}, got {role!r}")
-    return BufferSpec(b.str("name"), dims, role, b.str("dtype", optional=True,
+    return BufferSpec(b.string("name"), dims, role, b.string("dtype", optional=True,
                                                        default="float"))
 
 

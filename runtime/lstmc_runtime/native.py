@@ -18,6 +18,7 @@ import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
@@ -26,12 +27,18 @@ from .cellbase import CellBase
 from .errors import BackendError, UsageError
 from .manifest import CpuManifest
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
 # Threaded entries also take: thread index, thread count, barrier words, shared scratch.
 THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                                   ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+# An entry point's arguments by buffer name; "addresses", when present, maps packed
+# parameters to their addresses instead.
+Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
 THREADED_STEP_WEIGHTS = 1 << 18
 _pool: ThreadPoolExecutor | None = None
@@ -169,7 +176,10 @@ def release_memory() -> int:
 
 def _address(array: np.ndarray) -> int:
     try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # the fast way
+        # An ndarray exports the buffer protocol; numpy's stubs declare it (__buffer__)
+        # only for Python >= 3.12.
+        buffer = cast("WriteableBuffer", array)
+        return ctypes.addressof(ctypes.c_char.from_buffer(buffer))  # the fast way
     except (TypeError, ValueError):  # read-only arrays
         return array.ctypes.data
 
@@ -290,7 +300,7 @@ class NativeCell(CellBase):
                 for b in self.contract.entries[entry].buffers]
         return cache[entry]
 
-    def _call(self, entry: str, T: int, bounds: list[int], given: dict[str, np.ndarray],
+    def _call(self, entry: str, T: int, bounds: list[int], given: Inputs,
               per_slice: list[dict] | None = None) -> dict:
         """Run an entry point on each batch slice [bounds[c], bounds[c+1]). Arrays with a
         batch axis are cut into slices (outputs: joined again); `per_slice` supplies
@@ -320,6 +330,7 @@ class NativeCell(CellBase):
                 slices[c][name] = array
 
         known = given.get("addresses", {})  # of packed parameters, computed once
+        assert isinstance(known, dict)  # the one entry of `given` that is not an array
 
         def run(c: int) -> int:
             arrays = slices[c]
@@ -373,7 +384,7 @@ class NativeCell(CellBase):
         POOL.put([arena])
         return statuses
 
-    def _inputs(self, x, params, state, lengths, packs) -> dict[str, np.ndarray]:
+    def _inputs(self, x, params, state, lengths, packs) -> Inputs:
         T, B, _ = x.shape
         given = {"x": x, "lengths": np.full(B, T, np.int64) if lengths is None else lengths}
         given.update({names.param(n): np.ascontiguousarray(v) for n, v in params.items()})
