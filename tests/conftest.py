@@ -56,3 +56,22 @@ def watchdog():
     faulthandler.dump_traceback_later(900, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def cache_calls(monkeypatch, tmp_path):
+    """A private compile cache under tmp_path/cache; the returned list records, per cache
+    lookup, whether it was a hit (True) or a build (False)."""
+    from lstmc import cache
+
+    monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    original = cache.cached
+
+    def spy(key, build, load):
+        result = original(key, build, load)
+        calls.append(result[1])
+        return result
+
+    monkeypatch.setattr(cache, "cached", spy)
+    return calls

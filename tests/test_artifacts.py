@@ -127,19 +127,8 @@ def test_damaged_artifacts_are_errors(tmp_path, damage, message):
         lstmc_runtime.load(directory)
 
 
-def test_cache_hits_misses_and_rebuilds(tmp_path, monkeypatch):
-    from lstmc import cache
-
-    monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path / "cache"))
-    calls = []
-    original = cache.cached
-
-    def spy(key, build, load):
-        result = original(key, build, load)
-        calls.append(result[1])
-        return result
-
-    monkeypatch.setattr(cache, "cached", spy)
+def test_cache_hits_misses_and_rebuilds(tmp_path, cache_calls):
+    calls = cache_calls
     text = open(spec_path("rnn_tanh")).read()
     lstmc.compile(text, 3, 4, target="cpu")
     lstmc.compile(text, 3, 4, target="cpu")

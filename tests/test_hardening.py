@@ -118,25 +118,9 @@ def test_library_without_the_manifest_hash_is_refused(artifact, tmp_path):
         lstmc_runtime.load(directory)
 
 
-def _spy_cache(monkeypatch, tmp_path):
-    from lstmc import cache
-
-    monkeypatch.setenv("LSTMC_CACHE_DIR", str(tmp_path / "cache"))
-    calls = []
-    original = cache.cached
-
-    def spy(key, build, load):
-        result = original(key, build, load)
-        calls.append(result[1])
-        return result
-
-    monkeypatch.setattr(cache, "cached", spy)
-    return calls
-
-
 @pytest.mark.parametrize("damage", ["resealed edit", "field removed", "garbage"])
-def test_cache_entry_that_fails_to_load_is_rebuilt(tmp_path, monkeypatch, damage):
-    calls = _spy_cache(monkeypatch, tmp_path)
+def test_cache_entry_that_fails_to_load_is_rebuilt(tmp_path, cache_calls, damage):
+    calls = cache_calls
     with open(spec_path("rnn_tanh")) as f:
         text = f.read()
     cell = lstmc.compile(text, 3, 4, target="cpu", dtype="float64")
