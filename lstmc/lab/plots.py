@@ -59,9 +59,7 @@ def boxplot(path, variants, records: list[TrialRecord], rows, metric: str,
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def curves(path, variants, records: list[TrialRecord], metric: str, title: str):
@@ -86,9 +84,7 @@ def curves(path, variants, records: list[TrialRecord], metric: str, title: str):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def importance(path, importances: dict[str, float], title: str):
@@ -99,9 +95,7 @@ def importance(path, importances: dict[str, float], title: str):
     ax.set_xlabel("fANOVA importance (fraction of the test metric's variance)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def time_scatter(path, variants, records: list[TrialRecord], metric: str, title: str):
@@ -117,6 +111,10 @@ def time_scatter(path, variants, records: list[TrialRecord], metric: str, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
