@@ -97,3 +97,12 @@ def test_stack_bad_inputs():
         stack.forward(x, params, lengths=[1, 2, 7, 1])
     with pytest.raises(lstmc.CompileError, match="num_layers must be a positive integer"):
         lstmc.compile(spec_path("gru"), I, H, num_layers=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_dstate_that_is_not_a_dict_is_a_named_error(layers):
+    cell = lstmc.compile(spec_path("gru"), I, H, num_layers=layers)
+    x = np.zeros((T, B, I), np.float32)
+    y, final, tape = cell.forward(x, cell.init_params(), train=True)
+    with pytest.raises(lstmc.ShapeError, match="dstate: expected a dict of arrays, got list"):
+        tape.backward(np.ones_like(y), [np.ones_like(final["h"])])

@@ -153,7 +153,9 @@ class StackTape:
         dy = check_array("dy", dy, shape, stack.dtype)
         if stack.batch_first:
             dy = xp.ascontiguousarray(dy.transpose(1, 0, 2))
-        dstate = dstate or {}
+        dstate = {} if dstate is None else dstate
+        if not isinstance(dstate, dict):
+            raise ShapeError(f"dstate: expected a dict of arrays, got {type(dstate).__name__}")
         for name, value in dstate.items():
             if name not in stack.state_sizes:
                 raise ShapeError(f"dstate: unexpected {name!r}")
