@@ -80,6 +80,7 @@ def curves(path, variants, records: list[TrialRecord], metric: str, title: str):
         ax.plot(epochs, median, color=colors[name], label=f"{name} ({len(runs)})", lw=1.6)
         ax.fill_between(epochs, q1, q3, color=colors[name], alpha=0.15)
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # no epoch 1.25
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
