@@ -473,10 +473,23 @@ class _BackwardKernel(_Kernel):
             carry[s] = self.alloca(f"carry_{s}", PTR)
             b.store(self.buffer(f"dstate_in:{s}", ["B", n], "in"), carry[s])
         # Gradients of every product's output, for the runtime's weight-gradient GEMMs.
-        d_products = {p.id: self.buffer(f"dproduct:{p.id}", ["T", "B", mb.size(p)], "work")
+        # Products whose output gradient is one and the same node (W@x + U@h summed before
+        # the activation: the hoisted and the recurrent product share it) share one
+        # buffer: it is stored once and the GEMMs after the loop all read it.
+        shared: dict[tuple[int, int], ir.Value] = {}
+
+        def d_buffer(kind: str, key: int, name: str, n: int) -> ir.Value:
+            node = grads.get((kind, key))
+            if node is None or mb.size(node) != n:
+                return self.buffer(name, ["T", "B", n], "work")
+            if (node.id, n) not in shared:
+                shared[(node.id, n)] = self.buffer(name, ["T", "B", n], "work")
+            return shared[(node.id, n)]
+
+        d_products = {p.id: d_buffer("product", p.id, f"dproduct:{p.id}", mb.size(p))
                       for p in program.recurrent_products}
-        d_hoisted = {h.index: self.buffer(f"dhoisted:{h.index}", ["T", "B", mb.size(h.rows)],
-                                          "work") for h in program.hoisted}
+        d_hoisted = {h.index: d_buffer("hoisted", h.index, f"dhoisted:{h.index}",
+                                       mb.size(h.rows)) for h in program.hoisted}
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
@@ -494,14 +507,18 @@ class _BackwardKernel(_Kernel):
                 elif node.op == Op.ADJOINT:
                     self._adjoint(node, env, cur, dy, t, info.output)
             accumulated: dict[int, str] = {}
+            stored: set[int] = set()  # shared gradients already given their store
             for (kind, key), node in grads.items():
                 n = mb.size(node)
                 if kind == "state":
                     target = Place(nxt[key], n)
-                elif kind == "product":
-                    target = Place(self.seq_row(d_products[key], t, n), n)
-                elif kind == "hoisted":
-                    target = Place(self.seq_row(d_hoisted[key], t, n), n)
+                elif kind in ("product", "hoisted"):
+                    if (node.id, n) in shared:
+                        if node.id in stored:  # its buffer is shared and already written
+                            continue
+                        stored.add(node.id)
+                    seq = d_products[key] if kind == "product" else d_hoisted[key]
+                    target = Place(self.seq_row(seq, t, n), n)
                 elif kind == "input":
                     target = Place(self.seq_row(dx, t, n), n)
                 else:  # a learned vector: summed over rows and steps
