@@ -344,9 +344,16 @@ class NativeCell(CellBase):
             statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
+        for c in range(count):  # inputs cut into copies here: freed before outputs are joined
+            for name, _dims, role, _dtype, axis in layout:
+                if (role == "in" and axis is not None and count > 1
+                        and not (per_slice is not None and name in per_slice[c])):
+                    del slices[c][name]
         out: dict = {"slices": slices}
         spent = []
         for name, _dims, role, _dtype, axis in layout:
+            if role == "in":
+                continue
             parts = [sl[name] for sl in slices]
             if role == "work":
                 spent += parts
