@@ -75,3 +75,13 @@ def cache_calls(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cache, "cached", spy)
     return calls
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' case counts (recorded with record_property), shown after the run:
+    output capture hides anything a passing test prints."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get(
+            "failed", []):
+        if "test_fuzz.py" in report.nodeid and report.when == "call":
+            for name, value in report.user_properties:
+                terminalreporter.write_line(f"fuzz {name}: {value}")

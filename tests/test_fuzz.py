@@ -10,7 +10,8 @@
 
 The budgets (seconds) are LSTMC_FUZZ_SPEC_SECONDS (default 40) and
 LSTMC_FUZZ_MANIFEST_SECONDS (default 20); LSTMC_FUZZ_SEED picks the seed (default 0).
-Each test prints how many cases ran, and records it as a junit property."""
+Each test records how many cases ran as a junit property; conftest prints them in the
+run's summary."""
 import contextlib
 import io
 import json
@@ -40,7 +41,6 @@ LOCATED = re.compile(r"^.+:\d+:\d+: error: ", re.MULTILINE)
 
 def _report(record_property, what: str, counts: dict) -> None:
     record_property(what, json.dumps(counts))
-    print(f"\nfuzz {what}: {json.dumps(counts)}", file=sys.__stdout__, flush=True)
 
 
 # -- spec mutations ---------------------------------------------------------------------
