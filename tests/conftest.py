@@ -85,3 +85,11 @@ def pytest_terminal_summary(terminalreporter):
         if "test_fuzz.py" in report.nodeid and report.when == "call":
             for name, value in report.user_properties:
                 terminalreporter.write_line(f"fuzz {name}: {value}")
+
+
+# Hypothesis draws the same examples on every machine (no example database), so a CI run
+# tests what a local run tested.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("lstmc", derandomize=True, database=None)
+_hypothesis_settings.load_profile("lstmc")
