@@ -227,8 +227,8 @@ class Cell(CellBase):
             params={n: ParamSpec(s, self.param_inits[n]) for n, s in self.param_shapes.items()},
             batch_first=bool(self.batch_first))
 
-    def _run_forward(self, x, params, state, train, lengths):
-        return self._executor.forward(x, params, state, train, lengths)
+    def _run_forward(self, x, params, state, train, lengths, seed=None):
+        return self._executor.forward(x, params, state, train, lengths, seed)
 
     def _run_backward(self, saved, params, dy, dstate):
         return self._executor.backward(saved, params, dy, dstate)

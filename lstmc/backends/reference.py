@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir import masks
 from ..ir.graph import IRError, Node, Op, is_elementwise
 from ..ir.program import Program
 
@@ -23,6 +24,7 @@ class Saved:
     steps: list[dict[int, np.ndarray]]  # per step: saved forward node id -> value
     batch: int
     lengths: np.ndarray
+    seed: int | None = None  # of the masks the forward drew; the backward draws them again
 
 
 class ReferenceExecutor:
@@ -74,20 +76,27 @@ class ReferenceExecutor:
             for node in stage.nodes:
                 env[node.id] = self._evaluate(node, env, params, batch)
 
-    def _leaves(self, nodes, values) -> dict[int, np.ndarray]:
+    def _leaves(self, nodes, values, t: int, batch: int, seed: int | None) -> dict[int, np.ndarray]:
         env = {}
         for node in nodes:
             if node.op == Op.CONST:
                 env[node.id] = np.asarray(node.attr, dtype=self.dtype)
+            elif node.op == Op.MASK:  # seed None: inference, the mask's expectation
+                env[node.id] = masks.values(node.attr, seed, t, np.arange(batch),
+                                            node.size.bind(self.sizes), self.dtype)
             elif node.op in values:
                 env[node.id] = values[node.op](node.attr)
         return env
 
     # -- whole sequences ----------------------------------------------------------------
 
-    def forward(self, x: np.ndarray, params: dict, state: dict, train: bool, lengths=None):
+    def forward(self, x: np.ndarray, params: dict, state: dict, train: bool, lengths=None,
+                seed: int | None = None):
         """With `lengths` (B,), row b stops at step lengths[b]: later outputs are zero
-        and its state stays as it was at its length."""
+        and its state stays as it was at its length. Training draws dropout and zoneout
+        masks from `seed` (None: a fresh one); inference uses their expectations."""
+        if train and seed is None:
+            seed = masks.new_seed()
         program = self.program
         T, B, _ = x.shape
         lengths = np.full(B, T) if lengths is None else lengths
@@ -106,7 +115,7 @@ class ReferenceExecutor:
                 Op.STATE: lambda name, state=state: state[name],
                 Op.PARAM: lambda name: params[name],
                 Op.HOISTED: lambda index, t=t: hoisted[index][t],
-            })
+            }, t, B, seed if train else None)
             self._run(program.forward, env, params, B)
             active = (t < lengths)[:, None]
             state = {name: np.where(active, env[node.id], state[name]).astype(self.dtype)
@@ -114,7 +123,7 @@ class ReferenceExecutor:
             ys[t] = np.where(active, state[self.output], 0)
             if train:
                 steps.append({i: env[i] for i in saved_ids})
-        return ys, state, (Saved(x, steps, B, lengths) if train else None)
+        return ys, state, (Saved(x, steps, B, lengths, seed) if train else None)
 
     def backward(self, saved: Saved, params: dict, dy: np.ndarray, dstate: dict):
         program, sizes = self.program, self.sizes
@@ -137,7 +146,7 @@ class ReferenceExecutor:
                 Op.PARAM: lambda name: params[name],
                 Op.ADJOINT: lambda name, t=t, active=active, carry=carry: np.where(
                     active, carry[name] + (dy[t] if name == self.output else 0), 0),
-            }))
+            }, t, B, saved.seed))
             self._run(program.backward, env, params, B)
             previous, carry = carry, {}
             for name, size in self.state_sizes.items():

@@ -372,12 +372,18 @@ class _Checker:
             if index < len(expr.args) and not isinstance(expr.args[index], ast.Number):
                 raise SpecError(f"the {what} of {func.name} must be a number",
                                 expr.args[index].loc)
+        if func.check_numbers is not None:
+            numbers = [a.value if isinstance(a, ast.Number) else None for a in expr.args]
+            problem = func.check_numbers(numbers)
+            if problem:
+                raise SpecError(f"{func.name}: {problem}", expr.args[-1].loc)
+        numbered = {index for index, _ in func.number_args}
         if func.result == "reduce":
             return self.sizes.new(1)
         result = sizes[0]
-        for arg, size in zip(expr.args[1:], sizes[1:]):
-            if func.number_args:  # layernorm's eps is a constant, not an operand
-                break
+        for index, (arg, size) in enumerate(zip(expr.args[1:], sizes[1:]), start=1):
+            if index in numbered:  # a constant (layernorm's eps), not an operand
+                continue
             merged = self._broadcast(result, size)
             if merged is None:
                 raise SpecError(

@@ -29,6 +29,8 @@ class Function:
     lower: Callable[[Graph, list[Node], list[float | None]], Node]
     # (position, what it is) of arguments that must be written as numbers
     number_args: tuple[tuple[int, str], ...] = ()
+    # the numbers written as arguments -> what is wrong with them, or None
+    check_numbers: Callable[[list[float | None]], str | None] | None = None
 
 
 def _registry_function(op: ops.Elementwise) -> Function:
@@ -59,6 +61,35 @@ def _layernorm(g: Graph, args, numbers) -> Node:
     return g.div(centered, g.unary(ops.SQRT, g.add(variance, g.const(eps))))
 
 
+def _mask(kind: str, per_sequence: bool = False):
+    """dropout(v, p), variational_dropout(v, p): v times a fresh mask of 0 and 1/(1-p)
+    (per step, or one per sequence); zoneout(new, old, p): where a mask hits, the old
+    value is kept. Masks are leaves drawn from the position (ir/masks.py); each call is
+    its own site, so no two calls share a mask."""
+    def lower(g: Graph, args, numbers) -> Node:
+        from ..ir.graph import Op
+        from ..ir.masks import MaskAttr
+
+        site = sum(1 for n in g.nodes if n.op == Op.MASK)
+        p = numbers[-1]
+        assert p is not None  # the checker saw a number
+        mask = g.node(Op.MASK, (), args[0].size, MaskAttr(kind, float(p), site, per_sequence))
+        if kind == "dropout":
+            return g.mul(args[0], mask)
+        new, old = args[0], args[1]
+        return g.add(new, g.mul(mask, g.sub(old, new)))
+    return lower
+
+
+def _probability(upper_open: bool):
+    def check(numbers: list[float | None]) -> str | None:
+        p = numbers[-1]
+        if p is None or 0.0 <= p < 1.0 or (p == 1.0 and not upper_open):
+            return None
+        return f"the probability must be in [0, 1{')' if upper_open else ']'}, got {p:g}"
+    return check
+
+
 COMPOSITES: dict[str, Function] = {
     f.name: f
     for f in [
@@ -69,6 +100,18 @@ COMPOSITES: dict[str, Function] = {
         Function("layernorm", (1, 2), "elementwise",
                  "layernorm(z[, eps]) = (z - mean(z)) / sqrt(var(z) + eps), eps 1e-5",
                  _layernorm, number_args=((1, "eps"),)),
+        Function("dropout", (2,), "elementwise",
+                 "dropout(v, p): inverted dropout, a new mask every step (train=True); "
+                 "v at inference", _mask("dropout"), number_args=((1, "probability"),),
+                 check_numbers=_probability(True)),
+        Function("variational_dropout", (2,), "elementwise",
+                 "variational_dropout(v, p): dropout with one mask per sequence and row "
+                 "(Gal & Ghahramani 2016)", _mask("dropout", per_sequence=True),
+                 number_args=((1, "probability"),), check_numbers=_probability(True)),
+        Function("zoneout", (3,), "elementwise",
+                 "zoneout(new, old, p): keep old with probability p (Krueger et al. 2017); "
+                 "p*old + (1-p)*new at inference", _mask("zoneout"),
+                 number_args=((2, "probability"),), check_numbers=_probability(False)),
     ]
 }
 

@@ -28,6 +28,7 @@ class Op(Enum):
     CONST = "const"  # a per-row scalar constant; attr: value
     HOISTED = "hoisted"  # this step's rows of a product computed before the loop; attr: index
     ADJOINT = "adjoint"  # backward only: the incoming gradient of a new state; attr: state name
+    MASK = "mask"  # a dropout/zoneout mask drawn from (seed, step, row, unit); attr: MaskAttr
     # Products with learned matrices; attr: ProductAttr.
     MATMUL = "matmul"  # packed W @ v; the segments' matrices are stacked by rows
     MATMUL_T = "matmul_t"  # packed W^T @ g (backward)
@@ -42,7 +43,9 @@ class Op(Enum):
 
 AnyOp = Op | Elementwise
 
-LEAVES = {Op.INPUT, Op.STATE, Op.PARAM, Op.CONST, Op.HOISTED, Op.ADJOINT}
+LEAVES = {Op.INPUT, Op.STATE, Op.PARAM, Op.CONST, Op.HOISTED, Op.ADJOINT, Op.MASK}
+# Leaves any step can compute again from its position: never saved, never differentiated.
+REGENERATED = {Op.CONST, Op.MASK}
 PRODUCTS = {Op.MATMUL, Op.MATMUL_T}
 REDUCTIONS = {Op.MEAN, Op.SUM}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..ir.graph import LEAVES, Graph, IRError, Node, Op, SliceAttr, is_elementwise
+from ..ir.graph import LEAVES, REGENERATED, Graph, IRError, Node, Op, SliceAttr, is_elementwise
 from ..ir.program import Key
 from ..ir.size import Size
 
@@ -84,7 +84,7 @@ def autodiff(graph: Graph) -> dict[Key, Node]:
         for part in parts[1:]:
             grad = g.add(grad, part)
         if node.op in LEAVES:
-            if node.op != Op.CONST:
+            if node.op not in REGENERATED:
                 outputs[(node.op.value, node.attr)] = grad
             continue
         if node.op == Op.MATMUL:

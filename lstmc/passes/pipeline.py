@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..frontend.checker import CheckedCell
 from ..ir.build import CellInfo, build_step_graph
-from ..ir.graph import Graph, Op
+from ..ir.graph import REGENERATED, Graph, Op
 from ..ir.program import Program, format_program
 from .autodiff import autodiff
 from .fuse_gates import fuse_gates
@@ -27,8 +27,9 @@ def lower(cell: CheckedCell) -> Program:
     gradients = autodiff(graph)                       # 3. reverse mode, appended in place
     graph.verify()
     backward_nodes = [n for n in graph.live_nodes(gradients.values()) if n.id not in forward_ids]
+    # Masks are drawn again in the backward step, never stored.
     saved_ids = {i.id for n in backward_nodes for i in n.inputs
-                 if i.id in forward_ids and i.op not in (Op.PARAM, Op.CONST)}
+                 if i.id in forward_ids and i.op not in REGENERATED and i.op != Op.PARAM}
     for product in (n for n in forward_nodes if n.op == Op.MATMUL):
         saved_ids.add(product.inputs[0].id)  # operands feed the deferred weight gradients
     return Program(                                   # 4. stage both steps

@@ -86,7 +86,8 @@ class CellBase(abc.ABC):
 
     batch_first = False
 
-    def forward(self, x, params, state=None, train: bool = False, lengths=None):
+    def forward(self, x, params, state=None, train: bool = False, lengths=None,
+                seed: int | None = None):
         """Run the whole sequence x (T, B, I), or (B, T, I) with batch_first. Returns
         (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
         the final states; with train=True also a Tape for the backward pass.
@@ -94,23 +95,30 @@ class CellBase(abc.ABC):
         `lengths` (B integers in 0..T) runs a padded batch of shorter sequences as
         PyTorch's packed sequences do: outputs past a row's length are zero and its final
         state is its state at its length (a row of length 0 keeps its initial state).
-        Whatever the padding holds (NaN, inf) it reaches no output and no gradient."""
+        Whatever the padding holds (NaN, inf) it reaches no output and no gradient.
+
+        Dropout and zoneout masks (train=True only) are drawn from `seed`, a 64-bit
+        integer: the same seed gives the same masks on every target; None draws a fresh
+        seed, recorded on the tape (`tape.seed`). Inference uses their expectations."""
         if self.batch_first:
             x = check_array("x", x, (None, None, self.input_size), self.dtype)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         x, params, state = self._check_inputs(x, params, state)
         lengths = check_lengths(lengths, *x.shape[:2])
         x = zero_padding(x, lengths, getattr(self, "xp", np))
-        y, final, saved = self._run_forward(x, params, state, train, lengths)
+        seed = check_seed(seed) if train else None
+        y, final, saved = self._run_forward(x, params, state, train, lengths, seed)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
-        return y, final, Tape(self, params, saved, x.shape, lengths, origin=self)
+        return y, final, Tape(self, params, saved, x.shape, lengths, origin=self, seed=seed)
 
     @abc.abstractmethod
-    def _run_forward(self, x, params, state, train, lengths):
-        """(y, final states, what backward needs or None) for validated arrays."""
+    def _run_forward(self, x, params, state, train, lengths, seed=None):
+        """(y, final states, what backward needs or None) for validated arrays; `seed`
+        (training only) keys the dropout and zoneout masks, and what backward needs
+        keeps it, so that the backward draws the same masks."""
 
     @abc.abstractmethod
     def _run_backward(self, saved, params, dy, dstate):
@@ -127,6 +135,7 @@ class Tape:
     x_shape: tuple
     lengths: np.ndarray | None = None
     origin: object = field(default=None, repr=False, compare=False)  # the recording cell
+    seed: int | None = None  # the masks' seed of the forward that recorded this tape
 
     def _check_belongs(self, cell) -> None:
         """A tape runs backward only through the cell that recorded it, with parameters
@@ -168,6 +177,17 @@ class Tape:
         if cell.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return {"x": dx, "params": dparams, "state": dstate0}
+
+
+def check_seed(seed) -> int:
+    """A 64-bit mask seed: the caller's (an integer in [0, 2**64)), or a fresh one."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UsageError(f"seed: expected an integer, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 1 << 64:
+        raise UsageError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    return int(seed)
 
 
 def check_lengths(lengths, steps: int, batch: int) -> np.ndarray | None:

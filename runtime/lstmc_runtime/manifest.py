@@ -350,6 +350,8 @@ class CpuManifest:
             return shape, role, "float"
         if kind == "lengths" and not key:
             return ("B",), "in", "int64"
+        if kind == names.RNG and not key and entry in ("forward_train", "backward"):
+            return (2,), "in", "int64"
         if kind in ("param", "dparam") and key in cell.params:
             return cell.params[key].shape, "in" if kind == "param" else "out", "float"
         if kind in ("state_in", "state_out", "dstate_in", "dstate_out") and key in cell.states:

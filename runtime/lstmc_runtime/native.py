@@ -401,10 +401,13 @@ class NativeCell(CellBase):
         given.update({names.state_in(n): v for n, v in state.items()})
         return given
 
-    def _run_forward(self, x, params, state, train, lengths):
+    def _run_forward(self, x, params, state, train, lengths, seed=None):
         T, B, _ = x.shape
         given = self._inputs(x, params, state, lengths, self._packs(params))
         bounds = self._bounds(B)
+        # Masks are keyed by the absolute batch row: each slice is told its first row.
+        rng = [{names.RNG: np.array([_signed64(seed or 0), bounds[c]], np.int64)}
+               for c in range(len(bounds) - 1)]
         entry = "forward_train" if train else "forward"
         # A small batch cannot be cut into slices: its threads share every step instead,
         # when a step has enough product work to repay waking a thread and meeting at
@@ -412,11 +415,11 @@ class NativeCell(CellBase):
         if (not train and len(bounds) == 2 and thread_count() > 1 and T >= 8
                 and self.contract.step_weight_elements >= THREADED_STEP_WEIGHTS):
             entry = "forward_mt"
-        out = self._call(entry, T, bounds, given)
+        out = self._call(entry, T, bounds, given, per_slice=rng)
         final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
         if train:
-            kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
+            kept = [{k: v for k, v in sl.items() if names.is_saved(k) or k == names.RNG}
                     for sl in out["slices"]]
             saved = Saved(kept, bounds, x, given["lengths"], owner=self)
             # The saved arrays go back to the pool when the tape is gone.
@@ -448,6 +451,11 @@ class NativeCell(CellBase):
                 offset += rows
         dstate0 = {n: out[names.dstate_out(n)] for n in self.state_sizes}
         return out["dx"], dparams, dstate0
+
+
+def _signed64(seed: int) -> int:
+    """A 64-bit seed as the int64 with the same bits."""
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cellbase import CellBase, check_lengths
+from .cellbase import CellBase, check_lengths, check_seed
 from .errors import ShapeError
 from .validate import check_array, check_names
 
@@ -89,9 +89,11 @@ class Stack:
         count = self.num_layers * self.num_directions
         return {n: np.zeros((count, batch, s), self.dtype) for n, s in self.state_sizes.items()}
 
-    def forward(self, x, params, state=None, train: bool = False, lengths=None):
+    def forward(self, x, params, state=None, train: bool = False, lengths=None,
+                seed: int | None = None):
         """x (T, B, I) (or (B, T, I) with batch_first); returns y (T, B, D * out), the
-        final states {name: (L * D, B, n)}, and with train=True a tape."""
+        final states {name: (L * D, B, n)}, and with train=True a tape. Each layer and
+        direction draws its dropout masks from its own seed, derived from `seed`."""
         xp = self.xp
         shape = (None, None, self.input_size)
         x = check_array("x", x, shape, self.dtype)
@@ -109,6 +111,7 @@ class Stack:
         for name, size in self.state_sizes.items():
             check_array(f"state['{name}']", state[name], (count, B, size), self.dtype)
 
+        seed = check_seed(seed) if train else None
         final = {n: xp.empty((count, B, s), self.dtype) for n, s in self.state_sizes.items()}
         tapes = []
         layer_input = x
@@ -120,7 +123,8 @@ class Stack:
                 init = {n: xp.ascontiguousarray(state[n][k]) for n in self.state_sizes}
                 back = self.reversed(d)
                 seq = reverse_in_place_of_length(layer_input, lengths, xp) if back else layer_input
-                result = cell.forward(seq, sub, init, train=train, lengths=lengths)
+                result = cell.forward(seq, sub, init, train=train, lengths=lengths,
+                                      seed=None if seed is None else layer_seed(seed, k))
                 y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
                 outputs.append(y)
                 for n in self.state_sizes:
@@ -134,7 +138,15 @@ class Stack:
             y = xp.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
-        return y, final, StackTape(self, tapes, lengths, (T, B))
+        return y, final, StackTape(self, tapes, lengths, (T, B), seed)
+
+
+def layer_seed(seed: int, k: int) -> int:
+    """The seed of layer-direction k (SplitMix64 of seed + k): distinct per cell."""
+    z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
 
 
 @dataclass
@@ -143,6 +155,7 @@ class StackTape:
     tapes: list
     lengths: np.ndarray | None
     steps_batch: tuple
+    seed: int | None = None
 
     def backward(self, dy, dstate=None) -> dict:
         stack = self.stack

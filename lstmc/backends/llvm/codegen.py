@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
+from lstmc_runtime import buffers as names
+
+from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
+from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
 from .smallgemm import NV, emit_small_gemm, vector_width
 
@@ -76,6 +80,9 @@ class ModuleBuilder:
         self.free = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
         self.sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
         self.panel = NV * vector_width(self.ftype)
+        self.mask_fill = None  # emitted for cells with dropout or zoneout
+        if any(n.op == Op.MASK for n in program.graph.nodes):
+            self.mask_fill = emit_mask_fill(self.module, self.ftype)
 
     def size(self, node_or_size) -> int:
         size = node_or_size.size if isinstance(node_or_size, Node) else node_or_size
@@ -158,6 +165,31 @@ class _Kernel:
         """A per-step (B, n) buffer for a value read outside the loop that computes it."""
         base = self.buffer(f"work:{node.id}", ["B", n], "work")
         return Place(base, n)
+
+    def mask(self, node: Node, t: ir.Value, draw: bool) -> Place:
+        """Where mask `node` lives this step. Drawn (training forward, backward): a (B, n)
+        scratch filled now, row by row, from the `rng` buffer (seed, first batch row of
+        this call): the backward draws what the forward drew instead of saving it. Not
+        drawn (inference): one constant vector of the mask's expectation."""
+        attr, n = node.attr, self.mb.size(node)
+        if not draw:
+            values = ir.Constant(ir.ArrayType(self.ftype, n), [attr.expectation] * n)
+            table = ir.GlobalVariable(self.mb.module, values.type,
+                                      f"{self.abi.symbol}_expectation{node.id}")
+            table.linkage, table.global_constant, table.initializer = "internal", True, values
+            return Place(self.entry.bitcast(table, PTR), 0)
+        rng = self.buffer(names.RNG, [2], "in", "int64")
+        seed = self.entry.load(rng, typ=I64)
+        first_row = self.entry.load(self.entry.gep(rng, [i64(1)], source_etype=I64), typ=I64)
+        place = self.scratch(node, n)
+        step = i64(masks.PER_SEQUENCE) if attr.per_sequence else t
+        b = self.b
+        with self.leader_only(), for_range(b, self.B, "mrow") as row:
+            b.call(self.mb.mask_fill, [self.row(place.base, row, n), i64(n), seed, step,
+                                       b.add(first_row, row), i64(attr.site),
+                                       i64(attr.threshold), self.math.const(attr.hit_value),
+                                       self.math.const(attr.miss_value)])
+        return place
 
     def seq_row(self, base: ir.Value, t: ir.Value, n: int) -> ir.Value:
         """Pointer to step t of a (T, B, n) sequence buffer."""
@@ -404,6 +436,8 @@ class _ForwardKernel(_Kernel):
                 elif node.op == Op.PARAM:
                     shape = [mb.size(node)]
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
+                elif node.op == Op.MASK:
+                    env.places[node.id] = self.mask(node, t, draw=self.train)
             for node in nodes:
                 if node.id in saved_ids:
                     n = mb.size(node)
@@ -506,6 +540,8 @@ class _BackwardKernel(_Kernel):
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.ADJOINT:
                     self._adjoint(node, env, cur, dy, t, info.output)
+                elif node.op == Op.MASK:  # drawn again, as the forward drew it
+                    env.places[node.id] = self.mask(node, t, draw=True)
             accumulated: dict[int, str] = {}
             stored: set[int] = set()  # shared gradients already given their store
             for (kind, key), node in grads.items():
