@@ -81,6 +81,27 @@ DEVICE void grid_sync(COUNTER* counter, unsigned int target) {
 }
 #endif
 #define SIGMOIDF(x) (1.0f / (1.0f + EXPF(-(x))))
+#ifdef __OPENCL_VERSION__
+typedef uint u32;
+typedef ulong u64;
+#else
+typedef unsigned int u32;
+typedef unsigned long long u64;
+#endif
+/* Dropout and zoneout masks (lstmc/ir/masks.py defines them): Philox-4x32-10 of the
+   counter (unit, row, step, site) under the key rng[0], rng[1]; `hit` where the first
+   word's top 24 bits are below `threshold`, else `miss`. */
+DEVICE float lstmc_mask(GLOBAL const u32* rng, u32 step, u32 row, u32 unit, u32 site,
+                        u32 threshold, float hit, float miss) {
+  u32 c0 = unit, c1 = row, c2 = step, c3 = site, k0 = rng[0], k1 = rng[1];
+  for (int r = 0; r < 10; ++r) {
+    if (r) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+    const u64 p0 = (u64)0xD2511F53u * c0, p1 = (u64)0xCD9E8D57u * c2;
+    c0 = (u32)(p1 >> 32) ^ c1 ^ k0; c1 = (u32)p1;
+    c2 = (u32)(p0 >> 32) ^ c3 ^ k1; c3 = (u32)p0;
+  }
+  return (c0 >> 8) < threshold ? hit : miss;
+}
 """
 
 GEMM = r"""

@@ -22,6 +22,10 @@ from .regions import MODES, Buffer, StepLayout
 PLAN_FORMAT = 1
 
 
+# The masks' key, two 32-bit words of the call's seed (read by cells with dropout).
+RNG_PARAM = "GLOBAL const u32* RESTRICT rng"
+
+
 def _shape(buffer: Buffer) -> str:
     return {"seq": "(T, B, {w})", "history": "(T+1, B, {w})", "ring": "(2, B, {w})",
             "step": "(B, {w})", "param": "({w},)"}[buffer.slots].format(w=buffer.width)
@@ -111,7 +115,8 @@ def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> d
 
 
 def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
-    lines = [f"/* {title}", " * int t: step; int B: batch rows; lens (B,) int: row lengths"]
+    lines = [f"/* {title}", " * int t: step; int B: batch rows; lens (B,) int: row lengths;",
+             " * rng (2,) u32: the seed of dropout and zoneout masks"]
     lines += [f" * {b.name} {_shape(b)}" for b in layout.buffers]
     lines += [f" * {e}" for e in extra]
     lines.append(" */")
@@ -120,7 +125,7 @@ def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
 
 def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
     cell = layout.program.info.name
-    args = ", ".join(["int t", "int B", "GLOBAL const int* RESTRICT lens"]
+    args = ", ".join(["int t", "int B", "GLOBAL const int* RESTRICT lens", RNG_PARAM]
                      + [_param(b) for b in layout.buffers])
     lines = _header(layout, f"{cell}: {layout.mode} step, region {index}; one work-group of "
                             f"REGION_THREADS per batch row (grid: B).", [])
@@ -148,7 +153,7 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     weights = [packed.get(p.segments) for p in products]
     unique = list({w["name"]: w for w in weights}.values())
     units = layout.unit_local()
-    args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens"]
+    args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens", RNG_PARAM]
                      + [_param(b) for b in layout.buffers]
                      + [f"GLOBAL const float* RESTRICT {w['name']}" for w in unique]
                      + ["COUNTER* counter"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, REDUCTIONS, IRError, Node, Op, is_elementwise
 from ...ir.program import Program, Stage
 
@@ -284,6 +285,14 @@ class StepLayout:
             return f"LD(&{self.at(f'hx{node.attr}', 't', rows, j)})"
         if op == Op.STATE:
             return f"LD(&{self.at('st_' + node.attr, self.state_read_slot(), self.size(node), j)})"
+        if op == Op.MASK:  # drawn in training (forward and backward alike), else expected
+            attr = node.attr
+            if self.mode == "infer":
+                return literal(attr.expectation)
+            step = f"{masks.PER_SEQUENCE}u" if attr.per_sequence else "(u32)t"
+            return (f"lstmc_mask(rng, {step}, (u32)row, (u32)({j}), {attr.site}u, "
+                    f"{attr.threshold}u, {literal(attr.hit_value)}, "
+                    f"{literal(attr.miss_value)})")
         if op == Op.ADJOINT:
             name, n = node.attr, self.state_sizes[node.attr]
             value = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, j)})"

@@ -53,6 +53,7 @@ class BufferSet:
             self.arrays[spec["name"]] = device.empty(count)
         self.zero = [s["name"] for s in specs if s["zero"] and s["name"] in self.arrays]
         self.lens = device.empty(B, np.int32)
+        self.rng = device.empty(2, np.uint32)  # the seed of the masks, as two words
 
 
 class Pool:
@@ -149,7 +150,7 @@ class GpuCell(CellBase):
             return t & 1 if mode == "infer" else t
         return {"t": t, "0": 0, "param": 0}[kind]
 
-    def _step(self, mode: str, t: int, B: int, arrays: dict, lens, order: list) -> None:
+    def _step(self, mode: str, t: int, B: int, arrays: dict, lens, rng, order: list) -> None:
         for step in self.plan["modes"][mode]["steps"]:
             if step["kind"] == "gemm":
                 a_name, a_slot, a_stride = step["a"]
@@ -160,7 +161,7 @@ class GpuCell(CellBase):
                            step["sbn"], arrays[out], self._slot(out_slot, t, mode) * B * n, n, 0)
             else:
                 self.device.launch(step["kernel"], B, self.plan["threads"]["region"],
-                                   [t, B, lens] + [arrays[name] for name in order])
+                                   [t, B, lens, rng] + [arrays[name] for name in order])
 
     def _hoisted(self, T: int, B: int, arrays: dict) -> None:
         for h in self.plan["hoisted"]:
@@ -199,7 +200,7 @@ class GpuCell(CellBase):
 
     # -- the sequence ---------------------------------------------------------------------
 
-    def _run_forward(self, x, params, state, train, lengths):
+    def _run_forward(self, x, params, state, train, lengths, seed=None):
         dev = self.device
         T, B = x.shape[:2]
         mode = "train" if train else "infer"
@@ -213,16 +214,19 @@ class GpuCell(CellBase):
             self._upload_params(params, buffers)
             dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
                       else np.asarray(lengths, np.int32))
+            # a buffer, not a kernel argument: a captured CUDA graph replays with new seeds
+            seed = seed or 0
+            dev.write(buffers.rng, 0, np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32))
             groups = self._persistent_groups(mode, B)
             if groups is not None:
                 self._hoisted(T, B, arrays)
-                self._launch_persistent(mode, T, B, arrays, buffers.lens, order, groups)
+                self._launch_persistent(mode, T, B, arrays, buffers, order, groups)
             else:
                 self._hoisted(T, B, arrays)
 
                 def run():
                     for t in range(T):
-                        self._step(mode, t, B, arrays, buffers.lens, order)
+                        self._step(mode, t, B, arrays, buffers.lens, buffers.rng, order)
                 dev.sequence((key, id(buffers)), run)
             out = self.state_sizes[self.output]
             y = dev.to_user(arrays["y"], 0, (T, B, out))
@@ -236,11 +240,11 @@ class GpuCell(CellBase):
         weakref.finalize(saved, self._pool.give, key, buffers)
         return y, final, saved
 
-    def _launch_persistent(self, mode, T, B, arrays, lens, order, groups) -> None:
+    def _launch_persistent(self, mode, T, B, arrays, buffers, order, groups) -> None:
         entry = self.plan["modes"][mode]["persistent"]
         floats = self._persistent_floats(entry, groups)
         self.device.fill_zero(self._counter)
-        args = ([T, B, lens] + [arrays[name] for name in order]
+        args = ([T, B, buffers.lens, buffers.rng] + [arrays[name] for name in order]
                 + [self._weights[name] for name in entry["weights"]] + [self._counter])
         self.device.launch(entry["kernel"], groups, self.plan["threads"]["persistent"], args,
                            local_floats=max(floats, 1))
@@ -264,7 +268,8 @@ class GpuCell(CellBase):
 
             def run():
                 for t in reversed(range(T)):
-                    self._step("backward", t, B, arrays, saved.buffers.lens, order)
+                    self._step("backward", t, B, arrays, saved.buffers.lens,
+                               saved.buffers.rng, order)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
             self._weight_gradients(T, B, arrays, gradients, vector_grads)
             dx = dev.to_user(arrays["dx"], 0, (T, B, self.input_size))
