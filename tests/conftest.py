@@ -25,6 +25,11 @@ def compile_spec(name: str, dtype="float64", **kwargs):
     return lstmc.compile(spec_path(name), dtype=dtype, **sizes)
 
 
+def has_masks(reference_cell) -> bool:
+    """Whether a reference-target cell draws dropout or zoneout masks in training."""
+    return any(n.op.value == "mask" for n in reference_cell.program.graph.nodes)
+
+
 def random_inputs(cell, T=4, B=3, seed=0, scale=1.0):
     """Input, parameters and initial states for a cell, drawn at random."""
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ import numpy as np
 from conftest import EXTRA_SIZES, SIZES, compile_spec, random_inputs
 
 LENGTHS = np.array([5, 2, 4])
+MASK_SEED = 20260  # both sides draw the same dropout and zoneout masks
 
 
 def gpu_cell(name: str, target: str, **sizes):
@@ -22,14 +23,14 @@ def run_both(reference, gpu, x, params, state, lengths, seed=1, to_host=np.asarr
     y64, _, _ = reference.forward(x.astype(np.float64),
                                   {k: v.astype(np.float64) for k, v in params.items()},
                                   {k: v.astype(np.float64) for k, v in state.items()},
-                                  train=True, lengths=lengths)
+                                  train=True, lengths=lengths, seed=MASK_SEED)
     dy = rng.standard_normal(y64.shape)
     dstate = {n: rng.standard_normal((x.shape[1], s)) for n, s in reference.state_sizes.items()}
     for cell, dtype in ((reference, np.float64), (gpu, np.float32)):
         cast = lambda a: np.asarray(a, dtype)  # noqa: E731
         y, final, tape = cell.forward(cast(x), {k: cast(v) for k, v in params.items()},
                                       {k: cast(v) for k, v in state.items()}, train=True,
-                                      lengths=lengths)
+                                      lengths=lengths, seed=MASK_SEED)
         grads = tape.backward(cast(dy), {k: cast(v) for k, v in dstate.items()})
         results.append(flatten(y, final, grads, to_host))
     return results

@@ -115,6 +115,53 @@ def indrnn(p, x, s):
     return {"h": np.maximum(mv(p["W"], x) + p["u"] * s["h"] + p["b"], 0)}
 
 
+# -- cells with dropout or zoneout: masks from Philox-4x32-10, written out here ------------
+
+def philox_first_word(counter, key):
+    """Philox-4x32-10 (Salmon et al. 2011) of counters (four arrays), first output word."""
+    c = [np.asarray(w, np.uint64) for w in np.broadcast_arrays(*counter)]
+    k = [np.uint64(key[0]), np.uint64(key[1])]
+    low = np.uint64(0xFFFFFFFF)
+    for r in range(10):
+        if r:
+            k = [(k[0] + np.uint64(0x9E3779B9)) & low, (k[1] + np.uint64(0xBB67AE85)) & low]
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k[0], p1 & low,
+             (p0 >> np.uint64(32)) ^ c[3] ^ k[1], p0 & low]
+    return c[0]
+
+
+def hits(seed, site, p, t, shape, per_sequence=False):
+    """Where the mask of random call `site` hits, as lstmc's README defines masks:
+    counter (unit, row, step or 0xFFFFFFFF, site), key (seed low, seed high)."""
+    rows, units = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    step = 0xFFFFFFFF if per_sequence else t
+    word = philox_first_word((units, rows, step, site), (seed & 0xFFFFFFFF, seed >> 32))
+    return (word >> np.uint64(8)) < round(p * 2**24)
+
+
+def zoneout_lstm(p, x, s, draw=None):
+    h, c = s["h"], s["c"]
+    z = {g: mv(p["W_i" + g], x) + mv(p["W_h" + g], h) + p["b_" + g] for g in "ifgo"}
+    c_new = sig(z["f"]) * c + sig(z["i"]) * np.tanh(z["g"])
+    h_new = sig(z["o"]) * np.tanh(c_new)
+    if draw is None:  # inference: the expectation
+        return {"h": 0.05 * h + 0.95 * h_new, "c": 0.15 * c + 0.85 * c_new}
+    return {"h": np.where(draw(1, 0.05), h, h_new), "c": np.where(draw(0, 0.15), c, c_new)}
+
+
+def awd_lstm(p, x, s, draw=None):
+    keep = 1.0 if draw is None else np.where(draw(0, 0.25, True), 0.0, 1.0 / 0.75)
+    h, c = s["h"], s["c"]
+    hd = h * keep
+    z = {g: mv(p["W_i" + g], x) + mv(p["W_h" + g], hd) + p["b_" + g] for g in "ifgo"}
+    c2 = sig(z["f"]) * c + sig(z["i"]) * np.tanh(z["g"])
+    return {"h": sig(z["o"]) * np.tanh(c2), "c": c2}
+
+
+RANDOM = {zoneout_lstm, awd_lstm}  # steps that take `draw(site, p, per_sequence=False)`
+
+
 STEPS = {
     "lstm": lstm,
     "lstmp": lstmp,
@@ -135,13 +182,23 @@ STEPS = {
     "rnn_tanh": rnn(np.tanh),
     "rnn_relu": rnn(lambda z: np.maximum(z, 0)),
     "indrnn": indrnn,
+    "zoneout_lstm": zoneout_lstm,
+    "awd_lstm": awd_lstm,
 }
 
 
-def run(step, params, x, state, output="h"):
-    """The oracle over a sequence: (y (T, B, n), final state)."""
+def run(step, params, x, state, output="h", seed=None):
+    """The oracle over a sequence: (y (T, B, n), final state). Steps with masks draw
+    them from `seed` (None: inference, their expectations)."""
     ys = []
     for t in range(x.shape[0]):
-        state = step(params, x[t], state)
+        if step in RANDOM:
+            shape = state[output].shape
+            draw = None if seed is None else (
+                lambda site, p, per_sequence=False, t=t: hits(seed, site, p, t, shape,
+                                                              per_sequence))
+            state = step(params, x[t], state, draw)
+        else:
+            state = step(params, x[t], state)
         ys.append(state[output])
     return np.stack(ys), state

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import compile_spec, random_inputs
+from conftest import compile_spec, has_masks, random_inputs
 
 TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 
@@ -19,9 +19,10 @@ def run_both(name, dtype, lengths=None, T=5, B=3, seed=0, **sizes):
     dstate = {n: rng.standard_normal((B, s)).astype(dtype)
               for n, s in reference.state_sizes.items()}
     for cell in (reference, native):
-        y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths)
+        y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths, seed=99)
         y_eval, final_eval = cell.forward(x, params, state, lengths=lengths)
-        np.testing.assert_allclose(y, y_eval, **TOLERANCE[dtype])  # train computes the same
+        if not has_masks(reference):  # training computes the same, dropout aside
+            np.testing.assert_allclose(y, y_eval, **TOLERANCE[dtype])
         results.append((y, final, tape.backward(dy, dstate)))
     return results
 

@@ -115,6 +115,8 @@ def trees(program) -> dict[str, tuple] | None:
             tree = ("param", node.attr)
         elif op == Op.CONST:
             tree = ("const", float(node.attr))
+        elif op == Op.MASK:  # inference: the mask's expectation
+            tree = ("const", float(node.attr.expectation))
         elif op == Op.HOISTED:
             segments = hoisted[node.attr].segments
             tree = (("matmul", segments[0][0], ("x",)) if len(segments) == 1

@@ -97,6 +97,8 @@ class StepEmitter:
                 env[node.id] = self.param(node.attr)
             elif op == Op.CONST:
                 env[node.id] = b.constant(node.attr)
+            elif op == Op.MASK:  # an exported cell infers: dropout and zoneout as expected
+                env[node.id] = b.constant(node.attr.expectation)
             elif op == Op.MATMUL:
                 env[node.id] = b.node("MatMul", [args[0], self.packed(node)])
             elif op == Op.SLICE:
