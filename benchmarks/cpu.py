@@ -2,6 +2,12 @@
 
     python benchmarks/cpu.py            # the main table, GFLOP/s, compile times
     python benchmarks/cpu.py --variants # also every spec against lstmc's standard LSTM
+    python benchmarks/cpu.py --latency  # small batches: one step, B=1, stacks, per-call cost
+    python benchmarks/cpu.py --sweep --quick --out DIR  # ratio table + heat map (lab extra)
+
+The sweep times forward and forward+backward over H in {64..1024}, B in {1..256}, T in
+{10, 100, 1000} (--quick: a subset that runs in a few minutes) and writes sweep.md and
+sweep.png (the ratio nn.LSTM time / lstmc time as a heat map) to --out.
 
 Times are medians over repetitions (milliseconds, float32, this machine's threads);
 ratios > 1 mean lstmc is faster."""
@@ -141,15 +147,258 @@ def lstm_gflop(T, B, H, backward: bool) -> float:
     return forward * (3 if backward else 1) / 1e9
 
 
+# -- small batches: latency ------------------------------------------------------------
+
+def one_step_runners(H: int) -> dict:
+    """One step (T=1, B=1) with the state carried from call to call, as a streaming
+    model runs: lstmc's forward with packed weights, lstmc's bound cell (when this lstmc
+    has one), and nn.LSTMCell."""
+    cell = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu")
+    params = cell.init_params(0)
+    packed = cell.pack_params(params)
+    x = np.random.default_rng(0).standard_normal((1, 1, H)).astype(np.float32)
+    state = [cell.zero_state(1)]
+
+    def forward():
+        state[0] = cell.forward(x, packed, state[0])[1]
+    runners = {"lstmc forward": forward}
+    if hasattr(cell, "bind"):
+        bound = cell.bind(packed)
+        runners["lstmc bound step"] = lambda: bound.step(x)
+    module = torch.nn.LSTMCell(H, H)
+    xt = torch.from_numpy(x[0])
+    hc = [(torch.zeros(1, H), torch.zeros(1, H))]
+
+    def torch_step():
+        with torch.no_grad():
+            hc[0] = module(xt, hc[0])
+    runners["nn.LSTMCell"] = torch_step
+    return runners
+
+
+def stack_runners(T: int, B: int, H: int, backward: bool) -> dict:
+    """2-layer bidirectional LSTM, parameters passed as a dict (a Stack packs per call)."""
+    stack = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu", num_layers=2,
+                          bidirectional=True)
+    params = stack.init_params(0)
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    module = torch.nn.LSTM(H, H, num_layers=2, bidirectional=True)
+    xt = torch.from_numpy(x)
+    if not backward:
+        def torch_run():
+            with torch.no_grad():
+                module(xt)
+        return {"lstmc": lambda: stack.forward(x, params), "nn.LSTM": torch_run}
+
+    def run():
+        y, _, tape = stack.forward(x, params, train=True)
+        tape.backward(np.ones_like(y))
+
+    def torch_backward():
+        xx = xt.clone().requires_grad_()
+        module(xx)[0].sum().backward()
+    return {"lstmc": run, "nn.LSTM": torch_backward}
+
+
+def dict_params_runner(T: int, B: int, H: int):
+    """Forward with the parameters as a dict of arrays (packed inside every call)."""
+    cell = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu")
+    params = cell.init_params(0)
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    return lambda: cell.forward(x, params)
+
+
+def latency(repeat: int) -> list[tuple[str, float, float, str]]:
+    """Rows (case, lstmc ms, PyTorch ms, what PyTorch ran) of the small-batch table."""
+    rows = []
+    T, B, H = 100, 1, 128
+    t = interleaved_medians({"packed": lstmc_runner("lstm", T, B, H, False),
+                             "dict": dict_params_runner(T, B, H),
+                             "nn.LSTM": torch_lstm_runner(T, B, H, False)}, repeat)
+    rows.append((f"forward ({T}, {B}, {H}), weights packed once", t["packed"], t["nn.LSTM"],
+                 "nn.LSTM"))
+    rows.append((f"forward ({T}, {B}, {H}), parameters as a dict", t["dict"], t["nn.LSTM"],
+                 "nn.LSTM"))
+    for H in (32, 128, 512):
+        t = interleaved_medians(one_step_runners(H), repeat)
+        rows.append((f"one step (1, 1, {H}), state carried: forward", t["lstmc forward"],
+                     t["nn.LSTMCell"], "nn.LSTMCell"))
+        if "lstmc bound step" in t:
+            rows.append((f"one step (1, 1, {H}), state carried: bound.step",
+                         t["lstmc bound step"], t["nn.LSTMCell"], "nn.LSTMCell"))
+    for backward in (False, True):
+        t = interleaved_medians(stack_runners(100, 1, 128, backward), repeat)
+        rows.append((f"2-layer bidirectional {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
+                     t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+    for backward in (False, True):
+        t = interleaved_medians({"lstmc": lstmc_runner("peephole_lstm", 100, 1, 128, backward),
+                                 "eager": eager_peephole_runner(100, 1, 128, backward)}, repeat)
+        rows.append((f"peephole {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
+                     t["lstmc"], t["eager"], "eager cell loop"))
+    for B, H in ((1, 512), (4, 256), (8, 256)):
+        t = interleaved_medians({"lstmc": lstmc_runner("lstm", 100, B, H, True),
+                                 "nn.LSTM": torch_lstm_runner(100, B, H, True)}, repeat)
+        rows.append((f"fwd+bwd (100, {B}, {H})", t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+    t = interleaved_medians({"lstmc": lstmc_runner("lstm", 50, 64, 512, False),
+                             "nn.LSTM": torch_lstm_runner(50, 64, 512, False)}, repeat)
+    rows.append(("forward (50, 64, 512)", t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+    return rows
+
+
+def print_latency(rows) -> None:
+    print("\n| case (T, B, H) | lstmc | PyTorch | PyTorch runs | PyTorch / lstmc |")
+    print("|---|---|---|---|---|")
+    for case, ours, theirs, what in rows:
+        print(f"| {case} | {_duration(ours)} | {_duration(theirs)} | {what} | "
+              f"{theirs / ours:.2f}x |")
+
+
+def _duration(ms: float) -> str:
+    return f"{ms * 1e3:.1f} µs" if ms < 1 else f"{ms:.3f} ms"
+
+
+# -- scaling sweep ---------------------------------------------------------------------
+
+SWEEP = {"H": (64, 128, 256, 512, 1024), "B": (1, 4, 16, 64, 256), "T": (10, 100, 1000)}
+QUICK = {"H": (64, 128, 256, 512), "B": (1, 4, 16, 64), "T": (10, 100)}
+
+
+def _available_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def sweep_medians(contenders: dict, repeat: int, budget_s: float = 1.0) -> dict[str, float]:
+    """interleaved_medians, with fewer rounds where one call is long (at least 3)."""
+    start = time.perf_counter()
+    next(iter(contenders.values()))()
+    once = time.perf_counter() - start
+    rounds = max(3, min(repeat, int(budget_s / max(once * len(contenders), 1e-9))))
+    return interleaved_medians(contenders, rounds)
+
+
+def sweep(grid: dict, repeat: int) -> list[tuple]:
+    """Rows (T, B, H, backward, lstmc ms, nn.LSTM ms); a case whose buffers would not fit
+    in a quarter of the free memory is left out (ms = nan)."""
+    rows = []
+    budget = _available_bytes() // 4
+    for T in grid["T"]:
+        for H in grid["H"]:
+            for B in grid["B"]:
+                for backward in (False, True):
+                    # per contender: x, y, the (T, B, 4H) input projection, and for the
+                    # backward its saved values and gradients (about 16 H per row)
+                    need = 4 * T * B * H * (16 if backward else 6)
+                    if need > budget:
+                        rows.append((T, B, H, backward, float("nan"), float("nan")))
+                        continue
+                    t = sweep_medians({"lstmc": lstmc_runner("lstm", T, B, H, backward),
+                                       "nn.LSTM": torch_lstm_runner(T, B, H, backward)},
+                                      repeat)
+                    rows.append((T, B, H, backward, t["lstmc"], t["nn.LSTM"]))
+                    print(f"  T={T} B={B} H={H} {'fwd+bwd' if backward else 'fwd'}: "
+                          f"lstmc {t['lstmc']:.3f} ms, nn.LSTM {t['nn.LSTM']:.3f} ms, "
+                          f"{t['nn.LSTM'] / t['lstmc']:.2f}x", flush=True)
+    return rows
+
+
+def sweep_markdown(rows, grid: dict) -> str:
+    """One table per (T, direction): rows H, columns B, cells 'ratio (lstmc ms)'."""
+    by_key = {(T, B, H, bwd): (ours, theirs) for T, B, H, bwd, ours, theirs in rows}
+    out = ["ratio = nn.LSTM time / lstmc time (> 1: lstmc is faster); lstmc ms in brackets",
+           ""]
+    for backward in (False, True):
+        for T in grid["T"]:
+            out.append(f"**{'forward+backward' if backward else 'forward'}, T={T}**")
+            out.append("")
+            out.append("| H \\ B | " + " | ".join(str(B) for B in grid["B"]) + " |")
+            out.append("|---" * (len(grid["B"]) + 1) + "|")
+            for H in grid["H"]:
+                cells = []
+                for B in grid["B"]:
+                    ours, theirs = by_key[(T, B, H, backward)]
+                    cells.append("—" if ours != ours else f"{theirs / ours:.2f}x ({ours:.3g})")
+                out.append(f"| {H} | " + " | ".join(cells) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def sweep_heatmap(rows, grid: dict, path: pathlib.Path) -> None:
+    """The ratio as a heat map: one panel per (direction, T), H down, B across."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is missing (pip install 'lstmc[lab]'): no heat map written")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    by_key = {(T, B, H, bwd): theirs / ours for T, B, H, bwd, ours, theirs in rows}
+    Ts, Bs, Hs = grid["T"], grid["B"], grid["H"]
+    fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 1.5, 7), squeeze=False,
+                             layout="constrained")
+    norm = LogNorm(vmin=0.25, vmax=4.0)  # 1 in the middle: 2x faster and 2x slower alike
+    image = None
+    for r, backward in enumerate((False, True)):
+        for c, T in enumerate(Ts):
+            ax = axes[r][c]
+            ratio = np.array([[by_key[(T, B, H, backward)] for B in Bs] for H in Hs])
+            image = ax.imshow(np.clip(ratio, 0.25, 4.0), cmap="RdBu", norm=norm,
+                              aspect="auto")
+            for i in range(len(Hs)):
+                for j in range(len(Bs)):
+                    if ratio[i, j] == ratio[i, j]:
+                        ax.text(j, i, f"{ratio[i, j]:.2f}", ha="center", va="center",
+                                fontsize=8)
+            ax.set_xticks(range(len(Bs)), [str(B) for B in Bs])
+            ax.set_yticks(range(len(Hs)), [str(H) for H in Hs])
+            ax.set_xlabel("batch B")
+            ax.set_ylabel("hidden H")
+            ax.set_title(f"{'fwd+bwd' if backward else 'forward'}, T={T}")
+    bar = fig.colorbar(image, ax=axes, label="nn.LSTM time / lstmc time", shrink=0.8)
+    bar.set_ticks([0.25, 0.5, 1, 2, 4], labels=["0.25", "0.5", "1", "2", "4"])
+    bar.minorticks_off()
+    fig.suptitle("lstmc vs nn.LSTM on this CPU (> 1: lstmc faster)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", action="store_true",
                         help="also time every spec against the standard LSTM and an eager loop")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--latency", action="store_true",
+                        help="only the small-batch table (one step, B=1, stacks)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the scaling sweep over H, B, T (long; see --quick)")
+    parser.add_argument("--quick", action="store_true", help="the sweep's small subset")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("."),
+                        help="folder for sweep.md and sweep.png")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy "
           f"{np.__version__}; lstmc {lstmc.__version__}; float32; medians of {args.repeat}")
+    if args.latency:
+        print_latency(latency(args.repeat))
+        return
+    if args.sweep:
+        grid = QUICK if args.quick else SWEEP
+        rows = sweep(grid, args.repeat)
+        text = sweep_markdown(rows, grid)
+        print("\n" + text)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sweep.md").write_text(text + "\n", encoding="utf-8")
+        sweep_heatmap(rows, grid, args.out / "sweep.png")
+        print(f"\nwritten: {args.out / 'sweep.md'}, {args.out / 'sweep.png'}")
+        return
 
     compiled_step = None
     if not args.no_compile:
