@@ -349,3 +349,58 @@ def test_shipped_specs_match_pytorch(name, oracle, target, dtype, train):
         np.testing.assert_allclose(host(g["params"][n]), P[n].grad.numpy(), **tol, err_msg=n)
     for n in ("h", "c"):
         np.testing.assert_allclose(host(g["state"][n]), S[n].grad.numpy(), **tol, err_msg=n)
+
+
+@pytest.mark.parametrize("target, dtype", TARGETS)
+def test_a_training_pass_without_masks_differentiates_the_inference_function(
+        target, dtype, tmp_path):
+    cell = compile_source(ONLY_MASKS, target, dtype, tmp_path)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 6)).astype(dtype)
+    y_infer, _ = cell.forward(x, {})
+    y, _, tape = cell.forward(x, {}, train=True, masks=False)
+    assert tape.seed is None
+    np.testing.assert_array_equal(host(y), host(y_infer))
+    g = tape.backward(np.ones(y.shape, dtype))
+    # h_t = 0.25 h_{t-1} + 0.75 x_t: dL/dx_t = 0.75 * sum_{k>=0} 0.25^k over later steps
+    T = x.shape[0]
+    expected = np.array([0.75 * sum(0.25 ** k for k in range(T - t)) for t in range(T)])
+    np.testing.assert_allclose(host(g["x"]), np.broadcast_to(expected[:, None, None], x.shape),
+                               rtol=1e-6)
+
+
+# -- lstmc.nn: masks from torch's generator ---------------------------------------------------
+
+def test_nn_module_draws_masks_in_training_mode_only():
+    import lstmc.nn as lnn
+
+    m = lnn.Recurrent(spec_path("zoneout_lstm"), 3, 5, dtype=torch.float64)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    y1, _ = m(x)
+    torch.manual_seed(1)
+    y2, _ = m(x)
+    y3, _ = m(x)
+    assert torch.equal(y1, y2) and not torch.equal(y1, y3)
+    m.eval()
+    y_eval, _ = m(x)
+    cell = lstmc.compile(spec_path("zoneout_lstm"), 3, 5, dtype="float64")
+    params = {n: p.detach().numpy() for n, p in m.named_parameters()}
+    y_ref, _ = cell.forward(x.numpy(), params)
+    np.testing.assert_allclose(y_eval.detach().numpy(), y_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_nn_module_gradients_through_its_masks():
+    import lstmc.nn as lnn
+
+    m = lnn.Recurrent(spec_path("awd_lstm"), 3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *params):
+        torch.manual_seed(123)  # the same masks at every evaluation
+        return m(x)[0]
+
+    assert torch.autograd.gradcheck(run, (x,), eps=1e-6, atol=1e-7)
+    torch.manual_seed(123)
+    m(x)[0].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())

@@ -66,7 +66,7 @@ def _op_args(module, x, lengths, train):
     weights = [w.detach().clone().requires_grad_() for w in module._weights(
         module.num_layers - 1, module.num_directions - 1)]
     return (key, layer_input.requires_grad_(), weights, [s.requires_grad_() for s in state],
-            lengths, train)
+            lengths, train, None)
 
 
 @pytest.mark.parametrize("which", ["peephole", "stack"])
@@ -76,11 +76,11 @@ def test_opcheck(which):
     for lengths in (None, torch.tensor([5, 2, 4])):
         args = _op_args(module, x, lengths, True)
         torch.library.opcheck(torch.ops.lstmc.forward.default, args)
-        torch.library.opcheck(torch.ops.lstmc.forward.default, args[:-1] + (False,),
+        torch.library.opcheck(torch.ops.lstmc.forward.default, args[:5] + (False, None),
                               test_utils=("test_schema", "test_faketensor"))
         y, final, work = torch.ops.lstmc.forward(*args)
         back = (args[0], args[1].detach(), [w.detach() for w in args[2]], work, lengths,
-                torch.randn_like(y), [torch.randn_like(f) for f in final])
+                torch.randn_like(y), [torch.randn_like(f) for f in final], None)
         torch.library.opcheck(torch.ops.lstmc.backward.default, back,
                               test_utils=("test_schema", "test_faketensor"))
 

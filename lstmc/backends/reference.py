@@ -94,9 +94,7 @@ class ReferenceExecutor:
                 seed: int | None = None):
         """With `lengths` (B,), row b stops at step lengths[b]: later outputs are zero
         and its state stays as it was at its length. Training draws dropout and zoneout
-        masks from `seed` (None: a fresh one); inference uses their expectations."""
-        if train and seed is None:
-            seed = masks.new_seed()
+        masks from `seed`; seed None (and inference) uses their expectations."""
         program = self.program
         T, B, _ = x.shape
         lengths = np.full(B, T) if lengths is None else lengths

@@ -114,8 +114,3 @@ def values(attr: MaskAttr, seed: int | None, t: int, rows: np.ndarray, units: in
         return np.full((len(rows), units), attr.expectation, dtype)
     return np.where(hits(attr, seed, t, rows, units), dtype.type(attr.hit_value),
                     dtype.type(attr.miss_value)).astype(dtype)
-
-
-def new_seed() -> int:
-    """A fresh 64-bit seed for a training call that was given none."""
-    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])

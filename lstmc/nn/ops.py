@@ -1,15 +1,18 @@
 """lstmc's torch.library custom ops: a whole sequence of one cell, forward and backward.
 
     lstmc::forward(str key, Tensor x, Tensor[] weights, Tensor[] state, Tensor? lengths,
-                   bool train) -> (Tensor y, Tensor[] final, Tensor workspace)
+                   bool train, Tensor? seed) -> (Tensor y, Tensor[] final,
+                   Tensor workspace)
         x: (T, B, I); weights: the tensors the key's layout maps onto the spec's
         parameters; state: (B, n) per state of the cell, in its order, or [] for zeros;
         lengths: (B,) int64 on the CPU, or None for full-length rows.
         y: (T, B, out); final: (B, n) per state; workspace: what the backward needs
-        (train=True; see workspace.py), else an empty tensor.
+        (train=True; see workspace.py), else an empty tensor. seed: an int64 scalar
+        tensor, the dropout and zoneout masks' seed (train=True); None: their
+        expectations (as at inference).
     lstmc::backward(str key, Tensor x, Tensor[] weights, Tensor workspace, Tensor? lengths,
-                    Tensor dy, Tensor[] dfinal) -> (Tensor dx, Tensor[] dweights,
-                    Tensor[] dstate)
+                    Tensor dy, Tensor[] dfinal, Tensor? seed) -> (Tensor dx,
+                    Tensor[] dweights, Tensor[] dstate)
         Gradients of x, of each weight tensor and of the initial states.
 
 Both have fake (meta) implementations, so torch.compile and torch.export trace them
@@ -199,9 +202,16 @@ def _torch(a) -> Tensor:
 
 # -- the ops -----------------------------------------------------------------------------------
 
+def _seed(seed: Tensor | None) -> int | None:
+    """The masks' seed of an op call, as the runtime takes it (0 <= seed < 2**64)."""
+    return None if seed is None else int(seed.item()) & 0xFFFFFFFFFFFFFFFF
+
+
 def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
-            lengths: Tensor | None, train: bool) -> tuple[Tensor, list[Tensor], Tensor]:
+                 lengths: Tensor | None, train: bool, seed: Tensor | None
+                 ) -> tuple[Tensor, list[Tensor], Tensor]:
     cell = cell_for(key, x)
+    draws = dict(seed=_seed(seed), masks=seed is not None)
     T, B = x.shape[0], x.shape[1]
     names = list(cell.state_sizes)
     if state and len(state) != len(names):
@@ -212,7 +222,8 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
         params = spec_params(cell, key, weights, _cupy)
         init = {n: _cupy(s) for n, s in zip(names, state)} if state else None
         with torch.cuda.device(x.device), _TorchStream(cell):
-            result = cell.forward(_cupy(x), params, init, train=train, lengths=host_lengths)
+            result = cell.forward(_cupy(x), params, init, train=train, lengths=host_lengths,
+                                  **draws)
             y, final = _torch(result[0]), [_torch(result[1][n]) for n in names]
             if not train:
                 return y, final, x.new_empty(0)
@@ -226,7 +237,7 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
         return y, final, work
     params = host_params(cell, key, weights, reuse=not train)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
-    result = cell.forward(_host(x), params, init, train=train, lengths=host_lengths)
+    result = cell.forward(_host(x), params, init, train=train, lengths=host_lengths, **draws)
     y, final = torch.from_numpy(result[0]), [torch.from_numpy(result[1][n]) for n in names]
     if not train:
         return y, final, x.new_empty(0)
@@ -247,7 +258,7 @@ forward = torch.library.custom_op("lstmc::forward", forward_impl, mutates_args=(
 
 
 @forward.register_fake
-def _forward_fake(key, x, weights, state, lengths, train):
+def _forward_fake(key, x, weights, state, lengths, train, seed):
     cell = cell_for(key, x)
     T, B = x.shape[0], x.shape[1]
     y = x.new_empty((T, B, cell.state_sizes[cell.output]))
@@ -258,8 +269,8 @@ def _forward_fake(key, x, weights, state, lengths, train):
 
 @torch.library.custom_op("lstmc::backward", mutates_args=())
 def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
-             lengths: Tensor | None, dy: Tensor, dfinal: list[Tensor]
-             ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+             lengths: Tensor | None, dy: Tensor, dfinal: list[Tensor],
+             seed: Tensor | None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     from lstmc_runtime.cellbase import Tape
 
     cell = cell_for(key, x)
@@ -272,7 +283,7 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
     if x.device.type == "cuda":
         params = spec_params(cell, key, weights, _cupy)
         with torch.cuda.device(x.device), _TorchStream(cell):
-            saved = ws.unpack_gpu(cell, _cupy(workspace), T, B, host_lengths)
+            saved = ws.unpack_gpu(cell, _cupy(workspace), T, B, host_lengths, _seed(seed))
             tape = Tape(cell, params, saved, tuple(x.shape))
             g = tape.backward(_cupy(dy), {n: _cupy(d) for n, d in zip(names, dfinal)})
             to = _torch
@@ -284,9 +295,10 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
     xn = _host(x)
     if ws.is_native(cell):
         full = np.full(B, T, np.int64) if host_lengths is None else host_lengths
-        saved = ws.unpack_native(cell, workspace.detach().numpy(), xn, full)
+        saved = ws.unpack_native(cell, workspace.detach().numpy(), xn, full, _seed(seed))
     else:
-        saved = ws.unpack_gpu(cell, workspace.detach().numpy(), T, B, host_lengths)
+        saved = ws.unpack_gpu(cell, workspace.detach().numpy(), T, B, host_lengths,
+                              _seed(seed))
     tape = Tape(cell, params, saved, tuple(x.shape))
     g = tape.backward(_host(dy), {n: _host(d) for n, d in zip(names, dfinal)})
     dx = torch.from_numpy(g["x"])
@@ -296,7 +308,7 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
 
 
 @backward.register_fake
-def _backward_fake(key, x, weights, workspace, lengths, dy, dfinal):
+def _backward_fake(key, x, weights, workspace, lengths, dy, dfinal, seed):
     cell = cell_for(key, x)
     B = x.shape[1]
     return (torch.empty_like(x), [torch.empty_like(w) for w in weights],
@@ -306,16 +318,16 @@ def _backward_fake(key, x, weights, workspace, lengths, dy, dfinal):
 # -- autograd ----------------------------------------------------------------------------------
 
 def _setup_forward(ctx, inputs, output):
-    key, x, weights, state, lengths, train = inputs
+    key, x, weights, state, lengths, train, seed = inputs
     ctx.key, ctx.train, ctx.has_state = key, train, bool(state)
-    ctx.save_for_backward(x, lengths, output[2], *weights)
+    ctx.save_for_backward(x, lengths, seed, output[2], *weights)
 
 
 def _forward_backward(ctx, dy, dfinal, dworkspace):
     if not ctx.train:
         raise ShapeError("lstmc: gradients were asked of a forward run with train=False "
                          "(call the op with train=True when any input requires grad)")
-    x, lengths, work, *weights = ctx.saved_tensors
+    x, lengths, seed, work, *weights = ctx.saved_tensors
     cell = cell_for(ctx.key, x)
     T, B = x.shape[0], x.shape[1]
     if dy is None:
@@ -324,9 +336,9 @@ def _forward_backward(ctx, dy, dfinal, dworkspace):
               for d, n in zip(dfinal or [None] * len(cell.state_sizes),
                               cell.state_sizes.values())]
     dx, dweights, dstate = torch.ops.lstmc.backward(ctx.key, x, weights, work, lengths,
-                                                    dy.contiguous(), dfinal)
+                                                    dy.contiguous(), dfinal, seed)
     # torch checks that the gradients mirror the inputs: an empty state list gets [].
-    return None, dx, dweights, (dstate if ctx.has_state else []), None, None
+    return None, dx, dweights, (dstate if ctx.has_state else []), None, None, None
 
 
 torch.library.register_autograd("lstmc::forward", _forward_backward,

@@ -56,6 +56,10 @@ class SequenceModule(nn.Module):
         self.weight_dropout = float(weight_dropout)
 
     # -- filled by subclasses --------------------------------------------------------------
+    def _draws_masks(self, layer: int) -> bool:
+        """Whether layer's cell has dropout or zoneout (masks drawn in training mode)."""
+        return False
+
     _keys: list[str]
     state_sizes: dict[str, int]
     output_name: str
@@ -90,7 +94,11 @@ class SequenceModule(nn.Module):
                 k = layer * D + d
                 init = [] if state is None else [state[n][k] for n in names]
                 seq = layer_input if d == 0 else reverse(layer_input, lengths)
-                y, final = call_forward(key, seq, weights, init, lengths, grad)
+                # dropout and zoneout in the cell: masks in training mode, from torch's
+                # generator (torch.manual_seed reproduces them); expectations in eval
+                seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+                        if self.training and self._draws_masks(layer) else None)
+                y, final = call_forward(key, seq, weights, init, lengths, grad, seed)
                 outputs.append(y if d == 0 else reverse(y, lengths))
                 for n, f in zip(names, final):
                     finals[n].append(f)
@@ -167,13 +175,16 @@ class SequenceModule(nn.Module):
 
 
 def call_forward(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
-                 lengths: Tensor | None, grad: bool):
+                 lengths: Tensor | None, grad: bool, seed: Tensor | None = None):
     """One lstmc op call: (y, final states). Eager inference calls the implementation
-    directly (no dispatcher, no autograd record); anything else goes through the op."""
-    if not grad and not torch.compiler.is_compiling():
-        y, final, _ = ops.forward_impl(key, x, weights, state, lengths, False)
+    directly (no dispatcher, no autograd record); anything else goes through the op.
+    `seed` (training mode of a cell with dropout or zoneout) draws its masks."""
+    if seed is not None:  # the masks are drawn by the training forward
+        y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, True, seed)
+    elif not grad and not torch.compiler.is_compiling():
+        y, final, _ = ops.forward_impl(key, x, weights, state, lengths, False, None)
     else:
-        y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, grad)
+        y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, grad, None)
     return y, final
 
 
@@ -205,6 +216,7 @@ class Recurrent(SequenceModule):
         source = read_source(spec).text
         self.input_size, self.hidden_size, self.target = input_size, hidden_size, target
         self._keys, self._names, self._cells, self._recurrent = [], [], [], []
+        self._masked: list[bool] = []
         for layer in range(num_layers):
             size = input_size if layer == 0 else self.num_directions * self._out
             meta = describe(source, cell, size, hidden_size, sizes)
@@ -215,6 +227,7 @@ class Recurrent(SequenceModule):
             self._cells.append(meta)
             names = list(meta.param_shapes)
             self._recurrent.append({names.index(n) for n in recurrent_param_names(meta)})
+            self._masked.append(any(n.op.value == "mask" for n in meta.program.graph.nodes))
             self._out = meta.state_sizes[meta.output]
             for d in range(self.num_directions):
                 prefix = self._prefix(layer, d)
@@ -253,6 +266,9 @@ class Recurrent(SequenceModule):
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
+
+    def _draws_masks(self, layer: int) -> bool:
+        return self._masked[layer]
 
     def forward(self, input, state: dict | None = None, lengths=None, **inputs):
         if inputs:

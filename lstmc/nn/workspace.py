@@ -73,7 +73,8 @@ def pack_native(cell, saved, out: np.ndarray) -> None:
         raise BackendError(f"internal: workspace of {out.size} elements, filled {offset}")
 
 
-def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarray):
+def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarray,
+                  seed: int | None = None):
     """A Saved for NativeCell's backward whose buffers are views of `workspace`."""
     from lstmc_runtime.native import Saved
 
@@ -95,7 +96,7 @@ def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarra
     if offset != workspace.size:
         raise BackendError(f"workspace: {workspace.size} elements, the cell's forward saves "
                            f"{offset} for (T, B) = ({T}, {B})")
-    return Saved(slices, bounds, x, lengths, owner=cell)
+    return Saved(slices, bounds, x, lengths, owner=cell, seed=seed)
 
 
 # -- GPU -----------------------------------------------------------------------------------
@@ -110,8 +111,10 @@ def pack_gpu(cell, saved, write) -> None:
         offset += count
 
 
-def unpack_gpu(cell, flat, T: int, B: int, lengths: np.ndarray | None):
-    """A GpuSaved whose pooled buffers hold the workspace `flat` (CuPy or NumPy, 1-D)."""
+def unpack_gpu(cell, flat, T: int, B: int, lengths: np.ndarray | None,
+               seed: int | None = None):
+    """A GpuSaved whose pooled buffers hold the workspace `flat` (CuPy or NumPy, 1-D);
+    `seed`: of the masks the forward drew (the backward draws them again)."""
     import weakref
 
     from lstmc_runtime.gpu.executor import GpuSaved
@@ -126,6 +129,6 @@ def unpack_gpu(cell, flat, T: int, B: int, lengths: np.ndarray | None):
             offset += count
         dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
                   else np.asarray(lengths, np.int32))
-    saved = GpuSaved(buffers, T, B)
+    saved = GpuSaved(buffers, T, B, seed)
     weakref.finalize(saved, cell._pool.give, key, buffers)
     return saved

@@ -6,8 +6,8 @@ runtime fills them by the same names, so the two cannot drift apart. A name is
 from __future__ import annotations
 
 X, Y, DX, DY, LENGTHS = "x", "y", "dx", "dy", "lengths"
-# int64 (seed, first batch row of the call): what dropout and zoneout masks are drawn from
-# (the training forward and the backward of cells that have masks)
+# int64 (seed, first batch row of the call, draw: 0 or 1): what dropout and zoneout masks
+# are drawn from (the training forward and the backward of cells that have masks)
 RNG = "rng"
 
 

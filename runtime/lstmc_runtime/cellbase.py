@@ -87,7 +87,7 @@ class CellBase(abc.ABC):
     batch_first = False
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                seed: int | None = None):
+                seed: int | None = None, masks: bool = True):
         """Run the whole sequence x (T, B, I), or (B, T, I) with batch_first. Returns
         (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
         the final states; with train=True also a Tape for the backward pass.
@@ -99,14 +99,15 @@ class CellBase(abc.ABC):
 
         Dropout and zoneout masks (train=True only) are drawn from `seed`, a 64-bit
         integer: the same seed gives the same masks on every target; None draws a fresh
-        seed, recorded on the tape (`tape.seed`). Inference uses their expectations."""
+        seed, recorded on the tape (`tape.seed`). Inference uses their expectations, and
+        so does a training pass with masks=False (gradients of the inference function)."""
         if self.batch_first:
             x = check_array("x", x, (None, None, self.input_size), self.dtype)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         x, params, state = self._check_inputs(x, params, state)
         lengths = check_lengths(lengths, *x.shape[:2])
         x = zero_padding(x, lengths, getattr(self, "xp", np))
-        seed = check_seed(seed) if train else None
+        seed = check_seed(seed) if train and masks else None
         y, final, saved = self._run_forward(x, params, state, train, lengths, seed)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))

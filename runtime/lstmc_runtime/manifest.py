@@ -351,7 +351,7 @@ class CpuManifest:
         if kind == "lengths" and not key:
             return ("B",), "in", "int64"
         if kind == names.RNG and not key and entry in ("forward_train", "backward"):
-            return (2,), "in", "int64"
+            return (3,), "in", "int64"
         if kind in ("param", "dparam") and key in cell.params:
             return cell.params[key].shape, "in" if kind == "param" else "out", "float"
         if kind in ("state_in", "state_out", "dstate_in", "dstate_out") and key in cell.states:

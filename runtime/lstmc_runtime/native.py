@@ -200,6 +200,7 @@ class Saved:
     x: np.ndarray
     lengths: np.ndarray
     owner: object = None  # the NativeCell whose kernels wrote it
+    seed: int | None = None  # of the dropout and zoneout masks: drawn again by the backward
 
 
 class PackedParams(dict):
@@ -405,9 +406,7 @@ class NativeCell(CellBase):
         T, B, _ = x.shape
         given = self._inputs(x, params, state, lengths, self._packs(params))
         bounds = self._bounds(B)
-        # Masks are keyed by the absolute batch row: each slice is told its first row.
-        rng = [{names.RNG: np.array([_signed64(seed or 0), bounds[c]], np.int64)}
-               for c in range(len(bounds) - 1)]
+        rng = _rng_slices(seed, bounds)
         entry = "forward_train" if train else "forward"
         # A small batch cannot be cut into slices: its threads share every step instead,
         # when a step has enough product work to repay waking a thread and meeting at
@@ -419,9 +418,9 @@ class NativeCell(CellBase):
         final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
         if train:
-            kept = [{k: v for k, v in sl.items() if names.is_saved(k) or k == names.RNG}
+            kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
                     for sl in out["slices"]]
-            saved = Saved(kept, bounds, x, given["lengths"], owner=self)
+            saved = Saved(kept, bounds, x, given["lengths"], owner=self, seed=seed)
             # The saved arrays go back to the pool when the tape is gone.
             weakref.finalize(saved, POOL.put, [a for sl in kept for a in sl.values()])
         return out["y"], final, saved
@@ -435,7 +434,9 @@ class NativeCell(CellBase):
         given["dy"] = dy
         given.update({names.dstate_in(n): v for n, v in dstate.items()})
         T = saved.x.shape[0]
-        out = self._call("backward", T, saved.bounds, given, per_slice=saved.slices)
+        per_slice = [dict(sl, **rng) for sl, rng in zip(saved.slices,
+                                                        _rng_slices(saved.seed, saved.bounds))]
+        out = self._call("backward", T, saved.bounds, given, per_slice=per_slice)
         dparams = {n: np.zeros(s, self.dtype) for n, s in self.param_shapes.items()}
         for name in self.param_shapes:
             if names.dparam(name) in out:
@@ -453,9 +454,13 @@ class NativeCell(CellBase):
         return out["dx"], dparams, dstate0
 
 
-def _signed64(seed: int) -> int:
-    """A 64-bit seed as the int64 with the same bits."""
-    return seed - (1 << 64) if seed >= 1 << 63 else seed
+def _rng_slices(seed: int | None, bounds: list[int]) -> list[dict[str, np.ndarray]]:
+    """Per batch slice, the `rng` buffer: the seed (as the int64 of its bits), the
+    slice's first row (masks are keyed by the row in the whole batch), and whether to
+    draw at all (seed None: the masks' expectations, as at inference)."""
+    word = 0 if seed is None else seed - (1 << 64) if seed >= 1 << 63 else seed
+    return [{names.RNG: np.array([word, bounds[c], seed is not None], np.int64)}
+            for c in range(len(bounds) - 1)]
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

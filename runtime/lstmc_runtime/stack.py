@@ -90,7 +90,7 @@ class Stack:
         return {n: np.zeros((count, batch, s), self.dtype) for n, s in self.state_sizes.items()}
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                seed: int | None = None):
+                seed: int | None = None, masks: bool = True):
         """x (T, B, I) (or (B, T, I) with batch_first); returns y (T, B, D * out), the
         final states {name: (L * D, B, n)}, and with train=True a tape. Each layer and
         direction draws its dropout masks from its own seed, derived from `seed`."""
@@ -111,7 +111,7 @@ class Stack:
         for name, size in self.state_sizes.items():
             check_array(f"state['{name}']", state[name], (count, B, size), self.dtype)
 
-        seed = check_seed(seed) if train else None
+        seed = check_seed(seed) if train and masks else None
         final = {n: xp.empty((count, B, s), self.dtype) for n, s in self.state_sizes.items()}
         tapes = []
         layer_input = x
@@ -124,7 +124,8 @@ class Stack:
                 back = self.reversed(d)
                 seq = reverse_in_place_of_length(layer_input, lengths, xp) if back else layer_input
                 result = cell.forward(seq, sub, init, train=train, lengths=lengths,
-                                      seed=None if seed is None else layer_seed(seed, k))
+                                      seed=None if seed is None else layer_seed(seed, k),
+                                      masks=seed is not None)
                 y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
                 outputs.append(y)
                 for n in self.state_sizes:

@@ -116,7 +116,7 @@ def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> d
 
 def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
     lines = [f"/* {title}", " * int t: step; int B: batch rows; lens (B,) int: row lengths;",
-             " * rng (2,) u32: the seed of dropout and zoneout masks"]
+             " * rng (3,) u32: the seed of dropout and zoneout masks (low, high), draw (0/1)"]
     lines += [f" * {b.name} {_shape(b)}" for b in layout.buffers]
     lines += [f" * {e}" for e in extra]
     lines.append(" */")

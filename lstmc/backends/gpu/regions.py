@@ -292,7 +292,7 @@ class StepLayout:
             step = f"{masks.PER_SEQUENCE}u" if attr.per_sequence else "(u32)t"
             return (f"lstmc_mask(rng, {step}, (u32)row, (u32)({j}), {attr.site}u, "
                     f"{attr.threshold}u, {literal(attr.hit_value)}, "
-                    f"{literal(attr.miss_value)})")
+                    f"{literal(attr.miss_value)}, {literal(attr.expectation)})")
         if op == Op.ADJOINT:
             name, n = node.attr, self.state_sizes[node.attr]
             value = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, j)})"

@@ -178,17 +178,22 @@ class _Kernel:
                                       f"{self.abi.symbol}_expectation{node.id}")
             table.linkage, table.global_constant, table.initializer = "internal", True, values
             return Place(self.entry.bitcast(table, PTR), 0)
-        rng = self.buffer(names.RNG, [2], "in", "int64")
-        seed = self.entry.load(rng, typ=I64)
-        first_row = self.entry.load(self.entry.gep(rng, [i64(1)], source_etype=I64), typ=I64)
+        rng = self.buffer(names.RNG, [3], "in", "int64")
+        word = lambda k: self.entry.load(self.entry.gep(rng, [i64(k)], source_etype=I64),
+                                         typ=I64)
+        seed, first_row = word(0), word(1)
+        drawn = self.entry.icmp_signed("!=", word(2), i64(0))
         place = self.scratch(node, n)
         step = i64(masks.PER_SEQUENCE) if attr.per_sequence else t
         b = self.b
+        # not drawn (a training pass without masks): never hit, and miss = the expectation
+        threshold = b.select(drawn, i64(attr.threshold), i64(0))
+        miss = b.select(drawn, self.math.const(attr.miss_value),
+                        self.math.const(attr.expectation))
         with self.leader_only(), for_range(b, self.B, "mrow") as row:
             b.call(self.mb.mask_fill, [self.row(place.base, row, n), i64(n), seed, step,
-                                       b.add(first_row, row), i64(attr.site),
-                                       i64(attr.threshold), self.math.const(attr.hit_value),
-                                       self.math.const(attr.miss_value)])
+                                       b.add(first_row, row), i64(attr.site), threshold,
+                                       self.math.const(attr.hit_value), miss])
         return place
 
     def seq_row(self, base: ir.Value, t: ir.Value, n: int) -> ir.Value:

@@ -35,6 +35,14 @@ def make_device(kind: str, source: str, binaries: dict | None = None):
     raise BackendError(f"unknown GPU target {kind!r}")
 
 
+def _write_seed(device, buffers, seed: int | None) -> None:
+    """The masks' seed into the set's `rng` buffer (low word, high word, draw): a buffer,
+    not a kernel argument, so that a captured CUDA graph replays with each call's seed.
+    None: draw nothing (the masks' expectations)."""
+    words = [0, 0, 0] if seed is None else [seed & 0xFFFFFFFF, seed >> 32, 1]
+    device.write(buffers.rng, 0, np.array(words, np.uint32))
+
+
 class BufferSet:
     """Device buffers of one mode for one (T, B); `lens` holds the row lengths."""
 
@@ -53,7 +61,7 @@ class BufferSet:
             self.arrays[spec["name"]] = device.empty(count)
         self.zero = [s["name"] for s in specs if s["zero"] and s["name"] in self.arrays]
         self.lens = device.empty(B, np.int32)
-        self.rng = device.empty(2, np.uint32)  # the seed of the masks, as two words
+        self.rng = device.empty(3, np.uint32)  # the masks' seed as two words, and draw
 
 
 class Pool:
@@ -78,6 +86,7 @@ class GpuSaved:
     buffers: BufferSet
     T: int
     B: int
+    seed: int | None = None  # of the dropout and zoneout masks: drawn again by the backward
 
 
 class GpuCell(CellBase):
@@ -214,9 +223,7 @@ class GpuCell(CellBase):
             self._upload_params(params, buffers)
             dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
                       else np.asarray(lengths, np.int32))
-            # a buffer, not a kernel argument: a captured CUDA graph replays with new seeds
-            seed = seed or 0
-            dev.write(buffers.rng, 0, np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32))
+            _write_seed(dev, buffers, seed)
             groups = self._persistent_groups(mode, B)
             if groups is not None:
                 self._hoisted(T, B, arrays)
@@ -236,7 +243,7 @@ class GpuCell(CellBase):
         if not train:
             self._pool.give(key, buffers)
             return y, final, None
-        saved = GpuSaved(buffers, T, B)
+        saved = GpuSaved(buffers, T, B, seed)
         weakref.finalize(saved, self._pool.give, key, buffers)
         return y, final, saved
 
@@ -263,6 +270,7 @@ class GpuCell(CellBase):
             for name in extra.zero:
                 dev.fill_zero(arrays[name])
             dev.write(arrays["dy"], 0, dy)
+            _write_seed(dev, saved.buffers, saved.seed)
             for name, n in self.state_sizes.items():
                 dev.write(arrays[f"cr_{name}"], (T & 1) * B * n, dstate[name])
 
