@@ -90,9 +90,11 @@ typedef unsigned long long u64;
 #endif
 /* Dropout and zoneout masks (lstmc/ir/masks.py defines them): Philox-4x32-10 of the
    counter (unit, row, step, site) under the key rng[0], rng[1]; `hit` where the first
-   word's top 24 bits are below `threshold`, else `miss`. */
+   word's top 24 bits are below `threshold`, else `miss`; `expected` when rng[2] is 0
+   (a training pass without masks). */
 DEVICE float lstmc_mask(GLOBAL const u32* rng, u32 step, u32 row, u32 unit, u32 site,
-                        u32 threshold, float hit, float miss) {
+                        u32 threshold, float hit, float miss, float expected) {
+  if (!rng[2]) return expected;
   u32 c0 = unit, c1 = row, c2 = step, c3 = site, k0 = rng[0], k1 = rng[1];
   for (int r = 0; r < 10; ++r) {
     if (r) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
