@@ -1,7 +1,8 @@
 """Every function of the spec language, through every executor: the reference executor
 against finite differences, the LLVM backend against the reference (float64 and
-float32). Arguments stay away from kinks (relu, min, max, abs, clip) and outside the
-domains' edges (log, sqrt), so finite differences are a sound oracle."""
+float32). Arguments stay away from kinks (relu, min, max, abs, clip, elu, leaky_relu),
+steps (floor, mod, comparisons, where) and outside the domains' edges (log, sqrt), so
+finite differences are a sound oracle."""
 import numpy as np
 import pytest
 
@@ -17,8 +18,13 @@ cell all_functions(x: I) -> h: H {
   e  = exp(-abs(z)) + log(1 + z * z) + sqrt(1 + h * h) - 2 / (3 + tanh(p * z))
   m  = min(z, p) + max(z, 0.5) + clip(z, -0.3, 0.7)
   n  = layernorm(V @ (a * e), 1e-3)
+  k  = softplus(z) + logsigmoid(z) + elu(z) + elu(z, 0.7) + selu(z) + gelu(z) + gelu_tanh(z)
+  l  = silu(z) + leaky_relu(z) + leaky_relu(z, -0.1) + sin(z) + cos(p * z) + erf(z)
+       + floor(3 * z) + mod(z, 0.7) + mod(-z, -1 / 3)
+  q  = z ** 2 + (1 + z * z) ** 0.5 + (1 + z * z) ** -1.5 + (z > 0.1) + (z <= p)
+       + where(z >= 0, a, e) + where(p < 0, k, l)
   s' = tanh(mean(z) + sum(h) / 8 + 0.5 * s)
-  h' = tanh(0.3 * a + 0.2 * e + 0.1 * m + 0.2 * n + s)
+  h' = tanh(0.3 * a + 0.2 * e + 0.1 * m + 0.2 * n + s + 0.05 * k + 0.1 * l + 0.05 * q)
 }
 """
 

@@ -125,3 +125,16 @@ def test_persistent_partition(name, partition):
         entry = plan["modes"][mode]["persistent"]
         assert entry["partition"] == partition
         assert (entry["units"] == 256) == (partition == "units")
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", nvrtc.ARCHES)
+def test_nvrtc_compiles_every_function_of_the_language(arch):
+    """The CUDA branch of the dialect's math (log1pf, expm1f, erff, powf, remainder, ...),
+    which PoCL does not see: every function of the language, forward and backward."""
+    from test_every_function import SPEC
+
+    program = lower_spec(SPEC)
+    source, plan = generate(program, bind_sizes(program, 3, 4, {}))
+    compiled = nvrtc.compile_cuda(source, arch)
+    assert set(compiled.kernels) == launched_kernels(plan)

@@ -202,6 +202,23 @@ def test_every_registry_op_has_an_onnx_form():
     assert {op.name for op in ELEMENTWISE} == set(ops.BUILTIN)
 
 
+FUNCTIONS_SPEC = """cell functions(x: I) -> h: H {
+  state s: H
+  param W, U, b
+  z = W @ x + U @ h + b
+  a = softplus(3 * z) + logsigmoid(z) + elu(z) + elu(z, 0.5) + selu(z) + gelu(z)
+  c = gelu_tanh(z) + silu(z) + leaky_relu(z) + leaky_relu(z, -0.2) + erf(z) + sin(z)
+  d = cos(z) + floor(2 * z) + mod(z, 0.3) + mod(z, -0.3) + z ** 2 + abs(z) ** 0.5
+  s' = where(z > 0, a, c) + (z <= s) * d
+  h' = tanh(a + c + d + s')
+}"""
+
+
+def test_the_language_functions_export():
+    cell = compile_cell(FUNCTIONS_SPEC)
+    assert_same(cell, export(cell, inputs(cell)[1]))
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_cells())
 def test_random_cells(spec):

@@ -2,7 +2,8 @@
 with central finite differences of the forward pass (float64).
 
 The generator only uses smooth functions (no relu/min/max/abs kinks, no log or sqrt of
-values that may be negative), so finite differences are a sound oracle: a failure is a
+values that may be negative; `where` only on the sign of a learned vector, which finite
+differences do not move across 0), so finite differences are a sound oracle: a failure is a
 wrong derivative rule, a wrong accumulation, or a wrong schedule through time."""
 import itertools
 import os
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 import lstmc
 from lstmc.gradcheck import gradcheck
 
-FUNCTIONS = ["sigmoid", "tanh", "softsign", "layernorm"]
+FUNCTIONS = ["sigmoid", "tanh", "softsign", "layernorm", "softplus", "logsigmoid", "elu",
+             "gelu", "gelu_tanh", "silu", "sin", "cos", "erf"]
 # Random cells run through the GPU kernels in CI; LSTMC_GPU_EXAMPLES=80 for a longer run.
 GPU_EXAMPLES = int(os.environ.get("LSTMC_GPU_EXAMPLES", "15"))
 
@@ -34,7 +36,8 @@ def cells(draw):
     def expr(depth: int, names: list[str], vector: bool) -> str:
         kinds = ["x_product", "name", "vector"] + ([] if vector else ["number"])
         if depth > 0:
-            kinds += ["add", "sub", "mul", "function", "state_product", "divide"]
+            kinds += ["add", "sub", "mul", "function", "state_product", "divide", "power",
+                      "select"]
             kinds += [] if vector else ["mean"]
         kind = draw(st.sampled_from(kinds))
         sub = lambda v=True: expr(depth - 1, names, v)  # noqa: E731
@@ -54,6 +57,10 @@ def cells(draw):
             return f"{draw(st.sampled_from(FUNCTIONS))}({sub()})"
         if kind == "state_product":
             return f"{param('[H, H]')} @ {sub()}"
+        if kind == "power":
+            return f"({sub(vector)}) ** {draw(st.sampled_from([2, 3]))}"
+        if kind == "select":  # a learned vector decides: no step near the sampled points
+            return f"where({param('H')} > 0, {sub()}, {sub()})"
         if kind == "divide":
             return f"({sub()} / (2 + tanh({sub()})))"
         return f"mean({sub()})"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import Location
 
 
@@ -28,7 +30,7 @@ class Call:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # + - * /
+    op: str  # + - * / ** < <= > >=
     left: Expr
     right: Expr
     loc: Location
@@ -131,3 +133,23 @@ def walk(root: Expr):
         expr = stack.pop()
         yield expr
         stack.extend(reversed(children(expr)))
+
+
+def constant_value(root: Expr) -> float | None:
+    """The value of an expression of numbers only (`2`, `-0.5`, `1/3`, `2 ** -1`), with
+    IEEE float64 results; None if it reads anything else. Where the language wants a
+    number (an exponent, elu's alpha), any such expression is one."""
+    def visit(expr: Expr, args: list[float | None]) -> float | None:
+        if isinstance(expr, Number):
+            return expr.value
+        if None in args or not isinstance(expr, (Neg, BinOp)):
+            return None
+        if isinstance(expr, Neg):
+            return -args[0]
+        a, b = args
+        with np.errstate(all="ignore"):
+            x, y = np.float64(a), np.float64(b)
+            value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y,
+                     "**": np.power(x, y)}.get(expr.op)
+        return None if value is None else float(value)
+    return fold(root, visit)

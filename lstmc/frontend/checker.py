@@ -239,6 +239,11 @@ class _Checker:
         constant = all(c for _, c in args)
         sizes = [s for s, _ in args]
         if isinstance(expr, ast.BinOp):
+            if expr.op == "**" and ast.constant_value(expr.right) is None:
+                raise SpecError(
+                    "the exponent of '**' must be a number (or an expression of numbers, "
+                    "such as -1 or 1/3)", expr.right.loc,
+                    hint="for a power with a variable exponent write exp(y * log(a))")
             return self._binop(expr, *sizes), constant
         if isinstance(expr, ast.Neg):
             return sizes[0], constant
@@ -369,11 +374,11 @@ class _Checker:
     def _call(self, expr: ast.Call, sizes: list[int]) -> int:
         func = self._function(expr)
         for index, what in func.number_args:
-            if index < len(expr.args) and not isinstance(expr.args[index], ast.Number):
+            if index < len(expr.args) and ast.constant_value(expr.args[index]) is None:
                 raise SpecError(f"the {what} of {func.name} must be a number",
                                 expr.args[index].loc)
         if func.check_numbers is not None:
-            numbers = [a.value if isinstance(a, ast.Number) else None for a in expr.args]
+            numbers = [ast.constant_value(a) for a in expr.args]
             problem = func.check_numbers(numbers)
             if problem:
                 raise SpecError(f"{func.name}: {problem}", expr.args[-1].loc)

@@ -34,8 +34,19 @@ class Function:
 
 
 def _registry_function(op: ops.Elementwise) -> Function:
-    return Function(op.name, (op.arity,), "elementwise", op.semantics,
-                    lambda g, args, numbers: g.node(op, args))
+    """A registry op as a function; its optional trailing operands (`op.optional`) are
+    numbers in the spec and constant operands in the step graph, defaults filled in."""
+    required = op.arity - len(op.optional)
+
+    def lower(g: Graph, args, numbers) -> Node:
+        given = [g.const(numbers[i]) if i >= required else a for i, a in enumerate(args)]
+        missing = op.optional[len(args) - required:]
+        return g.node(op, [*given, *(g.const(default) for _, default in missing)])
+
+    return Function(op.name, tuple(range(required, op.arity + 1)), "elementwise",
+                    op.semantics, lower,
+                    number_args=tuple((required + k, what)
+                                      for k, (what, _) in enumerate(op.optional)))
 
 
 def _hard_sigmoid(g: Graph, args, numbers) -> Node:  # ONNX: clip(0.2 z + 0.5, 0, 1)

@@ -180,6 +180,11 @@ class _ToAst(Transformer_NonRecursive):
     sub = _binop("-")
     mul = _binop("*")
     div = _binop("/")
+    pow = _binop("**")
+    lt = _binop("<")
+    le = _binop("<=")
+    gt = _binop(">")
+    ge = _binop(">=")
 
     def neg(self, meta, children):
         _, operand = children

@@ -14,6 +14,9 @@ from .graph import Graph, Node, Op, ProductAttr
 from .size import SCALAR, Size
 
 _BINARY = {"+": ops.ADD, "-": ops.SUB, "*": ops.MUL, "/": ops.DIV}
+# Comparisons: (mask op, whether the operands swap): a < b is b > a.
+_COMPARISON = {"<": (ops.GT, True), "<=": (ops.GE, True), ">": (ops.GT, False),
+               ">=": (ops.GE, False)}
 
 
 @dataclass
@@ -68,6 +71,11 @@ class _Builder:
         if isinstance(e, ast.Neg):
             return g.unary(ops.NEG, args[0])
         if isinstance(e, ast.BinOp):
+            if e.op == "**":  # the checker saw a constant exponent
+                return g.binary(ops.POW, args[0], g.const(_number(e.right)))
+            if e.op in _COMPARISON:
+                op, swap = _COMPARISON[e.op]
+                return g.binary(op, *(reversed(args) if swap else args))
             return g.binary(_BINARY[e.op], *args)
         if isinstance(e, ast.MatMul):
             rows, cols = self.info.param_shape(e.matrix)
@@ -76,7 +84,7 @@ class _Builder:
             func = lookup(e.func)
             if func is None:
                 raise TypeError(f"no lowering for function {e.func}")
-            numbers = [a.value if isinstance(a, ast.Number) else None for a in e.args]
+            numbers = [ast.constant_value(a) for a in e.args]
             return func.lower(g, args, numbers)
         raise TypeError(f"unknown expression {e!r}")
 
@@ -91,6 +99,13 @@ class _Builder:
         if e.name in info.params:
             return g.node(Op.PARAM, (), info.param_shape(e.name)[0], e.name)
         return self.locals[e.name]
+
+
+def _number(e: ast.Expr) -> float:
+    value = ast.constant_value(e)
+    if value is None:
+        raise TypeError(f"expected a constant expression, got {e!r}")
+    return value
 
 
 __all__ = ["SCALAR", "CellInfo", "build_step_graph"]

@@ -37,6 +37,70 @@ def _clip(b: Builder, args: list[str]) -> str:
     return b.node("Min", [b.node("Max", [z, lo]), hi])
 
 
+def _where(b: Builder, args: list[str]) -> str:
+    cond, x, y = args  # nonzero (NaN included) selects x, as lstmc's where
+    return b.node("Where", [b.node("Not", [b.node("Equal", [cond, b.constant(0.0)])]), x, y])
+
+
+def _positive_or(b: Builder, z: str, otherwise: str) -> str:
+    return b.node("Where", [b.node("Greater", [z, b.constant(0.0)]), z, otherwise])
+
+
+def _softplus(b: Builder, args: list[str]) -> str:  # torch's threshold at 20
+    (z,) = args
+    soft = b.node("Log", [b.node("Add", [b.constant(1.0), b.node("Exp", [z])])])
+    return b.node("Where", [b.node("Greater", [z, b.constant(20.0)]), z, soft])
+
+
+def _logsigmoid(b: Builder, args: list[str]) -> str:
+    (z,) = args
+    tail = b.node("Exp", [b.node("Neg", [b.node("Abs", [z])])])
+    return b.node("Sub", [b.node("Min", [z, b.constant(0.0)]),
+                          b.node("Log", [b.node("Add", [b.constant(1.0), tail])])])
+
+
+def _elu(b: Builder, args: list[str]) -> str:
+    z, alpha = args
+    return _positive_or(b, z, b.node("Mul", [alpha, b.node("Sub", [b.node("Exp", [z]),
+                                                                     b.constant(1.0)])]))
+
+
+def _gelu(b: Builder, args: list[str]) -> str:
+    (z,) = args
+    cdf = b.node("Add", [b.constant(1.0), b.node("Erf", [b.node("Mul", [z, b.constant(ops.SQRT1_2)])])])
+    return b.node("Mul", [b.node("Mul", [z, b.constant(0.5)]), cdf])
+
+
+def _gelu_tanh(b: Builder, args: list[str]) -> str:
+    (z,) = args
+    cube = b.node("Mul", [b.node("Mul", [z, z]), z])
+    inner = b.node("Mul", [b.constant(-2 * ops.GELU_BETA),
+                           b.node("Add", [z, b.node("Mul", [b.constant(ops.GELU_KAPPA), cube])])])
+    return b.node("Div", [z, b.node("Add", [b.constant(1.0), b.node("Exp", [inner])])])
+
+
+def _silu(b: Builder, args: list[str]) -> str:
+    return b.node("Mul", [args[0], b.node("Sigmoid", args)])
+
+
+def _leaky_relu(b: Builder, args: list[str]) -> str:
+    z, slope = args
+    return _positive_or(b, z, b.node("Mul", [z, slope]))
+
+
+def _mod(b: Builder, args: list[str]) -> str:
+    a, d = args  # fmod, plus d where the signs of the result and d differ (torch.remainder)
+    r = b.node("Mod", [a, d], fmod=1)
+    zero = b.constant(0.0)
+    fix = b.node("And", [b.node("Not", [b.node("Equal", [r, zero])]),
+                         b.node("Xor", [b.node("Less", [d, zero]), b.node("Less", [r, zero])])])
+    return b.node("Where", [fix, b.node("Add", [r, d]), r])
+
+
+def _floor_divide(b: Builder, args: list[str]) -> str:
+    return b.node("Floor", [b.node("Div", args)])
+
+
 # The registry's ops, each as ONNX nodes (the keys are the registry entries themselves).
 ELEMENTWISE: dict[ops.Elementwise, Emit] = {
     ops.ADD: _plain("Add"), ops.SUB: _plain("Sub"), ops.MUL: _plain("Mul"),
@@ -46,6 +110,11 @@ ELEMENTWISE: dict[ops.Elementwise, Emit] = {
     ops.EXP: _plain("Exp"), ops.LOG: _plain("Log"), ops.SQRT: _plain("Sqrt"),
     ops.ABS: _plain("Abs"), ops.SOFTSIGN: _plain("Softsign"),
     ops.MIN: _plain("Min"), ops.MAX: _plain("Max"), ops.CLIP: _clip,
+    ops.WHERE: _where, ops.SOFTPLUS: _softplus, ops.LOGSIGMOID: _logsigmoid, ops.ELU: _elu,
+    ops.SELU: _plain("Selu"), ops.ERF: _plain("Erf"), ops.GELU: _gelu,
+    ops.GELU_TANH: _gelu_tanh, ops.SILU: _silu, ops.LEAKY_RELU: _leaky_relu,
+    ops.SIN: _plain("Sin"), ops.COS: _plain("Cos"), ops.FLOOR: _plain("Floor"),
+    ops.MOD: _mod, ops.FLOOR_DIVIDE: _floor_divide, ops.POW: _plain("Pow"),
 }
 
 

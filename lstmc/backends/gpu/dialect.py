@@ -33,6 +33,15 @@ PRELUDE = r"""/* lstmc portable kernel dialect: compiles as CUDA C and as OpenCL
 #define FABSF(x) fabs(x)
 #define FMINF(a, b) fmin(a, b)
 #define FMAXF(a, b) fmax(a, b)
+#define LOG1PF(x) log1p(x)
+#define EXPM1F(x) expm1(x)
+#define ERFF(x) erf(x)
+#define SINF(x) sin(x)
+#define COSF(x) cos(x)
+#define FLOORF(x) floor(x)
+#define FMODF(a, b) fmod(a, b)
+#define POWF(a, b) pow(a, b)
+#define COPYSIGNF(a, b) copysign(a, b)
 #define COUNTER volatile __global unsigned int
 /* Grid-wide barrier for the persistent kernel: every work-group must be resident. */
 DEVICE void grid_sync(COUNTER* counter, unsigned int target) {
@@ -68,6 +77,15 @@ DEVICE void grid_sync(COUNTER* counter, unsigned int target) {
 #define FABSF(x) fabsf(x)
 #define FMINF(a, b) fminf(a, b)
 #define FMAXF(a, b) fmaxf(a, b)
+#define LOG1PF(x) log1pf(x)
+#define EXPM1F(x) expm1f(x)
+#define ERFF(x) erff(x)
+#define SINF(x) sinf(x)
+#define COSF(x) cosf(x)
+#define FLOORF(x) floorf(x)
+#define FMODF(a, b) fmodf(a, b)
+#define POWF(a, b) powf(a, b)
+#define COPYSIGNF(a, b) copysignf(a, b)
 #define COUNTER unsigned int
 DEVICE void grid_sync(COUNTER* counter, unsigned int target) {
   __syncthreads();
@@ -81,6 +99,24 @@ DEVICE void grid_sync(COUNTER* counter, unsigned int target) {
 }
 #endif
 #define SIGMOIDF(x) (1.0f / (1.0f + EXPF(-(x))))
+/* torch.remainder: the sign of b (Python's %) */
+DEVICE float lstmc_remainder(float a, float b) {
+  const float r = FMODF(a, b);
+  return (r != 0.0f && ((b < 0.0f) != (r < 0.0f))) ? r + b : r;
+}
+/* torch's div(a, b, rounding_mode='floor'), which its remainder gradient uses */
+DEVICE float lstmc_floor_divide(float a, float b) {
+  if (b == 0.0f) return a / b;
+  const float r = FMODF(a, b);
+  float q = (a - r) / b;
+  if (r != 0.0f && ((b < 0.0f) != (r < 0.0f))) q -= 1.0f;
+  if (q == 0.0f) return COPYSIGNF(0.0f, a / b);
+  float f = FLOORF(q);
+  if (q - f > 0.5f) f += 1.0f;
+  return f;
+}
+#define REMAINDERF(a, b) lstmc_remainder(a, b)
+#define FLOORDIVF(a, b) lstmc_floor_divide(a, b)
 #ifdef __OPENCL_VERSION__
 typedef uint u32;
 typedef ulong u64;

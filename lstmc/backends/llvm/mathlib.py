@@ -25,7 +25,7 @@ class MathLib:
         suffix = "f32" if self.is_f32 else "f64"
         full = f"llvm.{name}.{suffix}"
         if full not in self.module.globals:
-            arity = 2 if name in ("minnum", "maxnum") else 1
+            arity = 2 if name in ("minnum", "maxnum", "pow", "copysign") else 1
             ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype] * arity), full)
         return self.module.globals[full]
 
@@ -124,3 +124,30 @@ class MathLib:
 
     def fabs(self, b: ir.IRBuilder, x) -> ir.Value:
         return b.call(self.intrinsic("fabs"), [x])
+
+    # libm (float32 included: these serve the less common functions, where accuracy and
+    # torch's edge values matter more than vectorizing)
+
+    def log1p(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("log1p"), [x])
+
+    def expm1(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("expm1"), [x])
+
+    def erf(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("erf"), [x])
+
+    def sin(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("sin"), [x])
+
+    def cos(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.libm("cos"), [x])
+
+    def floor(self, b: ir.IRBuilder, x) -> ir.Value:
+        return b.call(self.intrinsic("floor"), [x])
+
+    def pow(self, b: ir.IRBuilder, x, y) -> ir.Value:
+        return b.call(self.intrinsic("pow"), [x, y])
+
+    def copysign(self, b: ir.IRBuilder, magnitude, sign) -> ir.Value:
+        return b.call(self._copysign(), [magnitude, sign])
