@@ -31,13 +31,16 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
     x = rng.standard_normal((steps, batch, cell.input_size))
     params = cell.init_params(seed)
     state = {n: 0.5 * rng.standard_normal((batch, s)) for n, s in cell.state_sizes.items()}
-    y, final, tape = cell.forward(x, params, state, train=True)
+    # Dropout and zoneout: every evaluation draws the same masks, so the differences
+    # check the gradient through those masks, as training computes it.
+    masks = 0x5EED + seed
+    y, final, tape = cell.forward(x, params, state, train=True, seed=masks)
     dy = rng.standard_normal(y.shape)
     dstate = {n: rng.standard_normal(v.shape) for n, v in final.items()}
     grads = tape.backward(dy, dstate)
 
     def loss() -> float:
-        y, final = cell.forward(x, params, state)
+        y, final, _ = cell.forward(x, params, state, train=True, seed=masks)
         return float(np.sum(dy * y) + sum(np.sum(dstate[n] * final[n]) for n in final))
 
     arrays = {"x": (x, grads["x"])}
