@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 from conftest import spec_path
+from lstmc_runtime.errors import UsageError
 
 import lstmc
 from lstmc.errors import SpecError
 from lstmc.ir import masks
 from lstmc.ir.graph import Op
-from lstmc_runtime.errors import UsageError
 
 # Random123's tests/kat_vectors, the three philox4x32 10-round lines: counter, key, result.
 KAT = [

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from llvmlite import ir
-
 from lstmc_runtime import buffers as names
 
 from ...ir import masks
