@@ -18,17 +18,17 @@ import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias, cast
+from typing import TypeAlias
 
 import numpy as np
 
 from . import buffers as names
+from .bound import BoundCell, Plans
+from .bound import address as _address
 from .cellbase import CellBase
 from .errors import BackendError, UsageError
 from .manifest import CpuManifest
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from .validate import check_array, check_names
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -174,16 +174,6 @@ def release_memory() -> int:
     return POOL.release()
 
 
-def _address(array: np.ndarray) -> int:
-    try:
-        # An ndarray exports the buffer protocol; numpy's stubs declare it (__buffer__)
-        # only for Python >= 3.12.
-        buffer = cast("WriteableBuffer", array)
-        return ctypes.addressof(ctypes.c_char.from_buffer(buffer))  # the fast way
-    except (TypeError, ValueError):  # read-only arrays
-        return array.ctypes.data
-
-
 def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
     """A K x N matrix as lstmc_small_gemm reads it: column panels of `width`, each K x
     width contiguous, then the remaining columns as one row-major block."""
@@ -191,6 +181,40 @@ def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
     full = N // width
     head = matrix[:, :full * width].reshape(K, full, width).transpose(1, 0, 2)
     return np.ascontiguousarray(np.concatenate([head.ravel(), matrix[:, full * width:].ravel()]))
+
+
+def pack_stacked(parts: list[np.ndarray], width: int, transposed: bool) -> np.ndarray:
+    """pack_panels of the rows of `parts` stacked (transposed: of the stack's transpose),
+    written straight from the parts in one pass: no stacked or transposed copy first."""
+    N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    out = np.empty(N * K, parts[0].dtype)
+    if not transposed:  # panels over the K columns: each part fills its rows of each
+        full = K // width
+        head = out[:full * width * N].reshape(full, N, width)
+        tail = out[full * width * N:].reshape(N, K - full * width)
+        r0 = 0
+        for part in parts:
+            r1 = r0 + part.shape[0]
+            head[:, r0:r1] = part[:, :full * width].reshape(r1 - r0, full, width).transpose(
+                1, 0, 2)
+            tail[r0:r1] = part[:, full * width:]
+            r0 = r1
+        return out
+    # panels over the N stacked rows: part by part while each starts on a panel boundary
+    full = N // width
+    if any(sum(p.shape[0] for p in parts[:i]) % width for i in range(len(parts))):
+        return pack_panels(np.concatenate(parts, axis=0).T, width)
+    head = out[:full * width * K].reshape(full, K, width).transpose(0, 2, 1)
+    tail = out[full * width * K:].reshape(K, N - full * width)
+    r0 = 0
+    for part in parts:
+        r1 = r0 + part.shape[0]
+        whole = (min(r1, full * width) - r0) // width
+        head[r0 // width:r0 // width + whole] = part[:whole * width].reshape(whole, width, K)
+        if r1 > full * width:  # the last part's rows past the last whole panel
+            tail[:] = part[whole * width:].T
+        r0 = r1
+    return out
 
 
 @dataclass
@@ -260,18 +284,23 @@ class NativeCell(CellBase):
         self._entries = {
             name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry.symbol])
             for name, entry in manifest.entries.items()}
+        self.plans = Plans(self)  # of the lean inference call, by input shape
 
     # -- weights ------------------------------------------------------------------------
 
-    def _packs(self, params: dict) -> dict[str, np.ndarray]:
+    def _packs(self, params: dict, entry: str | None = None) -> dict[str, np.ndarray]:
+        """The packed weights, all of them or those `entry` reads."""
         if isinstance(params, PackedParams):
             return params.packs
         width = self.contract.panel_width
+        wanted = None if entry is None else {name for name, *_ in self._layout(entry)}
         packs = {}
         for p in self.contract.packed.values():
-            stacked = np.concatenate([params[name] for name, _ in p.segments], axis=0)
-            packs[names.panels_t(p.name)] = pack_panels(stacked.T, width)
-            packs[names.panels(p.name)] = pack_panels(stacked, width)
+            parts = [np.ascontiguousarray(params[name]) for name, _ in p.segments]
+            for name, transposed in ((names.panels_t(p.name), True),
+                                     (names.panels(p.name), False)):
+                if wanted is None or name in wanted:
+                    packs[name] = pack_stacked(parts, width, transposed)
         return packs
 
     def pack_params(self, params: dict) -> PackedParams:
@@ -283,7 +312,46 @@ class NativeCell(CellBase):
             array.flags.writeable = False
         return PackedParams(plain, packs, self)
 
+    def bind(self, params: dict) -> BoundCell:
+        """These parameters validated and packed once, for many inference calls: a
+        BoundCell, `bound(x, state)` as `forward(x, params, state)` and `bound.step(x)`
+        for streaming with the state carried inside, each with little per-call work."""
+        if not (isinstance(params, PackedParams) and params.validated_for is self):
+            params = self.pack_params(params)
+        return BoundCell(self, params)
+
     # -- calls --------------------------------------------------------------------------
+
+    def forward(self, x, params, state=None, train: bool = False, lengths=None,
+                *args, **kwargs):
+        # Inference with packed parameters takes the bound path (checks cached by shape).
+        if not train and lengths is None:
+            done = None
+            if type(params) is PackedParams and params.validated_for is self:
+                done = self.plans.forward(x, params, None, state)
+            elif type(params) is dict:
+                done = self.plans.forward(x, params, lambda: self._addresses(params), state)
+            if done is not None:
+                return done
+        return super().forward(x, params, state, train, lengths, *args, **kwargs)
+
+    def _addresses(self, params: dict) -> tuple[dict[str, int], dict]:
+        """Plain parameters validated, the packed weights the forward entry reads, and
+        the addresses of both by buffer name (the packs must outlive the call)."""
+        shapes, dtype = self.param_shapes, self.dtype
+        if len(params) != len(shapes) or not all(n in params for n in shapes):
+            check_names("params", params, list(shapes))
+        for name, shape in shapes.items():
+            value = params[name]
+            if (type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype
+                    or not value.flags.c_contiguous):  # the full check says what is wrong
+                check_array(f"params['{name}']", value, shape, dtype)
+        packs = self._packs(params, "forward")
+        read = self.plans.forward_params  # vectors the kernel reads as given
+        return ({names.param(n): _address(params[n]) for n in read}
+                | {n: _address(v) for n, v in packs.items()}), packs
+
+    forward.__doc__ = CellBase.forward.__doc__
 
     @staticmethod
     def _bounds(B: int) -> list[int]:
@@ -402,18 +470,22 @@ class NativeCell(CellBase):
         given.update({names.state_in(n): v for n, v in state.items()})
         return given
 
-    def _run_forward(self, x, params, state, train, lengths, seed=None):
-        T, B, _ = x.shape
-        given = self._inputs(x, params, state, lengths, self._packs(params))
+    def _forward_entry(self, T: int, B: int, train: bool) -> tuple[str, list[int]]:
+        """The forward entry point for a (T, B) call, and its batch slices."""
         bounds = self._bounds(B)
-        rng = _rng_slices(seed, bounds)
-        entry = "forward_train" if train else "forward"
         # A small batch cannot be cut into slices: its threads share every step instead,
         # when a step has enough product work to repay waking a thread and meeting at
         # barriers (measured: a win from about 4H x H = 256K weights, a loss at 64K).
         if (not train and len(bounds) == 2 and thread_count() > 1 and T >= 8
                 and self.contract.step_weight_elements >= THREADED_STEP_WEIGHTS):
-            entry = "forward_mt"
+            return "forward_mt", bounds
+        return ("forward_train" if train else "forward"), bounds
+
+    def _run_forward(self, x, params, state, train, lengths, seed=None):
+        T, B, _ = x.shape
+        entry, bounds = self._forward_entry(T, B, train)
+        given = self._inputs(x, params, state, lengths, self._packs(params, entry))
+        rng = _rng_slices(seed, bounds)
         out = self._call(entry, T, bounds, given, per_slice=rng)
         final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
@@ -429,7 +501,7 @@ class NativeCell(CellBase):
         if not isinstance(saved, Saved) or saved.owner is not self:
             raise UsageError(f"this tape's saved values were not recorded by {self!r}: call "
                              "backward on the tape its own forward returned")
-        packs = self._packs(params)
+        packs = self._packs(params, "backward")
         given = self._inputs(saved.x, params, {}, saved.lengths, packs)
         given["dy"] = dy
         given.update({names.dstate_in(n): v for n, v in dstate.items()})
