@@ -46,6 +46,13 @@ def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[s
     if hidden_size is not None:
         if "H" not in names:
             raise CompileError("hidden_size sets the size H, which this spec does not use")
+        if given.get("H", hidden_size) != hidden_size:  # `cell sru(x: H)`
+            tied = (f"but the spec gives its input the size H (`{info.input[0]}: H`), so they "
+                    f"must be equal: pass one of them, or declare the input with its own "
+                    f"size (`{info.input[0]}: I`)")
+            raise CompileError(
+                f"input_size={input_size} and hidden_size={hidden_size}, {tied}",
+                cli=f"--input-size {input_size} and --hidden-size {hidden_size}, {tied}")
         given["H"] = hidden_size
     for name, value in sizes.items():
         if name not in names:

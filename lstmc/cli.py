@@ -49,12 +49,19 @@ def _stage_list(text: str) -> list[str]:
     return stages
 
 
+DEFAULT_INPUT_SIZE, DEFAULT_HIDDEN_SIZE = 3, 4  # gradcheck's, where the user gives none
+
+
 def _add_size_options(parser: argparse.ArgumentParser, default_sizes: bool) -> None:
-    default_i, default_h = (3, 4) if default_sizes else (None, None)
-    parser.add_argument("--input-size", type=_positive_int, default=default_i, metavar="N",
-                        help="the input's size" + (" (default: 3)" if default_sizes else ""))
-    parser.add_argument("--hidden-size", type=_positive_int, default=default_h, metavar="N",
-                        help="the size H" + (" (default: 4)" if default_sizes else ""))
+    # The defaults are applied by the command once it knows the spec (see _default_sizes).
+    parser.add_argument("--input-size", type=_positive_int, default=None, metavar="N",
+                        help="the input's size" + (f" (default: {DEFAULT_INPUT_SIZE}; for "
+                                                   "an input of size H, the hidden size)"
+                                                   if default_sizes else ""))
+    parser.add_argument("--hidden-size", type=_positive_int, default=None, metavar="N",
+                        help="the size H" + (f" (default: {DEFAULT_HIDDEN_SIZE}, or the "
+                                             "input size for an input of size H)"
+                                             if default_sizes else ""))
     parser.add_argument("--size", type=_size_assignment, action="append", default=[],
                         metavar="NAME=N", help="any other named size, e.g. --size P=2")
     parser.add_argument("--cell", help="which cell, when the spec defines several")
@@ -234,15 +241,34 @@ def _report_cuda_artifact(directory: str) -> None:
                   + (f"SPILLS in {', '.join(spilled)}" if spilled else "no spills"))
 
 
+def _default_sizes(args) -> tuple[int | None, int | None]:
+    """(input_size, hidden_size) with the defaults filled in where the user gave neither.
+    An input of size H (`cell sru(x: H)`) has no size of its own: --input-size then sets H,
+    and only H gets a default."""
+    from .driver import lower_spec
+
+    input_size, hidden_size = args.input_size, args.hidden_size
+    info = lower_spec(pathlib.Path(args.spec), args.cell).info
+    if "H" in info.input[1].names:
+        if input_size is None and hidden_size is None:
+            hidden_size = DEFAULT_HIDDEN_SIZE
+        return input_size, hidden_size
+    if input_size is None and info.input[1].names:
+        input_size = DEFAULT_INPUT_SIZE
+    return input_size, DEFAULT_HIDDEN_SIZE if hidden_size is None else hidden_size
+
+
 def cmd_gradcheck(args) -> int:
     from .api import compile
     from .gradcheck import gradcheck
 
-    cell = compile(pathlib.Path(args.spec), args.input_size, args.hidden_size, dtype="float64",
+    input_size, hidden_size = _default_sizes(args)
+    cell = compile(pathlib.Path(args.spec), input_size, hidden_size, dtype="float64",
                    cell=args.cell, target=args.target, **_sizes(args))
     result = gradcheck(cell, steps=args.steps, batch=args.batch, seed=args.seed)
     ok = result.passed(args.tolerance)
-    print(f"{args.spec}: cell {cell.name}: worst relative error {result.worst_error:.3e} "
+    sizes = ", ".join(f"{k}={v}" for k, v in cell.sizes.items())
+    print(f"{args.spec}: cell {cell.name} ({sizes}): worst relative error {result.worst_error:.3e} "
           f"({result.worst_array}) over {len(result.errors)} arrays: "
           f"{'ok' if ok else 'FAILED'} (tolerance {args.tolerance:g})")
     if not ok:
@@ -270,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except LstmcError as exc:
         if args.debug:
             traceback.print_exc()
-        text = str(exc)
+        text = exc.cli_message if isinstance(exc, CompileError) else str(exc)
         print(text if isinstance(exc, SpecError) else f"lstmc: error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,7 +29,9 @@ def select_cell(cells: list[CheckedCell], name: str | None) -> CheckedCell:
     if name is None:
         if len(cells) > 1:
             names = ", ".join(c.name for c in cells)
-            raise CompileError(f"the spec defines several cells ({names}): choose one with cell=")
+            raise CompileError(f"the spec defines several cells ({names}): choose one with "
+                               "cell=NAME", cli=f"the spec defines several cells ({names}): "
+                               "choose one with --cell NAME")
         return cells[0]
     for cell in cells:
         if cell.name == name:

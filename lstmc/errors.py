@@ -65,4 +65,10 @@ class SpecSyntaxError(SpecError):
 
 
 class CompileError(LstmcError):
-    """A spec cannot be compiled with the given options (missing sizes, bad dtype)."""
+    """A spec cannot be compiled with the given options (missing sizes, bad dtype).
+    `cli`: the same message in the command line's words, where they differ (`--cell`
+    where the Python API says `cell=`)."""
+
+    def __init__(self, message: str, cli: str | None = None):
+        super().__init__(message)
+        self.cli_message = cli or message

@@ -124,3 +124,63 @@ def test_check_reports_every_bad_spec_and_still_checks_the_good_ones(tmp_path):
     assert f"{first}:2:8: error: undefined name 'x2'" in result.stderr
     assert f"{second}:1:23: error: unexpected end of file" in result.stderr
     assert "cell gru(" in result.stdout
+
+
+SEVERAL = """cell sru(x: H) -> h: H {
+  state c: H
+  param W, W_f
+  f = sigmoid(W_f @ x)
+  c' = f * c + (1 - f) * (W @ x)
+  h' = tanh(c') + x
+}
+cell elman(x: I) -> h: H {
+  param W, U
+  h' = tanh(W @ x + U @ h)
+}
+"""
+
+
+def test_several_cells_name_the_flag(tmp_path):
+    spec = tmp_path / "two.lstm"
+    spec.write_text(SEVERAL)
+    result = lstmc("gradcheck", str(spec))
+    assert result.returncode == 1
+    assert "choose one with --cell NAME" in result.stderr and "cell=" not in result.stderr
+
+
+@pytest.mark.parametrize("args,sizes", [
+    ([], "(H=4)"), (["--input-size", "5"], "(H=5)"), (["--hidden-size", "6"], "(H=6)"),
+    (["--input-size", "2", "--hidden-size", "2"], "(H=2)")])
+def test_gradcheck_honours_the_input_size_of_an_input_of_size_h(tmp_path, args, sizes):
+    spec = tmp_path / "two.lstm"
+    spec.write_text(SEVERAL)
+    result = lstmc("gradcheck", str(spec), "--cell", "sru", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"cell sru {sizes}: worst relative error" in result.stdout
+
+
+def test_gradcheck_refuses_two_sizes_for_an_input_of_size_h(tmp_path):
+    spec = tmp_path / "two.lstm"
+    spec.write_text(SEVERAL)
+    result = lstmc("gradcheck", str(spec), "--cell", "sru", "--input-size", "5",
+                   "--hidden-size", "7")
+    assert result.returncode == 1
+    assert result.stderr.startswith("lstmc: error: --input-size 5 and --hidden-size 7, but "
+                                    "the spec gives its input the size H (`x: H`)")
+    elman = lstmc("gradcheck", str(spec), "--cell", "elman", "--input-size", "5")
+    assert elman.returncode == 0 and "cell elman (I=5, H=4)" in elman.stdout
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`lstmc check specs/*.lstm | head -1`: the reader leaves after one line; lstmc stops
+    without a traceback or an 'internal error' (output well beyond a pipe's buffer)."""
+    process = subprocess.Popen([sys.executable, "-m", "lstmc.cli", "check",
+                                *[spec_path("lstm")] * 600],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` exits
+    stderr = process.stderr.read().decode()
+    status = process.wait(timeout=120)
+    assert b"cell lstm(" in first
+    assert stderr == "", stderr
+    assert status in (0, 141)

@@ -70,6 +70,24 @@ BAD_SPECS = [
      SpecError, "the right operand of '@' is a constant", 3, 22),
     (HEADER + "  param W, U\n  k = 2 * mean(1)\n  h' = tanh(W @ x) + U @ (k + 1)\n}\n",
      SpecError, "the right operand of '@' is a constant", 4, 22),
+    (HEADER + "  param W\n  h' = tanh(W^T @ x)\n}\n",
+     SpecSyntaxError, "unexpected character '^'", 3, 14),
+    (HEADER + "  param W\n  h' = W @ x\n  h'' = 2\n}\n",
+     SpecSyntaxError, "unexpected prime ('); expected '='", 4, 5),
+    (HEADER + "  param W\n  h' = W @ x ** h\n}\n",
+     SpecError, "the exponent of '**' must be a number", 3, 17),
+    (HEADER + "  param W\n  h' = elu(W @ x, h)\n}\n",
+     SpecError, "the alpha of elu must be a number", 3, 19),
+    (HEADER + "  param W\n  h' = leaky_relu(W @ x, 0.1, 2)\n}\n",
+     SpecError, "'leaky_relu' takes 1 or 2 arguments, got 3", 3, 8),
+    (HEADER + "  param W\n  h' = where(W @ x > 0, h)\n}\n",
+     SpecError, "'where' takes 3 arguments, got 2", 3, 8),
+    (HEADER + "  param W\n  h' = (W @ x < h < 1) * h\n}\n",
+     SpecSyntaxError, "unexpected '<'", 3, 19),
+    (HEADER + "  param W, p: I\n  h' = where(W @ x, p, h)\n}\n",
+     SpecError, "size mismatch in 'where': arguments have sizes I and H", 3, 24),
+    (HEADER + "  param W, W_mx, p\n  h' = tanh(W @ x) + mean(W_mx @ p)\n}\n",
+     SpecError, "cannot infer the sizes of parameters 'W_mx', 'p' from their use", 2, 12),
 ]
 
 
@@ -143,3 +161,79 @@ def test_reductions_of_a_per_row_scalar_are_the_scalar(target):
     y, final = cell.forward(x, params, {"h": np.zeros((1, 3)), "s": np.full((1, 1), 0.5)})
     np.testing.assert_allclose(y[:, 0], [[1.5, 5.5, 9.5], [2.5, 6.5, 10.5]])
     np.testing.assert_allclose(final["s"], [[2.5]])
+
+
+# (spec, what the error says to write instead)
+INSTEAD = [
+    (HEADER + "  param W\n  h' = tanh(W^T @ x)\n}\n", "there is no transpose"),
+    (HEADER + "  param W\n  h' = W @ x ^ 2\n}\n", "a power is written `a ** c`"),
+    (HEADER + "  param W\n  h' = W.T @ x\n}\n", "there is no transpose"),
+    (HEADER + "  param W\n  h' = W @ x % 2\n}\n", "`mod(a, b)`"),
+    (HEADER + "  param W\n  h' = W @ x == h\n}\n", "`(a >= b) * (a <= b)`"),
+    (HEADER + "  param W\n  h' = W @ x != h\n}\n", "`(a >= b) * (a <= b)`"),
+    (HEADER + "  param W\n  h' = (W @ x > 0) && (h > 0)\n}\n", "`(a > 0) * (b > 0)`"),
+    (HEADER + "  param W\n  h' = (W @ x > 0) || (h > 0)\n}\n", "take their max for 'or'"),
+    (HEADER + "  param W\n  h' = W @ x[0]\n}\n", "no indexing or slicing"),
+    (HEADER + "  param W\n  h' = W @ x ** h\n}\n", "exp(y * log(a))"),
+    (HEADER + "  param W\n  h' = (W @ x < h < 1) * h\n}\n", "`(a < b) * (b < c)`"),
+]
+
+
+@pytest.mark.parametrize("text,instead", INSTEAD, ids=[i[1][:30] for i in INSTEAD])
+def test_unsupported_operators_say_what_to_write_instead(text, instead):
+    with pytest.raises(SpecError) as info:
+        lstmc.check_spec(text)
+    assert instead in info.value.hint, info.value.render()
+
+
+def test_expected_tokens_name_the_prime():
+    """The prime is a token like any other: named, never a bare quote that reads as the
+    start of a quoted token."""
+    with pytest.raises(SpecSyntaxError) as info:
+        lstmc.check_spec(HEADER + "  param W\n  h' = tanh(W @ x) h\n}\n")
+    message = info.value.message
+    assert message == "unexpected '}'; expected one of '=', a prime (')", message
+
+
+@pytest.mark.parametrize("declared,hinted", [
+    ("param W, W_mx, p\n  h' = tanh(W @ x) + mean(W_mx @ p)",
+     "`param W_mx: [H, H]`, `param p: H`"),
+    ("param W, W_mx\n  h' = tanh(W @ x) + mean(W_mx @ x)", "`param W_mx: [H, I]`"),
+    ("param W, p\n  a = p * p\n  h' = tanh(W @ x)", "`param p: H`"),
+])
+def test_following_the_size_hint_compiles(declared, hinted):
+    """The hint gives a declaration for every parameter whose size no use decides, matrices
+    as matrices; written as hinted, the spec compiles (no second error)."""
+    with pytest.raises(SpecError) as info:
+        lstmc.check_spec(HEADER + "  " + declared + "\n}\n")
+    assert info.value.hint == f"give {'them' if ', `' in hinted else 'it'} explicitly, e.g. {hinted}"
+    fixed = declared
+    for declaration in hinted.split(", `"):
+        name, shape = declaration.strip("`").removeprefix("param ").split(": ")
+        fixed = fixed.replace(f"param W, {name}", f"param W, {name}: {shape}", 1)
+        fixed = fixed.replace(f", {name}\n", f", {name}: {shape}\n", 1)
+    cell = lstmc.compile(HEADER + "  " + fixed + "\n}\n", input_size=2, hidden_size=3)
+    assert cell.param_shapes
+
+
+SRU = """cell sru(x: H) -> h: H {
+  state c: H
+  param W, W_f, W_r
+  f = sigmoid(W_f @ x)
+  r = sigmoid(W_r @ x)
+  c' = f * c + (1 - f) * (W @ x)
+  h' = r * tanh(c') + (1 - r) * x
+}
+"""
+
+
+def test_an_input_of_size_h_refuses_a_different_input_size():
+    """`cell sru(x: H)`: input_size and hidden_size both set H, so they must agree; one of
+    them alone is enough."""
+    from lstmc.errors import CompileError
+
+    with pytest.raises(CompileError, match=r"input_size=5 and hidden_size=7, but the spec "
+                                           r"gives its input the size H \(`x: H`\)"):
+        lstmc.compile(SRU, input_size=5, hidden_size=7)
+    for sizes in [dict(input_size=5), dict(hidden_size=5), dict(input_size=5, hidden_size=5)]:
+        assert lstmc.compile(SRU, **sizes).param_shapes["W"] == (5, 5)

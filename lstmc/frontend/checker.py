@@ -399,16 +399,29 @@ class _Checker:
 
     # -- result -------------------------------------------------------------------------
 
+    def _uninferred(self, params: list[_Param]) -> SpecError:
+        """One error for every parameter whose size no use decides, at the first of them,
+        with declarations that, written together, compile."""
+        names = ", ".join(f"'{p.decl.name}'" for p in params)
+        several = len(params) > 1
+        declarations = ", ".join(f"`param {p.decl.name}: {_suggested_shape(self.sizes, p.dims)}`"
+                                 for p in params)
+        return SpecError(
+            f"cannot infer the size{'s' if several else ''} of parameter{'s' if several else ''} "
+            f"{names} from {'their' if several else 'its'} use", params[0].decl.loc,
+            hint=f"give {'them' if several else 'it'} explicitly, e.g. {declarations}")
+
     def _result(self) -> CheckedCell:
         params: dict[str, ParamInfo] = {}
         for name, param in self.params.items():
             if param.first_use is None:
                 raise SpecError(f"parameter '{name}' is declared but never used", param.decl.loc)
+        unknown = [p for p in self.params.values()
+                   if any(self.sizes.get(d) is None for d in p.dims)]
+        if unknown:
+            raise self._uninferred(unknown)
+        for name, param in self.params.items():
             shape = tuple(self.sizes.get(d) for d in param.dims)
-            if any(s is None for s in shape):
-                raise SpecError(
-                    f"cannot infer the size of parameter '{name}' from its use",
-                    param.decl.loc, hint=f"give it explicitly, e.g. `param {name}: H`")
             params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc)
         states = {n: self.sizes.get(v) for n, v in self.state_size.items()}
         return CheckedCell(
@@ -418,6 +431,14 @@ class _Checker:
             states=states,
             params=params,
         )
+
+
+def _suggested_shape(sizes: _SizeVars, dims: tuple[int, ...]) -> str:
+    """A declaration that fixes every unknown size as H: no use constrains those sizes (or
+    they would be known), so H, always bound, fits them all, and each known size is kept;
+    a matrix is written `[rows, cols]`."""
+    parts = [str(sizes.get(d) if sizes.get(d) is not None else "H") for d in dims]
+    return parts[0] if len(parts) == 1 else f"[{', '.join(parts)}]"
 
 
 def _article(kind: str) -> str:

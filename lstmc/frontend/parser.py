@@ -13,7 +13,23 @@ from . import ast
 from .source import Source
 
 # How terminals matched by a regular expression are named in messages.
-_FRIENDLY = {"NAME": "a name", "NUMBER": "a number", "PRIME": "'", "MINUS": "'-'"}
+_FRIENDLY = {"NAME": "a name", "NUMBER": "a number", "PRIME": "a prime (')", "MINUS": "'-'"}
+
+_TRANSPOSE = ("there is no transpose: declare the matrix with the shape the product needs "
+              "(`param U: [H, I]` for `U @ x`)")
+_LOGIC = ("there are no logical operators: multiply masks for 'and' (`(a > 0) * (b > 0)`), "
+          "take their max for 'or', and write `1 - m` for 'not'")
+_EQUALITY = ("there is no equality test: comparisons are <, <=, > and >=; a mask of a == b "
+             "is `(a >= b) * (a <= b)`")
+# Characters people reach for that the language spells otherwise: what to write instead.
+_INSTEAD = {
+    "^": "a power is written `a ** c`; " + _TRANSPOSE,
+    "%": "the remainder is written `mod(a, b)` (the sign of b, as Python's %)",
+    "&": _LOGIC, "|": _LOGIC, "~": _LOGIC,
+    "!": _LOGIC,  # `!=`: see _syntax_error
+    "[": "values are whole vectors: there is no indexing or slicing",
+    ".": "there are no attributes or methods; " + _TRANSPOSE,
+}
 
 
 @lru_cache(maxsize=1)
@@ -63,7 +79,10 @@ def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecS
         message = f"unexpected character {shown}"
         if exc.allowed:
             message += f"; expected {_expected(exc.allowed)}"
-        return SpecSyntaxError(message, source.location(exc.line, exc.column))
+        hint = _INSTEAD.get(char, "")
+        if source.text[exc.pos_in_stream:exc.pos_in_stream + 2] == "!=":
+            hint = _EQUALITY
+        return SpecSyntaxError(message, source.location(exc.line, exc.column), hint=hint)
     if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
         isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END"
     ):
@@ -77,12 +96,17 @@ def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecS
         )
     assert isinstance(exc, lark.exceptions.UnexpectedToken)
     token = exc.token
-    shown = f"'{token.value}'" if token.type != "NAME" else f"name '{token.value}'"
-    if token.type == "NUMBER":
-        shown = f"number {token.value}"
+    shown = {"NAME": f"name '{token.value}'", "NUMBER": f"number {token.value}",
+             "PRIME": "prime (')"}.get(token.type, f"'{token.value}'")
+    hint = _INSTEAD.get(token.value, "")
+    following = source.text[token.end_pos:token.end_pos + 1] if token.end_pos else ""
+    if token.value in ("=", "<=", ">=") and following == "=":  # `a == b`, `a <== b`
+        hint = _EQUALITY
+    elif token.value in ("<", "<=", ">", ">="):  # the lowest precedence: only a chain
+        hint = "comparisons do not chain: write `(a < b) * (b < c)`"
     return SpecSyntaxError(
         f"unexpected {shown}; expected {_expected(exc.expected)}",
-        source.location(token.line, token.column),
+        source.location(token.line, token.column), hint=hint,
     )
 
 
