@@ -97,3 +97,34 @@ def test_cuda_stack_artifact_reports_each_layer(tmp_path):
     assert "  layer0/sm_90: kernels.sm_90.cubin" in result.stdout
     assert "  upper/sm_90: kernels.sm_90.cubin" in result.stdout
     assert "NVRTC is not installed" not in result.stdout
+
+
+def _resealed(directory, edit):
+    """Edit an artifact's manifest and recompute its own checksum, as a deliberate edit
+    would: only the contract with the kernel source can catch it."""
+    from lstmc_runtime.manifest import self_checksum
+
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    manifest["manifest_sha256"] = self_checksum(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["plan"]["modes"]["train"]["buffers"][0].update(width=1),
+    lambda m: m["plan"]["threads"].update(region=4096),
+    lambda m: m.update(states={k: 1 for k in m["states"]}),
+], ids=["buffer width", "threads", "state sizes"])
+def test_an_edited_gpu_plan_is_refused(tmp_path, edit):
+    pytest.importorskip("pyopencl")
+    import lstmc_runtime
+    from lstmc_runtime.errors import ArtifactError
+
+    result = lstmc("compile", spec_path("gru"), "-o", str(tmp_path), "--target", "opencl",
+                   "--input-size", "4", "--hidden-size", "6")
+    assert result.returncode == 0, result.stderr
+    lstmc_runtime.load(str(tmp_path))  # as written: loads
+    _resealed(tmp_path, edit)
+    with pytest.raises(ArtifactError, match="launch plan is not the one"):
+        lstmc_runtime.load(str(tmp_path))

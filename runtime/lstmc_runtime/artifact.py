@@ -16,10 +16,12 @@ import tempfile
 from .errors import ArtifactError, BackendError
 from .manifest import (
     CONTRACT_SYMBOL,
+    GPU_CONTRACT_PREFIX,
     SCHEMA,
     CpuManifest,
     check_schema,
     contract_hash,
+    gpu_contract_hash,
     self_checksum,
 )
 from .native import NativeCell
@@ -116,6 +118,11 @@ def _load_gpu_cell(directory: str, manifest: dict):
     path = _plain_name(directory, manifest.get("source"))
     with open(path, encoding="utf-8") as f:
         source = f.read()
+    last = source.rstrip("\n").rpartition("\n")[2]
+    if last != f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest)} */":
+        raise ArtifactError(f"{directory}: the manifest's launch plan is not the one its kernel "
+                            "source was generated with (the manifest was edited, or the source "
+                            "swapped); recompile the artifact")
     binaries = {arch: _plain_name(directory, files["cubin"])
                 for arch, files in manifest.get("binaries", {}).items()}
     return GpuCell(manifest, source, binaries=binaries)

@@ -43,6 +43,15 @@ def contract_hash(data: dict) -> str:
                                      if k not in _UNHASHED})).hexdigest()
 
 
+GPU_CONTRACT_PREFIX = "/* lstmc contract sha256: "  # the line a GPU kernel source ends with
+
+
+def gpu_contract_hash(data: dict) -> str:
+    """What a GPU artifact's kernel source embeds: the hash of its manifest, less the
+    checksums and the binaries (compiled from that source, so they come after it)."""
+    return contract_hash({k: v for k, v in data.items() if k != "binaries"})
+
+
 def self_checksum(data: dict) -> str:
     """SHA-256 of a manifest's JSON less its own checksum field."""
     return hashlib.sha256(canonical({k: v for k, v in data.items()

@@ -16,11 +16,16 @@ SOURCE = {"cuda": "kernels.cu", "opencl": "kernels.cl"}
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
                    emit: frozenset[str] = frozenset(), batch_first: bool = False,
                    cpu: str = "host", target: str = "cuda") -> None:
-    from lstmc_runtime.artifact import write_manifest
+    from lstmc_runtime.artifact import FORMAT, write_manifest
+    from lstmc_runtime.manifest import GPU_CONTRACT_PREFIX, gpu_contract_hash
 
     if dtype != "float32":
         raise CompileError(f"target '{target}' computes in float32, not {dtype}")
     source, manifest = manifest_for(program, sizes, target)
+    manifest.update(source=SOURCE[target], batch_first=bool(batch_first), format=FORMAT)
+    # The source names the plan it was generated with: an edited plan is refused on load
+    # (the runtime sizes device buffers from it), as a CPU library embeds its manifest's.
+    source += f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest)} */\n"
     files = [SOURCE[target]]
     _write(directory, SOURCE[target], source)
     if target == "cuda" and nvrtc.available():
@@ -38,8 +43,6 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
                 "spill_bytes": {k: r.spill_stores for k, r in compiled.kernels.items()}}
     if "ir" in emit:
         _write(directory, "cell.ir", program.format(backward=True) + "\n")
-    manifest["source"] = SOURCE[target]
-    manifest["batch_first"] = bool(batch_first)
     write_manifest(directory, manifest, files)
 
 
