@@ -12,7 +12,7 @@ import numpy as np
 from lstmc_runtime import dtypes
 from lstmc_runtime.cellbase import CellBase, Tape
 from lstmc_runtime.errors import UsageError
-from lstmc_runtime.manifest import CellDescription, ParamSpec
+from lstmc_runtime.manifest import CellDescription
 from lstmc_runtime.stack import Stack
 
 from .backends.reference import ReferenceExecutor
@@ -218,9 +218,7 @@ class Cell(CellBase):
         self.output = info.output
         self.input_size = info.input[1].bind(sizes)
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
-        self.param_shapes = {n: tuple(d.bind(sizes) for d in info.param_shape(n))
-                             for n in info.params}
-        self.param_inits = {n: p.init for n, p in info.params.items()}
+        self._set_params(info.param_specs(sizes))
         self.hidden_size = sizes.get("H", self.state_sizes[self.output])
         self._executor = ReferenceExecutor(program, sizes, dtype)
 
@@ -231,7 +229,7 @@ class Cell(CellBase):
             name=self.name, target=self.target, dtype=np.dtype(self.dtype).name,
             sizes=dict(self.sizes), input_size=self.input_size, output=self.output,
             states=dict(self.state_sizes),
-            params={n: ParamSpec(s, self.param_inits[n]) for n, s in self.param_shapes.items()},
+            params=self.program.info.param_specs(self.sizes),
             batch_first=bool(self.batch_first))
 
     def _run_forward(self, x, params, state, train, lengths, seed=None):

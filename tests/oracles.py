@@ -159,6 +159,14 @@ def awd_lstm(p, x, s, draw=None):
     return {"h": sig(z["o"]) * np.tanh(c2), "c": c2}
 
 
+def antisymmetric_rnn(p, x, s):
+    """Chang et al. 2019, eq. (12), eps = gamma = 0.01."""
+    W = p["W"]
+    A = W - W.T - 0.01 * np.eye(W.shape[0])
+    h = s["h"]
+    return {"h": h + 0.01 * np.tanh(mv(A, h) + mv(p["V"], x) + p["b"])}
+
+
 RANDOM = {zoneout_lstm, awd_lstm}  # steps that take `draw(site, p, per_sequence=False)`
 
 
@@ -184,6 +192,7 @@ STEPS = {
     "indrnn": indrnn,
     "zoneout_lstm": zoneout_lstm,
     "awd_lstm": awd_lstm,
+    "antisymmetric_rnn": antisymmetric_rnn,
 }
 
 

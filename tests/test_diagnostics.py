@@ -165,9 +165,9 @@ def test_reductions_of_a_per_row_scalar_are_the_scalar(target):
 
 # (spec, what the error says to write instead)
 INSTEAD = [
-    (HEADER + "  param W\n  h' = tanh(W^T @ x)\n}\n", "there is no transpose"),
+    (HEADER + "  param W\n  h' = tanh(W^T @ x)\n}\n", "the transpose of a parameter matrix is written `W.T`"),
     (HEADER + "  param W\n  h' = W @ x ^ 2\n}\n", "a power is written `a ** c`"),
-    (HEADER + "  param W\n  h' = W.T @ x\n}\n", "there is no transpose"),
+    (HEADER + "  param W\n  h' = W.t @ x\n}\n", "the transpose of a parameter matrix is written `W.T`"),
     (HEADER + "  param W\n  h' = W @ x % 2\n}\n", "`mod(a, b)`"),
     (HEADER + "  param W\n  h' = W @ x == h\n}\n", "`(a >= b) * (a <= b)`"),
     (HEADER + "  param W\n  h' = W @ x != h\n}\n", "`(a >= b) * (a <= b)`"),

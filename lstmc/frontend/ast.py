@@ -43,13 +43,21 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class Transpose:
+    """`W.T`: only in a matrix expression, on the left of `@`."""
+
+    name: str
+    loc: Location
+
+
+@dataclass(frozen=True)
 class MatMul:
-    matrix: str
+    matrix: str | Expr  # a parameter's name, or a matrix expression (`(W - W.T)`, `W.T`)
     operand: Expr
-    loc: Location  # position of the matrix name
+    loc: Location  # position of the matrix
 
 
-Expr = Number | Var | Call | BinOp | Neg | MatMul
+Expr = Number | Var | Call | BinOp | Neg | MatMul | Transpose
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class Port:
 class ParamDecl:
     name: str
     shape: tuple[SizeRef, ...] | None  # (n,) for a vector, (rows, cols) for a matrix
-    init: float | None  # a constant initial value; None: uniform(-1/sqrt(H), 1/sqrt(H))
+    init: float | str | None  # a constant, "eye" (identity); None: uniform(+-1/sqrt(H))
     loc: Location
 
 

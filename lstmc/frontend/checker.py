@@ -21,8 +21,11 @@ SizeAtom = str | int  # a named size (H) or an integer; 1 is a per-row scalar
 class ParamInfo:
     name: str
     shape: tuple[SizeAtom, ...]  # (n,) vector or (rows, cols) matrix
-    init: float | None
+    init: float | str | None  # a constant, "eye", or None (PyTorch's uniform)
     loc: Location
+    # A matrix computed from parameters (`(W - W.T) @ h`): its terms (coefficient,
+    # parameter or None for the identity, transposed); None for a learned parameter.
+    derived: tuple[tuple[float, str | None, bool], ...] | None = None
 
     @property
     def is_matrix(self) -> bool:
@@ -110,6 +113,8 @@ class _Checker:
             self._declare(port.name, "state", port.loc)
             self.state_size[port.name] = self.sizes.new(port.size.value)
         self.params: dict[str, _Param] = {}
+        # matrix expressions left of '@', by their text: (rows, cols, terms, location)
+        self.derived: dict[str, tuple[int, int, tuple, Location]] = {}
         for decl in cell.params:
             self._declare(decl.name, "parameter", decl.loc)
             param = self.params[decl.name] = _Param(decl)
@@ -247,11 +252,14 @@ class _Checker:
             return self._binop(expr, *sizes), constant
         if isinstance(expr, ast.Neg):
             return sizes[0], constant
+        if isinstance(expr, ast.Transpose):
+            raise SpecError(f"{expr.name}.T is a matrix: it can only multiply a vector "
+                            f"(`{expr.name}.T @ h`)", expr.loc)
         if isinstance(expr, ast.MatMul):
             if constant:
                 raise SpecError(
                     f"the right operand of '@' is a constant; a product with "
-                    f"'{expr.matrix}' needs a vector that depends on the input, a state "
+                    f"'{matrix_text(expr.matrix)}' needs a vector that depends on the input, a state "
                     f"or a parameter", expr.loc,
                     hint="a learned vector times a constant is written `c * p` with `param p`")
             return self._matmul(expr, sizes[0]), False
@@ -337,24 +345,86 @@ class _Checker:
         return self.sizes.get(got) == 1 or self.sizes.unify(want, got)
 
     def _matrix(self, expr: ast.MatMul) -> None:
-        kind = self.kinds.get(expr.matrix, (None, None))[0]
-        if kind is None and (expr.matrix, False) not in self.definition:
-            raise self._undefined(expr.matrix, expr.loc)
+        name = matrix_text(expr.matrix)
+        if not isinstance(expr.matrix, str) and name not in self.params:
+            self._derived_matrix(expr)
+            return
+        kind = self.kinds.get(name, (None, None))[0]
+        if kind is None and (name, False) not in self.definition:
+            raise self._undefined(name, expr.loc)
         if kind != "parameter":
             what = _article(kind) if kind else "a local value"
             raise SpecError(
                 f"the left operand of '@' must be a learned matrix (a parameter), "
-                f"but '{expr.matrix}' is {what}", expr.loc)
+                f"but '{name}' is {what}", expr.loc)
 
     def _matmul(self, expr: ast.MatMul, operand: int) -> int:
-        first = self.params[expr.matrix].first_use
-        rows, cols = self._param_use(expr.matrix, 2, expr.loc)
+        text = matrix_text(expr.matrix)
+        if text in self.derived:
+            rows, cols, terms, _ = self.derived[text]
+            if not self.sizes.unify(cols, operand):
+                raise SpecError(
+                    f"the matrix {matrix_text(expr.matrix)} has {self.sizes.show(cols)} "
+                    f"columns but multiplies an operand of size {self.sizes.show(operand)}",
+                    expr.loc)
+            return rows
+        first = self.params[text].first_use
+        rows, cols = self._param_use(text, 2, expr.loc)
         if not self.sizes.unify(cols, operand):
             raise SpecError(
-                f"parameter '{expr.matrix}' is used with two shapes: it has "
+                f"parameter '{text}' is used with two shapes: it has "
                 f"{self.sizes.show(cols)} columns (line {first.line if first else '?'}) but here "
                 f"multiplies an operand of size {self.sizes.show(operand)}", expr.loc)
         return rows
+
+    def _derived_matrix(self, expr: ast.MatMul) -> None:
+        """A matrix expression left of '@': its terms, each a parameter (or its
+        transpose) or eye(N) times a number, sized together; one derived matrix per
+        distinct expression (the runtime computes it once per call)."""
+        text = matrix_text(expr.matrix)
+        if text in self.derived:
+            return
+        rows, cols = self.sizes.new(), self.sizes.new()
+        terms = []
+        for coef, item in _linear_terms(expr.matrix):
+            if isinstance(item, ast.Call):  # eye(N)
+                n = self._eye_size(item)
+                if not (self.sizes.unify(n, rows) and self.sizes.unify(n, cols)):
+                    raise SpecError(f"eye({self.sizes.show(n)}) is square, but the matrix "
+                                    f"{text} is {self.sizes.show(rows)} x "
+                                    f"{self.sizes.show(cols)}", item.loc)
+                terms.append((coef, None, False))
+                continue
+            name, transposed = item.name, isinstance(item, ast.Transpose)
+            kind = self.kinds.get(name, (None, None))[0]
+            if kind != "parameter":
+                if kind is None and (name, False) not in self.definition:
+                    raise self._undefined(name, item.loc)
+                raise SpecError(f"a matrix expression combines parameters, but '{name}' is "
+                                f"{_article(kind) if kind else 'a local value'}", item.loc)
+            r, c = self._param_use(name, 2, item.loc)
+            if transposed:
+                r, c = c, r
+            if not (self.sizes.unify(r, rows) and self.sizes.unify(c, cols)):
+                shown = f"{name}.T" if transposed else name
+                raise SpecError(f"{shown} is {self.sizes.show(r)} x {self.sizes.show(c)}, but "
+                                f"the other terms of {text} make it {self.sizes.show(rows)} x "
+                                f"{self.sizes.show(cols)}", item.loc)
+            terms.append((coef, name, transposed))
+        if all(name is None for _, name, _ in terms):
+            raise SpecError(f"the matrix {text} holds no parameter: a product with a constant "
+                            "matrix is a scaled vector (`0.5 * h`)", expr.loc)
+        self.derived[text] = (rows, cols, tuple(terms), expr.loc)
+
+    def _eye_size(self, call: ast.Call) -> int:
+        arg = call.args[0] if len(call.args) == 1 else None
+        if isinstance(arg, ast.Number) and arg.value == int(arg.value) and arg.value > 0:
+            return self.sizes.new(int(arg.value))
+        if isinstance(arg, ast.Var) and not arg.primed and arg.name not in self.kinds \
+                and (arg.name, False) not in self.definition:
+            return self.sizes.new(arg.name)
+        raise SpecError("eye takes one size: a size name or a positive integer (`eye(H)`)",
+                        call.loc)
 
     def _function(self, expr: ast.Call):
         func = lookup(expr.func)
@@ -422,7 +492,17 @@ class _Checker:
             raise self._uninferred(unknown)
         for name, param in self.params.items():
             shape = tuple(self.sizes.get(d) for d in param.dims)
+            if param.decl.init == "eye" and len(shape) != 2:
+                raise SpecError(f"parameter '{name}' starts at the identity (`= eye`), but it "
+                                "is a vector: eye initializes matrices", param.decl.loc)
             params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc)
+        for text, (rows, cols, terms, loc) in self.derived.items():
+            shape = (self.sizes.get(rows), self.sizes.get(cols))
+            if None in shape:
+                raise SpecError(f"cannot infer the shape of the matrix {text}", loc,
+                                hint="declare the shape of a parameter in it "
+                                     "(`param W: [H, H]`)")
+            params[text] = ParamInfo(text, shape, None, loc, derived=terms)
         states = {n: self.sizes.get(v) for n, v in self.state_size.items()}
         return CheckedCell(
             decl=self.cell,
@@ -431,6 +511,62 @@ class _Checker:
             states=states,
             params=params,
         )
+
+
+def _linear_terms(expr: ast.Expr) -> list[tuple[float, ast.Var | ast.Transpose | ast.Call]]:
+    """A matrix expression as (coefficient, parameter / transpose / eye call) terms; it
+    may combine them with + and -, and scale them by numbers (`0.5 * W`, `W / 2`)."""
+    out: list[tuple[float, ast.Var | ast.Transpose | ast.Call]] = []
+    stack: list[tuple[float, ast.Expr]] = [(1.0, expr)]
+    while stack:
+        coef, e = stack.pop()
+        if isinstance(e, (ast.Transpose, ast.Var)) or (isinstance(e, ast.Call)
+                                                      and e.func == "eye"):
+            if isinstance(e, ast.Var) and e.primed:
+                raise SpecError(f"{e.name}' is a new state value, not a parameter: a matrix "
+                                "left of '@' combines parameters", e.loc)
+            out.append((coef, e))
+            continue
+        if isinstance(e, ast.Neg):
+            stack.append((-coef, e.operand))
+            continue
+        if isinstance(e, ast.BinOp) and e.op in "+-":
+            stack.append((coef if e.op == "+" else -coef, e.right))
+            stack.append((coef, e.left))
+            continue
+        if isinstance(e, ast.BinOp) and e.op in "*/":
+            left, right = ast.constant_value(e.left), ast.constant_value(e.right)
+            if e.op == "*" and left is not None:
+                stack.append((coef * left, e.right))
+                continue
+            if right is not None and right != 0:
+                stack.append((coef * right if e.op == "*" else coef / right, e.left))
+                continue
+        raise SpecError("a matrix left of '@' combines parameters (`W`, `W.T`) and `eye(N)` "
+                        "with +, - and numbers (`(W - W.T - 0.1 * eye(H)) @ h`)",
+                        getattr(e, "loc", None))
+    if not out:
+        raise SpecError("a matrix left of '@' combines parameters (`W`, `W.T`) and `eye(N)` "
+                        "with +, - and numbers", getattr(expr, "loc", None))
+    return out
+
+
+def matrix_text(matrix) -> str:
+    """A matrix left of '@' as one canonical name: `W`, `W.T`, `(W - W.T - 0.1*eye)`."""
+    if isinstance(matrix, str):
+        return matrix
+    parts = []
+    for coef, item in _linear_terms(matrix):
+        name = ("eye" if isinstance(item, ast.Call) else
+                f"{item.name}.T" if isinstance(item, ast.Transpose) else item.name)
+        sign = "-" if coef < 0 else "+"
+        size = abs(coef)
+        body = name if size == 1 else f"{size:g}*{name}"
+        parts.append((sign, body))
+    text = ("-" if parts[0][0] == "-" else "") + parts[0][1]
+    for sign, body in parts[1:]:
+        text += f" {sign} {body}"
+    return text if len(parts) == 1 else f"({text})"
 
 
 def _suggested_shape(sizes: _SizeVars, dims: tuple[int, ...]) -> str:

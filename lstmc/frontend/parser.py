@@ -15,8 +15,8 @@ from .source import Source
 # How terminals matched by a regular expression are named in messages.
 _FRIENDLY = {"NAME": "a name", "NUMBER": "a number", "PRIME": "a prime (')", "MINUS": "'-'"}
 
-_TRANSPOSE = ("there is no transpose: declare the matrix with the shape the product needs "
-              "(`param U: [H, I]` for `U @ x`)")
+_TRANSPOSE = ("the transpose of a parameter matrix is written `W.T` (`W.T @ h`, "
+              "`(W - W.T) @ h`)")
 _LOGIC = ("there are no logical operators: multiply masks for 'and' (`(a > 0) * (b > 0)`), "
           "take their max for 'or', and write `1 - m` for 'not'")
 _EQUALITY = ("there is no equality test: comparisons are <, <=, > and >=; a mask of a == b "
@@ -28,7 +28,7 @@ _INSTEAD = {
     "&": _LOGIC, "|": _LOGIC, "~": _LOGIC,
     "!": _LOGIC,  # `!=`: see _syntax_error
     "[": "values are whole vectors: there is no indexing or slicing",
-    ".": "there are no attributes or methods; " + _TRANSPOSE,
+    ".": "there are no attributes or methods; " + _TRANSPOSE,  # `.T` is the one
 }
 
 
@@ -161,7 +161,18 @@ class _ToAst(Transformer_NonRecursive):
 
     def param_item(self, meta, children):
         name, shape, init = children
+        if isinstance(init, Token):  # a named initial value: only the identity is known
+            if str(init) != "eye":
+                raise SpecSyntaxError(f"unknown initial value '{init}'", self._loc(init),
+                                      hint="a parameter starts at a number (`= 0`, `= 1.5`), "
+                                           "at the identity (`= eye`, a matrix), or at "
+                                           "PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) when "
+                                           "no value is given")
+            init = "eye"
         return ast.ParamDecl(str(name), shape, init, self._loc(name))
+
+    def named_init(self, meta, children):
+        return children[0]
 
     def vector_shape(self, meta, children):
         return (children[0],)
@@ -220,6 +231,17 @@ class _ToAst(Transformer_NonRecursive):
     def matmul(self, meta, children):
         name, operand = children
         return ast.MatMul(str(name), operand, self._loc(name))
+
+    def matmul_transposed(self, meta, children):
+        name, operand = children
+        return ast.MatMul(ast.Transpose(str(name), self._loc(name)), operand, self._loc(name))
+
+    def matmul_expr(self, meta, children):
+        matrix, operand = children
+        return ast.MatMul(matrix, operand, self._loc(meta))
+
+    def transpose(self, meta, children):
+        return ast.Transpose(str(children[0]), self._loc(meta))
 
 
 __all__ = ["Token", "parse"]

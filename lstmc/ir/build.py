@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lstmc_runtime.manifest import DerivedTerm, ParamSpec
+
 from ..frontend import ast
-from ..frontend.checker import CheckedCell, ParamInfo
+from ..frontend.checker import CheckedCell, ParamInfo, matrix_text
 from ..frontend.functions import lookup
 from . import ops
 from .graph import Graph, Node, Op, ProductAttr
@@ -31,6 +33,17 @@ class CellInfo:
 
     def param_shape(self, name: str) -> tuple[Size, ...]:
         return tuple(Size.of(s) for s in self.params[name].shape)
+
+    def param_specs(self, sizes: dict[str, int]) -> dict[str, ParamSpec]:
+        """Each parameter as the runtime describes it, sizes bound (derived matrices
+        with their terms: the caller never passes those)."""
+        specs = {}
+        for name, p in self.params.items():
+            shape = tuple(d.bind(sizes) for d in self.param_shape(name))
+            derived = None if p.derived is None else tuple(
+                DerivedTerm(coef, param, transposed) for coef, param, transposed in p.derived)
+            specs[name] = ParamSpec(shape, p.init, derived)
+        return specs
 
 
 def build_step_graph(cell: CheckedCell) -> tuple[CellInfo, Graph]:
@@ -78,8 +91,9 @@ class _Builder:
                 return g.binary(op, *(reversed(args) if swap else args))
             return g.binary(_BINARY[e.op], *args)
         if isinstance(e, ast.MatMul):
-            rows, cols = self.info.param_shape(e.matrix)
-            return g.node(Op.MATMUL, args, attr=ProductAttr(((e.matrix, rows),), cols))
+            name = matrix_text(e.matrix)  # a parameter, or a matrix derived from them
+            rows, cols = self.info.param_shape(name)
+            return g.node(Op.MATMUL, args, attr=ProductAttr(((name, rows),), cols))
         if isinstance(e, ast.Call):
             func = lookup(e.func)
             if func is None:

@@ -31,8 +31,15 @@ def describe(source: str, cell: str | None, input_size: int, hidden_size: int | 
 
 
 def recurrent_param_names(meta) -> set[str]:
-    """Parameters of the products inside the time loop (the recurrent weights)."""
-    return {name for p in meta.program.recurrent_products for name, _ in p.attr.segments}
+    """Parameters of the products inside the time loop (the recurrent weights): those
+    a derived matrix of such a product is made of ((W - W.T) @ h: W)."""
+    names = set()
+    for product in meta.program.recurrent_products:
+        for name, _ in product.attr.segments:
+            spec = meta.derived.get(name)
+            names |= ({t.param for t in spec.derived if t.param is not None} if spec
+                      else {name})
+    return names
 
 
 class SequenceModule(nn.Module):
@@ -257,6 +264,8 @@ class Recurrent(SequenceModule):
                     with torch.no_grad():
                         if init is None:
                             p.uniform_(-bound, bound)
+                        elif init == "eye":
+                            nn.init.eye_(p)
                         else:
                             p.fill_(init)
 

@@ -170,7 +170,8 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
             ys = []
             for d, c in enumerate(cells):
                 back = directions[d] == "reverse"
-                sub = {n: params[prefix(l, d) + n] for n in c.param_shapes}
+                # matrices derived from the parameters ((W - W.T) @ h) become constants
+                sub = c._expand({n: params[prefix(l, d) + n] for n in c.param_shapes})
                 seq = layer_input
                 if back:
                     seq = b.node("ReverseSequence", [seq, rev_lens], batch_axis=1,
@@ -252,7 +253,7 @@ def _native_layer(b: Builder, layer: int, cells, matches: list[Match], prefixes,
     H = cells[0].state_sizes[cells[0].output]
     per_direction = []
     for c, m, pre in zip(cells, matches, prefixes):
-        sub = {n: params[pre + n] for n in c.param_shapes}
+        sub = c._expand({n: params[pre + n] for n in c.param_shapes})
         per_direction.append(m.weights(sub, H, c.input_size, b.dtype))
     weights = join_weights(op, per_direction, candidate.peepholes)
     tag = prefixes[0].split(".")[0] + "." if prefixes[0] else ""

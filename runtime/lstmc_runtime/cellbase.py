@@ -22,7 +22,7 @@ class CellBase(abc.ABC):
     hidden_size: int
     state_sizes: dict[str, int]
     param_shapes: dict[str, tuple[int, ...]]
-    param_inits: dict[str, float | None]
+    param_inits: dict[str, float | str | None]
 
     def __repr__(self) -> str:
         return (f"<{type(self).__module__.split('.')[0]}.Cell {self.name} "
@@ -44,10 +44,51 @@ class CellBase(abc.ABC):
         self.output = description.output
         self.input_size = description.input_size
         self.state_sizes = dict(description.states)
-        self.param_shapes = {n: p.shape for n, p in description.params.items()}
-        self.param_inits = {n: p.init for n, p in description.params.items()}
+        self._set_params(description.params)
         self.hidden_size = description.sizes.get("H", self.state_sizes[self.output])
         self.batch_first = description.batch_first
+
+    def _set_params(self, specs: dict) -> None:
+        """The parameters the caller passes, and the matrices derived from them (see
+        ParamSpec.derived): those the kernels take as parameters too, computed here."""
+        self.param_shapes = {n: p.shape for n, p in specs.items() if p.derived is None}
+        self.param_inits = {n: p.init for n, p in specs.items() if p.derived is None}
+        self.derived = {n: p for n, p in specs.items() if p.derived is not None}
+        self.kernel_param_shapes = {n: p.shape for n, p in specs.items()}
+
+    def _expand(self, params):
+        """The caller's parameters plus each derived matrix, computed from them."""
+        missing = [n for n in self.derived if n not in params]
+        if not missing:
+            return params
+        xp = getattr(self, "xp", np)
+        full = dict(params)
+        for name in missing:
+            spec = self.derived[name]
+            value = xp.zeros(spec.shape, self.dtype)
+            for term in spec.derived:
+                if term.param is None:
+                    value += self.dtype.type(term.coef) * xp.eye(spec.shape[0], dtype=self.dtype)
+                else:
+                    source = params[term.param]
+                    value += self.dtype.type(term.coef) * (source.T if term.transposed
+                                                           else source)
+            full[name] = value
+        return full
+
+    def _fold(self, dparams: dict) -> dict:
+        """Gradients of the caller's parameters: each derived matrix's gradient flows back
+        to the parameters it was made of."""
+        if not self.derived:
+            return dparams
+        out = {n: g for n, g in dparams.items() if n not in self.derived}
+        for name, spec in self.derived.items():
+            grad = dparams[name]
+            for term in spec.derived:
+                if term.param is not None:
+                    part = self.dtype.type(term.coef) * (grad.T if term.transposed else grad)
+                    out[term.param] = out[term.param] + part
+        return out
 
     def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
         """Parameters as PyTorch initializes them: uniform(-1/sqrt(H), 1/sqrt(H)), except
@@ -59,6 +100,8 @@ class CellBase(abc.ABC):
             init = self.param_inits.get(name)
             if init is None:
                 params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
+            elif init == "eye":
+                params[name] = np.eye(*shape, dtype=self.dtype)
             else:
                 params[name] = np.full(shape, init, dtype=self.dtype)
         return params
@@ -108,7 +151,7 @@ class CellBase(abc.ABC):
         lengths = check_lengths(lengths, *x.shape[:2])
         x = zero_padding(x, lengths, getattr(self, "xp", np))
         seed = check_seed(seed) if train and masks else None
-        y, final, saved = self._run_forward(x, params, state, train, lengths, seed)
+        y, final, saved = self._run_forward(x, self._expand(params), state, train, lengths, seed)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
@@ -174,7 +217,9 @@ class Tape:
                                      f"{', '.join(cell.state_sizes)})")
                 full[name] = check_array(f"dstate['{name}']", value,
                                          (B, cell.state_sizes[name]), cell.dtype)
-        dx, dparams, dstate0 = cell._run_backward(self.saved, self.params, dy, full)
+        dx, dparams, dstate0 = cell._run_backward(self.saved, cell._expand(self.params), dy,
+                                                  full)
+        dparams = cell._fold(dparams)
         if cell.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return {"x": dx, "params": dparams, "state": dstate0}

@@ -110,9 +110,30 @@ def _size(value, where: str) -> int:
 
 
 @dataclass(frozen=True)
+class DerivedTerm:
+    """One term of a derived matrix: coef * param (transposed) or coef * identity."""
+
+    coef: float
+    param: str | None  # None: the identity
+    transposed: bool = False
+
+    def to_json(self) -> list:
+        return [self.coef, self.param, self.transposed]
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     shape: tuple[int, ...]
-    init: float | None = None  # a constant the spec gives it, else PyTorch's uniform
+    init: float | str | None = None  # a constant, "eye" (identity), or PyTorch's uniform
+    # A matrix the cell computes from its parameters once per call (`(W - W.T) @ h`):
+    # the sum of these terms. The caller never passes it; its gradient flows back.
+    derived: tuple[DerivedTerm, ...] | None = None
+
+    def to_json(self) -> dict:
+        data: dict = {"shape": list(self.shape), "init": self.init}
+        if self.derived is not None:
+            data["derived"] = [t.to_json() for t in self.derived]
+        return data
 
 
 @dataclass(frozen=True)
@@ -133,8 +154,7 @@ class CellDescription:
         return {"cell": self.name, "target": self.target, "dtype": self.dtype,
                 "sizes": dict(self.sizes), "input_size": self.input_size,
                 "output": self.output, "states": dict(self.states),
-                "params": {n: {"shape": list(p.shape), "init": p.init}
-                           for n, p in self.params.items()},
+                "params": {n: p.to_json() for n, p in self.params.items()},
                 "batch_first": self.batch_first}
 
     @classmethod
@@ -157,15 +177,44 @@ class CellDescription:
             if not 1 <= len(shape) <= 2:
                 p.fail("shape", f"must have 1 or 2 dimensions, got {shape!r}")
             init = p.data.get("init")
-            if init is not None and (isinstance(init, bool)
-                                     or not isinstance(init, (int, float))):
-                p.fail("init", f"must be a number or null, got {init!r}")
-            params[name] = ParamSpec(tuple(_size(d, f"{p.where}: shape") for d in shape),
-                                     init)
+            if init is not None and init != "eye" and (isinstance(init, bool)
+                                                       or not isinstance(init, (int, float))):
+                p.fail("init", f"must be a number, \"eye\" or null, got {init!r}")
+            dims = tuple(_size(d, f"{p.where}: shape") for d in shape)
+            derived = p.data.get("derived")
+            if derived is not None:
+                derived = _derived_terms(derived, dims, p)
+            params[name] = ParamSpec(dims, init, derived)
+        for name, spec in params.items():  # derived from the others, with their shapes
+            for term in spec.derived or ():
+                source = params.get(term.param) if term.param is not None else None
+                if term.param is not None and (source is None or source.derived is not None):
+                    r.fail("params", f"derived matrix {name!r} reads {term.param!r}, which "
+                                     "is no parameter the caller passes")
+                shape = (spec.shape if source is None else
+                         source.shape[::-1] if term.transposed else source.shape)
+                if shape != spec.shape or (term.param is None and shape[0] != shape[1]):
+                    r.fail("params", f"derived matrix {name!r} ({spec.shape}) has a term of "
+                                     f"shape {shape}")
         return cls(name=r.string("cell"), target=r.string("target"), dtype=dtype, sizes=sizes,
                    input_size=r.size("input_size"), output=output, states=states,
                    params=params,
                    batch_first=r.get("batch_first", bool, optional=True, default=False))
+
+
+def _derived_terms(data, shape: tuple, reader) -> tuple[DerivedTerm, ...]:
+    if len(shape) != 2 or not isinstance(data, list) or not data:
+        reader.fail("derived", f"must be a non-empty list of terms of a matrix, got {data!r}")
+    terms = []
+    for item in data:
+        if not (isinstance(item, list) and len(item) == 3
+                and isinstance(item[0], (int, float)) and not isinstance(item[0], bool)
+                and (item[1] is None or isinstance(item[1], str))
+                and isinstance(item[2], bool)):
+            reader.fail("derived", f"a term is [coefficient, parameter or null, transposed], "
+                                   f"got {item!r}")
+        terms.append(DerivedTerm(float(item[0]), item[1], item[2]))
+    return tuple(terms)
 
 
 @dataclass(frozen=True)

@@ -262,8 +262,9 @@ class PackedParams(dict):
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
     __ior__ = _immutable
 
-    def __reduce__(self):  # copies and pickles are plain dicts of the parameters
-        return dict, (dict(self),)
+    def __reduce__(self):  # copies and pickles are plain dicts of the caller's parameters
+        derived = getattr(self._owner, "derived", {})
+        return dict, ({n: v for n, v in self.items() if n not in derived},)
 
 
 class NativeCell(CellBase):
@@ -306,7 +307,7 @@ class NativeCell(CellBase):
     def pack_params(self, params: dict) -> PackedParams:
         """Validate and pack parameters once, for many forward calls with them."""
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
-        plain = {n: _frozen(v) for n, v in params.items()}
+        plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
         packs = self._packs(plain)  # fresh arrays, referenced nowhere else
         for array in packs.values():
             array.flags.writeable = False
@@ -329,7 +330,7 @@ class NativeCell(CellBase):
             done = None
             if type(params) is PackedParams and params.validated_for is self:
                 done = self.plans.forward(x, params, None, state)
-            elif type(params) is dict:
+            elif type(params) is dict and not self.derived:
                 done = self.plans.forward(x, params, lambda: self._addresses(params), state)
             if done is not None:
                 return done
@@ -509,8 +510,8 @@ class NativeCell(CellBase):
         per_slice = [dict(sl, **rng) for sl, rng in zip(saved.slices,
                                                         _rng_slices(saved.seed, saved.bounds))]
         out = self._call("backward", T, saved.bounds, given, per_slice=per_slice)
-        dparams = {n: np.zeros(s, self.dtype) for n, s in self.param_shapes.items()}
-        for name in self.param_shapes:
+        dparams = {n: np.zeros(s, self.dtype) for n, s in self.kernel_param_shapes.items()}
+        for name in self.kernel_param_shapes:
             if names.dparam(name) in out:
                 dparams[name] += out[names.dparam(name)]
         for name, same in self.contract.gradient_aliases.items():

@@ -277,8 +277,7 @@ def manifest_for(program: Program, sizes: dict[str, int], target: str) -> tuple[
         "input_size": info.input[1].bind(sizes),
         "output": info.output,
         "states": {n: s.bind(sizes) for n, s in info.states.items()},
-        "params": {n: {"shape": [d.bind(sizes) for d in info.param_shape(n)], "init": p.init}
-                   for n, p in info.params.items()},
+        "params": {n: p.to_json() for n, p in info.param_specs(sizes).items()},
         "plan": plan,
     }
     return source, manifest

@@ -326,4 +326,4 @@ class GpuCell(CellBase):
         for param, array in vector_grads.items():
             out[param] = dev.to_user(array, 0, self.param_shapes[param])
         return {name: out[name] if name in out else xp.zeros(shape, self.dtype)
-                for name, shape in self.param_shapes.items()}
+                for name, shape in self.kernel_param_shapes.items()}
