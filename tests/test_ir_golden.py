@@ -11,6 +11,7 @@ from lstmc.frontend.checker import check
 from lstmc.frontend.parser import parse
 from lstmc.frontend.source import Source
 from lstmc.ir.graph import Graph, format_node
+from lstmc.passes.fold_constants import fold_constants
 from lstmc.passes.fuse_gates import fuse_gates
 from lstmc.passes.pipeline import lower, unfused_graph
 
@@ -27,6 +28,11 @@ def _build(cell) -> str:
     return "\n".join(_graph_text(unfused_graph(cell)[1]))
 
 
+def _fold_constants(cell) -> str:
+    """Every elementwise node of constants replaced by its value; nothing else changed."""
+    return "\n".join(_graph_text(fold_constants(unfused_graph(cell)[1])))
+
+
 def _fuse_gates(cell) -> str:
     """Products sharing an operand packed; products of x hoisted out of the loop."""
     graph, hoisted = fuse_gates(unfused_graph(cell)[1])
@@ -41,7 +47,8 @@ def _lower(cell) -> str:
     return lower(cell).format(backward=True)
 
 
-PASSES = {"build": _build, "fuse_gates": _fuse_gates, "lower": _lower}
+PASSES = {"build": _build, "fold_constants": _fold_constants, "fuse_gates": _fuse_gates,
+          "lower": _lower}
 
 
 def _read(path: Path) -> tuple[str, str, str]:

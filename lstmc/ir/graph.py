@@ -108,11 +108,18 @@ class Graph:
         self.nodes: list[Node] = []
         self.outputs: dict[str, Node] = {}
         self._interned: dict[tuple, Node] = {}
+        # Set by the fold_constants pass and kept by every rewrite after it: an elementwise
+        # node of constants is built as the constant it evaluates to (forward and backward).
+        self.folds_constants = False
 
     # -- construction -------------------------------------------------------------------
 
     def node(self, op: AnyOp, inputs: Iterable[Node] = (), size: Size | None = None, attr=None) -> Node:
         inputs = tuple(inputs)
+        if self.folds_constants and is_elementwise(op) and all(i.op == Op.CONST for i in inputs):
+            value = ops.fold(op, [i.attr for i in inputs])
+            if value is not None:
+                return self.const(value)
         key = (op, tuple(i.id for i in inputs), attr)
         found = self._interned.get(key)
         if found is not None:

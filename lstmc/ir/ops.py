@@ -84,6 +84,14 @@ def unregister(name: str) -> None:
     REGISTRY.pop(name)
 
 
+def fold(op: Elementwise, values: list[float]) -> float | None:
+    """The op applied to constants, by its reference definition in float64; None where the
+    result is not finite (a kernel has no literal for it), so the node stays as written."""
+    with np.errstate(all="ignore"):
+        result = float(np.asarray(op.reference(*(np.array(v, np.float64) for v in values))))
+    return result if math.isfinite(result) else None
+
+
 def functions() -> dict[str, Elementwise]:
     """The ops a spec may call by name."""
     return {name: op for name, op in REGISTRY.items() if op.function}

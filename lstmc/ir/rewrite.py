@@ -10,8 +10,10 @@ from .graph import Graph, Node
 Transform = Callable[[Graph, Node, tuple[Node, ...]], "Node | None"]
 
 
-def rewrite(graph: Graph, transform: Transform) -> Graph:
+def rewrite(graph: Graph, transform: Transform, fold_constants: bool | None = None) -> Graph:
+    """The copy folds constants as `graph` does, unless `fold_constants` says otherwise."""
     new = Graph()
+    new.folds_constants = graph.folds_constants if fold_constants is None else fold_constants
     mapping: dict[int, Node] = {}
     for node in graph.live_nodes():
         inputs = tuple(mapping[i.id] for i in node.inputs)

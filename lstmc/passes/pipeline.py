@@ -7,6 +7,7 @@ from ..ir.build import CellInfo, build_step_graph
 from ..ir.graph import REGENERATED, Graph, Op
 from ..ir.program import Program, format_program
 from .autodiff import autodiff
+from .fold_constants import fold_constants
 from .fuse_gates import fuse_gates
 from .schedule import stage
 
@@ -20,11 +21,13 @@ def unfused_graph(cell: CheckedCell) -> tuple[CellInfo, Graph]:
 def lower(cell: CheckedCell) -> Program:
     """Run the passes in order, verifying the IR after each."""
     info, graph = unfused_graph(cell)                 # 1. the step as written
-    graph, hoisted = fuse_gates(graph)                # 2. pack products, hoist x products
+    graph = fold_constants(graph)                     # 2. constants folded, from here on
+    graph.verify()
+    graph, hoisted = fuse_gates(graph)                # 3. pack products, hoist x products
     graph.verify()
     forward_nodes = graph.live_nodes()
     forward_ids = {n.id for n in forward_nodes}
-    gradients = autodiff(graph)                       # 3. reverse mode, appended in place
+    gradients = autodiff(graph)                       # 4. reverse mode, appended in place
     graph.verify()
     backward_nodes = [n for n in graph.live_nodes(gradients.values()) if n.id not in forward_ids]
     # Masks are drawn again in the backward step, never stored.
@@ -32,7 +35,7 @@ def lower(cell: CheckedCell) -> Program:
                  if i.id in forward_ids and i.op not in REGENERATED and i.op != Op.PARAM}
     for product in (n for n in forward_nodes if n.op == Op.MATMUL):
         saved_ids.add(product.inputs[0].id)  # operands feed the deferred weight gradients
-    return Program(                                   # 4. stage both steps
+    return Program(                                   # 5. stage both steps
         info=info,
         graph=graph,
         hoisted=hoisted,
