@@ -30,6 +30,15 @@ def lstm(p, x, s):
     return {"h": o * np.tanh(c2), "c": c2}
 
 
+def lstm_packed(p, x, s):
+    """nn.LSTM's own equations on its stacked weights: gates i, f, g, o by rows."""
+    h, c = s["h"], s["c"]
+    z = mv(p["weight_ih"], x) + p["bias_ih"] + mv(p["weight_hh"], h) + p["bias_hh"]
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c2 = sig(f) * c + sig(i) * np.tanh(g)
+    return {"h": sig(o) * np.tanh(c2), "c": c2}
+
+
 def lstmp(p, x, s):
     new = lstm(p, x, s)
     return {"h": mv(p["W_hr"], new["h"]), "c": new["c"]}
@@ -172,6 +181,7 @@ RANDOM = {zoneout_lstm, awd_lstm}  # steps that take `draw(site, p, per_sequence
 
 STEPS = {
     "lstm": lstm,
+    "lstm_packed": lstm_packed,
     "lstmp": lstmp,
     "peephole_lstm": peephole,
     "greff/nig": lambda p, x, s: peephole(p, x, s, input_gate=False),

@@ -88,6 +88,18 @@ BAD_SPECS = [
      SpecError, "size mismatch in 'where': arguments have sizes I and H", 3, 24),
     (HEADER + "  param W, W_mx, p\n  h' = tanh(W @ x) + mean(W_mx @ p)\n}\n",
      SpecError, "cannot infer the sizes of parameters 'W_mx', 'p' from their use", 2, 12),
+    (HEADER + "  param W: [4*H, I]\n  h' = tanh((W @ x)[0:5*H])\n}\n",
+     SpecError, "slice [0:5*H] is not inside a value of size 4*H", 3, 13),
+    (HEADER + "  param W: [4*H, I]\n  h' = tanh((W @ x)[2*H:H])\n}\n",
+     SpecError, "slice [2*H:H] is not inside a value of size 4*H", 3, 13),
+    (HEADER + "  param W: [2*H, I]\n  h' = tanh((W @ x)[H:H])\n}\n",
+     SpecError, "slice [H:H] is not inside a value of size 2*H", 3, 13),
+    (HEADER + "  param W\n  h' = tanh((W @ x)[0:H])\n}\n",
+     SpecError, "cannot slice a value whose size is not known yet", 3, 13),
+    (HEADER + "  param W: [0*H, I]\n  h' = tanh(W @ x)\n}\n",
+     SpecSyntaxError, "a size must be a name or a positive integer, not 0 (or a sum", 2, 13),
+    (HEADER + "  state c: 2*H\n  param W\n  c' = W @ x\n  h' = c\n}\n",
+     SpecError, "size mismatch: state h has size H, but its new value has size 2*H", 5, 8),
 ]
 
 
@@ -173,7 +185,7 @@ INSTEAD = [
     (HEADER + "  param W\n  h' = W @ x != h\n}\n", "`(a >= b) * (a <= b)`"),
     (HEADER + "  param W\n  h' = (W @ x > 0) && (h > 0)\n}\n", "`(a > 0) * (b > 0)`"),
     (HEADER + "  param W\n  h' = (W @ x > 0) || (h > 0)\n}\n", "take their max for 'or'"),
-    (HEADER + "  param W\n  h' = W @ x[0]\n}\n", "no indexing or slicing"),
+    (HEADER + "  param W\n  h' = W @ x[0]\n}\n", "a slice `v[a:b]`"),
     (HEADER + "  param W\n  h' = W @ x ** h\n}\n", "exp(y * log(a))"),
     (HEADER + "  param W\n  h' = (W @ x < h < 1) * h\n}\n", "`(a < b) * (b < c)`"),
 ]

@@ -60,9 +60,9 @@ class ReferenceExecutor:
         if op == Op.SLICE:
             offset, size = (s.bind(self.sizes) for s in (node.attr.offset, node.attr.size))
             return args[0][..., offset:offset + size]
-        if op == Op.CONCAT:
-            width = lambda a: a.shape[-1]
-            return np.concatenate([np.broadcast_to(a, (batch, width(a))) for a in args], axis=-1)
+        if op == Op.CONCAT:  # parts may be per-row scalars or constants (one unit each)
+            return np.concatenate([np.broadcast_to(a, (batch, part.size.bind(self.sizes)))
+                                   for a, part in zip(args, node.inputs)], axis=-1)
         if op == Op.BROADCAST:
             return np.broadcast_to(args[0], (batch, node.size.bind(self.sizes))).copy()
         if op == Op.SUM:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import Location
+from ..ir.size import Size
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,26 @@ class Transpose:
 
 
 @dataclass(frozen=True)
+class Slice:
+    operand: Expr
+    start: Size  # units start <= j < stop of the operand
+    stop: Size
+    loc: Location
+
+
+@dataclass(frozen=True)
 class MatMul:
     matrix: str | Expr  # a parameter's name, or a matrix expression (`(W - W.T)`, `W.T`)
     operand: Expr
     loc: Location  # position of the matrix
 
 
-Expr = Number | Var | Call | BinOp | Neg | MatMul | Transpose
+Expr = Number | Var | Call | BinOp | Neg | MatMul | Transpose | Slice
 
 
 @dataclass(frozen=True)
 class SizeRef:
-    value: str | int
+    value: str | int | Size  # a name, an integer, or a compound size (`4*H`)
     loc: Location
 
 
@@ -106,7 +115,7 @@ def children(expr: Expr) -> tuple[Expr, ...]:
         return (expr.left, expr.right)
     if isinstance(expr, Call):
         return expr.args
-    if isinstance(expr, (Neg, MatMul)):
+    if isinstance(expr, (Neg, MatMul, Slice)):
         return (expr.operand,)
     return ()
 

@@ -11,10 +11,13 @@ import difflib
 from dataclasses import dataclass, field
 
 from ..errors import Location, SpecError
+from ..ir.size import Size
 from . import ast
 from .functions import all_functions, lookup
 
-SizeAtom = str | int  # a named size (H) or an integer; 1 is a per-row scalar
+# A named size (H), an integer (1 is a per-row scalar), or a compound size (4*H: a Size,
+# never equal to a name or an integer, so that equal sizes have one form).
+SizeAtom = str | int | Size
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class CheckedCell:
         atoms = [self.input[1], *self.states.values()]
         atoms += [a for p in self.params.values() for a in p.shape]
         for atom in atoms:
-            if isinstance(atom, str) and atom not in names:
-                names.append(atom)
+            for name in Size.of(atom).names if isinstance(atom, (str, Size)) else ():
+                if name not in names:
+                    names.append(name)
         return names
 
 
@@ -252,6 +256,8 @@ class _Checker:
             return self._binop(expr, *sizes), constant
         if isinstance(expr, ast.Neg):
             return sizes[0], constant
+        if isinstance(expr, ast.Slice):
+            return self._slice(expr, sizes[0]), constant
         if isinstance(expr, ast.Transpose):
             raise SpecError(f"{expr.name}.T is a matrix: it can only multiply a vector "
                             f"(`{expr.name}.T @ h`)", expr.loc)
@@ -295,6 +301,24 @@ class _Checker:
         hint = f"did you mean '{close[0]}'?" if close else (
             "declare learned values with `param NAME` and states with `state NAME: SIZE`")
         return SpecError(f"undefined name '{name}'", loc, hint=hint)
+
+    def _slice(self, expr: ast.Slice, operand: int) -> int:
+        """`v[a:b]`: v's size must be known here, and 0 <= a < b <= size for every
+        binding of the names (`gates[H:2*H]` of a `4*H` vector)."""
+        known = self.sizes.get(operand)
+        if known is None:
+            raise SpecError(
+                "cannot slice a value whose size is not known yet", expr.loc,
+                hint="declare the shapes of the parameters it comes from (`param W: [4*H, I]`)")
+        size = Size.of(known)
+        width = expr.stop - expr.start
+        if not (width.surely_positive and (size - expr.stop).surely_nonnegative):
+            raise SpecError(
+                f"slice [{expr.start}:{expr.stop}] is not inside a value of size {size} (it "
+                f"needs 0 <= start < stop <= {size} for every size)", expr.loc)
+        if size == Size.of(1):
+            raise SpecError("a per-row scalar has nothing to slice", expr.loc)
+        return self.sizes.new(width.atom)
 
     def _param_use(self, name: str, rank: int, loc: Location) -> tuple[int, ...]:
         param = self.params[name]

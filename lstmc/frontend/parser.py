@@ -9,6 +9,7 @@ import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from ..errors import SpecSyntaxError
+from ..ir.size import Size
 from . import ast
 from .source import Source
 
@@ -21,13 +22,15 @@ _LOGIC = ("there are no logical operators: multiply masks for 'and' (`(a > 0) * 
           "take their max for 'or', and write `1 - m` for 'not'")
 _EQUALITY = ("there is no equality test: comparisons are <, <=, > and >=; a mask of a == b "
              "is `(a >= b) * (a <= b)`")
+_SLICE = ("a part of a vector is a slice `v[a:b]`, units a <= j < b, the bounds sizes "
+          "(`gates[H:2*H]`; one unit: `v[0:1]`)")
 # Characters people reach for that the language spells otherwise: what to write instead.
 _INSTEAD = {
     "^": "a power is written `a ** c`; " + _TRANSPOSE,
     "%": "the remainder is written `mod(a, b)` (the sign of b, as Python's %)",
     "&": _LOGIC, "|": _LOGIC, "~": _LOGIC,
     "!": _LOGIC,  # `!=`: see _syntax_error
-    "[": "values are whole vectors: there is no indexing or slicing",
+    "[": _SLICE, "]": _SLICE,
     ".": "there are no attributes or methods; " + _TRANSPOSE,  # `.T` is the one
 }
 
@@ -143,15 +146,43 @@ class _ToAst(Transformer_NonRecursive):
         return ast.Port(str(name), size, self._loc(name))
 
     def size(self, meta, children):
-        (token,) = children
-        if token.type == "NUMBER":
-            if not token.value.isdigit() or int(token.value) < 1:
-                raise SpecSyntaxError(
-                    f"a size must be a name or a positive integer, not {token.value}",
-                    self._loc(token),
-                )
-            return ast.SizeRef(int(token.value), self._loc(token))
-        return ast.SizeRef(str(token), self._loc(token))
+        """A name, a positive integer, or a sum of multiples (`4*H`, `2*H + 1`): the
+        checker's atom for it (a name, an int, or a compound Size)."""
+        total = self._size_sum(children, "a size must be a name or a positive integer, not "
+                                         "{} (or a sum of their multiples: `4*H`, `2*H + 1`)")
+        first = children[0][0] if isinstance(children[0], tuple) else children[0]
+        return ast.SizeRef(total.atom, self._loc(first))
+
+    def bound(self, meta, children):
+        """A slice bound: a size that may be 0."""
+        return self._size_sum(children, "a slice bound must be a size (`0`, `H`, `2*H`), not {}",
+                              zero=True)
+
+    def _size_sum(self, children, message: str, zero: bool = False) -> Size:
+        total = Size()
+        for term in children:
+            number, name = term if isinstance(term, tuple) else (
+                (term, None) if term.type == "NUMBER" else (None, term))
+            count = 1
+            if number is not None:
+                allowed = number.value.isdigit() and (int(number.value) >= 1 or (
+                    zero and name is None and len(children) == 1))
+                if not allowed:
+                    raise SpecSyntaxError(message.format(number.value), self._loc(number))
+                count = int(number.value)
+            total = total + (Size.of(str(name)).scaled(count) if name is not None else count)
+        return total
+
+    def size_term(self, meta, children):
+        return children[0]
+
+    def scaled_size(self, meta, children):
+        number, name = children
+        return (number, name)
+
+    def slice(self, meta, children):
+        operand, start, stop = children
+        return ast.Slice(operand, start, stop, self._loc(meta))
 
     def state_decl(self, meta, ports):
         return list(ports)

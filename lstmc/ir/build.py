@@ -12,7 +12,7 @@ from ..frontend import ast
 from ..frontend.checker import CheckedCell, ParamInfo, matrix_text
 from ..frontend.functions import lookup
 from . import ops
-from .graph import Graph, Node, Op, ProductAttr
+from .graph import Graph, Node, Op, ProductAttr, SliceAttr
 from .size import SCALAR, Size
 
 _BINARY = {"+": ops.ADD, "-": ops.SUB, "*": ops.MUL, "/": ops.DIV}
@@ -83,6 +83,11 @@ class _Builder:
             return self.var(e)
         if isinstance(e, ast.Neg):
             return g.unary(ops.NEG, args[0])
+        if isinstance(e, ast.Slice):
+            if e.start == Size() and e.stop == args[0].size:
+                return args[0]  # the whole value
+            width = e.stop - e.start
+            return g.node(Op.SLICE, args, width, SliceAttr(e.start, width))
         if isinstance(e, ast.BinOp):
             if e.op == "**":  # the checker saw a constant exponent
                 return g.binary(ops.POW, args[0], g.const(_number(e.right)))

@@ -120,7 +120,10 @@ class Graph:
             value = ops.fold(op, [i.attr for i in inputs])
             if value is not None:
                 return self.const(value)
-        key = (op, tuple(i.id for i in inputs), attr)
+        # A broadcast is the one op whose size its operands do not decide: part of its key
+        # (zeros of size H and of size H-1 are two nodes).
+        key = (op, tuple(i.id for i in inputs), attr,
+               Size.of(size) if op == Op.BROADCAST and size is not None else None)
         found = self._interned.get(key)
         if found is not None:
             return found

@@ -34,6 +34,43 @@ class Size:
     def __radd__(self, other: Size | str | int) -> Size:
         return Size.of(other) + self
 
+    def __neg__(self) -> Size:
+        return Size(tuple((n, -c) for n, c in self.terms), -self.const)
+
+    def __sub__(self, other: Size | str | int) -> Size:
+        return self + -Size.of(other)
+
+    def scaled(self, factor: int) -> Size:
+        return Size(tuple((n, c * factor) for n, c in self.terms if c * factor), self.const * factor)
+
+    @property
+    def surely_nonnegative(self) -> bool:
+        """>= 0 for every binding of the names to positive integers: no name counts
+        negatively, and the smallest binding (every name 1) gives >= 0 (`H - 1`)."""
+        return all(c >= 0 for _, c in self.terms) and self.bind_all(1) >= 0
+
+    @property
+    def surely_positive(self) -> bool:
+        """>= 1 for every binding of the names to positive integers."""
+        return all(c >= 0 for _, c in self.terms) and self.bind_all(1) >= 1
+
+    def __int__(self) -> int:
+        if self.terms:
+            raise TypeError(f"size {self} is not a plain integer")
+        return self.const
+
+    def bind_all(self, value: int) -> int:
+        return self.const + sum(c * value for _, c in self.terms)
+
+    @property
+    def atom(self) -> Size | str | int:
+        """The checker's form of a size: a name, an integer, or this Size when compound."""
+        if not self.terms:
+            return self.const
+        if self.const == 0 and self.terms == ((self.terms[0][0], 1),):
+            return self.terms[0][0]
+        return self
+
     @property
     def is_scalar(self) -> bool:
         return not self.terms and self.const == 1

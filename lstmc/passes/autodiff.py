@@ -97,22 +97,41 @@ def autodiff(graph: Graph) -> dict[Key, Node]:
 
 
 def _slices_to_concat(g: Graph, whole: Node, slices: list[Node], contributions) -> Node:
-    """Gradient of a packed value from the gradients of its slices, which tile it in
-    packing order (their ids follow that order); parts nobody reads get zeros."""
-    cursor, parts = Size(), []
-    for s in sorted(slices, key=lambda s: s.id):
-        offset, size = s.attr.offset, s.attr.size
-        if offset != cursor:
-            raise AssertionError("slices of a packed value must tile it in order")
+    """Gradient of a value from the gradients of its slices. Where the slices tile it (a
+    packed product's, or `gates[0:H]` ... `gates[3*H:4*H]` in any order), the concat of
+    their gradients, zeros for parts nobody reads; otherwise (overlapping slices, parts
+    never read) the sum of each slice's gradient put in place between zeros."""
+    def gradient(s: Node) -> Node | None:
         grads = contributions.get(s.id)
-        if grads:
-            d = grads[0]
-            for more in grads[1:]:
-                d = g.add(d, more)
-        else:
-            d = g.broadcast(g.const(0.0), size)
-        parts.append(d)
-        cursor = cursor + size
-    if cursor != whole.size:
-        raise AssertionError("slices of a packed value must cover it")
-    return parts[0] if len(parts) == 1 else g.node(Op.CONCAT, parts)
+        if not grads:
+            return None
+        d = grads[0]
+        for more in grads[1:]:
+            d = g.add(d, more)
+        return d
+
+    def zeros(size: Size) -> Node:
+        return g.broadcast(g.const(0.0), size)
+
+    by_offset: dict[Size, Node] = {}
+    for s in sorted(slices, key=lambda s: s.id):
+        by_offset.setdefault(s.attr.offset, s)
+    tiles, cursor = [], Size()
+    while cursor in by_offset and cursor != whole.size:
+        tiles.append(by_offset[cursor])
+        cursor = cursor + by_offset[cursor].attr.size
+    if cursor == whole.size and len(tiles) == len(slices):
+        parts = [gradient(s) or zeros(s.attr.size) for s in tiles]
+        return parts[0] if len(parts) == 1 else g.node(Op.CONCAT, parts)
+    total: Node | None = None
+    for s in slices:
+        d = gradient(s)
+        if d is None:
+            continue
+        before, after = s.attr.offset, whole.size - s.attr.offset - s.attr.size
+        parts = ([zeros(before)] if before != Size() else []) + [d] + (
+            [zeros(after)] if after != Size() else [])
+        placed = parts[0] if len(parts) == 1 else g.node(Op.CONCAT, parts)
+        total = placed if total is None else g.add(total, placed)
+    assert total is not None  # called only when some slice has a gradient
+    return total

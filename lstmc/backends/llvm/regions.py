@@ -186,6 +186,10 @@ class RegionEmitter:
             value = b.load(accumulators[n.id], typ=self.ftype)
             if n.op == Op.MEAN:
                 value = b.fdiv(value, self.math.const(float(env.size(n.inputs[0]))))
+        elif n.op == Op.SLICE:  # one unit of a vector in memory (`p[0:1]`)
+            offset = n.attr.offset.bind(env.sizes)
+            value = b.load(self._row_ptr(b, env.places[n.inputs[0].id], row, offset),
+                           typ=self.ftype)
         else:
             args = [self._load_scalar(b, u, env, row, values) for u in n.inputs]
             value = self._apply(b, n, args)
