@@ -14,6 +14,7 @@ from lstmc.ir.graph import Graph, format_node
 from lstmc.passes.fold_constants import fold_constants
 from lstmc.passes.fuse_gates import fuse_gates
 from lstmc.passes.pipeline import lower, unfused_graph
+from lstmc.passes.push_slices import push_slices
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,6 +34,11 @@ def _fold_constants(cell) -> str:
     return "\n".join(_graph_text(fold_constants(unfused_graph(cell)[1])))
 
 
+def _push_slices(cell) -> str:
+    """Slices that tile a value cut its operands instead (after folding constants)."""
+    return "\n".join(_graph_text(push_slices(fold_constants(unfused_graph(cell)[1]))))
+
+
 def _fuse_gates(cell) -> str:
     """Products sharing an operand packed; products of x hoisted out of the loop."""
     graph, hoisted = fuse_gates(unfused_graph(cell)[1])
@@ -47,8 +53,8 @@ def _lower(cell) -> str:
     return lower(cell).format(backward=True)
 
 
-PASSES = {"build": _build, "fold_constants": _fold_constants, "fuse_gates": _fuse_gates,
-          "lower": _lower}
+PASSES = {"build": _build, "fold_constants": _fold_constants, "push_slices": _push_slices,
+          "fuse_gates": _fuse_gates, "lower": _lower}
 
 
 def _read(path: Path) -> tuple[str, str, str]:

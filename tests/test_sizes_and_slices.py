@@ -127,3 +127,34 @@ def _grads(cell):
     state = {n: rng.standard_normal((2, s)).astype(dtype) for n, s in cell.state_sizes.items()}
     y, _, tape = cell.forward(x, params, state, train=True)
     return tape.backward(rng.standard_normal(y.shape).astype(dtype))
+
+
+def _step_outline(program):
+    """The fused step with the names left out: the hoisted GEMMs' rows, the recurrent
+    products, each stage's kind and its ops (op and size; slices aside, which only say
+    where a value is read), and what the backward step saves."""
+    from lstmc.ir.graph import Op
+
+    def stages(step):
+        return [(s.kind, sorted(f"{n.op.value}:{n.size}" for n in s.nodes if n.op != Op.SLICE))
+                for s in step]
+    return {"hoisted": [str(h.rows) for h in program.hoisted],
+            "products": [f"{p.size}x{p.attr.in_size}" for p in program.recurrent_products],
+            "forward": stages(program.forward), "backward": stages(program.backward),
+            "saved": [str(n.size) for n in program.saved]}
+
+
+def test_lstm_packed_compiles_to_the_step_of_lstm():
+    """PyTorch's stacked form and the split form are one fused step: one input GEMM of
+    4*H rows, one 4*H x H recurrent product, one elementwise region doing the same ops, the
+    same values saved; the GPU persistent kernel partitions both by units."""
+    from lstmc.api import bind_sizes
+    from lstmc.backends.gpu.kernels import generate
+    from lstmc.driver import lower_spec
+
+    split, packed = lower_spec(spec_path("lstm")), lower_spec(spec_path("lstm_packed"))
+    assert _step_outline(packed) == _step_outline(split)
+    assert [s.kind for s in packed.forward] == ["product", "elementwise"]
+    for program in (split, packed):
+        plan = generate(program, bind_sizes(program, 8, 16, {}))[1]
+        assert plan["modes"]["train"]["persistent"]["partition"] == "units"

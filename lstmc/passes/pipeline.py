@@ -9,6 +9,7 @@ from ..ir.program import Program, format_program
 from .autodiff import autodiff
 from .fold_constants import fold_constants
 from .fuse_gates import fuse_gates
+from .push_slices import push_slices
 from .schedule import stage
 
 
@@ -23,11 +24,13 @@ def lower(cell: CheckedCell) -> Program:
     info, graph = unfused_graph(cell)                 # 1. the step as written
     graph = fold_constants(graph)                     # 2. constants folded, from here on
     graph.verify()
-    graph, hoisted = fuse_gates(graph)                # 3. pack products, hoist x products
+    graph = push_slices(graph)                        # 3. slices cut products, not sums
+    graph.verify()
+    graph, hoisted = fuse_gates(graph)                # 4. pack products, hoist x products
     graph.verify()
     forward_nodes = graph.live_nodes()
     forward_ids = {n.id for n in forward_nodes}
-    gradients = autodiff(graph)                       # 4. reverse mode, appended in place
+    gradients = autodiff(graph)                       # 5. reverse mode, appended in place
     graph.verify()
     backward_nodes = [n for n in graph.live_nodes(gradients.values()) if n.id not in forward_ids]
     # Masks are drawn again in the backward step, never stored.
@@ -35,7 +38,7 @@ def lower(cell: CheckedCell) -> Program:
                  if i.id in forward_ids and i.op not in REGENERATED and i.op != Op.PARAM}
     for product in (n for n in forward_nodes if n.op == Op.MATMUL):
         saved_ids.add(product.inputs[0].id)  # operands feed the deferred weight gradients
-    return Program(                                   # 5. stage both steps
+    return Program(                                   # 6. stage both steps
         info=info,
         graph=graph,
         hoisted=hoisted,
