@@ -78,7 +78,7 @@ def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[s
 def _size_names(program: Program) -> set[str]:
     info = program.info
     names = set(info.input[1].names)
-    for size in info.states.values():
+    for size in [*info.extra_inputs.values(), *info.states.values()]:
         names |= size.names
     for name in info.params:
         for dim in info.param_shape(name):
@@ -217,6 +217,7 @@ class Cell(CellBase):
         self.name = info.name
         self.output = info.output
         self.input_size = info.input[1].bind(sizes)
+        self.extra_inputs = {n: size.bind(sizes) for n, size in info.extra_inputs.items()}
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
         self._set_params(info.param_specs(sizes))
         self.hidden_size = sizes.get("H", self.state_sizes[self.output])
@@ -230,7 +231,7 @@ class Cell(CellBase):
             sizes=dict(self.sizes), input_size=self.input_size, output=self.output,
             states=dict(self.state_sizes),
             params=self.program.info.param_specs(self.sizes),
-            batch_first=bool(self.batch_first))
+            batch_first=bool(self.batch_first), extra_inputs=dict(self.extra_inputs))
 
     def _run_forward(self, x, params, state, train, lengths, seed=None):
         return self._executor.forward(x, params, state, train, lengths, seed)

@@ -164,7 +164,8 @@ def summarize(program) -> str:
     products = ", ".join(f"{p.size}x{p.attr.in_size}" for p in program.recurrent_products) or "none"
     stages = sum(1 for s in program.forward if s.kind == "product")
     out_size = info.states[info.output]
-    return (f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}: {out_size}; "
+    inputs = ", ".join(f"{n}: {s}" for n, s in [info.input, *info.extra_inputs.items()])
+    return (f"cell {info.name}({inputs}) -> {info.output}: {out_size}; "
             f"states {states}; {len(info.params)} params {params}; "
             f"hoisted input products: {hoisted}; recurrent products per step: "
             f"{len(program.recurrent_products)} ({products}) in {stages} stage(s)")

@@ -29,21 +29,24 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
         raise ValueError("gradcheck needs a float64 cell: compile with dtype='float64'")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((steps, batch, cell.input_size))
+    inputs = {n: 2.0 * rng.standard_normal((steps, batch, size))  # the inputs after x
+              for n, size in getattr(cell, "extra_inputs", {}).items()}
     params = cell.init_params(seed)
     state = {n: 0.5 * rng.standard_normal((batch, s)) for n, s in cell.state_sizes.items()}
     # Dropout and zoneout: every evaluation draws the same masks, so the differences
     # check the gradient through those masks, as training computes it.
     masks = 0x5EED + seed
-    y, final, tape = cell.forward(x, params, state, train=True, seed=masks)
+    y, final, tape = cell.forward(x, params, state, train=True, seed=masks, inputs=inputs)
     dy = rng.standard_normal(y.shape)
     dstate = {n: rng.standard_normal(v.shape) for n, v in final.items()}
     grads = tape.backward(dy, dstate)
 
     def loss() -> float:
-        y, final, _ = cell.forward(x, params, state, train=True, seed=masks)
+        y, final, _ = cell.forward(x, params, state, train=True, seed=masks, inputs=inputs)
         return float(np.sum(dy * y) + sum(np.sum(dstate[n] * final[n]) for n in final))
 
     arrays = {"x": (x, grads["x"])}
+    arrays.update({f"inputs['{n}']": (inputs[n], grads["inputs"][n]) for n in inputs})
     arrays.update({f"params['{n}']": (params[n], grads["params"][n]) for n in params})
     arrays.update({f"state['{n}']": (state[n], grads["state"][n]) for n in state})
     differences, scales = {}, {}

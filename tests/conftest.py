@@ -41,6 +41,15 @@ def random_inputs(cell, T=4, B=3, seed=0, scale=1.0):
     return x, params, state
 
 
+def random_extra_inputs(cell, T=4, B=3, seed=0) -> dict:
+    """The inputs after the first of a cell that has several (`inputs=` of forward),
+    drawn at random: {} for the others. Timestamps (phased_lstm's ts) need no order."""
+    rng = np.random.default_rng(seed + 7919)
+    extra = getattr(cell, "extra_inputs", {})
+    return {n: (2.0 * rng.standard_normal((T, B, size))).astype(cell.dtype)
+            for n, size in extra.items()}
+
+
 @pytest.fixture(params=SPEC_NAMES)
 def spec_name(request):
     return request.param

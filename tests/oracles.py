@@ -176,6 +176,22 @@ def antisymmetric_rnn(p, x, s):
     return {"h": h + 0.01 * np.tanh(mv(A, h) + mv(p["V"], x) + p["b"])}
 
 
+def phased_lstm(p, x, s, ts):
+    """Neil et al. 2016, eqs. (1), (2), (4), (6)-(11): the peephole gates, the time gate
+    k of the timestamp ts (B, 1) with period tau, shift s, open ratio r_on, leak 0.001."""
+    h, c = s["h"], s["c"]
+    i = sig(mv(p["W_xi"], x) + mv(p["W_hi"], h) + p["w_ci"] * c + p["b_i"])
+    f = sig(mv(p["W_xf"], x) + mv(p["W_hf"], h) + p["w_cf"] * c + p["b_f"])
+    c_tilde = f * c + i * np.tanh(mv(p["W_xc"], x) + mv(p["W_hc"], h) + p["b_c"])
+    o = sig(mv(p["W_xo"], x) + mv(p["W_ho"], h) + p["w_co"] * c_tilde + p["b_o"])
+    h_tilde = o * np.tanh(c_tilde)
+    phi = np.remainder(ts - p["s"], p["tau"]) / p["tau"]
+    r_on = p["r_on"]
+    k = np.where(phi < r_on / 2, 2 * phi / r_on,
+                 np.where(phi < r_on, 2 - 2 * phi / r_on, 0.001 * phi))
+    return {"h": k * h_tilde + (1 - k) * h, "c": k * c_tilde + (1 - k) * c}
+
+
 RANDOM = {zoneout_lstm, awd_lstm}  # steps that take `draw(site, p, per_sequence=False)`
 
 
@@ -203,14 +219,20 @@ STEPS = {
     "zoneout_lstm": zoneout_lstm,
     "awd_lstm": awd_lstm,
     "antisymmetric_rnn": antisymmetric_rnn,
+    "phased_lstm": phased_lstm,
 }
 
 
-def run(step, params, x, state, output="h", seed=None):
+def run(step, params, x, state, output="h", seed=None, inputs=None):
     """The oracle over a sequence: (y (T, B, n), final state). Steps with masks draw
-    them from `seed` (None: inference, their expectations)."""
+    them from `seed` (None: inference, their expectations); `inputs` (T, B, n) arrays by
+    name: a cell's inputs after the first, given to the step by keyword."""
     ys = []
     for t in range(x.shape[0]):
+        if inputs:
+            state = step(params, x[t], state, **{n: v[t] for n, v in inputs.items()})
+            ys.append(state[output])
+            continue
         if step in RANDOM:
             shape = state[output].shape
             draw = None if seed is None else (

@@ -74,7 +74,7 @@ def test_backward_without_dstate_and_twice():
     g1 = tape.backward(dy)
     g2 = tape.backward(dy, {"c": np.zeros_like(final["c"])})
     np.testing.assert_array_equal(g1["x"], g2["x"])
-    assert set(g1) == {"x", "params", "state"}
+    assert set(g1) == {"x", "params", "state", "inputs"} and g1["inputs"] == {}
     assert g1["x"].shape == x.shape and set(g1["state"]) == {"h", "c"}
 
 

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import compile_spec, has_masks, random_inputs
+from conftest import compile_spec, has_masks, random_extra_inputs, random_inputs
 
 TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 
@@ -13,14 +13,16 @@ def run_both(name, dtype, lengths=None, T=5, B=3, seed=0, **sizes):
     reference = compile_spec(name, dtype=dtype, **sizes)
     native = compile_spec(name, dtype=dtype, target="cpu", **sizes)
     x, params, state = random_inputs(reference, T=T, B=B, seed=seed)
+    inputs = random_extra_inputs(reference, T=T, B=B, seed=seed)  # phased_lstm's ts
     results = []
     rng = np.random.default_rng(seed + 1)
     dy = rng.standard_normal((T, B, reference.state_sizes[reference.output])).astype(dtype)
     dstate = {n: rng.standard_normal((B, s)).astype(dtype)
               for n, s in reference.state_sizes.items()}
     for cell in (reference, native):
-        y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths, seed=99)
-        y_eval, final_eval = cell.forward(x, params, state, lengths=lengths)
+        y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths, seed=99,
+                                      inputs=inputs)
+        y_eval, final_eval = cell.forward(x, params, state, lengths=lengths, inputs=inputs)
         if not has_masks(reference):  # training computes the same, dropout aside
             np.testing.assert_allclose(y, y_eval, **TOLERANCE[dtype])
         results.append((y, final, tape.backward(dy, dstate)))
@@ -34,6 +36,10 @@ def assert_same(expected, got, dtype, name):
     for n in f0:
         np.testing.assert_allclose(f1[n], f0[n], **tol, err_msg=f"{name}: state {n}")
     np.testing.assert_allclose(g1["x"], g0["x"], **tol, err_msg=f"{name}: dx")
+    assert g1["inputs"].keys() == g0["inputs"].keys()
+    for n in g0["inputs"]:
+        np.testing.assert_allclose(g1["inputs"][n], g0["inputs"][n], **tol,
+                                   err_msg=f"{name}: d{n}")
     for n in g0["params"]:
         np.testing.assert_allclose(g1["params"][n], g0["params"][n], **tol,
                                    err_msg=f"{name}: d{n}")
@@ -49,7 +55,8 @@ def test_cpu_matches_reference(spec_name, dtype):
     assert_same(expected, got, dtype, spec_name)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru_cho", "lstmp", "layernorm_lstm", "indrnn"])
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "lstmp", "layernorm_lstm", "indrnn",
+                                  "phased_lstm"])
 def test_cpu_matches_reference_with_lengths(name):
     lengths = np.array([5, 2, 4, 1])
     expected, got = run_both(name, "float64", lengths=lengths, B=4)

@@ -228,3 +228,27 @@ def test_bad_input_is_a_named_error():
         lnn.Recurrent(PEEPHOLE, I, H, target="tpu")
     with pytest.raises(lstmc.SpecError):
         lnn.Recurrent("cell broken(x: I) -> h: H { h' = tanh(W @ x) + gg }", I, H)
+
+
+def test_opcheck_with_an_extra_input():
+    """A cell with inputs after the first (phased_lstm's timestamps): the op takes them
+    concatenated to x along the last axis, and returns their gradient as part of dx."""
+    torch.manual_seed(0)
+    module = lnn.Recurrent(str(ROOT / "specs" / "phased_lstm.lstm"), I, H,
+                           dtype=torch.float64)
+    x = torch.cat([torch.randn(T, B, I, dtype=torch.float64),
+                   torch.cumsum(torch.rand(T, B, 1, dtype=torch.float64), 0)], -1)
+    for lengths in (None, torch.tensor([5, 2, 4])):
+        args = _op_args(module, x, lengths, True)
+        assert args[1].shape == (T, B, I + 1)
+        torch.library.opcheck(torch.ops.lstmc.forward.default, args)
+        y, final, work = torch.ops.lstmc.forward(*args)
+        back = (args[0], args[1].detach(), [w.detach() for w in args[2]], work, lengths,
+                torch.randn_like(y), [torch.randn_like(f) for f in final], None)
+        torch.library.opcheck(torch.ops.lstmc.backward.default, back,
+                              test_utils=("test_schema", "test_faketensor"))
+        dx = torch.ops.lstmc.backward(*back)[0]
+        assert dx.shape == (T, B, I + 1) and dx[..., I:].abs().sum() > 0
+    with pytest.raises(lstmc.ShapeError, match=r"3 \+ 1 = 4 units packed"):
+        torch.ops.lstmc.forward(module._keys[0], x[..., :I], [w.detach() for w in
+                                module._weights(0, 0)], [], None, False, None)

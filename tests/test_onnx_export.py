@@ -90,6 +90,10 @@ def test_every_spec_exported_equals_the_reference(spec_name, layout):
     """Each shipped spec, one layer and a 2-layer bidirectional stack, with lengths (0
     included) and initial states; the native-operator specs also as Scan."""
     cell = compile_cell(spec_name, **LAYOUTS[layout])
+    if cell.extra_inputs:  # phased_lstm's timestamps: refused, by name
+        with pytest.raises(OnnxError, match="inputs after the first"):
+            export(cell, cell.init_params(0))
+        return
     x, params, _ = inputs(cell)
     forms = [True, False] if spec_name in NATIVE else [True]
     for native in forms:

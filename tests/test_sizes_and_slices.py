@@ -158,3 +158,53 @@ def test_lstm_packed_compiles_to_the_step_of_lstm():
     for program in (split, packed):
         plan = generate(program, bind_sizes(program, 8, 16, {}))[1]
         assert plan["modes"]["train"]["persistent"]["partition"] == "units"
+
+
+JOINED = """
+cell joined(x: I) -> h: H {
+  state c: 2*H + 1
+  param W: [H, I], U: [2*H + 1, 2*H + 1]
+  a  = tanh(W @ x)
+  c' = tanh(U @ concat(a, h, 1) + 0.5 * c)
+  h' = c'[0:H] * c'[H:2*H] + mean(concat(x, c'[2*H:2*H + 1], 0.5)) - sum(a) / H + I / (H + 1)
+}
+"""
+
+
+def _joined_step(P, x, h, c):
+    H, I = h.shape[-1], x.shape[-1]
+    a = np.tanh(x @ P["W"].T)
+    ones = np.ones((x.shape[0], 1))
+    c2 = np.tanh(np.concatenate([a, h, ones], -1) @ P["U"].T + 0.5 * c)
+    tail = np.concatenate([x, c2[:, 2 * H:], 0.5 * ones], -1).mean(-1, keepdims=True)
+    h2 = c2[:, :H] * c2[:, H:2 * H] + tail - a.sum(-1, keepdims=True) / H + I / (H + 1)
+    return h2, c2
+
+
+@pytest.mark.parametrize("target,dtype,tol", TARGETS)
+def test_concat_and_sizes_as_numbers(target, dtype, tol):
+    """concat of vectors, a state and numbers; H and I as numbers in expressions."""
+    _needs(target)
+    I, H, T, B = 3, 4, 5, 2
+    cell = lstmc.compile(JOINED, I, H, target=target, dtype=dtype)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    params = {n: rng.uniform(-0.7, 0.7, s).astype(dtype) for n, s in cell.param_shapes.items()}
+    state = {n: rng.standard_normal((B, s)).astype(dtype) for n, s in cell.state_sizes.items()}
+    y, final, tape = cell.forward(x, params, state, train=True)
+    h, c = state["h"].astype(np.float64), state["c"].astype(np.float64)
+    for t in range(T):
+        h, c = _joined_step(params, x[t].astype(np.float64), h, c)
+        np.testing.assert_allclose(y[t], h, rtol=tol, atol=tol)
+    np.testing.assert_allclose(final["c"], c, rtol=tol, atol=tol)
+    if target == "reference":
+        assert gradcheck(lstmc.compile(JOINED, I, H, dtype="float64"), seed=5).passed(1e-7)
+    else:
+        reference = lstmc.compile(JOINED, I, H, dtype=dtype)
+        _, _, tape0 = reference.forward(x, params, state, train=True)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        g0, g1 = tape0.backward(dy), tape.backward(dy)
+        np.testing.assert_allclose(g1["x"], g0["x"], rtol=10 * tol, atol=10 * tol)
+        for name in g0["params"]:
+            np.testing.assert_allclose(g1["params"][name], g0["params"][name], rtol=10 * tol,
+                                       atol=10 * tol, err_msg=name)

@@ -3,7 +3,7 @@ in tests/oracles.py: forward values, and every gradient (input, each parameter, 
 initial state) against central finite differences of that oracle in float64."""
 import numpy as np
 import pytest
-from conftest import SPEC_NAMES, compile_spec, random_inputs
+from conftest import SPEC_NAMES, compile_spec, random_extra_inputs, random_inputs
 from oracles import STEPS, run
 
 
@@ -15,9 +15,11 @@ def test_every_spec_has_an_oracle():
 def test_forward_matches_oracle(spec_name, dtype, tol):
     cell = compile_spec(spec_name, dtype=dtype)
     x, params, state = random_inputs(cell, seed=1)
-    y, final = cell.forward(x, params, state)
+    inputs = random_extra_inputs(cell, *x.shape[:2], seed=1)
+    y, final = cell.forward(x, params, state, inputs=inputs)
     as64 = lambda d: {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
-    y_ref, final_ref = run(STEPS[spec_name], as64(params), x.astype(np.float64), as64(state))
+    y_ref, final_ref = run(STEPS[spec_name], as64(params), x.astype(np.float64), as64(state),
+                           inputs=as64(inputs))
     assert y.dtype == np.dtype(dtype) and y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
     assert set(final) == set(final_ref)
@@ -28,19 +30,21 @@ def test_forward_matches_oracle(spec_name, dtype, tol):
 def test_gradients_match_finite_differences_of_oracle(spec_name):
     cell = compile_spec(spec_name)
     x, params, state = random_inputs(cell, T=3, B=2, seed=2)
+    inputs = random_extra_inputs(cell, T=3, B=2, seed=2)
     rng = np.random.default_rng(3)
     seed = 2**63 + 12345  # masks of cells with dropout or zoneout: the oracle draws them too
-    y, final, tape = cell.forward(x, params, state, train=True, seed=seed)
+    y, final, tape = cell.forward(x, params, state, train=True, seed=seed, inputs=inputs)
     dy = rng.standard_normal(y.shape)
     dstate = {n: rng.standard_normal(v.shape) for n, v in final.items()}
     grads = tape.backward(dy, dstate)
     step = STEPS[spec_name]
 
     def loss():
-        y, final = run(step, params, x, state, seed=seed)
+        y, final = run(step, params, x, state, seed=seed, inputs=inputs)
         return np.sum(dy * y) + sum(np.sum(dstate[n] * final[n]) for n in final)
 
     arrays = [("x", x, grads["x"])]
+    arrays += [(f"input {n}", inputs[n], grads["inputs"][n]) for n in inputs]
     arrays += [(f"param {n}", params[n], grads["params"][n]) for n in params]
     arrays += [(f"state {n}", state[n], grads["state"][n]) for n in state]
     eps = 1e-6

@@ -28,6 +28,8 @@ def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: Module
         "dtype": dtype,
         "sizes": dict(sizes),
         "input_size": info.input[1].bind(sizes),
+        **({"extra_inputs": {n: s.bind(sizes) for n, s in info.extra_inputs.items()}}
+           if info.extra_inputs else {}),
         "output": info.output,
         "states": {n: s.bind(sizes) for n, s in info.states.items()},
         "params": {n: p.to_json() for n, p in info.param_specs(sizes).items()},

@@ -33,6 +33,8 @@ class ReferenceExecutor:
         info = program.info
         self.output = info.output
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
+        # x is every input packed: input `name` is x[..., offset:offset + width]
+        self.columns = {n: slice(o, o + w) for n, (o, w) in info.input_columns(sizes).items()}
 
     # -- weights ------------------------------------------------------------------------
 
@@ -99,7 +101,8 @@ class ReferenceExecutor:
         T, B, _ = x.shape
         lengths = np.full(B, T) if lengths is None else lengths
         hoisted = [
-            (x.reshape(T * B, -1) @ self.packed(h.segments, params).T).reshape(T, B, -1)
+            (x[..., self.columns[h.operand]].reshape(T * B, -1)
+             @ self.packed(h.segments, params).T).reshape(T, B, -1)
             for h in program.hoisted
         ]
         forward_nodes = program.graph.live_nodes()
@@ -109,7 +112,7 @@ class ReferenceExecutor:
         steps = []
         for t in range(T):
             env = self._leaves(forward_nodes, {  # called right here, in this step
-                Op.INPUT: lambda name, t=t: x[t],
+                Op.INPUT: lambda name, t=t: x[t][:, self.columns[name]],
                 Op.STATE: lambda name, state=state: state[name],
                 Op.PARAM: lambda name: params[name],
                 Op.HOISTED: lambda index, t=t: hoisted[index][t],
@@ -155,7 +158,7 @@ class ReferenceExecutor:
             for (kind, key), node in grads.items():
                 value = env[node.id]
                 if kind == "input":
-                    dx[t] += value
+                    dx[t][:, self.columns[key]] += value
                 elif kind == "hoisted":
                     d_hoisted[key][t] = value
                 elif kind == "product":
@@ -166,8 +169,9 @@ class ReferenceExecutor:
         # Deferred weight gradients: one product over all T*B rows each.
         for h, dh in zip(program.hoisted, d_hoisted):
             dh2 = dh.reshape(T * B, -1)
-            self._split_rows(dh2.T @ x.reshape(T * B, -1), h.segments, dparams)
-            dx += (dh2 @ self.packed(h.segments, params)).reshape(dx.shape)
+            columns = self.columns[h.operand]
+            self._split_rows(dh2.T @ x[..., columns].reshape(T * B, -1), h.segments, dparams)
+            dx[..., columns] += (dh2 @ self.packed(h.segments, params)).reshape(T, B, -1)
         for p in products:
             width = p.inputs[0].size.bind(sizes)  # a learned vector operand has no rows
             operand = np.stack([np.broadcast_to(saved.steps[t][p.inputs[0].id], (B, width))

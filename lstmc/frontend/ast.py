@@ -107,6 +107,8 @@ class CellDecl:
     params: list[ParamDecl] = field(default_factory=list)
     assigns: list[Assign] = field(default_factory=list)
     loc: Location | None = None
+    # Inputs after the first (`cell c(x: I, dt: 1)`): passed to forward by name.
+    extra_inputs: list[Port] = field(default_factory=list)
 
 
 def children(expr: Expr) -> tuple[Expr, ...]:

@@ -42,6 +42,7 @@ class CheckedCell:
     output: str
     states: dict[str, SizeAtom]  # the output state first, then declared order
     params: dict[str, ParamInfo]  # declared order
+    extra_inputs: dict[str, SizeAtom] = field(default_factory=dict)  # after the first
 
     @property
     def name(self) -> str:
@@ -50,7 +51,7 @@ class CheckedCell:
     @property
     def size_names(self) -> list[str]:
         names: list[str] = []
-        atoms = [self.input[1], *self.states.values()]
+        atoms = [self.input[1], *self.extra_inputs.values(), *self.states.values()]
         atoms += [a for p in self.params.values() for a in p.shape]
         for atom in atoms:
             for name in Size.of(atom).names if isinstance(atom, (str, Size)) else ():
@@ -112,6 +113,10 @@ class _Checker:
         cell = self.cell
         self.kinds: dict[str, tuple[str, Location]] = {}
         self._declare(cell.input.name, "input", cell.input.loc)
+        self.extra_input_size: dict[str, int] = {}
+        for port in cell.extra_inputs:
+            self._declare(port.name, "input", port.loc)
+            self.extra_input_size[port.name] = self.sizes.new(port.size.value)
         self.state_size: dict[str, int] = {}
         for port in [cell.output, *cell.states]:
             self._declare(port.name, "state", port.loc)
@@ -244,7 +249,7 @@ class _Checker:
             return self.sizes.new(1), True
         if isinstance(expr, ast.Var):
             constant = (expr.name, False) in self.constant_locals and not expr.primed
-            return self._var(expr), constant
+            return self._var(expr), constant or self._is_size_number(expr)
         constant = all(c for _, c in args)
         sizes = [s for s, _ in args]
         if isinstance(expr, ast.BinOp):
@@ -284,7 +289,7 @@ class _Checker:
                 raise SpecError(f"the new value {expr.name}' is never defined", expr.loc)
             return self.state_size[expr.name]
         if kind == "input":
-            return self.input_size
+            return self.extra_input_size.get(expr.name, self.input_size)
         if kind == "state":
             return self.state_size[expr.name]
         if kind == "parameter":
@@ -293,7 +298,21 @@ class _Checker:
             return self.local_size[expr.name]
         if key in self.definition:
             raise self._use_before_definition(key, expr.loc)
+        if self._is_size_number(expr):
+            return self.sizes.new(1)
         raise self._undefined(expr.name, expr.loc)
+
+    def _is_size_number(self, expr: ast.Var) -> bool:
+        """A size name used as a number (`1 / H`): not a value's name, and named in a
+        declared size."""
+        if expr.primed or expr.name in self.kinds or (expr.name, False) in self.definition:
+            return False
+        cell = self.cell
+        refs = [cell.input.size, cell.output.size, *(p.size for p in cell.states)]
+        refs += [p.size for p in getattr(cell, "extra_inputs", [])]
+        refs += [s for p in cell.params if p.shape is not None for s in p.shape]
+        return any(expr.name in Size.of(r.value).names for r in refs
+                   if isinstance(r.value, (str, Size)))
 
     def _undefined(self, name: str, loc: Location) -> SpecError:
         known = list(self.kinds) + [n for n, _ in self.definition]
@@ -319,6 +338,19 @@ class _Checker:
         if size == Size.of(1):
             raise SpecError("a per-row scalar has nothing to slice", expr.loc)
         return self.sizes.new(width.atom)
+
+    def _concat(self, expr: ast.Call, sizes: list[int]) -> int:
+        """concat(a, b, ...): the sizes of the parts add up; each must be known here (a
+        number or a per-row scalar is one unit)."""
+        total = Size()
+        for arg, size in zip(expr.args, sizes):
+            known = self.sizes.get(size)
+            if known is None:
+                raise SpecError(
+                    "cannot concatenate a value whose size is not known yet", arg.loc,
+                    hint="declare the shapes of the parameters it comes from (`param W: [H, I]`)")
+            total = total + Size.of(known)
+        return self.sizes.new(total.atom)
 
     def _param_use(self, name: str, rank: int, loc: Location) -> tuple[int, ...]:
         param = self.params[name]
@@ -460,6 +492,8 @@ class _Checker:
             raise SpecError(f"unknown function '{expr.func}'", expr.loc, hint=hint)
         if len(expr.args) not in func.arity:
             want = " or ".join(str(n) for n in func.arity)
+            if len(func.arity) > 3:  # a run of counts: concat's
+                want = f"{min(func.arity)} to {max(func.arity)}"
             raise SpecError(
                 f"'{func.name}' takes {want} argument{'s' if func.arity != (1,) else ''}, "
                 f"got {len(expr.args)}", expr.loc)
@@ -479,6 +513,8 @@ class _Checker:
         numbered = {index for index, _ in func.number_args}
         if func.result == "reduce":
             return self.sizes.new(1)
+        if func.result == "concat":
+            return self._concat(expr, sizes)
         result = sizes[0]
         for index, (arg, size) in enumerate(zip(expr.args[1:], sizes[1:]), start=1):
             if index in numbered:  # a constant (layernorm's eps), not an operand
@@ -534,6 +570,7 @@ class _Checker:
             output=self.cell.output.name,
             states=states,
             params=params,
+            extra_inputs={n: self.sizes.get(v) for n, v in self.extra_input_size.items()},
         )
 
 

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 class Function:
     name: str
     arity: tuple[int, ...]  # accepted argument counts
-    result: str  # "elementwise": broadcast of the arguments; "reduce": one value per row
+    # "elementwise": broadcast of the arguments; "reduce": one value per row; "concat": the
+    # arguments one after the other
+    result: str
     doc: str
     # (graph, lowered arguments, the numbers written as arguments or None) -> node
     lower: Callable[[Graph, list[Node], list[float | None]], Node]
@@ -60,6 +62,15 @@ def _reduction(kind: str):
 
         return g.reduce(Op.MEAN if kind == "mean" else Op.SUM, args[0])
     return lower
+
+
+def _concat(g: Graph, args, numbers) -> Node:
+    from ..ir.graph import Op
+
+    return args[0] if len(args) == 1 else g.node(Op.CONCAT, args)
+
+
+MAX_CONCAT = 64  # parts of one concat; far above use, and a bounded arity to report
 
 
 def _layernorm(g: Graph, args, numbers) -> Node:
@@ -107,6 +118,8 @@ COMPOSITES: dict[str, Function] = {
         Function("hard_sigmoid", (1,), "elementwise", "clip(0.2*z + 0.5, 0, 1) (ONNX)",
                  _hard_sigmoid),
         Function("mean", (1,), "reduce", "mean across the units of a row", _reduction("mean")),
+        Function("concat", tuple(range(1, MAX_CONCAT + 1)), "concat",
+                 "concat(a, b, ...): the units of a, then those of b, ...", _concat),
         Function("sum", (1,), "reduce", "sum across the units of a row", _reduction("sum")),
         Function("layernorm", (1, 2), "elementwise",
                  "layernorm(z[, eps]) = (z - mean(z)) / sqrt(var(z) + eps), eps 1e-5",

@@ -130,8 +130,9 @@ class _ToAst(Transformer_NonRecursive):
         return list(cells)
 
     def cell(self, meta, children):
-        name, input_port, output_port, *stmts = children
-        cell = ast.CellDecl(str(name), input_port, output_port, loc=self._loc(name))
+        name, (input_port, *extra_inputs), output_port, *stmts = children
+        cell = ast.CellDecl(str(name), input_port, output_port, loc=self._loc(name),
+                            extra_inputs=extra_inputs)
         for stmt in stmts:
             if isinstance(stmt, list):  # a `state` line declares one or more ports
                 cell.states.extend(stmt)
@@ -140,6 +141,9 @@ class _ToAst(Transformer_NonRecursive):
             else:
                 cell.assigns.append(stmt)
         return cell
+
+    def inputs(self, meta, ports):
+        return tuple(ports)
 
     def port(self, meta, children):
         name, size = children

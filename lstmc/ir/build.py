@@ -4,7 +4,7 @@ need derivative rules. Expressions are lowered by a loop (ast.fold), never by
 recursion, so any depth the grammar accepts is lowered."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lstmc_runtime.manifest import DerivedTerm, ParamSpec
 
@@ -30,6 +30,21 @@ class CellInfo:
     output: str
     states: dict[str, Size]
     params: dict[str, ParamInfo]
+    # Inputs after the first, in declared order. Every executor takes all inputs as one
+    # (T, B, sum of sizes) sequence, the first input's units first (see input_columns).
+    extra_inputs: dict[str, Size] = field(default_factory=dict)
+
+    def input_columns(self, sizes: dict[str, int]) -> dict[str, tuple[int, int]]:
+        """(offset, width) of each input's units in the packed input sequence."""
+        columns, offset = {}, 0
+        for name, size in [self.input, *self.extra_inputs.items()]:
+            width = size.bind(sizes)
+            columns[name] = (offset, width)
+            offset += width
+        return columns
+
+    def packed_input_size(self, sizes: dict[str, int]) -> int:
+        return sum(width for _, width in self.input_columns(sizes).values())
 
     def param_shape(self, name: str) -> tuple[Size, ...]:
         return tuple(Size.of(s) for s in self.params[name].shape)
@@ -53,6 +68,7 @@ def build_step_graph(cell: CheckedCell) -> tuple[CellInfo, Graph]:
         output=cell.output,
         states={n: Size.of(s) for n, s in cell.states.items()},
         params=cell.params,
+        extra_inputs={n: Size.of(s) for n, s in cell.extra_inputs.items()},
     )
     graph = Graph()
     builder = _Builder(info, graph)
@@ -113,10 +129,15 @@ class _Builder:
             return g.outputs[e.name]
         if e.name == info.input[0]:
             return g.node(Op.INPUT, (), info.input[1], e.name)
+        if e.name in info.extra_inputs:
+            return g.node(Op.INPUT, (), info.extra_inputs[e.name], e.name)
         if e.name in info.states:
             return g.node(Op.STATE, (), info.states[e.name], e.name)
         if e.name in info.params:
             return g.node(Op.PARAM, (), info.param_shape(e.name)[0], e.name)
+        if e.name not in self.locals:  # a size used as a number: the checker saw it named
+            # a row's count of ones, a per-row scalar (sizes are bound after compiling)
+            return g.reduce(Op.SUM, g.broadcast(g.const(1.0), Size.of(e.name)))
         return self.locals[e.name]
 
 

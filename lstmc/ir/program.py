@@ -21,6 +21,7 @@ class HoistedProduct:
     index: int
     segments: tuple[tuple[str, Size], ...]
     in_size: Size
+    operand: str = "x"  # the name of the input it multiplies
 
     @property
     def rows(self) -> Size:
@@ -66,14 +67,15 @@ class Program:
 
 def format_program(program: Program, backward: bool = False) -> str:
     info = program.info
-    lines = [f"cell {info.name}({info.input[0]}: {info.input[1]}) -> {info.output}"]
+    inputs = ", ".join(f"{n}: {s}" for n, s in [info.input, *info.extra_inputs.items()])
+    lines = [f"cell {info.name}({inputs}) -> {info.output}"]
     lines.append("  states: " + ", ".join(f"{n}: {s}" for n, s in info.states.items()))
     params = ", ".join(f"{p}[{'x'.join(str(d) for d in info.param_shape(p))}]" for p in info.params)
     lines.append(f"  params: {params}")
     lines.append("before the loop:")
     for h in program.hoisted:
         names = ", ".join(f"{p}[{r}x{h.in_size}]" for p, r in h.segments)
-        lines.append(f"  hoisted #{h.index}: {h.rows} = [{names}] @ {info.input[0]}  "
+        lines.append(f"  hoisted #{h.index}: {h.rows} = [{names}] @ {h.operand}  "
                      f"(one GEMM over all T*B rows)")
     lines.append(f"step ({program.products_per_step()} recurrent product(s)):")
     _format_stages(lines, program.forward)

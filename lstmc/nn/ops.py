@@ -3,7 +3,10 @@
     lstmc::forward(str key, Tensor x, Tensor[] weights, Tensor[] state, Tensor? lengths,
                    bool train, Tensor? seed) -> (Tensor y, Tensor[] final,
                    Tensor workspace)
-        x: (T, B, I); weights: the tensors the key's layout maps onto the spec's
+        x: (T, B, I), or for a cell with inputs after the first (`cell c(x: I, dt: 1)`)
+        all its inputs concatenated along the last axis in declared order,
+        (T, B, I + 1) (so they share x's autograd edge and its gradient, which the
+        caller's torch.cat splits); weights: the tensors the key's layout maps onto the spec's
         parameters; state: (B, n) per state of the cell, in its order, or [] for zeros;
         lengths: (B,) int64 on the CPU, or None for full-length rows.
         y: (T, B, out); final: (B, n) per state; workspace: what the backward needs
@@ -13,7 +16,8 @@
     lstmc::backward(str key, Tensor x, Tensor[] weights, Tensor workspace, Tensor? lengths,
                     Tensor dy, Tensor[] dfinal, Tensor? seed) -> (Tensor dx,
                     Tensor[] dweights, Tensor[] dstate)
-        Gradients of x, of each weight tensor and of the initial states.
+        Gradients of x (of every input, concatenated as x is), of each weight tensor and
+        of the initial states.
 
 Both have fake (meta) implementations, so torch.compile and torch.export trace them
 without graph breaks; forward's autograd formula calls backward. Double backward raises
@@ -64,6 +68,33 @@ def cell_for(key: str, x: Tensor):
 def _host(t: Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor (a copy only if it is not contiguous)."""
     return t.detach().contiguous().numpy()
+
+
+def split_inputs(cell, x: Tensor, convert) -> tuple:
+    """(x, {name: array}) of the op's x: for a cell with inputs after the first, its
+    last axis holds them all, in declared order (converted by `convert`)."""
+    extra = getattr(cell, "extra_inputs", {})
+    if not extra:
+        return convert(x), {}
+    width = cell.input_size + sum(extra.values())
+    if x.shape[-1] != width:
+        raise ShapeError(f"x: cell '{cell.name}' takes its inputs {cell.input_size} + "
+                         f"{' + '.join(str(n) for n in extra.values())} = {width} units "
+                         f"packed along the last axis, got shape {tuple(x.shape)}")
+    offset, inputs = cell.input_size, {}
+    for name, size in extra.items():
+        inputs[name] = convert(x[..., offset:offset + size])
+        offset += size
+    return convert(x[..., :cell.input_size]), inputs
+
+
+def join_gradients(cell, grads: dict):
+    """The gradient of the op's x from a tape's gradients: dx, then each input's."""
+    if not getattr(cell, "extra_inputs", {}):
+        return grads["x"]
+    xp = getattr(cell, "xp", np)
+    return xp.concatenate([grads["x"], *(grads["inputs"][n] for n in cell.extra_inputs)],
+                          axis=-1)
 
 
 class _PackCache:
@@ -222,8 +253,9 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
         params = spec_params(cell, key, weights, _cupy)
         init = {n: _cupy(s) for n, s in zip(names, state)} if state else None
         with torch.cuda.device(x.device), _TorchStream(cell):
-            result = cell.forward(_cupy(x), params, init, train=train, lengths=host_lengths,
-                                  **draws)
+            xs, inputs = split_inputs(cell, x, _cupy)
+            result = cell.forward(xs, params, init, train=train, lengths=host_lengths,
+                                  inputs=inputs, **draws)
             y, final = _torch(result[0]), [_torch(result[1][n]) for n in names]
             if not train:
                 return y, final, x.new_empty(0)
@@ -237,7 +269,9 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
         return y, final, work
     params = host_params(cell, key, weights, reuse=not train)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
-    result = cell.forward(_host(x), params, init, train=train, lengths=host_lengths, **draws)
+    xs, inputs = split_inputs(cell, x, _host)
+    result = cell.forward(xs, params, init, train=train, lengths=host_lengths, inputs=inputs,
+                          **draws)
     y, final = torch.from_numpy(result[0]), [torch.from_numpy(result[1][n]) for n in names]
     if not train:
         return y, final, x.new_empty(0)
@@ -287,12 +321,12 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
             tape = Tape(cell, params, saved, tuple(x.shape))
             g = tape.backward(_cupy(dy), {n: _cupy(d) for n, d in zip(names, dfinal)})
             to = _torch
-            dx = to(g["x"])
+            dx = to(join_gradients(cell, g))
             dweights = weight_grads(key, weights, g["params"], cell.param_shapes, to)
             dstate = [to(g["state"][n]) for n in names]
         return dx, dweights, dstate
     params = host_params(cell, key, weights, reuse=True)
-    xn = _host(x)
+    xn = _host(x)  # every input, packed: as the native forward saved it
     if ws.is_native(cell):
         full = np.full(B, T, np.int64) if host_lengths is None else host_lengths
         saved = ws.unpack_native(cell, workspace.detach().numpy(), xn, full, _seed(seed))
@@ -301,7 +335,7 @@ def backward(key: str, x: Tensor, weights: list[Tensor], workspace: Tensor,
                               _seed(seed))
     tape = Tape(cell, params, saved, tuple(x.shape))
     g = tape.backward(_host(dy), {n: _host(d) for n, d in zip(names, dfinal)})
-    dx = torch.from_numpy(g["x"])
+    dx = torch.from_numpy(join_gradients(cell, g))
     dweights = weight_grads(key, weights, g["params"], cell.param_shapes, torch.from_numpy)
     dstate = [torch.from_numpy(g["state"][n]) for n in names]
     return dx, dweights, dstate

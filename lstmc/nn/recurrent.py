@@ -77,12 +77,17 @@ class SequenceModule(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _run(self, x: Tensor, state: dict | None, lengths: Tensor | None):
-        """x (T, B, I); state {name: (L*D, B, n)} or None. Returns y (T, B, D*out) and
-        the final states {name: (L*D, B, n)}."""
+    def _run(self, x: Tensor, state: dict | None, lengths: Tensor | None,
+             extras: list[Tensor] | None = None):
+        """x (T, B, I); state {name: (L*D, B, n)} or None; `extras`: the cell's inputs
+        after the first, (T, B, n) each in declared order, given to every layer and
+        direction (each op takes them concatenated to its x). Returns y (T, B, D*out)
+        and the final states {name: (L*D, B, n)}."""
         D = self.num_directions
+        extras = extras or []
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters())
+            or any(e.requires_grad for e in extras)
             or (state is not None and any(s.requires_grad for s in state.values())))
         names = list(self.state_sizes)
         finals: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -101,6 +106,9 @@ class SequenceModule(nn.Module):
                 k = layer * D + d
                 init = [] if state is None else [state[n][k] for n in names]
                 seq = layer_input if d == 0 else reverse(layer_input, lengths)
+                if extras:
+                    seq = torch.cat([seq, *(e if d == 0 else reverse(e, lengths)
+                                            for e in extras)], dim=-1)
                 # dropout and zoneout in the cell: masks in training mode, from torch's
                 # generator (torch.manual_seed reproduces them); expectations in eval
                 seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
@@ -147,6 +155,43 @@ class SequenceModule(nn.Module):
             lengths = lengths.reshape(1)
         return x, lengths, packed, unbatched
 
+    def _extra_inputs(self, inputs: dict, x: Tensor, packed, unbatched: bool) -> list[Tensor]:
+        """The cell's inputs after the first, passed by keyword, as (T, B, n) tensors in
+        declared order; each given as the sequence input is (same layout, batch first,
+        unbatched, or a PackedSequence of the same lengths)."""
+        sizes: dict[str, int] = getattr(self, "extra_inputs", {})
+        missing = [n for n in sizes if n not in inputs]
+        unexpected = [n for n in inputs if n not in sizes]
+        if missing or unexpected:
+            takes = (f"the inputs {', '.join(sizes)} by keyword" if sizes
+                     else "only its sequence input")
+            parts = ([f"missing input(s) {', '.join(missing)}"] if missing else []) \
+                + ([f"unexpected input(s) {', '.join(unexpected)}"] if unexpected else [])
+            raise ShapeError(f"{'; '.join(parts)}: cell '{getattr(self, 'cell_name', '')}' "
+                             f"takes {takes}")
+        out = []
+        for name, n in sizes.items():
+            value = inputs[name]
+            if packed is not None:
+                if not isinstance(value, PackedSequence):
+                    raise ShapeError(f"{name}: the input is a PackedSequence, so {name} "
+                                     f"must be one too, got {type(value).__name__}")
+                value, _ = unpack(value)
+            elif not isinstance(value, Tensor):
+                raise ShapeError(f"{name}: expected a Tensor, got {type(value).__name__}")
+            elif unbatched:
+                value = value.unsqueeze(1) if value.dim() == 2 else value
+            elif self.batch_first and value.dim() == 3:
+                value = value.transpose(0, 1)
+            want = (x.shape[0], x.shape[1], n)
+            if tuple(value.shape) != want:
+                expected = _layout_shape(want, unbatched, self.batch_first and packed is None)
+                given = value if packed is not None else inputs[name]
+                raise ShapeError(f"{name}: expected shape {expected} (laid out as the input "
+                                 f"is), got {tuple(given.shape)}")
+            out.append(value.to(x.dtype).contiguous())
+        return out
+
     def _check_state(self, state: dict, batch: int, unbatched: bool) -> dict:
         if not isinstance(state, dict):
             raise ShapeError(f"state: expected a dict {{name: tensor}} with the states "
@@ -179,6 +224,11 @@ class SequenceModule(nn.Module):
         elif self.batch_first:
             y = y.transpose(0, 1)
         return y, finals
+
+
+def _layout_shape(shape: tuple, unbatched: bool, batch_first: bool) -> tuple:
+    T, B, n = shape
+    return (T, n) if unbatched else (B, T, n) if batch_first else (T, B, n)
 
 
 def call_forward(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
@@ -243,6 +293,7 @@ class Recurrent(SequenceModule):
                         torch.empty(shape, device=device, dtype=dtype or torch.float32)))
         first = self._cells[0]
         self.cell_name = first.name
+        self.extra_inputs = dict(first.extra_inputs)  # by keyword to forward
         self.state_sizes = dict(first.state_sizes)
         self.output_name = first.output
         self.output_size = self._out * self.num_directions
@@ -280,13 +331,13 @@ class Recurrent(SequenceModule):
         return self._masked[layer]
 
     def forward(self, input, state: dict | None = None, lengths=None, **inputs):
-        if inputs:
-            raise ShapeError(f"unexpected input(s) {', '.join(inputs)}: cell "
-                             f"'{self.cell_name}' takes only its sequence input")
+        """`inputs`: the spec's inputs after the first, by name (`ts=` for
+        specs/phased_lstm.lstm), each laid out as `input` is."""
         x, lengths, packed, unbatched = self._prepare(input, lengths)
+        extras = self._extra_inputs(inputs, x, packed, unbatched)
         if state is not None:
             state = self._check_state(state, x.shape[1], unbatched)
-        y, finals = self._run(x, state, lengths)
+        y, finals = self._run(x, state, lengths, extras)
         return self._finish(y, finals, packed, lengths, unbatched)
 
     def extra_repr(self) -> str:

@@ -93,6 +93,12 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
     from onnx import TensorProto, helper
 
     layers, directions, batch_first, prefix = _layout(cell)
+    extra = getattr(cell, "extra_inputs", None)
+    if extra:
+        raise OnnxError(f"cell {cell.name} takes inputs after the first "
+                        f"({', '.join(extra)}); ONNX export takes cells of one input `X`: "
+                        "run such cells with lstmc (the cpu, cuda or opencl target) or "
+                        "lstmc.nn")
     if isinstance(opset, bool) or not isinstance(opset, int) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise OnnxError(f"opset must be an integer in {MIN_OPSET}.."

@@ -2,10 +2,10 @@
 
 Guarantees: products of learned matrices that share an operand become one packed product
 (their matrices stacked by rows, in the order the spec first uses them) followed by
-slices; a packed product whose operand is the cell input does not depend on the
-recurrence, so it leaves the time loop: it becomes a HOISTED leaf, computed for all T*B
-rows by one GEMM before the loop. What is left inside the step are recurrent products and
-elementwise work.
+slices; a packed product whose operand is an input of the cell (any of them) does not
+depend on the recurrence, so it leaves the time loop: it becomes a HOISTED leaf, computed
+for all T*B rows by one GEMM before the loop. What is left inside the step are recurrent
+products and elementwise work.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def fuse_gates(graph: Graph) -> tuple[Graph, list[HoistedProduct]]:
             segments = tuple(seg for product in group for seg in product.segments)
             in_size = node.attr.in_size
             if node.inputs[0].op == Op.INPUT:
-                product = HoistedProduct(len(hoisted), segments, in_size)
+                product = HoistedProduct(len(hoisted), segments, in_size,
+                                         node.inputs[0].attr)
                 hoisted.append(product)
                 packed[operand_id] = g.node(Op.HOISTED, (), product.rows, product.index)
             else:

@@ -23,6 +23,7 @@ class CellBase(abc.ABC):
     state_sizes: dict[str, int]
     param_shapes: dict[str, tuple[int, ...]]
     param_inits: dict[str, float | str | None]
+    extra_inputs: dict[str, int] = {}  # inputs after the first, by name: their sizes
 
     def __repr__(self) -> str:
         return (f"<{type(self).__module__.split('.')[0]}.Cell {self.name} "
@@ -43,6 +44,7 @@ class CellBase(abc.ABC):
         self.dtype = np.dtype(description.dtype)
         self.output = description.output
         self.input_size = description.input_size
+        self.extra_inputs = dict(description.extra_inputs)
         self.state_sizes = dict(description.states)
         self._set_params(description.params)
         self.hidden_size = description.sizes.get("H", self.state_sizes[self.output])
@@ -129,8 +131,32 @@ class CellBase(abc.ABC):
 
     batch_first = False
 
+    def _check_extra_inputs(self, inputs, steps: int, batch: int) -> list:
+        return list(check_extra_inputs(self.extra_inputs, inputs, steps, batch, self.dtype,
+                                       self.batch_first).values())
+
+    def _pack_inputs(self, x, inputs):
+        """x (T, B, I) and the other inputs as the one sequence the kernels read."""
+        arrays = self._check_extra_inputs(inputs, *x.shape[:2])
+        if not arrays:
+            return x
+        xp = getattr(self, "xp", np)
+        return xp.ascontiguousarray(xp.concatenate([xp.asarray(a) for a in (x, *arrays)],
+                                                   axis=-1))
+
+    def _split_inputs(self, packed) -> tuple:
+        """The packed input sequence (or its gradient) as (x, {name: array})."""
+        if not self.extra_inputs:
+            return packed, {}
+        xp = getattr(self, "xp", np)
+        offset, parts = self.input_size, {}
+        for name, size in self.extra_inputs.items():
+            parts[name] = xp.ascontiguousarray(packed[..., offset:offset + size])
+            offset += size
+        return xp.ascontiguousarray(packed[..., :self.input_size]), parts
+
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                seed: int | None = None, masks: bool = True):
+                seed: int | None = None, masks: bool = True, inputs=None):
         """Run the whole sequence x (T, B, I), or (B, T, I) with batch_first. Returns
         (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
         the final states; with train=True also a Tape for the backward pass.
@@ -143,11 +169,16 @@ class CellBase(abc.ABC):
         Dropout and zoneout masks (train=True only) are drawn from `seed`, a 64-bit
         integer: the same seed gives the same masks on every target; None draws a fresh
         seed, recorded on the tape (`tape.seed`). Inference uses their expectations, and
-        so does a training pass with masks=False (gradients of the inference function)."""
+        so does a training pass with masks=False (gradients of the inference function).
+
+        `inputs` gives the inputs after the first by name (`cell c(x: I, dt: 1)`:
+        inputs={"dt": (T, B, 1)}, batch_first: (B, T, 1)); the tape's gradients of them
+        are `backward(...)["inputs"]`."""
         if self.batch_first:
             x = check_array("x", x, (None, None, self.input_size), self.dtype)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         x, params, state = self._check_inputs(x, params, state)
+        x = self._pack_inputs(x, inputs)
         lengths = check_lengths(lengths, *x.shape[:2])
         x = zero_padding(x, lengths, getattr(self, "xp", np))
         seed = check_seed(seed) if train and masks else None
@@ -197,7 +228,8 @@ class Tape:
     def backward(self, dy, dstate=None) -> dict:
         """Gradients of a loss, given dy (T, B, out) = dL/dy and optionally the gradients
         of the final states {name: (B, n)}. Returns {"x": (T, B, I), "params": {name:
-        array}, "state": {name: (B, n)}} (the last: gradients of the initial states)."""
+        array}, "state": {name: (B, n)}, "inputs": {name: (T, B, n)}} ("state": gradients
+        of the initial states; "inputs": of the inputs after the first, if any)."""
         cell = self.cell
         self._check_belongs(cell)
         T, B, _ = self.x_shape
@@ -220,9 +252,37 @@ class Tape:
         dx, dparams, dstate0 = cell._run_backward(self.saved, cell._expand(self.params), dy,
                                                   full)
         dparams = cell._fold(dparams)
+        dx, dinputs = cell._split_inputs(dx)
         if cell.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        return {"x": dx, "params": dparams, "state": dstate0}
+            dinputs = {n: np.ascontiguousarray(g.transpose(1, 0, 2)) for n, g in dinputs.items()}
+        return {"x": dx, "params": dparams, "state": dstate0, "inputs": dinputs}
+
+
+def check_extra_inputs(sizes: dict[str, int], inputs, steps: int, batch: int, dtype,
+                       batch_first: bool = False) -> dict:
+    """The inputs after the first of a cell (`sizes`: theirs, by name), validated, each
+    (T, B, n) (given (B, T, n) with batch_first: returned transposed, as a view)."""
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, dict):
+        raise ShapeError(f"inputs: expected a dict of arrays, got {type(inputs).__name__}")
+    missing = [repr(n) for n in sizes if n not in inputs]
+    unexpected = [repr(n) for n in inputs if n not in sizes]
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) \
+            + ([f"unexpected {', '.join(unexpected)}"] if unexpected else [])
+        raise ShapeError(f"inputs: {'; '.join(parts)} (the cell's inputs after the first: "
+                         f"{', '.join(sizes) or 'none'})")
+    arrays = {}
+    for name, size in sizes.items():
+        where = f"inputs['{name}']"
+        if batch_first:
+            value = check_array(where, inputs[name], (batch, steps, size), dtype)
+            arrays[name] = value.transpose(1, 0, 2)
+        else:
+            arrays[name] = check_array(where, inputs[name], (steps, batch, size), dtype)
+    return arrays
 
 
 def check_seed(seed) -> int:

@@ -149,13 +149,24 @@ class CellDescription:
     states: dict[str, int]
     params: dict[str, ParamSpec]
     batch_first: bool = False
+    # Inputs after the first, by name (`cell c(x: I, dt: 1)`), in declared order. The
+    # kernels read all inputs as one sequence of packed_input_size units per row: the
+    # first input's units, then each of these in this order.
+    extra_inputs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def packed_input_size(self) -> int:
+        return self.input_size + sum(self.extra_inputs.values())
 
     def to_json(self) -> dict:
-        return {"cell": self.name, "target": self.target, "dtype": self.dtype,
+        data = {"cell": self.name, "target": self.target, "dtype": self.dtype,
                 "sizes": dict(self.sizes), "input_size": self.input_size,
                 "output": self.output, "states": dict(self.states),
                 "params": {n: p.to_json() for n, p in self.params.items()},
                 "batch_first": self.batch_first}
+        if self.extra_inputs:  # absent for one input: manifests of such cells as before
+            data["extra_inputs"] = dict(self.extra_inputs)
+        return data
 
     @classmethod
     def from_json(cls, data: dict, where: str = "manifest") -> CellDescription:
@@ -170,6 +181,8 @@ class CellDescription:
         output = r.string("output")
         if output not in states:
             r.fail("output", f"names no state: {output!r}")
+        extra_inputs = {k: _size(v, f"{where}: extra_inputs['{k}']") for k, v in
+                        r.get("extra_inputs", dict, optional=True, default={}).items()}
         params = {}
         for name, spec in r.get("params", dict).items():
             p = _Reader(spec, f"{where}: params['{name}']")
@@ -199,7 +212,8 @@ class CellDescription:
         return cls(name=r.string("cell"), target=r.string("target"), dtype=dtype, sizes=sizes,
                    input_size=r.size("input_size"), output=output, states=states,
                    params=params,
-                   batch_first=r.get("batch_first", bool, optional=True, default=False))
+                   batch_first=r.get("batch_first", bool, optional=True, default=False),
+                   extra_inputs=extra_inputs)
 
 
 def _derived_terms(data, shape: tuple, reader) -> tuple[DerivedTerm, ...]:
@@ -399,7 +413,7 @@ class CpuManifest:
         """(shape, role, dtype) a buffer must have, recomputed; shape None: not
         recomputable here (a saved value: checked between entries and by the hash)."""
         cell = self.cell
-        out, I = cell.states[cell.output], cell.input_size
+        out, I = cell.states[cell.output], cell.packed_input_size
         kind, key = names.parse(name)
         fixed = {"x": ((("T", "B", I)), "in"), "y": (("T", "B", out), "result"),
                  "dy": (("T", "B", out), "in"), "dx": (("T", "B", I), "out")}

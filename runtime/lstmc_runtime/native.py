@@ -317,6 +317,10 @@ class NativeCell(CellBase):
         """These parameters validated and packed once, for many inference calls: a
         BoundCell, `bound(x, state)` as `forward(x, params, state)` and `bound.step(x)`
         for streaming with the state carried inside, each with little per-call work."""
+        if self.extra_inputs:
+            raise UsageError(f"cell.bind: {self.name} takes inputs after the first "
+                             f"({', '.join(self.extra_inputs)}), which a bound cell does not:"
+                             " call forward(x, params, inputs={...})")
         if not (isinstance(params, PackedParams) and params.validated_for is self):
             params = self.pack_params(params)
         return BoundCell(self, params)
@@ -326,7 +330,8 @@ class NativeCell(CellBase):
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
                 *args, **kwargs):
         # Inference with packed parameters takes the bound path (checks cached by shape).
-        if not train and lengths is None:
+        if (not train and lengths is None and not self.extra_inputs
+                and kwargs.get("inputs") is None and len(args) < 3):
             done = None
             if type(params) is PackedParams and params.validated_for is self:
                 done = self.plans.forward(x, params, None, state)

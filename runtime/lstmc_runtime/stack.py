@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cellbase import CellBase, check_lengths, check_seed
+from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
 from .errors import ShapeError
 from .validate import check_array, check_names
 
@@ -53,6 +53,7 @@ class Stack:
         self.name, self.dtype, self.target = first.name, first.dtype, first.target
         self.xp = getattr(first, "xp", np)  # the array module cells take and return
         self.output, self.input_size = first.output, first.input_size
+        self.extra_inputs = dict(first.extra_inputs)  # given to every layer alike
         self.hidden_size = first.hidden_size
         self.num_layers, self.num_directions = len(layers), len(layers[0])
         self.state_sizes = dict(first.state_sizes)
@@ -90,10 +91,13 @@ class Stack:
         return {n: np.zeros((count, batch, s), self.dtype) for n, s in self.state_sizes.items()}
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                seed: int | None = None, masks: bool = True):
+                seed: int | None = None, masks: bool = True, inputs=None):
         """x (T, B, I) (or (B, T, I) with batch_first); returns y (T, B, D * out), the
         final states {name: (L * D, B, n)}, and with train=True a tape. Each layer and
-        direction draws its dropout masks from its own seed, derived from `seed`."""
+        direction draws its dropout masks from its own seed, derived from `seed`.
+        Only x chains from layer to layer: the inputs after the first (`inputs`, by
+        name) go to every layer and direction as they are (reversed with the sequence
+        for a reverse direction); their gradients are summed over all of them."""
         xp = self.xp
         shape = (None, None, self.input_size)
         x = check_array("x", x, shape, self.dtype)
@@ -101,6 +105,8 @@ class Stack:
             x = xp.ascontiguousarray(x.transpose(1, 0, 2))
         T, B = x.shape[:2]
         lengths = check_lengths(lengths, T, B)
+        extra = {n: xp.ascontiguousarray(v) for n, v in check_extra_inputs(
+            self.extra_inputs, inputs, T, B, self.dtype, self.batch_first).items()}
         check_names("params", params, list(self.param_shapes))
         for name, pshape in self.param_shapes.items():
             check_array(f"params['{name}']", params[name], pshape, self.dtype)
@@ -123,9 +129,11 @@ class Stack:
                 init = {n: xp.ascontiguousarray(state[n][k]) for n in self.state_sizes}
                 back = self.reversed(d)
                 seq = reverse_in_place_of_length(layer_input, lengths, xp) if back else layer_input
+                more = {n: reverse_in_place_of_length(v, lengths, xp) if back else v
+                        for n, v in extra.items()}
                 result = cell.forward(seq, sub, init, train=train, lengths=lengths,
                                       seed=None if seed is None else layer_seed(seed, k),
-                                      masks=seed is not None)
+                                      masks=seed is not None, inputs=more)
                 y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
                 outputs.append(y)
                 for n in self.state_sizes:
@@ -177,6 +185,8 @@ class StackTape:
                         stack.dtype)
         grads_params, grads_state = {}, {n: xp.zeros((count, B, s), stack.dtype)
                                           for n, s in stack.state_sizes.items()}
+        grads_inputs = {n: xp.zeros((T, B, s), stack.dtype)
+                        for n, s in stack.extra_inputs.items()}
         d_output = dy
         for l in reversed(range(stack.num_layers)):
             d_input, start = None, 0
@@ -193,6 +203,9 @@ class StackTape:
                 g = tape.backward(part, ds)
                 dx = reverse_in_place_of_length(g["x"], self.lengths, xp) if back else g["x"]
                 d_input = dx if d_input is None else d_input + dx
+                for n, v in g["inputs"].items():
+                    grads_inputs[n] += reverse_in_place_of_length(v, self.lengths, xp) \
+                        if back else v
                 for n, v in g["params"].items():
                     grads_params[stack.prefix(l, d) + n] = v
                 for n, v in g["state"].items():
@@ -201,7 +214,9 @@ class StackTape:
         dx = d_output
         if stack.batch_first:
             dx = xp.ascontiguousarray(dx.transpose(1, 0, 2))
-        return {"x": dx, "params": grads_params, "state": grads_state}
+            grads_inputs = {n: xp.ascontiguousarray(v.transpose(1, 0, 2))
+                            for n, v in grads_inputs.items()}
+        return {"x": dx, "params": grads_params, "state": grads_state, "inputs": grads_inputs}
 
 
 def _check_layout(layers: list[list[CellBase]], directions) -> tuple[str, ...]:
@@ -228,6 +243,12 @@ def _check_layout(layers: list[list[CellBase]], directions) -> tuple[str, ...]:
                 raise ShapeError(f"layer {l} direction {directions[d]}: cell {cell.name} has "
                                  f"states {cell.state_sizes}, the stack's first cell "
                                  f"{dict(states)} (every cell of a stack has the same states)")
+            if dict(cell.extra_inputs) != dict(layers[0][0].extra_inputs):
+                raise ShapeError(f"layer {l} direction {directions[d]}: cell {cell.name} "
+                                 f"takes the inputs {dict(cell.extra_inputs)} after the "
+                                 f"first, the stack's first cell "
+                                 f"{dict(layers[0][0].extra_inputs)} (every layer is given "
+                                 "the same ones)")
             if l and cell.input_size != width:
                 raise ShapeError(f"layer {l} direction {directions[d]}: cell {cell.name} "
                                  f"takes inputs of size {cell.input_size}, layer {l - 1} "

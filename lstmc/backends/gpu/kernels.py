@@ -82,8 +82,12 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
         "threads": {"gemm": GEMM_THREADS, "gemm_tile": GEMM_TILE, "region": REGION_THREADS,
                     "persistent": PERSISTENT_THREADS},
         "modes": modes,
+        # Products of inputs: each reads its input's units `offset` onwards of the packed
+        # input rows, `input_width` apart.
+        "input_width": backward.input_size,
         "hoisted": [{"buffer": f"hx{h.index}", "grad": f"dh{h.index}",
-                     "packed": packed.get(h.segments)["name"]} for h in program.hoisted],
+                     "packed": packed.get(h.segments)["name"],
+                     "offset": backward.input_columns[h.operand][0]} for h in program.hoisted],
         "products": [_product_gradient(backward, packed, p) for p in program.recurrent_products],
         "param_grads": [{"param": s.name, "acc": f"acc_{s.name}", "width": s.width}
                         for s in backward.stores if s.kind == "param"],
@@ -275,6 +279,8 @@ def manifest_for(program: Program, sizes: dict[str, int], target: str) -> tuple[
         "dtype": "float32",
         "sizes": dict(sizes),
         "input_size": info.input[1].bind(sizes),
+        **({"extra_inputs": {n: s.bind(sizes) for n, s in info.extra_inputs.items()}}
+           if info.extra_inputs else {}),
         "output": info.output,
         "states": {n: s.bind(sizes) for n, s in info.states.items()},
         "params": {n: p.to_json() for n, p in info.param_specs(sizes).items()},

@@ -65,7 +65,10 @@ class StepLayout:
             raise IRError(f"unknown step mode {mode!r}")
         self.program, self.sizes, self.mode = program, sizes, mode
         info = program.info
-        self.input_size = info.input[1].bind(sizes)
+        # Every input packed in one sequence buffer `x` (its gradient `dx`) of this many
+        # units per row; input `name` is units offset..offset+width (input_columns).
+        self.input_size = info.packed_input_size(sizes)
+        self.input_columns = info.input_columns(sizes)
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
         self.output = info.output
         self.saved_ids = {n.id for n in program.saved}
@@ -118,7 +121,7 @@ class StepLayout:
             stores.append(Store("carry", name, size, grads.get(("state", name))))
         for (kind, key), node in grads.items():
             if kind == "input":
-                stores.append(Store("input", key, self.input_size, node))
+                stores.append(Store("input", key, self.input_columns[key][1], node))
             elif kind == "hoisted":
                 stores.append(Store("hoisted", f"dh{key}",
                                     program.hoisted[key].rows.bind(sizes), node))
@@ -239,8 +242,9 @@ class StepLayout:
             for name, size in self.state_sizes.items():
                 buffers.append(Buffer(f"cr_{name}", size, "ring"))
             for store in self.stores:
-                if store.kind == "input":
-                    buffers.append(Buffer("dx", store.width, "seq", zero=True))
+                if store.kind == "input":  # every input's gradient goes to the one dx
+                    if not any(b.name == "dx" for b in buffers):
+                        buffers.append(Buffer("dx", self.input_size, "seq", zero=True))
                 elif store.kind in ("hoisted", "product"):
                     buffers.append(Buffer(store.name, store.width, "seq", zero=True))
                 elif store.kind == "param":
@@ -279,7 +283,8 @@ class StepLayout:
         if op == Op.PARAM:
             return f"p_{node.attr}[{j}]"
         if op == Op.INPUT:
-            return f"LD(&{self.at('x', 't', self.input_size, j)})"
+            offset = self.input_columns[node.attr][0]
+            return f"LD(&{self.at('x', 't', self.input_size, f'{offset} + {j}' if offset else j)})"
         if op == Op.HOISTED:
             rows = self.program.hoisted[node.attr].rows.bind(self.sizes)
             return f"LD(&{self.at(f'hx{node.attr}', 't', rows, j)})"
@@ -315,7 +320,9 @@ class StepLayout:
         op = node.op
         if op == Op.PARAM:
             return f"p_{node.attr}", "param", 0
-        if op == Op.INPUT:
+        if op == Op.INPUT:  # only the first input's: products of the others are hoisted
+            if self.input_columns[node.attr][0]:
+                raise IRError(f"a step product reads input {node.attr}: it must be hoisted")
             return "x", "t", self.input_size
         if op == Op.HOISTED:
             return f"hx{node.attr}", "t", self.program.hoisted[node.attr].rows.bind(self.sizes)
@@ -451,7 +458,9 @@ class StepLayout:
             old = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, 'j')})"
             return [f"{self.at('cr_' + name, '(t & 1)', n, 'j')} = active ? {value} : {old};"]
         if kind == "input":
-            return [f"{self.at('dx', 't', n, 'j')} = {value};"]
+            offset = self.input_columns[name][0]
+            j = f"{offset} + j" if offset else "j"
+            return [f"{self.at('dx', 't', self.input_size, j)} = {value};"]
         if kind in ("hoisted", "product"):
             return [f"{self.at(name, 't', n, 'j')} = {value};"]
         if kind == "param":

@@ -200,16 +200,18 @@ class _Kernel:
         return element(self.b, self.ftype, base, self.b.mul(self.b.mul(t, self.B), i64(n)))
 
     def gemm(self, m, n: int, k, a, sam, sak, b_matrix, layout: str, c, ldc: int,
-             accumulate: bool = False, columns: ir.Value | None = None) -> None:
+             accumulate: bool = False, columns: ir.Value | None = None,
+             ldb: int | None = None) -> None:
         """C (m x n) (+)= A . B with B (k x n) either in panels ("panels", packed by the
-        runtime) or plain row-major ("rows"). `columns` computes only that many of C's
-        columns (b_matrix and c then point at the first one)."""
+        runtime) or plain row-major ("rows", rows ldb apart, default n). `columns`
+        computes only that many of C's columns (b_matrix and c then point at the first
+        one)."""
         as_i64 = lambda v: v if isinstance(v, ir.Value) else i64(v)
         nr = self.mb.panel
         if layout == "panels":
             bk, bp, bt = i64(nr), self.b.mul(as_i64(k), i64(nr)), i64(n % nr)
         else:
-            bk, bp, bt = i64(n), i64(nr), i64(n)
+            bk, bp, bt = i64(ldb or n), i64(nr), i64(ldb or n)
         fn = self.mb.small_gemm_acc if accumulate else self.mb.small_gemm
         self.b.call(fn, [as_i64(m), columns or i64(n), as_i64(k), a, as_i64(sam), as_i64(sak),
                          b_matrix, bk, bp, bt, c, i64(ldc)])
@@ -403,7 +405,8 @@ class _ForwardKernel(_Kernel):
         info = program.info
         nodes = program.graph.live_nodes()
         consumers = self.consumers(nodes)
-        I = mb.size(info.input[1])
+        # Every input, packed: input `name` is units offset..offset+width of each row.
+        I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
         x = self.buffer("x", ["T", "B", I], "in")
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
         y = self.buffer("y", ["T", "B", state_sizes[info.output]], "result")
@@ -412,9 +415,11 @@ class _ForwardKernel(_Kernel):
         hoisted = []
         for h in program.hoisted:
             weight = mb.packed_weight(h.segments)
+            offset, width = columns[h.operand]
             out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
-            panels = self.buffer(f"panelsT:{weight.name}", [I * weight.rows], "in")
-            self.gemm_share(b.mul(self.T, self.B), weight.rows, I, x, I, 1, panels, out,
+            panels = self.buffer(f"panelsT:{weight.name}", [width * weight.rows], "in")
+            self.gemm_share(b.mul(self.T, self.B), weight.rows, width,
+                            element(b, self.ftype, x, i64(offset)), I, 1, panels, out,
                             weight.rows)
             hoisted.append((out, weight.rows))
         self.barrier()
@@ -431,7 +436,9 @@ class _ForwardKernel(_Kernel):
             nxt = {s: self.ping_pong(s, n, t) for s, n in state_sizes.items()}
             for node in nodes:
                 if node.op == Op.INPUT:
-                    env.places[node.id] = Place(self.seq_row(x, t, I), I)
+                    base = element(b, self.ftype, self.seq_row(x, t, I),
+                                   i64(columns[node.attr][0]))
+                    env.places[node.id] = Place(base, I)
                 elif node.op == Op.STATE:
                     env.places[node.id] = Place(cur[node.attr], state_sizes[node.attr])
                 elif node.op == Op.HOISTED:
@@ -499,7 +506,7 @@ class _BackwardKernel(_Kernel):
         consumers = self.consumers(nodes)
         reads = sorted({u.id: u for n in nodes for u in (n, *n.inputs)}.values(), key=lambda u: u.id)
         saved = program.saved
-        I = mb.size(info.input[1])
+        I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
         out_size = state_sizes[info.output]
         dy = self.buffer("dy", ["T", "B", out_size], "in")
@@ -560,7 +567,8 @@ class _BackwardKernel(_Kernel):
                     seq = d_products[key] if kind == "product" else d_hoisted[key]
                     target = Place(self.seq_row(seq, t, n), n)
                 elif kind == "input":
-                    target = Place(self.seq_row(dx, t, n), n)
+                    target = Place(element(b, self.ftype, self.seq_row(dx, t, I),
+                                           i64(columns[key][0])), I)
                 else:  # a learned vector: summed over rows and steps
                     first = accumulated.setdefault(node.id, key)
                     if first != key:  # the same gradient (PyTorch's twin biases): sum once
@@ -597,7 +605,7 @@ class _BackwardKernel(_Kernel):
         for s, n in state_sizes.items():
             out = self.buffer(f"dstate_out:{s}", ["B", n], "result")
             self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
-        self._weight_gradients(I, dx, d_products, d_hoisted)
+        self._weight_gradients(I, columns, dx, d_products, d_hoisted)
         self.finish()
 
     def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
@@ -619,7 +627,7 @@ class _BackwardKernel(_Kernel):
         self.rows_by_length(t, active, lambda row: self.fill(self.row(place.base, row, n),
                                                               i64(n), 0.0))
 
-    def _weight_gradients(self, I, dx, d_products, d_hoisted) -> None:
+    def _weight_gradients(self, I, columns, dx, d_products, d_hoisted) -> None:
         """Deferred to after the loop: one GEMM over all T*B rows per product."""
         mb, b, program = self.mb, self.b, self.mb.program
         rows_total = b.mul(self.T, self.B)
@@ -629,9 +637,13 @@ class _BackwardKernel(_Kernel):
             dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
             panels = self.buffer(f"panels:{w.name}", [w.rows * w.columns], "in")
             dh = d_hoisted[h.index]
+            offset, width = columns[h.operand]  # this input's units of the packed rows
+            x_h, dx_h = (element(b, self.ftype, v, i64(offset)) for v in (x, dx))
             # dW += dG^T x ; dx += dG W
-            self.gemm(w.rows, I, rows_total, dh, 1, w.rows, x, "rows", dpacked, I, True)
-            self.gemm(rows_total, I, w.rows, dh, w.rows, 1, panels, "panels", dx, I, True)
+            self.gemm(w.rows, width, rows_total, dh, 1, w.rows, x_h, "rows", dpacked, width,
+                      True, ldb=I)
+            self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dx_h, I,
+                      True)
         for p in program.recurrent_products:
             w = mb.packed_weight(p.segments)
             dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")

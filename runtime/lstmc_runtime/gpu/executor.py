@@ -172,12 +172,18 @@ class GpuCell(CellBase):
                 self.device.launch(step["kernel"], B, self.plan["threads"]["region"],
                                    [t, B, lens, rng] + [arrays[name] for name in order])
 
+    def _input_columns(self, h: dict) -> tuple[int, int]:
+        """(offset, row stride) of a hoisted product's input in the packed input rows."""
+        return h.get("offset", 0), self.description.packed_input_size
+
     def _hoisted(self, T: int, B: int, arrays: dict) -> None:
         for h in self.plan["hoisted"]:
             w = self._packed[h["packed"]]
             rows, cols = w["rows"], w["columns"]
-            self._gemm(T * B, rows, cols, arrays["x"], 0, cols, 1, self._weights[w["name"]],
-                       0, 1, cols, arrays[h["buffer"]], 0, rows, 0, whole=True)
+            offset, stride = self._input_columns(h)
+            self._gemm(T * B, rows, cols, arrays["x"], offset, stride, 1,
+                       self._weights[w["name"]], 0, 1, cols, arrays[h["buffer"]], 0, rows, 0,
+                       whole=True)
 
     @staticmethod
     def _persistent_floats(entry: dict, groups: int) -> int:
@@ -280,7 +286,7 @@ class GpuCell(CellBase):
                                saved.buffers.rng, order)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
             self._weight_gradients(T, B, arrays, gradients, vector_grads)
-            dx = dev.to_user(arrays["dx"], 0, (T, B, self.input_size))
+            dx = dev.to_user(arrays["dx"], 0, (T, B, self.description.packed_input_size))
             dparams = self._split_gradients(gradients, vector_grads)
             dstate0 = {name: dev.to_user(arrays[f"cr_{name}"], 0, (B, n))
                        for name, n in self.state_sizes.items()}
@@ -294,11 +300,12 @@ class GpuCell(CellBase):
             w = self._packed[h["packed"]]
             rows, cols = w["rows"], w["columns"]
             dh = arrays[h["grad"]]
-            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays["x"], 0, cols, 1,
+            offset, stride = self._input_columns(h)
+            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays["x"], offset, stride, 1,
                        gradients[w["name"]], 0, cols, w["name"] in written, whole=True)
             written.add(w["name"])
             self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w["name"]], 0, cols, 1,
-                       arrays["dx"], 0, cols, 1, whole=True)
+                       arrays["dx"], offset, stride, 1, whole=True)
         for p in self.plan["products"]:
             w = self._packed[p["packed"]]
             rows, cols = w["rows"], w["columns"]
