@@ -27,6 +27,7 @@ def cells(draw):
     states = ["h"] + [f"s{k}" for k in range(1, n_states)]
     params: list[str] = []
     counter = itertools.count()
+    inputs: set[str] = set()  # inputs after x the cell reads: z (2 units), m (H units)
 
     def param(shape: str) -> str:
         name = f"{'W' if ',' in shape else 'p'}{next(counter)}"
@@ -34,10 +35,10 @@ def cells(draw):
         return name
 
     def expr(depth: int, names: list[str], vector: bool) -> str:
-        kinds = ["x_product", "name", "vector"] + ([] if vector else ["number"])
+        kinds = ["x_product", "name", "vector", "input"] + ([] if vector else ["number"])
         if depth > 0:
             kinds += ["add", "sub", "mul", "function", "state_product", "divide", "power",
-                      "select"]
+                      "select", "slice"]
             kinds += [] if vector else ["mean"]
         kind = draw(st.sampled_from(kinds))
         sub = lambda v=True: expr(depth - 1, names, v)  # noqa: E731
@@ -45,6 +46,10 @@ def cells(draw):
             return f"{param('[H, I]')} @ x"
         if kind == "name":
             return draw(st.sampled_from(names))
+        if kind == "input":  # a product of z (hoisted, as x's), or m itself
+            name = draw(st.sampled_from(["z", "m"]))
+            inputs.add(name)
+            return f"{param('[H, 2]')} @ z" if name == "z" else "m"
         if kind == "vector":
             return param("H")
         if kind == "number":
@@ -59,6 +64,9 @@ def cells(draw):
             return f"{param('[H, H]')} @ {sub()}"
         if kind == "power":
             return f"({sub(vector)}) ** {draw(st.sampled_from([2, 3]))}"
+        if kind == "slice":  # of a concat: a part of each, or one of them
+            start, stop = draw(st.sampled_from([("0", "H"), ("1", "H + 1"), ("H", "2*H")]))
+            return f"concat({sub()}, {sub()})[{start}:{stop}]"
         if kind == "select":  # a learned vector decides: no step near the sampled points
             return f"where({param('H')} > 0, {sub()}, {sub()})"
         if kind == "divide":
@@ -78,7 +86,8 @@ def cells(draw):
     if params:
         declarations.append("param " + ", ".join(params))
     body = "\n  ".join(declarations + lines)
-    return f"cell random(x: I) -> h: H {{\n  {body}\n}}\n"
+    ports = "".join(f", {n}: {size}" for n, size in (("z", 2), ("m", "H")) if n in inputs)
+    return f"cell random(x: I{ports}) -> h: H {{\n  {body}\n}}\n"
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -110,14 +119,17 @@ def test_generated_native_code_matches_the_reference_executor(spec):
     params = reference.init_params(1)
     state = {n: 0.5 * rng.standard_normal((3, s)) for n, s in reference.state_sizes.items()}
     dy = rng.standard_normal((4, 3, 3))
+    more = {n: rng.standard_normal((4, 3, size)) for n, size in reference.extra_inputs.items()}
     results = []
     for cell in (reference, native):
-        y, final, tape = cell.forward(x, params, state, train=True)
+        y, final, tape = cell.forward(x, params, state, train=True, inputs=more)
         results.append((y, final, tape.backward(dy)))
     (y0, f0, g0), (y1, f1, g1) = results
     close = dict(rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(y1, y0, **close, err_msg=spec)
     np.testing.assert_allclose(g1["x"], g0["x"], **close, err_msg=spec)
+    for n in g0["inputs"]:
+        np.testing.assert_allclose(g1["inputs"][n], g0["inputs"][n], **close, err_msg=spec)
     for n in g0["params"]:
         np.testing.assert_allclose(g1["params"][n], g0["params"][n], **close, err_msg=spec)
     for n in g0["state"]:
@@ -140,14 +152,16 @@ def test_generated_gpu_kernels_match_the_reference_executor(spec, persistent):
     state = {n: 0.5 * rng.standard_normal((3, s)) for n, s in reference.state_sizes.items()}
     dy = rng.standard_normal((4, 3, 3))
     lengths = np.array([4, 2, 3])
+    more = {n: rng.standard_normal((4, 3, size)) for n, size in reference.extra_inputs.items()}
     f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
-    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths)
+    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths, inputs=more)
     y1, s1, t1 = gpu.forward(x.astype(np.float32), f32(params), f32(state), train=True,
-                             lengths=lengths)
+                             lengths=lengths, inputs=f32(more))
     g0, g1 = t0.backward(dy), t1.backward(dy.astype(np.float32))
     pairs = [("y", y0, y1), ("dx", g0["x"], g1["x"])]
     pairs += [(f"state {n}", s0[n], s1[n]) for n in s0]
     pairs += [(f"d{n}", g0["params"][n], g1["params"][n]) for n in g0["params"]]
+    pairs += [(f"d{n}", g0["inputs"][n], g1["inputs"][n]) for n in g0["inputs"]]
     pairs += [(f"dstate {n}", g0["state"][n], g1["state"][n]) for n in g0["state"]]
     for label, expected, actual in pairs:
         scale = max(1.0, float(np.abs(expected).max()))
