@@ -448,3 +448,47 @@ def test_nn_unbatched_and_gradcheck():
     tsb = torch.cumsum(torch.rand(T, 2, 1, dtype=torch.float64) * 2, 0).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: module(a, ts=b)[0], (xb, tsb), eps=1e-6,
                                     atol=1e-6, rtol=1e-5)
+
+
+def test_nn_recurrent_cell_steps_with_inputs():
+    """RecurrentCell, one step at a time with the timestamp of each step, computes what
+    Recurrent computes over the whole sequence."""
+    import lstmc.nn as lnn
+
+    torch.manual_seed(2)
+    cell = lnn.RecurrentCell(PHASED, I, H, dtype=torch.float64)
+    whole = lnn.Recurrent(PHASED, I, H, dtype=torch.float64)
+    whole.load_state_dict(cell.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ts = torch.cumsum(torch.rand(T, B, 1, dtype=torch.float64) * 10, 0)
+    y, final = whole(x, ts=ts)
+    state = None
+    for t in range(T):
+        out, state = cell(x[t], state, ts=ts[t])
+        torch.testing.assert_close(out, y[t])
+    torch.testing.assert_close(state["c"], final["c"][0])
+    out, _ = cell(x[0, 0], None, ts=ts[0, 0])  # unbatched
+    torch.testing.assert_close(out, y[0, 0])
+    with pytest.raises(ShapeError, match=r"missing input\(s\) ts"):
+        cell(x[0])
+
+
+def test_nn_compiled_fullgraph_with_inputs():
+    """torch.compile(fullgraph=True) traces the op with the timestamps packed into its x:
+    the same outputs and gradients as eager."""
+    import lstmc.nn as lnn
+
+    torch.manual_seed(3)
+    module = lnn.Recurrent(PHASED, I, H, dtype=torch.float64)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ts = torch.cumsum(torch.rand(T, B, 1, dtype=torch.float64) * 10, 0)
+    results = []
+    for run in (module, compiled):
+        tsg = ts.clone().requires_grad_()
+        module.zero_grad()
+        y, _ = run(x, ts=tsg)
+        (y ** 2).sum().backward()
+        results.append((y.detach(), tsg.grad, module.tau.grad.clone()))
+    for eager, traced in zip(*results):
+        torch.testing.assert_close(traced, eager)

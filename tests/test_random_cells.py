@@ -4,7 +4,8 @@ with central finite differences of the forward pass (float64).
 The generator only uses smooth functions (no relu/min/max/abs kinks, no log or sqrt of
 values that may be negative; `where` only on the sign of a learned vector, which finite
 differences do not move across 0), so finite differences are a sound oracle: a failure is a
-wrong derivative rule, a wrong accumulation, or a wrong schedule through time."""
+wrong derivative rule, a wrong accumulation, or a wrong schedule through time. Cells may
+read inputs after x: z (2 units, through a product, hoisted as x's) and m (H units)."""
 import itertools
 import os
 

@@ -13,18 +13,16 @@ class RecurrentCell(Recurrent):
     """`RecurrentCell(spec, input_size, hidden_size, cell=None, **sizes)`; parameters as
     `Recurrent`'s (named after the spec). `forward(input, state=None)` takes input (B, I)
     (or (I,) unbatched) and states {name: (B, n)} (zeros when None), and returns
-    (output (B, out), new states {name: (B, n)}). Each call is one lstmc op call on a
-    one-step sequence; in eager inference the packed weights are reused between calls
-    while the parameters do not change."""
+    (output (B, out), new states {name: (B, n)}); a spec's inputs after the first come
+    by keyword, (B, n) each (`cell(x_t, state, ts=ts_t)`). Each call is one lstmc op call
+    on a one-step sequence; in eager inference the packed weights are reused between
+    calls while the parameters do not change."""
 
     def __init__(self, spec, input_size: int, hidden_size: int | None, cell: str | None = None,
                  **options):
         super().__init__(spec, input_size, hidden_size, cell=cell, **options)
 
     def forward(self, input: Tensor, state: dict | None = None, **inputs):
-        if inputs:
-            raise ShapeError(f"unexpected input(s) {', '.join(inputs)}: cell "
-                             f"'{self.cell_name}' takes only its input")
         if not isinstance(input, Tensor) or input.dim() not in (1, 2) or (
                 input.shape[-1] != self.input_size):
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
@@ -34,11 +32,20 @@ class RecurrentCell(Recurrent):
         weights = self._weights(0, 0)
         x = input.reshape(1, 1 if unbatched else input.shape[0], self.input_size)
         x = x.to(weights[0].dtype).contiguous()
+        steps = {}
+        for name, value in inputs.items():  # one step of each: (B, n) or (n,)
+            if isinstance(value, Tensor) and value.dim() == (1 if unbatched else 2):
+                value = value.reshape(1, x.shape[1], -1)
+            steps[name] = value
+        extras = self._extra_inputs(steps, x, None, False)
+        if extras:
+            x = torch.cat([x, *extras], dim=-1)
         init = []
         if state is not None:
             init = self._step_state(state, x.shape[1], unbatched, weights[0].dtype)
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
+            or any(e.requires_grad for e in extras)
             or any(s.requires_grad for s in init))
         y, final = call_forward(self._keys[0], x, weights, init, None, grad)
         out = y[0, 0] if unbatched else y[0]
