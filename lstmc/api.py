@@ -137,6 +137,12 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
     layers = [first]
     if num_layers > 1:
         layers += [layer(sum(c.state_sizes[c.output] for c in first))] * (num_layers - 1)
+        upper = layers[1][0].extra_inputs
+        if upper != first[0].extra_inputs:  # `m: I` grew with the upper layers' input
+            raise CompileError(
+                f"num_layers={num_layers}: every layer is given the inputs after the first as "
+                f"they are, but their sizes follow the first input's ({first[0].extra_inputs} "
+                f"in layer 0, {upper} above it): give them sizes of their own")
     return Stack(layers, batch_first=bool(batch_first), directions=kinds)
 
 

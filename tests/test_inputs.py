@@ -373,6 +373,13 @@ def test_spec_errors_and_bound_cells():
         cell.bind(cell.init_params())
 
 
+def test_stack_inputs_whose_size_follows_x_are_refused():
+    spec = "cell c(x: I, m: I) -> h: H { param W, U\n h' = tanh(W @ (x * m) + U @ h) }"
+    assert lstmc.compile(spec, 3, 4).extra_inputs == {"m": 3}
+    with pytest.raises(lstmc.CompileError, match=r"\{'m': 3\} in layer 0, \{'m': 4\} above"):
+        lstmc.compile(spec, 3, 4, num_layers=2)
+
+
 def test_artifact_round_trip(tmp_path):
     from lstmc.api import write_artifact_dir
 
@@ -383,6 +390,14 @@ def test_artifact_round_trip(tmp_path):
     assert loaded.extra_inputs == {"ts": 1}
     y0, _ = cell.forward(x, params, state, inputs={"ts": ts})
     y1, _ = loaded.forward(x, params, state, inputs={"ts": ts})
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+    write_artifact_dir(PHASED, str(tmp_path / "s"), I, H, dtype="float64", num_layers=2,
+                       bidirectional=True)
+    stack = lstmc.load(str(tmp_path / "s"))
+    reference = lstmc.compile(PHASED, I, H, dtype="float64", num_layers=2, bidirectional=True)
+    params = reference.init_params(0)
+    y0, _ = reference.forward(x, params, inputs={"ts": ts})
+    y1, _ = stack.forward(x, params, inputs={"ts": ts})
     np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
 
 
