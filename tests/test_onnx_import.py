@@ -78,6 +78,8 @@ RANDOM_NODES = [
     ("RNN", {"activations": ["ScaledTanh"]}, False),  # onnxruntime: alpha, beta default 0
     ("RNN", {"activations": ["LeakyRelu"]}, False), ("RNN", {"activations": ["Elu"]}, False),
     ("RNN", {"activations": ["Softplus"], "direction": "reverse"}, False),
+    ("RNN", {"activations": ["ThresholdedRelu"]}, False),  # onnxruntime: alpha 0
+    ("RNN", {"activations": ["ThresholdedRelu"], "activation_alpha": [-0.3]}, False),
 ]
 
 
@@ -106,8 +108,8 @@ def test_random_node_against_onnxruntime(op, attrs, peepholes):
 
 def test_refusals_name_the_attribute():
     rng = np.random.default_rng(0)
-    model, _ = random_model(rng, "RNN", {"activations": ["ThresholdedRelu"]})
-    with pytest.raises(OnnxError, match="ThresholdedRelu"):
+    model, _ = random_model(rng, "RNN", {"activations": ["Swish"]})
+    with pytest.raises(OnnxError, match="unknown activation 'Swish'"):
         load(model, target="reference")
     model, _ = random_model(rng, "RNN", {"direction": "sideways"})
     with pytest.raises(OnnxError, match="direction"):

@@ -4,7 +4,8 @@ ONNX names them in the `activations` attribute of LSTM, GRU and RNN; `activation
 and `activation_beta` are consumed in order by the activations that take them. Where the
 specification leaves a default open (Affine, ScaledTanh), lstmc follows onnxruntime
 (rnn_helpers.cc): a missing alpha or beta of Affine and ScaledTanh is 0 (so both are
-then constant zero), as checked against onnxruntime in tests/test_onnx_import.py.
+then constant zero), and so is a missing alpha of ThresholdedRelu (the operator's own
+default is 1), as checked against onnxruntime in tests/test_onnx_import.py.
 """
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ ACTIVATIONS = {a.name.lower(): a for a in [
     Activation("ScaledTanh", "({a} * tanh({b} * {z}))", alpha=0.0, beta=0.0),
     Activation("HardSigmoid", "clip({a} * {z} + {b}, 0, 1)", alpha=0.2, beta=0.5),
     Activation("Elu", "(max({z}, 0) + {a} * (exp(min({z}, 0)) - 1))", alpha=1.0),
+    Activation("ThresholdedRelu", "where({z} > {a}, {z}, 0)", alpha=0.0),
 ]}
 
-# ThresholdedRelu (z if z > alpha else 0) needs a comparison, which the spec language
-# does not have: refused by name.
-UNSUPPORTED = {"thresholdedrelu": "ThresholdedRelu (a step at alpha needs a comparison, "
-                                  "which the spec language lacks)"}
+# Activations ONNX names that lstmc refuses by name, with the reason (none at present:
+# ThresholdedRelu, once refused for want of a comparison, is `where(z > alpha, z, 0)`).
+UNSUPPORTED: dict[str, str] = {}
 
 
 def number(value: float) -> str:
