@@ -507,3 +507,32 @@ def test_nn_compiled_fullgraph_with_inputs():
         results.append((y.detach(), tsg.grad, module.tau.grad.clone()))
     for eager, traced in zip(*results):
         torch.testing.assert_close(traced, eager)
+
+
+def test_cuda_whole_sequence_products_read_an_input_at_its_offset():
+    """The cuda target's whole-sequence GEMMs (cuBLAS through strided_gemm) with NumPy as
+    the array module, as GpuCell calls them for a product of an input after the first:
+    its hoisted product, weight gradient and input gradient read and write that input's
+    units of the packed (T*B, I + C) rows only."""
+    from lstmc_runtime.gpu.cuda import strided_gemm
+
+    rng = np.random.default_rng(4)
+    TB, width, offset, C, rows = 7, 5, 3, 2, 4  # x: 3 units, z: 2 units at offset 3
+    packed = rng.standard_normal(TB * width)
+    W = rng.standard_normal((rows, C))
+    dh = rng.standard_normal((TB, rows))
+    z = packed.reshape(TB, width)[:, offset:]
+    out = np.zeros(TB * rows)
+    strided_gemm(np, np.lib.stride_tricks.as_strided, TB, rows, C, packed, offset, width, 1,
+                 W.reshape(-1), 0, 1, C, out, 0, rows, False)
+    np.testing.assert_allclose(out.reshape(TB, rows), z @ W.T)
+    dW = np.zeros(rows * C)
+    strided_gemm(np, np.lib.stride_tricks.as_strided, rows, C, TB, dh.reshape(-1), 0, 1, rows,
+                 packed, offset, width, 1, dW, 0, C, False)
+    np.testing.assert_allclose(dW.reshape(rows, C), dh.T @ z)
+    dx = np.ones(TB * width)
+    strided_gemm(np, np.lib.stride_tricks.as_strided, TB, C, rows, dh.reshape(-1), 0, rows, 1,
+                 W.reshape(-1), 0, C, 1, dx, offset, width, True)
+    expected = np.ones((TB, width))
+    expected[:, offset:] += dh @ W
+    np.testing.assert_allclose(dx.reshape(TB, width), expected)
