@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from lstmc_runtime.manifest import CONTRACT_SYMBOL, ENTRY_SYMBOLS, SCHEMA, contract_hash
+from lstmc_runtime.workers import SYMBOLS as WORKERS
 
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
@@ -66,8 +67,8 @@ def jit(program: Program, sizes: dict[str, int], dtype: str):
     ir_text, manifest = generate(program, sizes, dtype)
     engine = llvm.create_mcjit_compiler(optimize(ir_text), new_target_machine())
     engine.finalize_object()
-    functions = {entry["symbol"]: engine.get_function_address(entry["symbol"])
-                 for entry in manifest["entries"].values()}
+    symbols = [entry["symbol"] for entry in manifest["entries"].values()] + list(WORKERS)
+    functions = {symbol: engine.get_function_address(symbol) for symbol in symbols}
     return NativeCell(manifest, functions, keepalive=engine)
 
 

@@ -25,6 +25,7 @@ from .manifest import (
     self_checksum,
 )
 from .native import NativeCell
+from .workers import SYMBOLS as WORKERS
 
 FORMAT = SCHEMA
 MANIFEST = "manifest.json"
@@ -97,6 +98,9 @@ def load_cell(directory: str, manifest: dict | None = None):
         address = ctypes.cast(getattr(library, entry.symbol), ctypes.c_void_p).value
         assert address is not None  # getattr raises AttributeError for a missing symbol
         functions[entry.symbol] = address
+    for symbol in WORKERS:  # parked worker threads: libraries built before them lack them
+        if hasattr(library, symbol):
+            functions[symbol] = ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value or 0
     return NativeCell(typed, functions, keepalive=library)
 
 

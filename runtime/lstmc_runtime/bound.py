@@ -14,7 +14,9 @@ while another thread is inside the same cell's fast path) runs the ordinary way.
 from __future__ import annotations
 
 import ctypes
+import statistics
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +54,12 @@ class Plan:
 
     __slots__ = ("kernel", "T", "B", "dtype", "pointers", "x_slot", "y_slot", "y_shape",
                  "state_in", "state_out", "param_slots", "params", "zero_state",
-                 "state_keys", "keep", "pooled")
+                 "state_keys", "keep", "pooled", "threaded")
 
     def __init__(self, cell: NativeCell, entry: str, T: int, B: int):
-        self.kernel = cell._entries[entry]
+        self.kernel = cell._entries["forward"]
+        # forward_mt: the same buffers, run by the process's parked workers with the caller
+        self.threaded: Threaded | None = Threaded(cell, entry, B) if entry != "forward" else None
         self.T, self.B, self.dtype = T, B, cell.dtype
         layout = cell._layout(entry)
         self.pointers = (ctypes.c_void_p * max(len(layout), 1))()
@@ -140,10 +144,17 @@ class Plan:
         pointers[self.y_slot] = _addressof(_char_at(y))  # type: ignore[arg-type]
         if self.pooled:
             return self._run_pooled(y)
-        status = self.kernel(self.T, self.B, pointers)
+        status = self._kernel(pointers)
         if status:
             raise BackendError(f"kernel forward failed with status {status}")
         return y
+
+    def _kernel(self, pointers) -> int:
+        threaded = self.threaded
+        if threaded is None:
+            return self.kernel(self.T, self.B, pointers)
+        return threaded.choose(lambda: self.kernel(self.T, self.B, pointers),
+                               lambda: threaded.run(self.T, self.B, pointers))
 
     def _run_pooled(self, y: np.ndarray) -> np.ndarray:
         from .native import POOL
@@ -151,11 +162,76 @@ class Plan:
         work = [POOL.get(shape, dtype, zero=False) for _, shape, dtype in self.pooled]
         for (slot, *_), array in zip(self.pooled, work):
             self.pointers[slot] = address(array)
-        status = self.kernel(self.T, self.B, self.pointers)
+        status = self._kernel(self.pointers)
         POOL.put(work)
         if status:
             raise BackendError(f"kernel forward failed with status {status}")
         return y
+
+
+class Threaded:
+    """What a plan of the threaded kernel adds: its threads, their barrier words and
+    shared scratch (arena), the kernel's address for the workers, and the choice between
+    it and the one-thread kernel, by measurement.
+
+    Whether threads pay depends on the machine and on what else runs on it (a barrier
+    waits for a descheduled thread), so the plan times both kernels on its first calls
+    (PROBES each, in turn, medians compared) and runs the faster one; it measures again
+    every RECHECK calls, so a machine that gets busier or quieter is followed."""
+
+    PROBES = 5
+    RECHECK = 4096
+
+    def __init__(self, cell: NativeCell, entry: str, B: int):
+        if cell._layout(entry) != cell._layout("forward"):
+            raise BackendError(f"internal: {entry} and forward take different buffers")
+        self.threads = cell._threads()
+        self.address = cell._functions[entry]
+        self.sync = np.zeros(2, np.int64)
+        self.arena = np.empty((B, max(cell.contract.entries[entry].arena_elements, 1)),
+                              cell.dtype)
+        self.args = (self.sync.ctypes.data, self.arena.ctypes.data)
+        self.pool = lambda: cell.native_workers(self.threads)
+        self.times: tuple[list[float], list[float]] = ([], [])  # one thread, threads
+        self.best: bool | None = None  # threads faster? (None: measuring)
+        self.calls = 0
+
+    def choose(self, alone: Callable[[], int], together: Callable[[], int | None]) -> int:
+        """The status of the kernel this call runs: the measured faster one (the one
+        thread whenever the workers are busy with another call)."""
+        best = self.best
+        if best is not None and self.calls < self.RECHECK:
+            self.calls += 1
+            status = together() if best else None
+            return alone() if status is None else status
+        if best is not None:  # time to measure again
+            self.best, self.times = None, ([], [])
+        times = self.times
+        threads = len(times[1]) <= len(times[0])
+        start = time.perf_counter()
+        status = together() if threads else None
+        if status is None:
+            threads = False
+            status = alone()
+        times[threads].append(time.perf_counter() - start)
+        if min(len(times[0]), len(times[1])) >= self.PROBES:
+            self.best = statistics.median(times[1]) < statistics.median(times[0])
+            self.calls = 0
+        return status
+
+    def run(self, T: int, B: int, pointers) -> int | None:
+        """The kernel's status, or None when the workers are busy with another call."""
+        pool = self.pool()
+        if pool is None or not pool.lock.acquire(False):
+            return None
+        try:
+            if pool.closed:
+                return None
+            self.sync.fill(0)
+            return pool.run(self.address, T, B, _addressof(pointers), self.threads,
+                            *self.args)
+        finally:
+            pool.lock.release()
 
 
 class Plans:
@@ -183,7 +259,10 @@ class Plans:
             raise ShapeError(f"x: expected at least one step and one batch row, got shape "
                              f"{tuple(x.shape)}")
         entry, bounds = cell._forward_entry(T, B, train=False)
-        plan = Plan(cell, entry, T, B) if entry == "forward" and len(bounds) == 2 else None
+        if len(bounds) == 2 and (entry == "forward_mt" or cell.may_thread(T, B)):
+            # either kernel, by measurement (see Threaded), where workers can run one
+            entry = "forward_mt" if cell.native_workers(cell._threads()) else "forward"
+        plan = Plan(cell, entry, T, B) if len(bounds) == 2 else None
         if len(self._plans) >= MAX_PLANS:
             del self._plans[next(iter(self._plans))]
         self._plans[key] = plan

@@ -29,6 +29,8 @@ from .cellbase import CellBase
 from .errors import BackendError, UsageError
 from .manifest import CpuManifest
 from .validate import check_array, check_names
+from .workers import SYMBOLS as WORKER_SYMBOLS
+from .workers import workers
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -41,6 +43,7 @@ THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64
 Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
 THREADED_STEP_WEIGHTS = 1 << 18
+MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -285,6 +288,9 @@ class NativeCell(CellBase):
         self._entries = {
             name: (THREADED_ENTRY if name.endswith("_mt") else ENTRY)(functions[entry.symbol])
             for name, entry in manifest.entries.items()}
+        self._functions = {name: functions[entry.symbol]
+                           for name, entry in manifest.entries.items()}
+        self._functions.update({s: functions[s] for s in WORKER_SYMBOLS if functions.get(s)})
         self.plans = Plans(self)  # of the lean inference call, by input shape
 
     # -- weights ------------------------------------------------------------------------
@@ -444,17 +450,42 @@ class NativeCell(CellBase):
         POOL.put(spent)
         return out
 
-    def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
-        # Enough threads for the work (each meeting costs more with more of them): one
-        # per THREADED_STEP_WEIGHTS / 2 weights of a step, at most 8.
+    def native_workers(self, threads: int):
+        """The process's parked worker threads with room for `threads` (made from this
+        cell's library if there are none), or None (a library built without them)."""
+        return workers(threads, self._functions, self._keepalive)
+
+    def may_thread(self, T: int, B: int) -> bool:
+        """Whether a (T, B) inference call of the lean path may measure the threaded
+        kernel against the one-thread kernel: a small batch with enough product work
+        per step (below MIN_THREADED_WEIGHTS a barrier costs more than a share saves)."""
+        return (B < 2 * MIN_ROWS_PER_THREAD and thread_count() > 1
+                and self.contract.step_weight_elements >= MIN_THREADED_WEIGHTS)
+
+    def _threads(self) -> int:
+        """Threads for a threaded kernel: enough for the work (each meeting costs more
+        with more of them): one per THREADED_STEP_WEIGHTS / 2 weights of a step, 2 to 8."""
         share = max(1, THREADED_STEP_WEIGHTS // 2)
         weights = self.contract.step_weight_elements
-        threads = max(2, min(thread_count(), weights // share, 8))
+        return max(2, min(thread_count(), weights // share, 8))
+
+    def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
+        threads = self._threads()
         pointers = (ctypes.c_void_p * max(len(layout), 1))(
             *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
         sync = np.zeros(2, np.int64)
         elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
+        pool = self.native_workers(threads)
+        if pool is not None and pool.lock.acquire(False):  # else: busy, run it as below
+            try:
+                if not pool.closed:
+                    status = pool.run(self._functions[entry], T, B, ctypes.addressof(pointers),
+                                      threads, sync.ctypes.data, arena.ctypes.data)
+                    POOL.put([arena])
+                    return [status]
+            finally:
+                pool.lock.release()
         kernel = self._entries[entry]
         args = (T, B, pointers)
 

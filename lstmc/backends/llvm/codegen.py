@@ -22,6 +22,7 @@ from lstmc_runtime import buffers as names
 from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
+from . import workers
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
 from .philox import emit_mask_fill
@@ -100,6 +101,7 @@ class ModuleBuilder:
         _ForwardKernel(self, train=True).emit()
         _ForwardKernel(self, train=False, threaded=True).emit()
         _BackwardKernel(self).emit()
+        workers.emit(self.module)  # the parked threads that run forward_mt with the caller
         return self.module
 
 

@@ -1,0 +1,167 @@
+"""The parked native worker threads (lstmc_runtime.workers) that run threaded kernels with
+the caller: results against the reference executor for any thread count, through both
+call paths; one pool per process, grown when needed, made afresh after a fork."""
+import os
+import threading
+
+import numpy as np
+import pytest
+from conftest import compile_spec, random_inputs
+from lstmc_runtime import workers
+from lstmc_runtime.bound import Threaded
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Every inference call of a small batch runs threaded; counts the pool's jobs."""
+    monkeypatch.setattr("lstmc_runtime.native.THREADED_STEP_WEIGHTS", 0)
+    monkeypatch.setattr(Threaded, "choose",  # the lean path: threads, not a measured choice
+                        lambda self, alone, together: (lambda s: alone() if s is None else s)(
+                            together()))
+    jobs = []
+    original = workers.Workers.run
+    monkeypatch.setattr(workers.Workers, "run",
+                        lambda self, *a: jobs.append(a[4]) or original(self, *a))
+    return jobs
+
+
+def check(got, expected):
+    (y1, f1), (y0, f0) = got, expected
+    np.testing.assert_allclose(y1, y0, **TOL)
+    for n in f0:
+        np.testing.assert_allclose(f1[n], f0[n], **TOL, err_msg=n)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "lstmp", "layernorm_lstm", "indrnn",
+                                  "greff/fgr"])
+@pytest.mark.parametrize("threads", ["2", "3", "5"])
+def test_threaded_kernels_on_parked_workers_match_the_reference(monkeypatch, threaded,
+                                                                name, threads):
+    """H = 37: shares of columns that divide neither by the threads nor by panels."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
+    reference = compile_spec(name, hidden_size=37)
+    native = compile_spec(name, hidden_size=37, target="cpu")
+    x, params, state = random_inputs(reference, T=9, B=3)
+    lengths = np.array([9, 2, 5])
+    check(native.forward(x, params, state, lengths=lengths),
+          reference.forward(x, params, state, lengths=lengths))  # the general path
+    expected = reference.forward(x, params, state)
+    bound = native.bind(params)
+    for _ in range(3):  # the lean path: a plan of the threaded kernel, reused
+        check(bound(x, state), expected)
+        check(native.forward(x, params, state), expected)
+    bound.reset(state)
+    y = np.concatenate([bound.step(x[:4]), bound.step(x[4:8]), bound.step(x[8:])])
+    np.testing.assert_allclose(y, reference.forward(x, params, state)[0], **TOL)
+    assert len(threaded) >= 7 and set(threaded) == {native._threads()}
+
+
+def test_one_pool_for_every_cell_grown_when_a_call_needs_more(monkeypatch, threaded):
+    cells = [compile_spec(name, hidden_size=20, target="cpu") for name in ("lstm", "gru")]
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    for cell in cells:
+        x, params, state = random_inputs(cell, T=8, B=1)
+        cell.forward(x, params, state)
+    pool = workers._pool
+    assert pool is not None and pool.count >= 1
+    monkeypatch.setenv("LSTMC_NUM_THREADS", str(pool.count + 2))
+    x, params, state = random_inputs(cells[0], T=9, B=1)  # a new shape: a new plan
+    cells[0].forward(x, params, state)
+    assert workers._pool is not pool and workers._pool.count == pool.count + 1
+    assert pool.closed and not any(t.is_alive() for t in pool._threads)  # the old ones left
+    names = [t.name for t in threading.enumerate() if t.name.startswith("lstmc-worker")]
+    assert len(names) == workers._pool.count
+
+
+def test_calls_from_several_threads_share_the_workers(monkeypatch, threaded):
+    """One call at a time holds the workers; the others run on Python's threads or alone."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    reference = compile_spec("lstm", hidden_size=24)
+    native = compile_spec("lstm", hidden_size=24, target="cpu")
+    cases = [random_inputs(reference, T=10, B=1, seed=s) for s in range(3)]
+    packed = native.pack_params(cases[0][1])
+    errors = []
+
+    def run(x, state, expected):
+        try:
+            for _ in range(60):
+                check(native.forward(x, packed, state), expected)
+                check(native.forward(x, packed, state, lengths=np.array([7])),
+                      reference.forward(x, cases[0][1], state, lengths=np.array([7])))
+        except AssertionError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    runners = [threading.Thread(target=run, args=(x, s, reference.forward(x, cases[0][1], s)))
+               for x, _, s in cases]
+    for t in runners:
+        t.start()
+    for t in runners:
+        t.join()
+    assert not errors and threaded
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_workers(monkeypatch, threaded):
+    """A fork copies the pool's memory but not its threads: the child must not wait for
+    workers that do not exist."""
+    import multiprocessing
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    cell = compile_spec("gru", hidden_size=30, target="cpu")
+    x, params, state = random_inputs(cell, T=12, B=1)
+    expected, _ = cell.forward(x, params, state)
+    assert workers._pool is not None
+    _FORKED.update(cell=cell, x=x, params=params, state=state)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got, jobs = pool.apply_async(_forward_in_child).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
+    assert jobs >= 1
+
+
+_FORKED: dict = {}
+
+
+def _forward_in_child():
+    case = _FORKED
+    y = case["cell"].forward(case["x"], case["params"], case["state"])[0]
+    y = case["cell"].forward(case["x"], case["params"], case["state"])[0]
+    pool = workers._pool
+    assert pool is not None and pool.pid == os.getpid()
+    return y, int(pool.state[0])  # the generation: jobs the child's pool ran
+
+
+def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
+    """Threaded.choose on a fake clock: each kernel advances it by its own cost."""
+    clock = [0.0]
+    monkeypatch.setattr("lstmc_runtime.bound.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr(Threaded, "RECHECK", 20)
+    choice = Threaded.__new__(Threaded)
+    choice.times, choice.best, choice.calls = ([], []), None, 0
+    cost = {"alone": 2.0, "together": 1.0}
+    ran = []
+
+    def kernel(name, busy=False):
+        def run():
+            if busy:
+                return None
+            ran.append(name)
+            clock[0] += cost[name]
+            return 0
+        return run
+
+    for _ in range(2 * Threaded.PROBES):  # measuring: in turn
+        choice.choose(kernel("alone"), kernel("together"))
+    assert ran.count("alone") == ran.count("together") == Threaded.PROBES
+    assert choice.best is True
+    ran.clear()
+    for _ in range(20):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert ran == ["together"] * 20
+    choice.choose(kernel("alone"), kernel("together", busy=True))  # workers busy: alone
+    assert ran[-1] == "alone" and choice.best is None  # and measuring again
+    cost.update(alone=1.0, together=3.0)  # the machine got busier: threads lose now
+    for _ in range(2 * Threaded.PROBES + 5):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is False and ran[-5:] == ["alone"] * 5
