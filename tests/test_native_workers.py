@@ -165,3 +165,34 @@ def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
     for _ in range(2 * Threaded.PROBES + 5):
         choice.choose(kernel("alone"), kernel("together"))
     assert choice.best is False and ran[-5:] == ["alone"] * 5
+
+
+def test_workers_outlive_the_objects_of_an_ending_interpreter(tmp_path):
+    """Idle workers spin on their shared state until the process ends: its memory must
+    stay theirs after the interpreter freed the pool (it would read a job in reused memory
+    and run it)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ending.py"
+    script.write_text(
+        "import gc, os, time, numpy as np\n"
+        "from conftest import compile_spec, random_inputs\n"
+        "from lstmc_runtime import workers\n"
+        "os.environ['LSTMC_NUM_THREADS'] = '2'\n"
+        "cell = compile_spec('lstm', hidden_size=20, target='cpu')\n"
+        "x, params, state = random_inputs(cell, T=8, B=1)\n"
+        "pool = cell.native_workers(2)\n"
+        "assert pool is not None\n"
+        "workers._pool = pool = None\n"
+        "gc.collect()\n"
+        "job = np.zeros(16, np.int64)\n"
+        "job[[0, 6, 10]] = 12345, 8, 2  # a new generation, a kernel at address 8\n"
+        "junk = [job.copy() for _ in range(20000)]  # in reused memory: a worker would run it\n"
+        "time.sleep(0.2)\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(__file__)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -23,12 +23,21 @@ LOOP = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
 RUN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, *[ctypes.c_int64] * 8)
 
 
+_calloc = ctypes.CDLL(None).calloc  # workers exist on Linux only (a futex parks them)
+_calloc.restype, _calloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t, ctypes.c_size_t]
+
+
 class Workers:
     """`count` parked threads running `loop` (from a library kept alive by `keepalive`)."""
 
     def __init__(self, loop: int, run: int, count: int, keepalive=None):
-        self.state = np.zeros(STATE_WORDS, np.int64)
-        self._address = self.state.ctypes.data
+        # Memory never freed: a worker may still spin on it while the interpreter tears
+        # down (its objects freed, their memory reused: it would read a "job" there).
+        self._address = _calloc(STATE_WORDS, 8)
+        if not self._address:
+            raise MemoryError("cannot allocate the worker threads' shared state")
+        self.state = np.ctypeslib.as_array(
+            (ctypes.c_int64 * STATE_WORDS).from_address(self._address))
         self._loop, self._run = LOOP(loop), RUN(run)
         self.count, self.pid, self._keepalive = count, os.getpid(), keepalive
         self.lock = threading.Lock()  # one job at a time: the state holds one
