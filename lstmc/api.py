@@ -19,6 +19,7 @@ from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
 from .errors import BackendError, CompileError
 from .frontend.source import read_source
+from .ir.size import Size
 from .passes.pipeline import Program
 
 __all__ = ["Cell", "Tape", "bind_sizes", "compile"]
@@ -80,10 +81,22 @@ def _size_names(program: Program) -> set[str]:
     names = set(info.input[1].names)
     for size in [*info.extra_inputs.values(), *info.states.values()]:
         names |= size.names
-    for name in info.params:
+    for name, p in info.params.items():
         for dim in info.param_shape(name):
             names |= dim.names
+        if p.heads is not None:
+            names |= Size.of(p.heads).names
     return names
+
+
+def lower_bound(source, cell, input_size, hidden_size, sizes) -> tuple[Program, dict[str, int]]:
+    """The cell's Program and the values of its sizes. A cell with multi-head matrices
+    is lowered again with the sizes as numbers: its head counts shape the step."""
+    program = lower_spec(source, cell)
+    bound = bind_sizes(program, input_size, hidden_size, sizes)
+    if program.info.has_heads:
+        program = lower_spec(source, cell, bound)
+    return program, bound
 
 
 def compile(spec: str | os.PathLike[str], input_size: int | None = None,
@@ -160,8 +173,7 @@ def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[s
 
 def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
     if target == "reference":
-        program = lower_spec(source, cell)
-        bound = bind_sizes(program, input_size, hidden_size, sizes)
+        program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
         return Cell(program, bound, np.dtype(dtype), target)
     if target in GPU_TARGETS:
         return _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target)
@@ -174,16 +186,14 @@ def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
     try:
         find_linker()
     except BackendError:  # no C toolchain to link a library: JIT in process, uncached
-        program = lower_spec(source, cell)
-        return jit(program, bind_sizes(program, input_size, hidden_size, sizes), dtype)
+        return jit(*lower_bound(source, cell, input_size, hidden_size, sizes), dtype)
 
     key = cache_key({"spec": source.text, "cell": cell, "input_size": input_size,
                      "hidden_size": hidden_size, "sizes": sizes, "dtype": dtype,
                      "target": target})
 
     def build(directory: str) -> None:
-        program = lower_spec(source, cell)
-        bound = bind_sizes(program, input_size, hidden_size, sizes)
+        program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
         write_artifact(directory, program, bound, dtype)
 
     compiled, _ = cached(key, build, load_cell)
@@ -200,9 +210,8 @@ def _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target):
     if target == "cuda":  # say what is missing before compiling anything
         from lstmc_runtime.gpu.cuda import import_cupy
         import_cupy()
-    program = lower_spec(source, cell)
-    kernels, manifest = manifest_for(program, bind_sizes(program, input_size, hidden_size,
-                                                         sizes), target)
+    kernels, manifest = manifest_for(*lower_bound(source, cell, input_size, hidden_size,
+                                                  sizes), target)
     return GpuCell(manifest, kernels)
 
 
@@ -267,8 +276,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
-    program = lower_spec(source, cell)
-    bound = bind_sizes(program, input_size, hidden_size, sizes)
+    program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
     _check_cpu_name(target, cpu)
     _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
@@ -286,7 +294,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     for name, part_sizes in parts.items():
         sub = os.path.join(directory, name)
         os.makedirs(sub, exist_ok=True)
-        write_artifact(sub, program, part_sizes, dtype, emit, cpu=cpu)
+        part = lower_spec(source, cell, part_sizes) if program.info.has_heads else program
+        write_artifact(sub, part, part_sizes, dtype, emit, cpu=cpu)
     manifest = {"target": target, "cell": program.info.name, "dtype": dtype,
                 "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
                            "batch_first": bool(batch_first)},

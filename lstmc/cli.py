@@ -195,6 +195,8 @@ def cmd_compile(args) -> int:
     if args.input_size or args.hidden_size or args.size or {"llvm", "asm", "cuda"} & set(stages):
         sizes = bind_sizes(program, args.input_size, args.hidden_size, _sizes(args))
         print("; sizes: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+        if program.info.has_heads:  # one product per head: the head count shapes the step
+            program = lower(cell, sizes)
     for stage in stages:
         if stage == "ir-unfused":
             _, graph = unfused_graph(cell)

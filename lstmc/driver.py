@@ -40,5 +40,6 @@ def select_cell(cells: list[CheckedCell], name: str | None) -> CheckedCell:
                        + ", ".join(c.name for c in cells) + ")")
 
 
-def lower_spec(spec: str | os.PathLike[str], cell: str | None = None) -> Program:
-    return lower(select_cell(check_spec(spec), cell))
+def lower_spec(spec: str | os.PathLike[str], cell: str | None = None,
+               sizes: dict[str, int] | None = None) -> Program:
+    return lower(select_cell(check_spec(spec), cell), sizes)

@@ -192,6 +192,24 @@ def phased_lstm(p, x, s, ts):
     return {"h": k * h_tilde + (1 - k) * h, "c": k * c_tilde + (1 - k) * c}
 
 
+def slstm(p, x, s):
+    """Beck et al. 2024, sLSTM (exponential gates, stabilizer m, normalizer n) with the
+    recurrent matrices block-diagonal over the heads: R_g holds (NH, H/NH, H/NH) blocks."""
+    h, c, n, m = s["h"], s["c"], s["n"], s["m"]
+    pre = {}
+    for g in "zifo":
+        blocks = p["R_" + g]
+        dh = blocks.shape[1]
+        rec = np.concatenate([mv(blocks[k], h[:, k * dh:(k + 1) * dh])
+                              for k in range(blocks.shape[0])], axis=1)
+        pre[g] = mv(p["W_" + g], x) + rec + p["b_" + g]
+    m2 = np.maximum(pre["f"] + m, pre["i"])
+    i, f = np.exp(pre["i"] - m2), np.exp(pre["f"] + m - m2)
+    c2 = f * c + i * np.tanh(pre["z"])
+    n2 = f * n + i
+    return {"h": sig(pre["o"]) * (c2 / n2), "c": c2, "n": n2, "m": m2}
+
+
 RANDOM = {zoneout_lstm, awd_lstm}  # steps that take `draw(site, p, per_sequence=False)`
 
 

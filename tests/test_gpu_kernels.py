@@ -6,23 +6,22 @@ import subprocess
 import pytest
 from conftest import EXTRA_SIZES, SPEC_NAMES, spec_path
 
-from lstmc.api import bind_sizes
+from lstmc.api import bind_sizes, lower_bound
 from lstmc.backends.gpu import nvrtc
 from lstmc.backends.gpu.kernels import generate
 from lstmc.driver import lower_spec
 
 # The sizes the benchmarks use: registers do not depend on them, spills could.
 DEFAULT_SIZES = {"input_size": 256, "hidden_size": 256}
-DEFAULT_EXTRA = {"lstmp": {"P": 128}}
+DEFAULT_EXTRA = {"lstmp": {"P": 128}, "xlstm/slstm": {"NH": 4}}
 
 needs_nvrtc = pytest.mark.skipif(not nvrtc.available(),
                                  reason="NVRTC not installed (pip install -e '.[test]')")
 
 
 def kernels_of(name):
-    program = lower_spec(spec_path(name))
-    sizes = bind_sizes(program, DEFAULT_SIZES["input_size"], DEFAULT_SIZES["hidden_size"],
-                       DEFAULT_EXTRA.get(name, {}))
+    program, sizes = lower_bound(spec_path(name), None, DEFAULT_SIZES["input_size"],
+                                 DEFAULT_SIZES["hidden_size"], DEFAULT_EXTRA.get(name, {}))
     return generate(program, sizes)
 
 

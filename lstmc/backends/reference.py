@@ -14,6 +14,7 @@ import numpy as np
 from ..ir import masks
 from ..ir.graph import IRError, Node, Op, is_elementwise
 from ..ir.program import Program
+from . import check_renderable
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Saved:
 
 class ReferenceExecutor:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: np.dtype):
+        check_renderable(program)
         self.program, self.sizes, self.dtype = program, sizes, np.dtype(dtype)
         info = program.info
         self.output = info.output

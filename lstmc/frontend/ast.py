@@ -88,6 +88,7 @@ class ParamDecl:
     shape: tuple[SizeRef, ...] | None  # (n,) for a vector, (rows, cols) for a matrix
     init: float | str | None  # a constant, "eye" (identity); None: uniform(+-1/sqrt(H))
     loc: Location
+    heads: SizeRef | None = None  # block-diagonal over this many heads
 
 
 @dataclass(frozen=True)

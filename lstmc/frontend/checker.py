@@ -27,8 +27,10 @@ class ParamInfo:
     init: float | str | None  # a constant, "eye", or None (PyTorch's uniform)
     loc: Location
     # A matrix computed from parameters (`(W - W.T) @ h`): its terms (coefficient,
-    # parameter or None for the identity, transposed); None for a learned parameter.
-    derived: tuple[tuple[float, str | None, bool], ...] | None = None
+    # parameter or None for the identity, transposed, block of a multi-head parameter or
+    # None); None for a learned parameter.
+    derived: tuple[tuple[float, str | None, bool, int | None], ...] | None = None
+    heads: SizeAtom | None = None  # block-diagonal over this many heads (a matrix)
 
     @property
     def is_matrix(self) -> bool:
@@ -449,7 +451,7 @@ class _Checker:
                     raise SpecError(f"eye({self.sizes.show(n)}) is square, but the matrix "
                                     f"{text} is {self.sizes.show(rows)} x "
                                     f"{self.sizes.show(cols)}", item.loc)
-                terms.append((coef, None, False))
+                terms.append((coef, None, False, None))
                 continue
             name, transposed = item.name, isinstance(item, ast.Transpose)
             kind = self.kinds.get(name, (None, None))[0]
@@ -458,6 +460,9 @@ class _Checker:
                     raise self._undefined(name, item.loc)
                 raise SpecError(f"a matrix expression combines parameters, but '{name}' is "
                                 f"{_article(kind) if kind else 'a local value'}", item.loc)
+            if self.params[name].decl.heads is not None:
+                raise SpecError(f"'{name}' is block-diagonal (heads): it multiplies a vector "
+                                "on its own, not inside a matrix expression", item.loc)
             r, c = self._param_use(name, 2, item.loc)
             if transposed:
                 r, c = c, r
@@ -466,8 +471,8 @@ class _Checker:
                 raise SpecError(f"{shown} is {self.sizes.show(r)} x {self.sizes.show(c)}, but "
                                 f"the other terms of {text} make it {self.sizes.show(rows)} x "
                                 f"{self.sizes.show(cols)}", item.loc)
-            terms.append((coef, name, transposed))
-        if all(name is None for _, name, _ in terms):
+            terms.append((coef, name, transposed, None))
+        if all(term[1] is None for term in terms):
             raise SpecError(f"the matrix {text} holds no parameter: a product with a constant "
                             "matrix is a scaled vector (`0.5 * h`)", expr.loc)
         self.derived[text] = (rows, cols, tuple(terms), expr.loc)
@@ -555,7 +560,15 @@ class _Checker:
             if param.decl.init == "eye" and len(shape) != 2:
                 raise SpecError(f"parameter '{name}' starts at the identity (`= eye`), but it "
                                 "is a vector: eye initializes matrices", param.decl.loc)
-            params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc)
+            heads = param.decl.heads
+            if heads is not None and len(shape) != 2:
+                raise SpecError(f"parameter '{name}' has heads, but it is a vector: heads "
+                                "make a matrix block-diagonal", heads.loc)
+            if heads is not None and param.decl.init is not None:
+                raise SpecError(f"parameter '{name}' has heads: it starts at PyTorch's "
+                                "uniform initialization, not a given value", param.decl.loc)
+            params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc,
+                                     heads=None if heads is None else heads.value)
         for text, (rows, cols, terms, loc) in self.derived.items():
             shape = (self.sizes.get(rows), self.sizes.get(cols))
             if None in shape:

@@ -195,7 +195,7 @@ class _ToAst(Transformer_NonRecursive):
         return tuple(items)
 
     def param_item(self, meta, children):
-        name, shape, init = children
+        name, shape, heads, init = children
         if isinstance(init, Token):  # a named initial value: only the identity is known
             if str(init) != "eye":
                 raise SpecSyntaxError(f"unknown initial value '{init}'", self._loc(init),
@@ -204,7 +204,7 @@ class _ToAst(Transformer_NonRecursive):
                                            "PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) when "
                                            "no value is given")
             init = "eye"
-        return ast.ParamDecl(str(name), shape, init, self._loc(name))
+        return ast.ParamDecl(str(name), shape, init, self._loc(name), heads)
 
     def named_init(self, meta, children):
         return children[0]

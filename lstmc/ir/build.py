@@ -51,24 +51,38 @@ class CellInfo:
 
     def param_specs(self, sizes: dict[str, int]) -> dict[str, ParamSpec]:
         """Each parameter as the runtime describes it, sizes bound (derived matrices
-        with their terms: the caller never passes those)."""
+        with their terms: the caller never passes those; a multi-head matrix as the
+        (heads, rows/heads, cols/heads) array of its blocks)."""
         specs = {}
         for name, p in self.params.items():
             shape = tuple(d.bind(sizes) for d in self.param_shape(name))
+            if p.heads is not None:
+                n = Size.of(p.heads).bind(sizes)
+                shape = (n, shape[0] // n, shape[1] // n)
             derived = None if p.derived is None else tuple(
-                DerivedTerm(coef, param, transposed) for coef, param, transposed in p.derived)
+                DerivedTerm(coef, param, transposed, block)
+                for coef, param, transposed, block in p.derived)
             specs[name] = ParamSpec(shape, p.init, derived)
         return specs
 
+    @property
+    def has_heads(self) -> bool:
+        return any(p.heads is not None for p in self.params.values())
 
-def build_step_graph(cell: CheckedCell) -> tuple[CellInfo, Graph]:
+
+def build_step_graph(cell: CheckedCell, sizes: dict[str, int] | None = None
+                     ) -> tuple[CellInfo, Graph]:
+    """The step graph, sizes symbolic; with `sizes` (needed by multi-head matrices,
+    whose head count shapes the graph) every size is a number instead, and each
+    block-diagonal product is one product per head."""
+    size = Size.of if sizes is None else (lambda s: Size.of(Size.of(s).bind(sizes)))
     info = CellInfo(
         name=cell.name,
-        input=(cell.input[0], Size.of(cell.input[1])),
+        input=(cell.input[0], size(cell.input[1])),
         output=cell.output,
-        states={n: Size.of(s) for n, s in cell.states.items()},
-        params=cell.params,
-        extra_inputs={n: Size.of(s) for n, s in cell.extra_inputs.items()},
+        states={n: size(s) for n, s in cell.states.items()},
+        params=cell.params if sizes is None else _concrete_params(cell.params, sizes),
+        extra_inputs={n: size(s) for n, s in cell.extra_inputs.items()},
     )
     graph = Graph()
     builder = _Builder(info, graph)
@@ -114,6 +128,9 @@ class _Builder:
         if isinstance(e, ast.MatMul):
             name = matrix_text(e.matrix)  # a parameter, or a matrix derived from them
             rows, cols = self.info.param_shape(name)
+            heads = self.info.params[name].heads
+            if heads is not None and not rows.names:  # sizes known: one product a head
+                return self._heads(name, int(heads), rows.const, cols.const, args[0])
             return g.node(Op.MATMUL, args, attr=ProductAttr(((name, rows),), cols))
         if isinstance(e, ast.Call):
             func = lookup(e.func)
@@ -122,6 +139,17 @@ class _Builder:
             numbers = [ast.constant_value(a) for a in e.args]
             return func.lower(g, args, numbers)
         raise TypeError(f"unknown expression {e!r}")
+
+    def _heads(self, name: str, heads: int, rows: int, cols: int, operand: Node) -> Node:
+        """A block-diagonal product as `heads` products of the operand's slices."""
+        r, c = rows // heads, cols // heads
+        parts = []
+        for k in range(heads):
+            piece = self.g.node(Op.SLICE, (operand,), Size.of(c),
+                                SliceAttr(Size.of(k * c), Size.of(c)))
+            block = ((block_name(name, k), Size.of(r)),)
+            parts.append(self.g.node(Op.MATMUL, (piece,), attr=ProductAttr(block, Size.of(c))))
+        return parts[0] if heads == 1 else self.g.node(Op.CONCAT, parts)
 
     def var(self, e: ast.Var) -> Node:
         g, info = self.g, self.info
@@ -139,6 +167,35 @@ class _Builder:
             # a row's count of ones, a per-row scalar (sizes are bound after compiling)
             return g.reduce(Op.SUM, g.broadcast(g.const(1.0), Size.of(e.name)))
         return self.locals[e.name]
+
+
+def block_name(param: str, k: int) -> str:
+    """The parameter the kernels take for block k of a multi-head matrix."""
+    return f"{param}[{k}]"
+
+
+def _concrete_params(params: dict[str, ParamInfo], sizes: dict[str, int]
+                     ) -> dict[str, ParamInfo]:
+    """The parameters with numeric shapes, plus each block of every multi-head matrix
+    as a parameter derived from it (the runtime slices the caller's array)."""
+    bind = lambda atom: Size.of(atom).bind(sizes)  # noqa: E731
+    out: dict[str, ParamInfo] = {}
+    for name, p in params.items():
+        shape = tuple(bind(d) for d in p.shape)
+        heads = None if p.heads is None else bind(p.heads)
+        out[name] = ParamInfo(name, shape, p.init, p.loc, p.derived, heads)
+        if heads is None:
+            continue
+        if shape[0] % heads or shape[1] % heads:
+            from ..errors import CompileError
+
+            raise CompileError(f"parameter '{name}' is {shape[0]} x {shape[1]}, which "
+                               f"{heads} heads do not divide into equal blocks")
+        for k in range(heads):
+            out[block_name(name, k)] = ParamInfo(
+                block_name(name, k), (shape[0] // heads, shape[1] // heads), None, p.loc,
+                derived=((1.0, name, False, k),))
+    return out
 
 
 def _number(e: ast.Expr) -> float:

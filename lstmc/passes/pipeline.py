@@ -13,15 +13,17 @@ from .push_slices import push_slices
 from .schedule import stage
 
 
-def unfused_graph(cell: CheckedCell) -> tuple[CellInfo, Graph]:
-    info, graph = build_step_graph(cell)
+def unfused_graph(cell: CheckedCell, sizes: dict[str, int] | None = None
+                  ) -> tuple[CellInfo, Graph]:
+    info, graph = build_step_graph(cell, sizes)
     graph.verify()
     return info, graph
 
 
-def lower(cell: CheckedCell) -> Program:
-    """Run the passes in order, verifying the IR after each."""
-    info, graph = unfused_graph(cell)                 # 1. the step as written
+def lower(cell: CheckedCell, sizes: dict[str, int] | None = None) -> Program:
+    """Run the passes in order, verifying the IR after each. `sizes`: lower with every
+    size a number (what multi-head matrices need: see build_step_graph)."""
+    info, graph = unfused_graph(cell, sizes)                 # 1. the step as written
     graph = fold_constants(graph)                     # 2. constants folded, from here on
     graph.verify()
     graph = push_slices(graph)                        # 3. slices cut products, not sums

@@ -73,6 +73,8 @@ class CellBase(abc.ABC):
                     value += self.dtype.type(term.coef) * xp.eye(spec.shape[0], dtype=self.dtype)
                 else:
                     source = params[term.param]
+                    if term.block is not None:  # one head's block of a multi-head matrix
+                        source = source[term.block]
                     value += self.dtype.type(term.coef) * (source.T if term.transposed
                                                            else source)
             full[name] = value
@@ -87,8 +89,14 @@ class CellBase(abc.ABC):
         for name, spec in self.derived.items():
             grad = dparams[name]
             for term in spec.derived:
-                if term.param is not None:
-                    part = self.dtype.type(term.coef) * (grad.T if term.transposed else grad)
+                if term.param is None:
+                    continue
+                part = self.dtype.type(term.coef) * (grad.T if term.transposed else grad)
+                if term.block is not None:
+                    whole = out[term.param].copy()
+                    whole[term.block] += part
+                    out[term.param] = whole
+                else:
                     out[term.param] = out[term.param] + part
         return out
 

@@ -116,9 +116,17 @@ class DerivedTerm:
     coef: float
     param: str | None  # None: the identity
     transposed: bool = False
+    block: int | None = None  # of a multi-head parameter (heads, rows, cols): param[block]
 
     def to_json(self) -> list:
-        return [self.coef, self.param, self.transposed]
+        term = [self.coef, self.param, self.transposed]
+        return term if self.block is None else term + [self.block]
+
+    def source_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape this term gives a matrix read from a parameter of `shape`."""
+        if self.block is not None:
+            shape = shape[1:] if len(shape) == 3 and self.block < shape[0] else ()
+        return shape[::-1] if self.transposed else shape
 
 
 @dataclass(frozen=True)
@@ -187,8 +195,8 @@ class CellDescription:
         for name, spec in r.get("params", dict).items():
             p = _Reader(spec, f"{where}: params['{name}']")
             shape = p.get("shape", list)
-            if not 1 <= len(shape) <= 2:
-                p.fail("shape", f"must have 1 or 2 dimensions, got {shape!r}")
+            if not 1 <= len(shape) <= 3:  # 3: the blocks of a multi-head matrix
+                p.fail("shape", f"must have 1 to 3 dimensions, got {shape!r}")
             init = p.data.get("init")
             if init is not None and init != "eye" and (isinstance(init, bool)
                                                        or not isinstance(init, (int, float))):
@@ -204,8 +212,7 @@ class CellDescription:
                 if term.param is not None and (source is None or source.derived is not None):
                     r.fail("params", f"derived matrix {name!r} reads {term.param!r}, which "
                                      "is no parameter the caller passes")
-                shape = (spec.shape if source is None else
-                         source.shape[::-1] if term.transposed else source.shape)
+                shape = spec.shape if source is None else term.source_shape(source.shape)
                 if shape != spec.shape or (term.param is None and shape[0] != shape[1]):
                     r.fail("params", f"derived matrix {name!r} ({spec.shape}) has a term of "
                                      f"shape {shape}")
@@ -221,13 +228,15 @@ def _derived_terms(data, shape: tuple, reader) -> tuple[DerivedTerm, ...]:
         reader.fail("derived", f"must be a non-empty list of terms of a matrix, got {data!r}")
     terms = []
     for item in data:
-        if not (isinstance(item, list) and len(item) == 3
+        if not (isinstance(item, list) and len(item) in (3, 4)
                 and isinstance(item[0], (int, float)) and not isinstance(item[0], bool)
                 and (item[1] is None or isinstance(item[1], str))
-                and isinstance(item[2], bool)):
-            reader.fail("derived", f"a term is [coefficient, parameter or null, transposed], "
-                                   f"got {item!r}")
-        terms.append(DerivedTerm(float(item[0]), item[1], item[2]))
+                and isinstance(item[2], bool)
+                and (len(item) == 3 or (type(item[3]) is int and item[3] >= 0))):
+            reader.fail("derived", f"a term is [coefficient, parameter or null, transposed"
+                                   f"(, block)], got {item!r}")
+        terms.append(DerivedTerm(float(item[0]), item[1], item[2],
+                                 item[3] if len(item) == 4 else None))
     return tuple(terms)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ...ir.graph import Op
 from ...ir.program import Program
+from .. import check_renderable
 from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
 from .regions import MODES, Buffer, StepLayout
 
@@ -56,6 +57,7 @@ class PackedWeights:
 
 def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
     """(kernel source in the portable dialect, launch plan)."""
+    check_renderable(program)
     packed = PackedWeights(program, sizes)
     parts = [PRELUDE, (f"#define REGION_THREADS {REGION_THREADS}\n"
                        f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n"), GEMM]

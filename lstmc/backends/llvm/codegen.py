@@ -22,6 +22,7 @@ from lstmc_runtime import buffers as names
 from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
+from .. import check_renderable
 from . import workers
 from .irutil import I32, I64, PTR, element, for_range, i64
 from .mathlib import MathLib
@@ -66,6 +67,7 @@ class PackedWeight:
 
 class ModuleBuilder:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
+        check_renderable(program)
         self.program, self.sizes = program, sizes
         self.ftype = ir.FloatType() if dtype == "float32" else ir.DoubleType()
         self.module = ir.Module(name=f"lstmc_{program.info.name}")
