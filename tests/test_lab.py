@@ -365,3 +365,14 @@ def postgres_url(tmp_path_factory):
 def test_two_workers_on_postgresql(tmp_path, postgres_url):
     study = f"adding-{os.getpid()}-{int(time.time())}"
     _two_workers(tmp_path, postgres_url, study)
+
+
+def test_shipped_specs_are_found_by_name():
+    from lstmc.lab.experiment import load_variants, specs_dir
+
+    variants = load_variants(["lstm", "greff/cifg", "mine=peephole_lstm.lstm"], None)
+    assert [v.name for v in variants] == ["lstm", "cifg", "mine"]
+    assert variants[0].text == (specs_dir() / "lstm.lstm").read_text(encoding="utf-8")
+    assert variants[1].text == (specs_dir() / "greff" / "cifg.lstm").read_text(encoding="utf-8")
+    with pytest.raises(ExperimentError, match="cannot read the spec no_such_cell"):
+        load_variants(["no_such_cell"], None)

@@ -55,8 +55,8 @@ def register(commands) -> None:
                     "trials are kept, interrupted ones retried. With no task, spec or config, "
                     "resumes the study named by --study as it was defined.")
     run.add_argument("specs", nargs="*", metavar="SPEC",
-                     help="the variants' spec files (NAME=PATH names one); the first is the "
-                          "baseline")
+                     help="the variants' spec files, or shipped specs by name (lstm, "
+                          "greff/cifg); NAME=PATH names one; the first is the baseline")
     run.add_argument("--preset", choices=["greff"],
                      help="greff: the vanilla LSTM and Greff et al.'s eight variants")
     run.add_argument("--task", help="the task (`lstmc experiment tasks` lists them)")

@@ -155,7 +155,7 @@ def load_variants(paths: list[str] | None, preset: str | None) -> list[Variant]:
         name, sep, path = item.partition("=")
         if not sep:
             name, path = Path(item).stem, item
-        entries.append((name, path))
+        entries.append((name, _shipped_or_path(path)))
     variants = []
     for name, path in entries:
         try:
@@ -166,6 +166,21 @@ def load_variants(paths: list[str] | None, preset: str | None) -> list[Variant]:
             raise ExperimentError(f"the spec {path} is not UTF-8 text") from exc
         variants.append(Variant(name=name, path=os.path.relpath(path), text=text))
     return variants
+
+
+def _shipped_or_path(path: str) -> str:
+    """A spec path as given, or, when no such file exists, a shipped spec by its name
+    ("lstm", "greff/cifg", "peephole_lstm.lstm")."""
+    if Path(path).exists():
+        return path
+    try:
+        root = specs_dir()
+    except ExperimentError:
+        return path
+    for candidate in (root / path, root / f"{path}.lstm"):
+        if candidate.is_file():
+            return str(candidate)
+    return path
 
 
 def read_toml(path: str) -> dict:
