@@ -172,21 +172,59 @@ def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
 
 
 def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tensor):
-    """Per weight tensor, the gradient assembled from the spec parameters' gradients."""
+    """Per weight tensor, the gradient assembled from the spec parameters' gradients: when
+    they are consecutive row blocks of one array (the kernels' packed gradient of a
+    stacked weight, as nn.LSTM's weight_ih), that array itself, else a copy of each."""
     layout = key_of(key).layout
-    grads: list[Tensor | None] = [None] * len(weights)
+    blocks: list[list] = [[] for _ in weights]
     for name, entry in zip(names, layout):
-        if entry is None:
-            continue
-        index, r0, r1 = entry
-        g = to_tensor(dparams[name])
-        if r0 is None:
-            grads[index] = g
-            continue
-        if grads[index] is None:
-            grads[index] = torch.zeros_like(weights[index])
-        grads[index][r0:r1] = g
-    return [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, weights)]
+        if entry is not None:
+            index, r0, r1 = entry
+            blocks[index].append((r0, r1, dparams[name]))
+    grads = []
+    for weight, parts in zip(weights, blocks):
+        if not parts:
+            grads.append(torch.zeros_like(weight))
+        elif len(parts) == 1 and parts[0][0] is None:
+            grads.append(to_tensor(parts[0][2]))
+        else:
+            joined = _joined(parts, tuple(weight.shape))
+            if joined is not None:
+                grads.append(to_tensor(joined))
+                continue
+            grad = torch.zeros_like(weight)
+            for r0, r1, g in parts:
+                grad[r0:r1] = to_tensor(g)
+            grads.append(grad)
+    return grads
+
+
+def _joined(parts, shape: tuple):
+    """The array whose consecutive row blocks `parts` ((r0, r1, array)) are, when they
+    cover `shape` exactly, in order, in one C-contiguous NumPy buffer; else None."""
+    parts = sorted(parts, key=lambda p: p[0])
+    first = parts[0][2]
+    if not isinstance(first, np.ndarray):
+        return None
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * first.itemsize
+    start = first.__array_interface__["data"][0]
+    row = 0
+    for r0, r1, g in parts:
+        if (r0 != row or not isinstance(g, np.ndarray) or g.dtype != first.dtype
+                or g.shape != (r1 - r0,) + shape[1:] or not g.flags.c_contiguous
+                or g.__array_interface__["data"][0] != start + r0 * row_bytes):
+            return None
+        row = r1
+    if row != shape[0]:
+        return None
+    root = first
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    lo = root.__array_interface__["data"][0]
+    if not root.flags.c_contiguous or start < lo or start + row * row_bytes > lo + root.nbytes:
+        return None
+    offset = (start - lo) // first.itemsize
+    return root.reshape(-1)[offset:offset + row * row_bytes // first.itemsize].reshape(shape)
 
 
 # -- CUDA ------------------------------------------------------------------------------------
@@ -270,21 +308,24 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
     params = host_params(cell, key, weights, reuse=not train)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
     xs, inputs = split_inputs(cell, x, _host)
+    native = train and ws.is_native(cell)
+    if native:  # the kernels save into the workspace tensor itself
+        flat = ws.allocate_native(cell, T, B)
+        draws["workspace"] = flat
     result = cell.forward(xs, params, init, train=train, lengths=host_lengths, inputs=inputs,
                           **draws)
     y, final = torch.from_numpy(result[0]), [torch.from_numpy(result[1][n]) for n in names]
     if not train:
         return y, final, x.new_empty(0)
-    work = x.new_empty(ws.size(cell, T, B))
-    if ws.is_native(cell):
-        ws.pack_native(cell, result[2].saved, work.numpy())
-    else:
-        flat = work.numpy()
+    if native:
+        return y, final, torch.from_numpy(flat)
+    work = x.new_empty(ws.size(cell, T, B))  # an OpenCL cell: its buffers copied out
+    host = work.numpy()
 
-        def put(offset, array):
-            flat[offset:offset + array.size] = array
+    def put_host(offset, array):
+        host[offset:offset + array.size] = array
 
-        ws.pack_gpu(cell, result[2].saved, put)
+    ws.pack_gpu(cell, result[2].saved, put_host)
     return y, final, work
 
 

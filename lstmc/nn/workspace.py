@@ -5,10 +5,8 @@ op take it, and torch.compile can see both.
 Its size is a function of the cell and (T, B) only, so `register_fake` can state it for
 symbolic shapes too.
 
-- CPU target (NativeCell): element 0 holds the number of batch slices the forward ran
-  (slice c covers rows B*c//n .. B*(c+1)//n); then, slice by slice, each saved buffer
-  of the manifest's forward_train entry (shape (T, rows, width)). Backward reads them as
-  NumPy views of the workspace: no copy.
+- CPU target (NativeCell): the runtime's workspace (lstmc_runtime/workspace.py): the
+  forward's kernels save straight into it, the backward reads views of it; no copy.
 - GPU targets (GpuCell): every buffer of the plan's "train" mode, in plan order. They are
   copied out after the forward and back into a pooled buffer set before the backward.
 """
@@ -16,27 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError
-
 GPU_SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2,
              "step": lambda T: 1}
 
 
 def _saved_widths(cell) -> list[tuple[str, int]]:
     """(name, width) of each buffer a native training forward saves, in manifest order."""
-    from lstmc_runtime.buffers import is_saved
-
-    widths = cell.__dict__.get("_lstmc_nn_saved")
-    if widths is None:
-        widths = []
-        for spec in cell.manifest["entries"]["forward_train"]["buffers"]:
-            if is_saved(spec["name"]) and spec["role"] in ("out", "result"):
-                if list(spec["shape"][:2]) != ["T", "B"] or len(spec["shape"]) != 3:
-                    raise BackendError(f"saved buffer {spec['name']} has shape {spec['shape']}"
-                                       "; lstmc.nn expects (T, B, width)")
-                widths.append((spec["name"], int(spec["shape"][2])))
-        cell.__dict__["_lstmc_nn_saved"] = widths
-    return widths
+    return cell._saved_widths()
 
 
 def _gpu_buffers(cell) -> list[tuple[str, str, int]]:
@@ -51,7 +35,9 @@ def is_native(cell) -> bool:
 def size(cell, T, B):
     """Elements of the workspace of a (T, B) training forward (ints or SymInts)."""
     if is_native(cell):
-        return 1 + T * B * sum(w for _, w in _saved_widths(cell))
+        from lstmc_runtime.workspace import size as native_size
+
+        return native_size(_saved_widths(cell), T, B)
     total = 0
     for _, slots, width in _gpu_buffers(cell):
         total = total + (width if slots == "param" else GPU_SLOTS[slots](T) * B * width)
@@ -60,43 +46,19 @@ def size(cell, T, B):
 
 # -- CPU -----------------------------------------------------------------------------------
 
-def pack_native(cell, saved, out: np.ndarray) -> None:
-    """Copy a NativeCell's Saved into the flat array `out` (see the module docstring)."""
-    out[0] = len(saved.slices)
-    offset = 1
-    for part in saved.slices:
-        for name, _ in _saved_widths(cell):
-            array = part[name]
-            out[offset:offset + array.size] = array.reshape(-1)
-            offset += array.size
-    if offset != out.size:
-        raise BackendError(f"internal: workspace of {out.size} elements, filled {offset}")
+def allocate_native(cell, T: int, B: int) -> np.ndarray:
+    """A workspace array for a (T, B) forward of a NativeCell, from the runtime's buffer
+    pool (recycled memory, given back when the tensor made from it is gone)."""
+    from lstmc_runtime.native import POOL
+    from lstmc_runtime.workspace import allocate
+
+    return allocate(POOL, cell.workspace_size(T, B), cell.dtype)
 
 
 def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarray,
                   seed: int | None = None):
     """A Saved for NativeCell's backward whose buffers are views of `workspace`."""
-    from lstmc_runtime.native import Saved
-
-    T, B = x.shape[:2]
-    count = int(workspace[0])
-    if count < 1 or count > B:
-        raise BackendError(f"workspace: {count} batch slices for batch {B}; was it made by "
-                           "this cell's forward?")
-    bounds = [B * c // count for c in range(count + 1)]
-    slices, offset = [], 1
-    for c in range(count):
-        rows = bounds[c + 1] - bounds[c]
-        part = {}
-        for name, width in _saved_widths(cell):
-            n = T * rows * width
-            part[name] = workspace[offset:offset + n].reshape(T, rows, width)
-            offset += n
-        slices.append(part)
-    if offset != workspace.size:
-        raise BackendError(f"workspace: {workspace.size} elements, the cell's forward saves "
-                           f"{offset} for (T, B) = ({T}, {B})")
-    return Saved(slices, bounds, x, lengths, owner=cell, seed=seed)
+    return cell.saved_from_workspace(workspace, x, lengths, seed)
 
 
 # -- GPU -----------------------------------------------------------------------------------

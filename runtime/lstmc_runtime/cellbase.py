@@ -164,7 +164,7 @@ class CellBase(abc.ABC):
         return xp.ascontiguousarray(packed[..., :self.input_size]), parts
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                seed: int | None = None, masks: bool = True, inputs=None):
+                seed: int | None = None, masks: bool = True, inputs=None, workspace=None):
         """Run the whole sequence x (T, B, I), or (B, T, I) with batch_first. Returns
         (y, state): y (T, B, out) the output state at every step, state {name: (B, n)}
         the final states; with train=True also a Tape for the backward pass.
@@ -181,7 +181,15 @@ class CellBase(abc.ABC):
 
         `inputs` gives the inputs after the first by name (`cell c(x: I, dt: 1)`:
         inputs={"dt": (T, B, 1)}, batch_first: (B, T, 1)); the tape's gradients of them
-        are `backward(...)["inputs"]`."""
+        are `backward(...)["inputs"]`.
+
+        `workspace` (cpu target, train=True): a 1-D array of `workspace_size(T, B)`
+        elements of the cell's dtype that receives everything the backward needs (as
+        cuDNN's reserve space); the tape reads it in place, so it must outlive the tape.
+        `saved_from_workspace` rebuilds the tape's saved values from it."""
+        if workspace is not None and not (train and hasattr(self, "workspace_size")):
+            raise UsageError("workspace= is for a training forward (train=True) of a cpu "
+                             "target cell")
         if self.batch_first:
             x = check_array("x", x, (None, None, self.input_size), self.dtype)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
@@ -190,7 +198,14 @@ class CellBase(abc.ABC):
         lengths = check_lengths(lengths, *x.shape[:2])
         x = zero_padding(x, lengths, getattr(self, "xp", np))
         seed = check_seed(seed) if train and masks else None
-        y, final, saved = self._run_forward(x, self._expand(params), state, train, lengths, seed)
+        more = {}
+        if workspace is not None:
+            size = self.workspace_size(*x.shape[:2])  # type: ignore[attr-defined]
+            more["workspace"] = check_array("workspace", workspace, (size,), self.dtype)
+            if not workspace.flags.writeable:
+                raise ShapeError("workspace: expected a writable array, got a read-only one")
+        y, final, saved = self._run_forward(x, self._expand(params), state, train, lengths, seed,
+                                            **more)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:

@@ -23,6 +23,7 @@ from typing import TypeAlias
 import numpy as np
 
 from . import buffers as names
+from . import workspace as ws_layout
 from .bound import BoundCell, Plans
 from .bound import address as _address
 from .cellbase import CellBase
@@ -406,6 +407,14 @@ class NativeCell(CellBase):
                             array.flags.c_contiguous):
                         raise BackendError(f"internal: buffer {name} is {array.shape} "
                                            f"{array.dtype}, the kernel needs {shape} {dtype}")
+                elif per_slice is not None and name in per_slice[c]:  # caller's memory
+                    array = per_slice[c][name]
+                    if array.shape != shape or array.dtype != dtype or not (
+                            array.flags.c_contiguous):
+                        raise BackendError(f"internal: buffer {name} is {array.shape} "
+                                           f"{array.dtype}, the kernel needs {shape} {dtype}")
+                    if role == "out":
+                        array.fill(0)
                 else:
                     array = POOL.get(shape, dtype, zero=role == "out")
                 slices[c][name] = array
@@ -518,21 +527,45 @@ class NativeCell(CellBase):
             return "forward_mt", bounds
         return ("forward_train" if train else "forward"), bounds
 
-    def _run_forward(self, x, params, state, train, lengths, seed=None):
+    def workspace_size(self, T: int, B: int) -> int:
+        """Elements of the `workspace` a (T, B) training forward can save into."""
+        return ws_layout.size(self._saved_widths(), T, B)
+
+    def _saved_widths(self) -> list[tuple[str, int]]:
+        widths = self.__dict__.get("_saved_widths_cache")
+        if widths is None:
+            widths = self.__dict__["_saved_widths_cache"] = ws_layout.saved_widths(
+                self.contract)
+        return widths
+
+    def _run_forward(self, x, params, state, train, lengths, seed=None, workspace=None):
         T, B, _ = x.shape
         entry, bounds = self._forward_entry(T, B, train)
         given = self._inputs(x, params, state, lengths, self._packs(params, entry))
-        rng = _rng_slices(seed, bounds)
-        out = self._call(entry, T, bounds, given, per_slice=rng)
+        per_slice = _rng_slices(seed, bounds)
+        if workspace is not None:  # the kernels save straight into the caller's array
+            into = ws_layout.views(self._saved_widths(), workspace, T, bounds)
+            workspace[0] = len(bounds) - 1
+            per_slice = [dict(r, **v) for r, v in zip(per_slice, into)]
+        out = self._call(entry, T, bounds, given, per_slice=per_slice)
         final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
         if train:
             kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
                     for sl in out["slices"]]
             saved = Saved(kept, bounds, x, given["lengths"], owner=self, seed=seed)
-            # The saved arrays go back to the pool when the tape is gone.
+            # The saved arrays go back to the pool when the tape is gone (views of a
+            # caller's workspace are not pooled).
             weakref.finalize(saved, POOL.put, [a for sl in kept for a in sl.values()])
         return out["y"], final, saved
+
+    def saved_from_workspace(self, flat: np.ndarray, x: np.ndarray, lengths: np.ndarray,
+                             seed: int | None = None) -> Saved:
+        """What backward needs, as views of a workspace a training forward of this cell
+        filled (`forward(..., train=True, workspace=flat)`): no copy."""
+        T, B = x.shape[:2]
+        bounds, slices = ws_layout.read(self._saved_widths(), flat, T, B)
+        return Saved(slices, bounds, x, lengths, owner=self, seed=seed)
 
     def _run_backward(self, saved: Saved, params, dy, dstate):
         if not isinstance(saved, Saved) or saved.owner is not self:
@@ -546,19 +579,33 @@ class NativeCell(CellBase):
         per_slice = [dict(sl, **rng) for sl, rng in zip(saved.slices,
                                                         _rng_slices(saved.seed, saved.bounds))]
         out = self._call("backward", T, saved.bounds, given, per_slice=per_slice)
-        dparams = {n: np.zeros(s, self.dtype) for n, s in self.kernel_param_shapes.items()}
+        # Each parameter's gradient: the sum of its parts. A lone part is handed out as
+        # it is (the rows of a packed gradient are views of it: no copy); aliases share
+        # the kernel's array, so the second of them gets a copy.
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.kernel_param_shapes}
         for name in self.kernel_param_shapes:
             if names.dparam(name) in out:
-                dparams[name] += out[names.dparam(name)]
+                parts[name].append(out[names.dparam(name)])
         for name, same in self.contract.gradient_aliases.items():
-            dparams[name] += out[names.dparam(same)]
+            parts[name].append(out[names.dparam(same)].copy())
         for p in self.contract.packed.values():
             gradient, offset = out.get(names.dpacked(p.name)), 0
             if gradient is None:
                 continue
             for name, rows in p.segments:
-                dparams[name] += gradient[offset:offset + rows]
+                parts[name].append(gradient[offset:offset + rows])
                 offset += rows
+        dparams = {}
+        for name, shape in self.kernel_param_shapes.items():
+            found = parts[name]
+            if not found:
+                dparams[name] = np.zeros(shape, self.dtype)
+            elif len(found) == 1 and found[0].shape == tuple(shape):
+                dparams[name] = found[0]
+            else:
+                dparams[name] = np.zeros(shape, self.dtype)
+                for part in found:
+                    dparams[name] += part
         dstate0 = {n: out[names.dstate_out(n)] for n in self.state_sizes}
         return out["dx"], dparams, dstate0
 

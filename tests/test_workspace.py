@@ -1,0 +1,98 @@
+"""The CPU training workspace (lstmc_runtime/workspace.py): a training forward saves
+straight into a caller's flat array, the backward reads it in place; results and
+gradients as torch.nn.LSTM's; bad workspaces named; pooled memory given back."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+from conftest import compile_spec, random_inputs, spec_path
+from lstmc_runtime.errors import ShapeError, UsageError
+
+import lstmc
+
+T, B, I, H = 7, 16, 5, 6  # B=16: two batch slices with 2 threads
+
+
+def torch_lstm_and_cell():
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(I, H).double()
+    cell = lstmc.compile(spec_path("lstm"), I, H, target="cpu", dtype="float64")
+    return module, cell, lstmc.params_from_torch(cell, module)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_workspace_forward_and_backward_match_torch(monkeypatch, threads):
+    monkeypatch.setenv("LSTMC_NUM_THREADS", str(threads))  # 2: the batch cut into slices
+    module, cell, params = torch_lstm_and_cell()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, I))
+    dy = rng.standard_normal((T, B, H))
+    flat = np.full(cell.workspace_size(T, B), np.nan)
+    y, final, tape = cell.forward(x, params, train=True, workspace=flat)
+    assert not np.isnan(flat).any()  # every element written: nothing read uninitialized
+    assert flat[0] == threads  # the batch slices the forward ran
+    grads = tape.backward(dy)
+
+    xt = torch.tensor(x, requires_grad=True)
+    yt, (ht, ct) = module(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(final["c"], ct[0].detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    expected = lstmc.params_from_torch(cell, {n: p.grad for n, p in module.named_parameters()})
+    for name, g in expected.items():
+        np.testing.assert_allclose(grads["params"][name], g, rtol=1e-9, atol=1e-11,
+                                   err_msg=name)
+
+    # The tape reads the workspace itself: a tape rebuilt from it gives the same gradients.
+    again = cell.saved_from_workspace(flat, x, np.full(B, T, np.int64))
+    dx, dparams, _ = cell._run_backward(again, cell._expand(params), dy,
+                                        {n: np.zeros((B, s)) for n, s in
+                                         cell.state_sizes.items()})
+    np.testing.assert_allclose(dx, grads["x"], rtol=0, atol=0)
+
+
+def test_bad_workspaces_are_named():
+    _, cell, params = torch_lstm_and_cell()
+    x = np.zeros((T, B, I))
+    size = cell.workspace_size(T, B)
+    with pytest.raises(ShapeError, match=rf"workspace: expected shape \({size}\)"):
+        cell.forward(x, params, train=True, workspace=np.zeros(size - 1))
+    with pytest.raises(ShapeError, match="workspace: expected dtype float64, got float32"):
+        cell.forward(x, params, train=True, workspace=np.zeros(size, np.float32))
+    frozen = np.zeros(size)
+    frozen.flags.writeable = False
+    with pytest.raises(ShapeError, match="workspace: expected a writable array"):
+        cell.forward(x, params, train=True, workspace=frozen)
+    with pytest.raises(UsageError, match="training forward"):
+        cell.forward(x, params, workspace=np.zeros(size))
+    with pytest.raises(Exception, match="batch slices"):  # not filled by a forward
+        cell.saved_from_workspace(np.zeros(size), x, np.full(B, T, np.int64))
+
+
+def test_gpu_target_cells_refuse_a_workspace():
+    pytest.importorskip("pyopencl")
+    cell = compile_spec("lstm", target="opencl", dtype="float32")
+    x, params, _ = random_inputs(cell, T=3, B=2)
+    with pytest.raises(UsageError, match="cpu target"):
+        cell.forward(x, params, train=True, workspace=np.zeros(10, np.float32))
+
+
+def test_pooled_workspace_memory_is_given_back():
+    from lstmc_runtime.native import POOL
+    from lstmc_runtime.workspace import allocate
+
+    POOL.release()
+    array = allocate(POOL, 1 << 20, np.float32)  # 4 MiB
+    tensor = torch.from_numpy(array)
+    del array
+    gc.collect()
+    assert POOL.held_bytes == 0  # the tensor still holds it
+    del tensor
+    gc.collect()
+    assert POOL.held_bytes == 4 << 20
+    again = allocate(POOL, 1 << 20, np.float32)
+    assert POOL.held_bytes == 0 and again.size == 1 << 20
+    del again
+    POOL.release()
