@@ -338,7 +338,7 @@ class NativeCell(CellBase):
                 *args, **kwargs):
         # Inference with packed parameters takes the bound path (checks cached by shape).
         if (not train and lengths is None and not self.extra_inputs
-                and kwargs.get("inputs") is None and len(args) < 3):
+                and not kwargs.get("inputs") and len(args) < 3):
             done = None
             if type(params) is PackedParams and params.validated_for is self:
                 done = self.plans.forward(x, params, None, state)
