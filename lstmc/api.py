@@ -5,7 +5,6 @@ target. Arrays follow PyTorch's sequence layout (T, B, F) and NumPy's convention
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -17,15 +16,16 @@ from lstmc_runtime.stack import Stack
 
 from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
-from .errors import BackendError, CompileError
+from .errors import CompileError
 from .frontend.source import read_source
 from .ir.size import Size
 from .passes.pipeline import Program
+from .targets import TARGETS as TARGET_TABLE
+from .targets import Target, artifact_targets, get_target
 
 __all__ = ["Cell", "Tape", "bind_sizes", "compile"]
 
-TARGETS = ("reference", "cpu", "cuda", "opencl")
-GPU_TARGETS = ("cuda", "opencl")
+TARGETS = tuple(TARGET_TABLE)
 DTYPES = tuple(dtypes.DTYPES)
 
 
@@ -120,9 +120,9 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
     pyopencl on any OpenCL device (NumPy arrays in and out); both compute in float32.
     "reference" runs the NumPy reference executor.
     """
-    if target not in TARGETS:
-        raise CompileError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    backend = get_target(target)
     dtype_name = _dtype_name(dtype)
+    backend.check(dtype_name)
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     kinds = _directions(direction, bidirectional, reverse_spec, reverse_cell)
@@ -140,7 +140,7 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
             if key not in built:
                 src, name = choices[kind]
                 built[key] = _compile_one(src, name, in_size, hidden_size, sizes, dtype_name,
-                                          target)
+                                          backend)
         return [built[id(choices[kind])] for kind in kinds]
 
     first = layer(input_size)
@@ -171,48 +171,11 @@ def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[s
     return ("forward", "reverse") if bidirectional else (direction,)
 
 
-def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, target):
-    if target == "reference":
-        program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
-        return Cell(program, bound, np.dtype(dtype), target)
-    if target in GPU_TARGETS:
-        return _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target)
-    from lstmc_runtime.artifact import load_cell
-
-    from .backends.cpu import jit, write_artifact
-    from .backends.llvm.toolchain import find_linker
-    from .cache import cache_key, cached
-
-    try:
-        find_linker()
-    except BackendError:  # no C toolchain to link a library: JIT in process, uncached
-        return jit(*lower_bound(source, cell, input_size, hidden_size, sizes), dtype)
-
-    key = cache_key({"spec": source.text, "cell": cell, "input_size": input_size,
-                     "hidden_size": hidden_size, "sizes": sizes, "dtype": dtype,
-                     "target": target})
-
-    def build(directory: str) -> None:
-        program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
-        write_artifact(directory, program, bound, dtype)
-
-    compiled, _ = cached(key, build, load_cell)
-    return compiled
-
-
-def _compile_gpu(source, cell, input_size, hidden_size, sizes, dtype, target):
-    from lstmc_runtime.gpu.executor import GpuCell
-
-    from .backends.gpu.kernels import manifest_for
-
-    if dtype != "float32":
-        raise CompileError(f"target '{target}' computes in float32; got dtype {dtype}")
-    if target == "cuda":  # say what is missing before compiling anything
-        from lstmc_runtime.gpu.cuda import import_cupy
-        import_cupy()
-    kernels, manifest = manifest_for(*lower_bound(source, cell, input_size, hidden_size,
-                                                  sizes), target)
-    return GpuCell(manifest, kernels)
+def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, backend: Target):
+    key_parts = {"spec": source.text, "cell": cell, "input_size": input_size,
+                 "hidden_size": hidden_size, "sizes": sizes}
+    return backend.compile(lambda: lower_bound(source, cell, input_size, hidden_size, sizes),
+                           dtype, key_parts)
 
 
 def _dtype_name(value) -> str:
@@ -264,20 +227,20 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     """Write a compiled artifact that lstmc_runtime.load runs (`lstmc compile -o DIR`)."""
     from lstmc_runtime.artifact import write_manifest
 
-    from .backends.cpu import write_artifact as write_cpu
-    from .backends.gpu.artifact import write_artifact as write_gpu
-
     dtype = _dtype_name(dtype)
-    if target not in ("cpu",) + GPU_TARGETS:
-        raise CompileError(f"artifacts are written for targets cpu, cuda and opencl, not "
-                           f"'{target}'")
-    write_artifact = write_cpu if target == "cpu" else functools.partial(write_gpu,
-                                                                         target=target)
+    backend = get_target(target)
+    if not backend.artifacts:
+        raise CompileError(f"artifacts are written for targets {', '.join(artifact_targets())}, "
+                           f"not '{target}'")
+    backend.check(dtype, cpu)
+
+    def write_artifact(directory, program, sizes, dtype, emit, batch_first=False, cpu="host"):
+        backend.write_artifact(directory, program, sizes, dtype, emit, batch_first, cpu)
+
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
     program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
-    _check_cpu_name(target, cpu)
     _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
         write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
@@ -301,13 +264,6 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
                            "batch_first": bool(batch_first)},
                 "cells": {name: name for name in parts}}
     write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
-
-
-def _check_cpu_name(target: str, cpu: str) -> None:
-    if target == "cpu":
-        from .backends.llvm.toolchain import check_cpu_name
-
-        check_cpu_name(cpu)
 
 
 def _make_output_directory(directory: str) -> None:

@@ -12,8 +12,11 @@ import pathlib
 import sys
 import traceback
 
+from lstmc_runtime.dtypes import DTYPES
+
 from . import __version__
 from .errors import CompileError, LstmcError, SpecError
+from .targets import TARGETS, artifact_targets
 
 
 def _size_assignment(text: str) -> tuple[str, int]:
@@ -88,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "lstmc_runtime.load(DIR) runs, plus the stages named by --emit.")
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("-o", "--output", metavar="DIR", help="write the artifact to DIR")
-    comp.add_argument("--target", default="cpu", choices=["cpu", "cuda", "opencl"],
+    comp.add_argument("--target", default="cpu", choices=list(artifact_targets()),
                       help="what the artifact runs on (default: cpu); cuda writes the "
                            "kernels as a .cu file, plus cubin and PTX for sm_80 and sm_90 "
                            "where NVRTC is installed")
-    comp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    comp.add_argument("--dtype", default="float32", choices=list(DTYPES))
     comp.add_argument("--emit", type=_stage_list, default=None, metavar="STAGES",
                       help="comma-separated stages: ir (fused forward IR), ir-backward "
                            "(with the backward step), ir-unfused (before fusion), llvm "
@@ -120,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--seed", type=int, default=0)
     grad.add_argument("--tolerance", type=float, default=1e-6,
                       help="largest relative error accepted (default: 1e-6)")
-    grad.add_argument("--target", default="reference", choices=["reference", "cpu"],
+    grad.add_argument("--target", default="reference",
+                      choices=[n for n, t in TARGETS.items() if "float64" in t.dtypes],
                       help="whose backward pass to check: the reference executor's "
                            "(default) or the native code's")
     grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
