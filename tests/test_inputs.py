@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import spec_path
+from conftest import central_difference, spec_path
 from lstmc_runtime.errors import UsageError
 
 import lstmc
@@ -166,20 +166,11 @@ def test_reference_gradients_of_the_timestamps_match_finite_differences():
         y, _ = cell.forward(x, p, state, inputs={"ts": ts})
         return float(np.sum(y * dy))
 
-    eps = 1e-6
     for label, array, analytic in [("ts", ts, grads["inputs"]["ts"]),
                                    ("tau", params["tau"], grads["params"]["tau"]),
                                    ("s", params["s"], grads["params"]["s"]),
                                    ("r_on", params["r_on"], grads["params"]["r_on"])]:
-        flat, numeric = array.reshape(-1), np.empty(array.size)
-        for k in range(flat.size):
-            keep = flat[k]
-            flat[k] = keep + eps
-            plus = loss()
-            flat[k] = keep - eps
-            minus = loss()
-            flat[k] = keep
-            numeric[k] = (plus - minus) / (2 * eps)
+        numeric = central_difference(loss, array)
         np.testing.assert_allclose(analytic.reshape(-1), numeric, rtol=1e-6, atol=1e-8,
                                    err_msg=f"gradient of {label}")
 

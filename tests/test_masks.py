@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import spec_path
+from conftest import central_difference, spec_path
 from lstmc_runtime.errors import UsageError
 
 import lstmc
@@ -188,16 +188,9 @@ def test_gradient_through_fixed_masks_matches_finite_differences(target, tmp_pat
 
     _, final, tape = cell.forward(x, params, state, train=True, seed=seed)
     g = tape.backward(w, {"c": np.ones_like(final["c"])})
-    eps = 1e-6
 
     def numeric(array, index, f):
-        old = array[index]
-        array[index] = old + eps
-        up = f()
-        array[index] = old - eps
-        down = f()
-        array[index] = old
-        return (up - down) / (2 * eps)
+        return central_difference(f, array, [index])[0]
 
     for index in [(0, 0, 0), (2, 1, 2), (4, 2, 1)]:
         d = numeric(x, index, lambda: loss(x, params, state))

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import spec_path
+from conftest import central_difference, spec_path
 
 import lstmc
 from lstmc.errors import SpecError
@@ -97,18 +97,12 @@ def test_matrix_forms_against_numpy_and_finite_differences(form, target, dtype, 
     np.testing.assert_allclose(y, np.stack(ys), rtol=1e-12, atol=1e-12)
     w = rng.standard_normal(y.shape)
     g = tape.backward(w)
-    eps = 1e-6
+    indices = [(0, 0), (1, 3), (3, 2)]
     for name in ("W", "U"):
-        for index in [(0, 0), (1, 3), (3, 2)]:
-            value = params[name]
-            old = value[index]
-            value[index] = old + eps
-            up = np.sum(cell.forward(x, params)[0] * w)
-            value[index] = old - eps
-            down = np.sum(cell.forward(x, params)[0] * w)
-            value[index] = old
-            numeric = (up - down) / (2 * eps)
-            assert abs(g["params"][name][index] - numeric) < 1e-6 * max(1, abs(numeric))
+        numeric = central_difference(lambda: np.sum(cell.forward(x, params)[0] * w),
+                                     params[name], indices)
+        for index, d in zip(indices, numeric):
+            assert abs(g["params"][name][index] - d) < 1e-6 * max(1, abs(d)), (name, index)
 
 
 def test_identity_initialization(tmp_path):

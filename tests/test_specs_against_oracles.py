@@ -3,7 +3,13 @@ in tests/oracles.py: forward values, and every gradient (input, each parameter, 
 initial state) against central finite differences of that oracle in float64."""
 import numpy as np
 import pytest
-from conftest import SPEC_NAMES, compile_spec, random_extra_inputs, random_inputs
+from conftest import (
+    SPEC_NAMES,
+    central_difference,
+    compile_spec,
+    random_extra_inputs,
+    random_inputs,
+)
 from oracles import STEPS, run
 
 
@@ -47,17 +53,7 @@ def test_gradients_match_finite_differences_of_oracle(spec_name):
     arrays += [(f"input {n}", inputs[n], grads["inputs"][n]) for n in inputs]
     arrays += [(f"param {n}", params[n], grads["params"][n]) for n in params]
     arrays += [(f"state {n}", state[n], grads["state"][n]) for n in state]
-    eps = 1e-6
     for label, value, analytic in arrays:
-        flat = value.reshape(-1)
-        numeric = np.empty(flat.size)
-        for k in range(flat.size):
-            keep = flat[k]
-            flat[k] = keep + eps
-            plus = loss()
-            flat[k] = keep - eps
-            minus = loss()
-            flat[k] = keep
-            numeric[k] = (plus - minus) / (2 * eps)
+        numeric = central_difference(loss, value)
         np.testing.assert_allclose(analytic.reshape(-1), numeric, rtol=1e-6, atol=1e-7,
                                    err_msg=f"{spec_name}: gradient of {label}")
