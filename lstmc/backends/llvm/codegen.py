@@ -24,7 +24,7 @@ from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
 from .. import check_renderable
 from . import workers
-from .irutil import I32, I64, PTR, element, for_range, i64
+from .irutil import I32, I64, PTR, element, for_range, i64, spin_until
 from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
@@ -277,23 +277,9 @@ class _Kernel:
                 b.atomic_rmw("xchg", counter, i64(0), "seq_cst")
                 b.atomic_rmw("xchg", generation, b.add(mine, i64(1)), "seq_cst")
             with wait:
-                pre = b.block
-                spin = b.append_basic_block("spin")
-                pause = b.append_basic_block("spin.pause")
-                done = b.append_basic_block("spin.done")
-                b.branch(spin)
-                b.position_at_end(spin)
-                tries = b.phi(I64)
-                tries.add_incoming(i64(0), pre)
-                now = b.load_atomic(generation, "acquire", 8, typ=I64)
-                b.cbranch(b.icmp_signed("!=", now, mine), done, pause)
-                b.position_at_end(pause)
-                more = b.add(tries, i64(1))
-                with b.if_then(b.icmp_signed("==", b.and_(more, i64(1023)), i64(0))):
-                    b.call(self.mb.sched_yield, [])
-                tries.add_incoming(more, b.block)
-                b.branch(spin)
-                b.position_at_end(done)
+                spin_until(b, lambda b: b.icmp_signed(
+                    "!=", b.load_atomic(generation, "acquire", 8, typ=I64), mine),
+                    self.mb.sched_yield, 1024)
         b.store(b.add(mine, i64(1)), self.generation)
 
     def finish(self) -> None:

@@ -62,3 +62,27 @@ def for_range(b: ir.IRBuilder, count: ir.Value, name: str = "i"):
 
 def element(b: ir.IRBuilder, ftype: ir.Type, base: ir.Value, index: ir.Value) -> ir.Value:
     return b.gep(base, [index], inbounds=True, source_etype=ftype)
+
+
+def spin_until(b: ir.IRBuilder, ready, sched_yield: ir.Function, every: int,
+               name: str = "spin") -> None:
+    """Busy-wait until `ready(b)` (an i1 it emits; evaluated again each try) holds,
+    giving the core away with sched_yield every `every` tries (a power of two); the
+    builder continues after the loop. Every spin-wait of the native code is this one."""
+    assert every > 0 and every & (every - 1) == 0, every
+    pre = b.block
+    head = b.append_basic_block(name)
+    pause = b.append_basic_block(f"{name}.pause")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    tries = b.phi(I64)
+    tries.add_incoming(i64(0), pre)
+    b.cbranch(ready(b), done, pause)
+    b.position_at_end(pause)
+    more = b.add(tries, i64(1))
+    with b.if_then(b.icmp_signed("==", b.and_(more, i64(every - 1)), i64(0))):
+        b.call(sched_yield, [])
+    tries.add_incoming(more, b.block)
+    b.branch(head)
+    b.position_at_end(done)

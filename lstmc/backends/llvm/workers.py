@@ -16,7 +16,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from lstmc_runtime.workers import STATE_WORDS, SYMBOLS
 
-from .irutil import I32, I64, PTR, i64
+from .irutil import I32, I64, PTR, i64, spin_until
 
 SLOTS = ("generation", "pending", "status", "sleepers", "stop", "ready",
          "fn", "T", "B", "pointers", "threads", "sync", "arena")
@@ -175,20 +175,9 @@ def _emit_run(module, number: int, sched_yield, syscall) -> None:
     status.add_incoming(mine, own)
     status.add_incoming(ir.Constant(I32, 0), before)
     # wait for every worker's acknowledgement (spinning; yielding now and then)
-    pre = b.block
-    head = fn.append_basic_block("wait")
-    done = fn.append_basic_block("done")
-    b.branch(head)
-    b.position_at_end(head)
-    tries = b.phi(I64)
-    tries.add_incoming(i64(0), pre)
-    left = b.load_atomic(w["pending"], "acquire", 8, typ=I64)
-    more = b.add(tries, i64(1))
-    with b.if_then(b.icmp_signed("==", b.and_(more, i64(255)), i64(0))):
-        b.call(sched_yield, [])
-    tries.add_incoming(more, b.block)
-    b.cbranch(b.icmp_signed(">", left, i64(0)), head, done)
-    b.position_at_end(done)
+    spin_until(b, lambda b: b.icmp_signed(
+        "<=", b.load_atomic(w["pending"], "acquire", 8, typ=I64), i64(0)), sched_yield, 256,
+        "wait")
     theirs = b.trunc(b.load_atomic(w["status"], "acquire", 8, typ=I64), I32)
     b.ret(b.select(b.icmp_signed(">", status, theirs), status, theirs))
 
