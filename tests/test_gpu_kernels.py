@@ -26,11 +26,13 @@ def kernels_of(name):
 
 
 def launched_kernels(plan) -> set:
+    from lstmc_runtime.gpu.plan import RegionLaunch
+
     names = {"lstmc_gemm"}
-    for entry in plan["modes"].values():
-        names |= {s["kernel"] for s in entry["steps"] if s["kind"] == "region"}
-        if entry["persistent"]:
-            names.add(entry["persistent"]["kernel"])
+    for entry in plan.modes.values():
+        names |= {s.kernel for s in entry.steps if isinstance(s, RegionLaunch)}
+        if entry.persistent:
+            names.add(entry.persistent.kernel)
     return names
 
 
@@ -121,9 +123,9 @@ def test_persistent_partition(name, partition):
     or reductions across units (layer norm) need a barrier between stages."""
     _, plan = kernels_of(name)
     for mode in ("infer", "train"):
-        entry = plan["modes"][mode]["persistent"]
-        assert entry["partition"] == partition
-        assert (entry["units"] == 256) == (partition == "units")
+        entry = plan.modes[mode].persistent
+        assert entry.partition == partition
+        assert (entry.units == 256) == (partition == "units")
 
 
 @needs_nvrtc

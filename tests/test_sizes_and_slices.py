@@ -157,7 +157,7 @@ def test_lstm_packed_compiles_to_the_step_of_lstm():
     assert [s.kind for s in packed.forward] == ["product", "elementwise"]
     for program in (split, packed):
         plan = generate(program, bind_sizes(program, 8, 16, {}))[1]
-        assert plan["modes"]["train"]["persistent"]["partition"] == "units"
+        assert plan.modes["train"].persistent.partition == "units"
 
 
 JOINED = """

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-GPU_SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2,
-             "step": lambda T: 1}
-
 
 def _saved_widths(cell) -> list[tuple[str, int]]:
     """(name, width) of each buffer a native training forward saves, in manifest order."""
     return cell._saved_widths()
 
 
-def _gpu_buffers(cell) -> list[tuple[str, str, int]]:
-    return [(s["name"], s["slots"], int(s["width"]))
-            for s in cell.plan["modes"]["train"]["buffers"]]
+def _gpu_buffers(cell):
+    """The DeviceBuffers of a GpuCell's training forward, in plan order."""
+    return cell.plan.modes["train"].buffers
 
 
 def is_native(cell) -> bool:
@@ -39,8 +36,8 @@ def size(cell, T, B):
 
         return native_size(_saved_widths(cell), T, B)
     total = 0
-    for _, slots, width in _gpu_buffers(cell):
-        total = total + (width if slots == "param" else GPU_SLOTS[slots](T) * B * width)
+    for buffer in _gpu_buffers(cell):
+        total = total + buffer.elements(T, B)
     return total
 
 
@@ -67,9 +64,9 @@ def pack_gpu(cell, saved, write) -> None:
     """Hand each train-mode buffer of a GpuSaved, in plan order, to write(offset, array)
     (a flat device or host array)."""
     dev, offset = cell.device, 0
-    for name, slots, width in _gpu_buffers(cell):
-        count = width if slots == "param" else GPU_SLOTS[slots](saved.T) * saved.B * width
-        write(offset, dev.to_user(saved.buffers.arrays[name], 0, (count,)))
+    for buffer in _gpu_buffers(cell):
+        count = buffer.elements(saved.T, saved.B)
+        write(offset, dev.to_user(saved.buffers.arrays[buffer.name], 0, (count,)))
         offset += count
 
 
@@ -85,9 +82,9 @@ def unpack_gpu(cell, flat, T: int, B: int, lengths: np.ndarray | None,
     key, buffers = cell._take("train", T, B)
     with dev.context():
         offset = 0
-        for name, slots, width in _gpu_buffers(cell):
-            count = width if slots == "param" else GPU_SLOTS[slots](T) * B * width
-            dev.write(buffers.arrays[name], 0, flat[offset:offset + count])
+        for buffer in _gpu_buffers(cell):
+            count = buffer.elements(T, B)
+            dev.write(buffers.arrays[buffer.name], 0, flat[offset:offset + count])
             offset += count
         dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
                   else np.asarray(lengths, np.int32))

@@ -3,8 +3,10 @@
 Before anything of an artifact runs, `read_manifest` checks the manifest's schema
 version, its checksum of itself, and the SHA-256 of every file it names; a CPU artifact's
 manifest is then read into a `CpuManifest` (every field typed and recomputed, see
-manifest.py) and its library must embed the hash of exactly this manifest. A damaged,
-half-written or edited artifact is an ArtifactError naming what is wrong, never a crash."""
+manifest.py) and its library must embed the hash of exactly this manifest; a GPU
+artifact's kernel source ends with that hash, and its manifest is read into a
+`GpuManifest` (gpu/plan.py). A damaged, half-written or edited artifact is an
+ArtifactError naming what is wrong, never a crash."""
 from __future__ import annotations
 
 import ctypes
@@ -118,18 +120,20 @@ def _check_contract(directory: str, library: ctypes.CDLL, manifest: dict) -> Non
 
 def _load_gpu_cell(directory: str, manifest: dict):
     from .gpu.executor import GpuCell
+    from .gpu.plan import GpuManifest
 
     path = _plain_name(directory, manifest.get("source"))
     with open(path, encoding="utf-8") as f:
         source = f.read()
     last = source.rstrip("\n").rpartition("\n")[2]
+    # First, and of the JSON as read: an edit is named as one, whatever field it touched.
     if last != f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest)} */":
         raise ArtifactError(f"{directory}: the manifest's launch plan is not the one its kernel "
                             "source was generated with (the manifest was edited, or the source "
                             "swapped); recompile the artifact")
-    binaries = {arch: _plain_name(directory, files["cubin"])
-                for arch, files in manifest.get("binaries", {}).items()}
-    return GpuCell(manifest, source, binaries=binaries)
+    typed = GpuManifest.from_json(manifest, os.path.join(directory, MANIFEST))
+    binaries = {arch: _plain_name(directory, b.cubin) for arch, b in typed.binaries.items()}
+    return GpuCell(typed, source, binaries=binaries)
 
 
 def _cpu_flags() -> set[str] | None:

@@ -4,6 +4,7 @@ and PTX for each architecture in nvrtc.ARCHES."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from ...errors import CompileError
 from ...ir.program import Program
@@ -16,20 +17,22 @@ SOURCE = {"cuda": "kernels.cu", "opencl": "kernels.cl"}
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
                    emit: frozenset[str] = frozenset(), batch_first: bool = False,
                    cpu: str = "host", target: str = "cuda") -> None:
-    from lstmc_runtime.artifact import FORMAT, write_manifest
+    from lstmc_runtime.artifact import write_manifest
+    from lstmc_runtime.gpu.plan import GpuBinary
     from lstmc_runtime.manifest import GPU_CONTRACT_PREFIX, gpu_contract_hash
 
     if dtype != "float32":
         raise CompileError(f"target '{target}' computes in float32, not {dtype}")
     source, manifest = manifest_for(program, sizes, target)
-    manifest.update(source=SOURCE[target], batch_first=bool(batch_first), format=FORMAT)
+    manifest = replace(manifest, cell=replace(manifest.cell, batch_first=bool(batch_first)),
+                       source=SOURCE[target])
     # The source names the plan it was generated with: an edited plan is refused on load
     # (the runtime sizes device buffers from it), as a CPU library embeds its manifest's.
-    source += f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest)} */\n"
+    source += f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest.to_json())} */\n"
     files = [SOURCE[target]]
     _write(directory, SOURCE[target], source)
     if target == "cuda" and nvrtc.available():
-        manifest["binaries"] = {}
+        binaries = {}
         for arch in nvrtc.ARCHES:
             compiled = nvrtc.compile_cuda(source, arch)
             cubin, ptx = f"kernels.{arch}.cubin", f"kernels.{arch}.ptx"
@@ -37,13 +40,13 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
                 f.write(compiled.cubin)
             _write(directory, ptx, compiled.ptx)
             files += [cubin, ptx]
-            manifest["binaries"][arch] = {
-                "cubin": cubin, "ptx": ptx,
-                "registers": {k: r.registers for k, r in compiled.kernels.items()},
-                "spill_bytes": {k: r.spill_stores for k, r in compiled.kernels.items()}}
+            binaries[arch] = GpuBinary(
+                cubin, ptx, registers={k: r.registers for k, r in compiled.kernels.items()},
+                spill_bytes={k: r.spill_stores for k, r in compiled.kernels.items()})
+        manifest = replace(manifest, binaries=binaries)
     if "ir" in emit:
         _write(directory, "cell.ir", program.format(backward=True) + "\n")
-    write_manifest(directory, manifest, files)
+    write_manifest(directory, manifest.to_json(), files)
 
 
 def _write(directory: str, name: str, text: str) -> None:

@@ -9,30 +9,45 @@ Kernels (all in one source text):
   work-group keeping its columns of the recurrent weights in local memory across steps
   and meeting the others at a grid-wide barrier between stages (Diamos et al. 2016).
 
-The plan is plain JSON: buffers, the per-step launch sequence, what runs before and
-after the loop. lstmc_runtime follows it; it needs no compiler.
+The launch plan (lstmc_runtime.gpu.plan, typed, with a schema version): buffers, the
+per-step launch sequence, what runs before and after the loop. lstmc_runtime follows it;
+it needs no compiler.
 """
 from __future__ import annotations
+
+from lstmc_runtime.gpu import buffers as names
+from lstmc_runtime.gpu.plan import (
+    DeviceBuffer,
+    GemmLaunch,
+    GpuManifest,
+    HoistedGemm,
+    LaunchPlan,
+    ModePlan,
+    ParamReduction,
+    PersistentKernel,
+    RegionLaunch,
+    SlotRef,
+    Threads,
+    WeightGradient,
+)
+from lstmc_runtime.manifest import CellDescription, PackedSpec
 
 from ...ir.graph import Op
 from ...ir.program import Program
 from .. import check_renderable
 from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
-from .regions import MODES, Buffer, StepLayout
-
-PLAN_FORMAT = 1
-
+from .regions import MODES, StepLayout
 
 # The masks' key, two 32-bit words of the call's seed (read by cells with dropout).
 RNG_PARAM = "GLOBAL const u32* RESTRICT rng"
 
 
-def _shape(buffer: Buffer) -> str:
+def _shape(buffer: DeviceBuffer) -> str:
     return {"seq": "(T, B, {w})", "history": "(T+1, B, {w})", "ring": "(2, B, {w})",
             "step": "(B, {w})", "param": "({w},)"}[buffer.slots].format(w=buffer.width)
 
 
-def _param(buffer: Buffer) -> str:
+def _param(buffer: DeviceBuffer) -> str:
     const = "const " if buffer.const else ""
     return f"GLOBAL {const}float* RESTRICT {buffer.name}"
 
@@ -42,20 +57,20 @@ class PackedWeights:
 
     def __init__(self, program: Program, sizes: dict[str, int]):
         self.program, self.sizes = program, sizes
-        self.by_segments: dict[tuple, dict] = {}
+        self.by_segments: dict[tuple, PackedSpec] = {}
 
-    def get(self, segments) -> dict:
+    def get(self, segments) -> PackedSpec:
         key = tuple((name, str(rows)) for name, rows in segments)
         if key not in self.by_segments:
             info = self.program.info
             columns = info.param_shape(segments[0][0])[1].bind(self.sizes)
-            rows = [[name, r.bind(self.sizes)] for name, r in segments]
-            self.by_segments[key] = {"name": f"w{len(self.by_segments)}", "segments": rows,
-                                     "rows": sum(r for _, r in rows), "columns": columns}
+            rows = tuple((name, r.bind(self.sizes)) for name, r in segments)
+            self.by_segments[key] = PackedSpec(names.packed(len(self.by_segments)), rows,
+                                               columns)
         return self.by_segments[key]
 
 
-def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
+def generate(program: Program, sizes: dict[str, int]) -> tuple[str, LaunchPlan]:
     """(kernel source in the portable dialect, launch plan)."""
     check_renderable(program)
     packed = PackedWeights(program, sizes)
@@ -64,7 +79,7 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
     modes, layouts = {}, {}
     for mode in MODES:
         layout = layouts[mode] = StepLayout(program, sizes, mode)
-        steps = []
+        steps: list[GemmLaunch | RegionLaunch] = []
         for index, stage in enumerate(layout.stages):
             if stage.kind == "product":
                 for node in stage.nodes:
@@ -72,52 +87,46 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, dict]:
             else:
                 name = f"{mode}_r{index}"
                 parts.append(_region_kernel(layout, index, name))
-                steps.append({"kind": "region", "kernel": name})
-        entry = {"buffers": [vars(b) for b in layout.buffers], "steps": steps,
-                 "persistent": None}
-        if mode != "backward":
-            entry["persistent"] = _persistent(layout, packed, mode, parts)
-        modes[mode] = entry
+                steps.append(RegionLaunch(name))
+        persistent = None if mode == "backward" else _persistent(layout, packed, mode, parts)
+        modes[mode] = ModePlan(tuple(layout.buffers), tuple(steps), persistent)
     backward = layouts["backward"]
-    plan = {
-        "format": PLAN_FORMAT,
-        "threads": {"gemm": GEMM_THREADS, "gemm_tile": GEMM_TILE, "region": REGION_THREADS,
-                    "persistent": PERSISTENT_THREADS},
-        "modes": modes,
+    plan = LaunchPlan(
+        Threads(GEMM_THREADS, GEMM_TILE, REGION_THREADS, PERSISTENT_THREADS),
+        modes,
         # Products of inputs: each reads its input's units `offset` onwards of the packed
         # input rows, `input_width` apart.
-        "input_width": backward.input_size,
-        "hoisted": [{"buffer": f"hx{h.index}", "grad": f"dh{h.index}",
-                     "packed": packed.get(h.segments)["name"],
-                     "offset": backward.input_columns[h.operand][0]} for h in program.hoisted],
-        "products": [_product_gradient(backward, packed, p) for p in program.recurrent_products],
-        "param_grads": [{"param": s.name, "acc": f"acc_{s.name}", "width": s.width}
-                        for s in backward.stores if s.kind == "param"],
-        "packed": list(packed.by_segments.values()),
-    }
+        input_width=backward.input_size,
+        hoisted=tuple(HoistedGemm(h.index, packed.get(h.segments).name,
+                                  backward.input_columns[h.operand][0])
+                      for h in program.hoisted),
+        products=tuple(_product_gradient(backward, packed, p)
+                       for p in program.recurrent_products),
+        param_grads=tuple(ParamReduction(s.name, s.width)
+                          for s in backward.stores if s.kind == "param"),
+        packed=tuple(packed.by_segments.values()),
+    )
     return "\n".join(parts), plan
 
 
-def _gemm_step(layout: StepLayout, packed: PackedWeights, node) -> dict:
+def _gemm_step(layout: StepLayout, packed: PackedWeights, node) -> GemmLaunch:
     weights = packed.get(node.segments)
-    operand = layout.operand(node.inputs[0])
     if node.op == Op.MATMUL:  # (B, K) @ W^T, W (rows, K)
-        n, k, sbk, sbn = weights["rows"], weights["columns"], 1, weights["columns"]
+        n, k, stride_k, stride_n = weights.rows, weights.columns, 1, weights.columns
     else:  # MATMUL_T: (B, rows) @ W
-        n, k, sbk, sbn = weights["columns"], weights["rows"], weights["columns"], 1
-    return {"kind": "gemm", "node": node.id, "packed": weights["name"], "a": list(operand),
-            "out": [f"nd{node.id}", layout.slot(node), n], "n": n, "k": k,
-            "sbk": sbk, "sbn": sbn}
+        n, k, stride_k, stride_n = weights.columns, weights.rows, weights.columns, 1
+    return GemmLaunch(node.id, weights.name, SlotRef(*layout.operand(node.inputs[0])),
+                      SlotRef(names.node(node.id), layout.slot(node), n), n, k,
+                      stride_k, stride_n)
 
 
-def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> dict:
+def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> WeightGradient:
     """dW of a recurrent product = dP^T @ operand over all T*B rows; the operand as the
     training forward kept it (slot t of a sequence buffer, or a learned vector)."""
     buffer, slot, stride = backward.operand(product.inputs[0])
     if slot not in ("t", "state", "param"):
         raise AssertionError(f"operand %{product.inputs[0].id} of a product is not kept")
-    return {"id": product.id, "packed": packed.get(product.segments)["name"],
-            "grad": f"dp{product.id}", "operand": [buffer, stride]}
+    return WeightGradient(product.id, packed.get(product.segments).name, buffer, stride)
 
 
 def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
@@ -145,7 +154,8 @@ def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: list[str]) -> dict:
+def _persistent(layout: StepLayout, packed: PackedWeights, mode: str,
+                parts: list[str]) -> PersistentKernel:
     """The whole forward sequence in one kernel. Each work-group owns a fixed share of
     every recurrent product's columns and keeps those weight rows in local memory.
     Usually ("units" partition, see StepLayout.unit_local) a group owns units j of the
@@ -157,13 +167,13 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     name = f"{mode}_persistent"
     products = [n for s in layout.stages if s.kind == "product" for n in s.nodes]
     weights = [packed.get(p.segments) for p in products]
-    unique = list({w["name"]: w for w in weights}.values())
+    unique = list({w.name: w for w in weights}.values())
     units = layout.unit_local()
     args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens", RNG_PARAM]
                      + [_param(b) for b in layout.buffers]
-                     + [f"GLOBAL const float* RESTRICT {w['name']}" for w in unique]
+                     + [f"GLOBAL const float* RESTRICT {w.name}" for w in unique]
                      + ["COUNTER* counter"])
-    extra = [f"{w['name']} ({w['rows']}, {w['columns']}): packed recurrent weights" for w in unique]
+    extra = [f"{w.name} ({w.rows}, {w.columns}): packed recurrent weights" for w in unique]
     extra.append("counter: one zeroed unsigned int (the grid barrier); dynamic local memory: "
                  "this group's weight rows, sum over products of cw * (K + 1) floats")
     partition = f"units (U = {units})" if units else "columns"
@@ -183,7 +193,7 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     columns = []  # per product: (C expression of column c's index, of its validity)
     offset = "0"
     for i, (p, w) in enumerate(zip(products, weights)):
-        rows, cols = w["rows"], w["columns"]
+        rows, cols = w.rows, w.columns
         if units:
             lines.append(f"  const int cw{i} = {rows // units} * uw;")
             column = (f"((c) / uw * {units} + u0 + (c) % uw)", f"(u0 + (c) % uw < {units})")
@@ -198,7 +208,7 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
             f"  LOCAL float* wl{i} = dyn_smem + {offset};",
             f"  for (int e = LID; e < cw{i} * {cols}; e += LSZ) {{",
             f"    const int c = e / {cols}, k = e % {cols};",
-            f"    wl{i}[c * {cols + 1} + k] = {valid} ? {w['name']}[{col} * {cols} + k] : 0.0f;",
+            f"    wl{i}[c * {cols + 1} + k] = {valid} ? {w.name}[{col} * {cols} + k] : 0.0f;",
             "  }",
         ]
         offset = f"{offset} + cw{i} * {cols + 1}"
@@ -225,23 +235,24 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str, parts: lis
     lines.append("  }")
     lines.append("}")
     parts.append("\n".join(lines) + "\n")
-    return {"kernel": name, "weights": [w["name"] for w in unique],
-            "static_floats": scratch * PERSISTENT_THREADS + reductions,
-            "partition": "units" if units else "columns", "units": units,
-            "products": [[w["rows"], w["columns"]] for w in weights]}
+    return PersistentKernel(name, tuple(w.name for w in unique),
+                            static_floats=scratch * PERSISTENT_THREADS + reductions,
+                            partition="units" if units else "columns", units=units or None,
+                            products=tuple((w.rows, w.columns) for w in weights))
 
 
 def _slot_index(layout: StepLayout, slot: str) -> str:
     return {"t": "t", "0": "0", "state": layout.state_read_slot(), "param": "0"}[slot]
 
 
-def _persistent_product(layout: StepLayout, product, i: int, w: dict, column) -> list[str]:
+def _persistent_product(layout: StepLayout, product, i: int, w: PackedSpec,
+                        column) -> list[str]:
     """C[b, col] = sum_k A[b, k] * W[col, k] for this group's cw columns (`column`: C
     expressions of local column c's index and validity): a team of work-items per (row,
     column) pair splits k, then adds its partial sums."""
     buffer, slot, stride = layout.operand(product.inputs[0])
-    out, out_slot, n = f"nd{product.id}", layout.slot(product), w["rows"]
-    k = w["columns"]
+    out, out_slot, n = names.node(product.id), layout.slot(product), w.rows
+    k = w.columns
     col, valid = (e.replace("(c)", "c") for e in column)
     return [
         f"{{ /* product %{product.id}: ({n} x {k}) weights, operand {buffer} */",
@@ -270,22 +281,15 @@ def _persistent_product(layout: StepLayout, product, i: int, w: dict, column) ->
     ]
 
 
-def manifest_for(program: Program, sizes: dict[str, int], target: str) -> tuple[str, dict]:
+def manifest_for(program: Program, sizes: dict[str, int],
+                 target: str) -> tuple[str, GpuManifest]:
     """(kernel source, the manifest GpuCell runs it by)."""
     info = program.info
     source, plan = generate(program, sizes)
-    manifest = {
-        "format": 1,
-        "target": target,
-        "cell": info.name,
-        "dtype": "float32",
-        "sizes": dict(sizes),
-        "input_size": info.input[1].bind(sizes),
-        **({"extra_inputs": {n: s.bind(sizes) for n, s in info.extra_inputs.items()}}
-           if info.extra_inputs else {}),
-        "output": info.output,
-        "states": {n: s.bind(sizes) for n, s in info.states.items()},
-        "params": {n: p.to_json() for n, p in info.param_specs(sizes).items()},
-        "plan": plan,
-    }
-    return source, manifest
+    cell = CellDescription(
+        name=info.name, target=target, dtype="float32", sizes=dict(sizes),
+        input_size=info.input[1].bind(sizes), output=info.output,
+        states={n: s.bind(sizes) for n, s in info.states.items()},
+        params=dict(info.param_specs(sizes)),
+        extra_inputs={n: s.bind(sizes) for n, s in info.extra_inputs.items()})
+    return source, GpuManifest(cell, plan)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lstmc_runtime.gpu import buffers as names
+from lstmc_runtime.gpu.plan import DeviceBuffer
+
 from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, REDUCTIONS, IRError, Node, Op, is_elementwise
 from ...ir.program import Program, Stage
@@ -23,18 +26,6 @@ def literal(value: float) -> str:
     if text in ("inf", "-inf", "nan"):
         raise IRError(f"constant {text} cannot be written as a kernel literal")
     return text + "f"
-
-
-@dataclass
-class Buffer:
-    """A device array of (slots, B, width) floats. slots: "seq" T, "history" T + 1,
-    "ring" 2, "step" 1; `zero`: cleared before the sequence runs."""
-
-    name: str
-    width: int
-    slots: str
-    zero: bool = False
-    const: bool = False  # read-only in every kernel (parameters)
 
 
 @dataclass
@@ -123,11 +114,11 @@ class StepLayout:
             if kind == "input":
                 stores.append(Store("input", key, self.input_columns[key][1], node))
             elif kind == "hoisted":
-                stores.append(Store("hoisted", f"dh{key}",
+                stores.append(Store("hoisted", names.dhoisted(key),
                                     program.hoisted[key].rows.bind(sizes), node))
             elif kind == "product":
                 product = next(p for p in program.recurrent_products if p.id == key)
-                stores.append(Store("product", f"dp{key}", product.size.bind(sizes), node))
+                stores.append(Store("product", names.dproduct(key), product.size.bind(sizes), node))
             elif kind == "param":
                 shape = program.info.param_shape(key)
                 stores.append(Store("param", key, shape[0].bind(sizes), node))
@@ -185,7 +176,7 @@ class StepLayout:
             self.regions[last].append(loop)
         for leaf in self.leaf_copies:
             loop = Loop(self.size(leaf))
-            loop.stores.append((Store("node", f"nd{leaf.id}", self.size(leaf), leaf), leaf))
+            loop.stores.append((Store("node", names.node(leaf.id), self.size(leaf), leaf), leaf))
             self.regions[0].append(loop)
 
     def _materialized(self) -> set[int]:
@@ -215,44 +206,44 @@ class StepLayout:
 
     # -- buffers --------------------------------------------------------------------------
 
-    def _buffers(self) -> list[Buffer]:
+    def _buffers(self) -> list[DeviceBuffer]:
         program, sizes, mode = self.program, self.sizes, self.mode
-        buffers = [Buffer("x", self.input_size, "seq")]
+        buffers = [DeviceBuffer(names.X, self.input_size, "seq")]
         for h in program.hoisted:
-            buffers.append(Buffer(f"hx{h.index}", h.rows.bind(sizes), "seq"))
+            buffers.append(DeviceBuffer(names.hoisted(h.index), h.rows.bind(sizes), "seq"))
         history = mode in ("train", "backward")
         for name, size in self.state_sizes.items():
-            buffers.append(Buffer(f"st_{name}", size, "history" if history else "ring"))
+            buffers.append(DeviceBuffer(names.state(name), size, "history" if history else "ring"))
         for name in program.info.params:
             shape = program.info.param_shape(name)
             if len(shape) == 1:
-                buffers.append(Buffer(f"p_{name}", shape[0].bind(sizes), "param", const=True))
+                buffers.append(DeviceBuffer(names.param(name), shape[0].bind(sizes), "param", const=True))
         if mode == "backward":
             for node in program.saved:
                 if node.op not in LEAVES:
-                    buffers.append(Buffer(f"nd{node.id}", self.size(node), "seq"))
+                    buffers.append(DeviceBuffer(names.node(node.id), self.size(node), "seq"))
         for leaf in self.leaf_copies:
-            buffers.append(Buffer(f"nd{leaf.id}", self.size(leaf), "step"))
+            buffers.append(DeviceBuffer(names.node(leaf.id), self.size(leaf), "step"))
         for node in self.step_nodes:
             if node.id in self.materialized:
                 seq = mode == "train" and node.id in self.saved_ids
-                buffers.append(Buffer(f"nd{node.id}", self.size(node), "seq" if seq else "step"))
+                buffers.append(DeviceBuffer(names.node(node.id), self.size(node), "seq" if seq else "step"))
         if mode == "backward":
-            buffers.append(Buffer("dy", self.state_sizes[self.output], "seq"))
+            buffers.append(DeviceBuffer(names.DY, self.state_sizes[self.output], "seq"))
             for name, size in self.state_sizes.items():
-                buffers.append(Buffer(f"cr_{name}", size, "ring"))
+                buffers.append(DeviceBuffer(names.carry(name), size, "ring"))
             for store in self.stores:
                 if store.kind == "input":  # every input's gradient goes to the one dx
-                    if not any(b.name == "dx" for b in buffers):
-                        buffers.append(Buffer("dx", self.input_size, "seq", zero=True))
+                    if not any(b.name == names.DX for b in buffers):
+                        buffers.append(DeviceBuffer(names.DX, self.input_size, "seq", zero=True))
                 elif store.kind in ("hoisted", "product"):
-                    buffers.append(Buffer(store.name, store.width, "seq", zero=True))
+                    buffers.append(DeviceBuffer(store.name, store.width, "seq", zero=True))
                 elif store.kind == "param":
-                    buffers.append(Buffer(f"acc_{store.name}", store.width, "step", zero=True))
-            if not any(b.name == "dx" for b in buffers):
-                buffers.append(Buffer("dx", self.input_size, "seq", zero=True))
+                    buffers.append(DeviceBuffer(names.param_acc(store.name), store.width, "step", zero=True))
+            if not any(b.name == names.DX for b in buffers):
+                buffers.append(DeviceBuffer(names.DX, self.input_size, "seq", zero=True))
         else:
-            buffers.append(Buffer("y", self.state_sizes[self.output], "seq"))
+            buffers.append(DeviceBuffer(names.Y, self.state_sizes[self.output], "seq"))
         return buffers
 
     def slot(self, node: Node) -> str:
@@ -281,15 +272,15 @@ class StepLayout:
         if op == Op.CONST:
             return literal(node.attr)
         if op == Op.PARAM:
-            return f"p_{node.attr}[{j}]"
+            return f"{names.param(node.attr)}[{j}]"
         if op == Op.INPUT:
             offset = self.input_columns[node.attr][0]
-            return f"LD(&{self.at('x', 't', self.input_size, f'{offset} + {j}' if offset else j)})"
+            return f"LD(&{self.at(names.X, 't', self.input_size, f'{offset} + {j}' if offset else j)})"
         if op == Op.HOISTED:
             rows = self.program.hoisted[node.attr].rows.bind(self.sizes)
-            return f"LD(&{self.at(f'hx{node.attr}', 't', rows, j)})"
+            return f"LD(&{self.at(names.hoisted(node.attr), 't', rows, j)})"
         if op == Op.STATE:
-            return f"LD(&{self.at('st_' + node.attr, self.state_read_slot(), self.size(node), j)})"
+            return f"LD(&{self.at(names.state(node.attr), self.state_read_slot(), self.size(node), j)})"
         if op == Op.MASK:  # drawn in training (forward and backward alike), else expected
             attr = node.attr
             if self.mode == "infer":
@@ -300,9 +291,9 @@ class StepLayout:
                     f"{literal(attr.miss_value)}, {literal(attr.expectation)})")
         if op == Op.ADJOINT:
             name, n = node.attr, self.state_sizes[node.attr]
-            value = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, j)})"
+            value = f"LD(&{self.at(names.carry(name), '((t + 1) & 1)', n, j)})"
             if name == self.output:
-                value += f" + LD(&{self.at('dy', 't', n, j)})"
+                value += f" + LD(&{self.at(names.DY, 't', n, j)})"
             return f"(active ? ({value}) : 0.0f)"
         where = self.loop_of.get(node.id)
         if where is not None and where == (stage_index, loop_index) and op not in REDUCTIONS:
@@ -312,27 +303,27 @@ class StepLayout:
             return f"red_out[{self.reduction_slot[node.id][1]}]"
         if node.id not in self.materialized and node.id in self.in_step:
             raise IRError(f"value %{node.id} is read from memory but never stored")
-        return f"LD(&{self.at(f'nd{node.id}', self.slot(node), self.size(node), j)})"
+        return f"LD(&{self.at(names.node(node.id), self.slot(node), self.size(node), j)})"
 
     def operand(self, node: Node) -> tuple[str, str, int]:
         """(buffer, slot kind, row stride) of a product's operand, for GEMM launches:
         slot kinds "t", "0", "state" (the state at the start of step t), "param"."""
         op = node.op
         if op == Op.PARAM:
-            return f"p_{node.attr}", "param", 0
+            return names.param(node.attr), "param", 0
         if op == Op.INPUT:  # only the first input's: products of the others are hoisted
             if self.input_columns[node.attr][0]:
                 raise IRError(f"a step product reads input {node.attr}: it must be hoisted")
-            return "x", "t", self.input_size
+            return names.X, "t", self.input_size
         if op == Op.HOISTED:
-            return f"hx{node.attr}", "t", self.program.hoisted[node.attr].rows.bind(self.sizes)
+            return names.hoisted(node.attr), "t", self.program.hoisted[node.attr].rows.bind(self.sizes)
         if op == Op.STATE:
-            return f"st_{node.attr}", "state", self.size(node)
+            return names.state(node.attr), "state", self.size(node)
         if any(leaf is node for leaf in self.leaf_copies):
-            return f"nd{node.id}", "0", self.size(node)
+            return names.node(node.id), "0", self.size(node)
         if op in LEAVES:
             raise IRError(f"a product cannot read a {op.value} leaf directly")
-        return f"nd{node.id}", self.slot(node), self.size(node)
+        return names.node(node.id), self.slot(node), self.size(node)
 
     # -- region code ----------------------------------------------------------------------
 
@@ -385,7 +376,7 @@ class StepLayout:
                 expr = self._expression(node, stage_index, loop_index)
                 lines.append(f"  const float v{node.id} = {expr};")
                 if node.id in self.materialized:
-                    lines.append(f"  {self.at(f'nd{node.id}', self.slot(node), loop.size, 'j')}"
+                    lines.append(f"  {self.at(names.node(node.id), self.slot(node), loop.size, 'j')}"
                                  f" = v{node.id};")
             for r in loop.reductions:
                 lines.append(f"  acc{r.id} += {self.read(r.inputs[0], 'j', stage_index, loop_index)};")
@@ -418,7 +409,7 @@ class StepLayout:
             scale = f" * {literal(1.0 / loop.size)}" if r.op == Op.MEAN else ""
             lines.append(f"  red_out[{slot}] = red_scratch[{k} * LSZ]{scale};")
             if r.id in self.materialized:
-                lines.append(f"  {self.at(f'nd{r.id}', self.slot(r), 1, '0')} = red_out[{slot}];")
+                lines.append(f"  {self.at(names.node(r.id), self.slot(r), 1, '0')} = red_out[{slot}];")
         lines += ["}", "BARRIER();"]
         return lines
 
@@ -449,22 +440,22 @@ class StepLayout:
         name, n = store.name, store.width
         kind = store.kind
         if kind == "state":
-            old = f"LD(&{self.at('st_' + name, self.state_read_slot(), n, 'j')})"
-            return [(f"{self.at('st_' + name, self.state_write_slot(), n, 'j')} = "
+            old = f"LD(&{self.at(names.state(name), self.state_read_slot(), n, 'j')})"
+            return [(f"{self.at(names.state(name), self.state_write_slot(), n, 'j')} = "
                      f"active ? {value} : {old};")]
         if kind == "output":
-            return [f"{self.at('y', 't', n, 'j')} = active ? {value} : 0.0f;"]
+            return [f"{self.at(names.Y, 't', n, 'j')} = active ? {value} : 0.0f;"]
         if kind == "carry":
-            old = f"LD(&{self.at('cr_' + name, '((t + 1) & 1)', n, 'j')})"
-            return [f"{self.at('cr_' + name, '(t & 1)', n, 'j')} = active ? {value} : {old};"]
+            old = f"LD(&{self.at(names.carry(name), '((t + 1) & 1)', n, 'j')})"
+            return [f"{self.at(names.carry(name), '(t & 1)', n, 'j')} = active ? {value} : {old};"]
         if kind == "input":
             offset = self.input_columns[name][0]
             j = f"{offset} + j" if offset else "j"
-            return [f"{self.at('dx', 't', self.input_size, j)} = {value};"]
+            return [f"{self.at(names.DX, 't', self.input_size, j)} = {value};"]
         if kind in ("hoisted", "product"):
             return [f"{self.at(name, 't', n, 'j')} = {value};"]
         if kind == "param":
-            return [f"{self.at('acc_' + name, '0', n, 'j')} += {value};"]
+            return [f"{self.at(names.param_acc(name), '0', n, 'j')} += {value};"]
         if kind == "node":
             return [f"{self.at(name, '0', n, 'j')} = {value};"]
         raise IRError(f"unknown store kind {kind!r}")

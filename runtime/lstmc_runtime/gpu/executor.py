@@ -19,9 +19,9 @@ import numpy as np
 
 from ..cellbase import CellBase
 from ..errors import BackendError, ShapeError
+from . import buffers as names
+from .plan import DeviceBuffer, GemmLaunch, GpuManifest, HoistedGemm, PersistentKernel
 
-SLOTS = {"seq": lambda T: T, "history": lambda T: T + 1, "ring": lambda T: 2,
-         "step": lambda T: 1}
 INT32_LIMIT = 2**31 - 1
 
 
@@ -46,20 +46,17 @@ def _write_seed(device, buffers, seed: int | None) -> None:
 class BufferSet:
     """Device buffers of one mode for one (T, B); `lens` holds the row lengths."""
 
-    def __init__(self, device, specs: list[dict], T: int, B: int, skip=()):
+    def __init__(self, device, specs: tuple[DeviceBuffer, ...], T: int, B: int, skip=()):
         self.arrays = {}
         for spec in specs:
-            if spec["name"] in skip:
+            if spec.name in skip:
                 continue
-            if spec["slots"] == "param":
-                count = spec["width"]
-            else:
-                count = SLOTS[spec["slots"]](T) * B * spec["width"]
+            count = spec.elements(T, B)
             if count > INT32_LIMIT:
-                raise ShapeError(f"buffer {spec['name']} would hold {count} values; the GPU "
+                raise ShapeError(f"buffer {spec.name} would hold {count} values; the GPU "
                                  f"kernels index with 32-bit integers (at most {INT32_LIMIT})")
-            self.arrays[spec["name"]] = device.empty(count)
-        self.zero = [s["name"] for s in specs if s["zero"] and s["name"] in self.arrays]
+            self.arrays[spec.name] = device.empty(count)
+        self.zero = [s.name for s in specs if s.zero and s.name in self.arrays]
         self.lens = device.empty(B, np.int32)
         self.rng = device.empty(3, np.uint32)  # the masks' seed as two words, and draw
 
@@ -92,9 +89,14 @@ class GpuSaved:
 class GpuCell(CellBase):
     """A cell compiled for target "cuda" or "opencl"."""
 
-    def __init__(self, manifest: dict, source: str, binaries: dict[str, str] | None = None):
-        self._describe(manifest)
-        self.plan = manifest["plan"]
+    def __init__(self, manifest: GpuManifest | dict, source: str,
+                 binaries: dict[str, str] | None = None):
+        if not isinstance(manifest, GpuManifest):
+            manifest = GpuManifest.from_json(manifest)
+        self._describe(manifest.cell)
+        self.manifest = manifest.to_json()  # the same, as JSON, for readers of dicts
+        self.gpu_manifest = manifest
+        self.plan = manifest.plan
         self.device = make_device(self.target, source, binaries)
         self.xp = self.device.user_module
         # "auto": the persistent kernel for batches up to persistent_batch whose weights
@@ -103,12 +105,12 @@ class GpuCell(CellBase):
         self.persistent_batch = 8
         self.persistent_groups: int | None = None
         self._pool = Pool()
-        self._packed = {w["name"]: w for w in self.plan["packed"]}
-        self._weights = {name: self.device.empty(w["rows"] * w["columns"])
+        self._packed = self.plan.packed_by_name()
+        self._weights = {name: self.device.empty(w.rows * w.columns)
                          for name, w in self._packed.items()}
         # Packed weights whose gradient some product computes (all, in practice).
-        self._trained = ({h["packed"] for h in self.plan["hoisted"]}
-                         | {p["packed"] for p in self.plan["products"]})
+        self._trained = ({h.packed for h in self.plan.hoisted}
+                         | {p.packed for p in self.plan.products})
         self._counter = self.device.zeros(1, np.uint32)
         self._one = self.device.upload(np.ones(1, np.float32))
 
@@ -117,7 +119,7 @@ class GpuCell(CellBase):
     def _upload_params(self, params: dict, buffers: BufferSet) -> None:
         for name, shape in self.param_shapes.items():
             if len(shape) == 1:
-                self.device.write(buffers.arrays[f"p_{name}"], 0, params[name])
+                self.device.write(buffers.arrays[names.param(name)], 0, params[name])
         self._upload_weights(params)
 
     def _upload_weights(self, params: dict) -> None:
@@ -126,13 +128,13 @@ class GpuCell(CellBase):
         dev = self.device
         for name, w in self._packed.items():
             offset = 0
-            for param, rows in w["segments"]:
+            for param, rows in w.segments:
                 dev.write(self._weights[name], offset, params[param])
-                offset += rows * w["columns"]
+                offset += rows * w.columns
 
     def _take(self, mode: str, T: int, B: int, skip=()) -> tuple[tuple, BufferSet]:
         key = (mode, T, B)
-        specs = self.plan["modes"][mode]["buffers"]
+        specs = self.plan.modes[mode].buffers
         return key, self._pool.take(key, lambda: BufferSet(self.device, specs, T, B, skip))
 
     # -- launches -------------------------------------------------------------------------
@@ -148,9 +150,9 @@ class GpuCell(CellBase):
             self.device.matmul(M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc,
                                acc)
             return
-        tile = self.plan["threads"]["gemm_tile"]
+        tile = self.plan.threads.gemm_tile
         groups = math.ceil(M / tile) * math.ceil(N / tile)
-        self.device.launch("lstmc_gemm", groups, self.plan["threads"]["gemm"],
+        self.device.launch("lstmc_gemm", groups, self.plan.threads.gemm,
                            [M, N, K, A, a_off, sam, sak, Bm, b_off, sbk, sbn, C, c_off, ldc,
                             int(acc)])
 
@@ -160,43 +162,43 @@ class GpuCell(CellBase):
         return {"t": t, "0": 0, "param": 0}[kind]
 
     def _step(self, mode: str, t: int, B: int, arrays: dict, lens, rng, order: list) -> None:
-        for step in self.plan["modes"][mode]["steps"]:
-            if step["kind"] == "gemm":
-                a_name, a_slot, a_stride = step["a"]
-                out, out_slot, n = step["out"]
-                self._gemm(B, step["n"], step["k"],
-                           arrays[a_name], self._slot(a_slot, t, mode) * B * a_stride,
-                           a_stride, 1, self._weights[step["packed"]], 0, step["sbk"],
-                           step["sbn"], arrays[out], self._slot(out_slot, t, mode) * B * n, n, 0)
+        for step in self.plan.modes[mode].steps:
+            if isinstance(step, GemmLaunch):
+                a, c = step.operand, step.result
+                self._gemm(B, step.n, step.k,
+                           arrays[a.buffer], self._slot(a.slot, t, mode) * B * a.stride,
+                           a.stride, 1, self._weights[step.packed], 0, step.stride_k,
+                           step.stride_n, arrays[c.buffer], self._slot(c.slot, t, mode) * B * c.stride,
+                           c.stride, 0)
             else:
-                self.device.launch(step["kernel"], B, self.plan["threads"]["region"],
+                self.device.launch(step.kernel, B, self.plan.threads.region,
                                    [t, B, lens, rng] + [arrays[name] for name in order])
 
-    def _input_columns(self, h: dict) -> tuple[int, int]:
+    def _input_columns(self, h: HoistedGemm) -> tuple[int, int]:
         """(offset, row stride) of a hoisted product's input in the packed input rows."""
-        return h.get("offset", 0), self.description.packed_input_size
+        return h.offset, self.description.packed_input_size
 
     def _hoisted(self, T: int, B: int, arrays: dict) -> None:
-        for h in self.plan["hoisted"]:
-            w = self._packed[h["packed"]]
-            rows, cols = w["rows"], w["columns"]
+        for h in self.plan.hoisted:
+            w = self._packed[h.packed]
+            rows, cols = w.rows, w.columns
             offset, stride = self._input_columns(h)
-            self._gemm(T * B, rows, cols, arrays["x"], offset, stride, 1,
-                       self._weights[w["name"]], 0, 1, cols, arrays[h["buffer"]], 0, rows, 0,
+            self._gemm(T * B, rows, cols, arrays[names.X], offset, stride, 1,
+                       self._weights[w.name], 0, 1, cols, arrays[h.buffer], 0, rows, 0,
                        whole=True)
 
     @staticmethod
-    def _persistent_floats(entry: dict, groups: int) -> int:
+    def _persistent_floats(entry: PersistentKernel, groups: int) -> int:
         """Local memory (floats) each group keeps its share of the weights in."""
-        if entry["partition"] == "units":
-            share = math.ceil(entry["units"] / groups)
-            return sum(rows // entry["units"] * share * (cols + 1)
-                       for rows, cols in entry["products"])
-        return sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry["products"])
+        if entry.units is not None:  # partition "units"
+            share = math.ceil(entry.units / groups)
+            return sum(rows // entry.units * share * (cols + 1)
+                       for rows, cols in entry.products)
+        return sum(math.ceil(rows / groups) * (cols + 1) for rows, cols in entry.products)
 
     def _persistent_groups(self, mode: str, B: int) -> int | None:
         """Work-groups for the persistent kernel, or None when it should not run."""
-        entry = self.plan["modes"][mode]["persistent"]
+        entry = self.plan.modes[mode].persistent
         if entry is None or self.persistent in (False, "0", "off"):
             return None
         forced = self.persistent in (True, "1", "on")
@@ -204,7 +206,7 @@ class GpuCell(CellBase):
             return None
         groups = self.persistent_groups or self.device.compute_units
         floats = self._persistent_floats(entry, groups)
-        reserve = 4 * entry["static_floats"]  # the kernel's static local arrays
+        reserve = 4 * entry.static_floats  # the kernel's static local arrays
         if 4 * floats + reserve > self.device.max_local_bytes:
             if forced:
                 raise BackendError(f"the persistent kernel needs {4 * floats} bytes of local "
@@ -221,11 +223,11 @@ class GpuCell(CellBase):
         mode = "train" if train else "infer"
         key, buffers = self._take(mode, T, B)
         arrays = buffers.arrays
-        order = [b["name"] for b in self.plan["modes"][mode]["buffers"]]
+        order = self.plan.modes[mode].buffer_names
         with dev.context():
-            dev.write(arrays["x"], 0, x)
+            dev.write(arrays[names.X], 0, x)
             for name in self.state_sizes:
-                dev.write(arrays[f"st_{name}"], 0, state[name])
+                dev.write(arrays[names.state(name)], 0, state[name])
             self._upload_params(params, buffers)
             dev.write(buffers.lens, 0, np.full(B, T, np.int32) if lengths is None
                       else np.asarray(lengths, np.int32))
@@ -242,9 +244,9 @@ class GpuCell(CellBase):
                         self._step(mode, t, B, arrays, buffers.lens, buffers.rng, order)
                 dev.sequence((key, id(buffers)), run)
             out = self.state_sizes[self.output]
-            y = dev.to_user(arrays["y"], 0, (T, B, out))
+            y = dev.to_user(arrays[names.Y], 0, (T, B, out))
             last = T if train else T & 1
-            final = {name: dev.to_user(arrays[f"st_{name}"], last * B * n, (B, n))
+            final = {name: dev.to_user(arrays[names.state(name)], last * B * n, (B, n))
                      for name, n in self.state_sizes.items()}
         if not train:
             self._pool.give(key, buffers)
@@ -254,12 +256,13 @@ class GpuCell(CellBase):
         return y, final, saved
 
     def _launch_persistent(self, mode, T, B, arrays, buffers, order, groups) -> None:
-        entry = self.plan["modes"][mode]["persistent"]
+        entry = self.plan.modes[mode].persistent
+        assert entry is not None  # _persistent_groups chose it
         floats = self._persistent_floats(entry, groups)
         self.device.fill_zero(self._counter)
         args = ([T, B, buffers.lens, buffers.rng] + [arrays[name] for name in order]
-                + [self._weights[name] for name in entry["weights"]] + [self._counter])
-        self.device.launch(entry["kernel"], groups, self.plan["threads"]["persistent"], args,
+                + [self._weights[name] for name in entry.weights] + [self._counter])
+        self.device.launch(entry.kernel, groups, self.plan.threads.persistent, args,
                            local_floats=max(floats, 1))
 
     def _run_backward(self, saved: GpuSaved, params, dy, dstate):
@@ -268,17 +271,17 @@ class GpuCell(CellBase):
         train = saved.buffers.arrays
         key, extra = self._take("backward", T, B, skip=set(train))
         arrays = dict(train, **extra.arrays)
-        order = [b["name"] for b in plan["modes"]["backward"]["buffers"]]
-        gradients = {w: dev.empty(p["rows"] * p["columns"]) for w, p in self._packed.items()}
-        vector_grads = {g["param"]: dev.empty(g["width"]) for g in plan["param_grads"]}
+        order = plan.modes["backward"].buffer_names
+        gradients = {w: dev.empty(p.rows * p.columns) for w, p in self._packed.items()}
+        vector_grads = {g.param: dev.empty(g.width) for g in plan.param_grads}
         with dev.context():
             self._upload_weights(params)
             for name in extra.zero:
                 dev.fill_zero(arrays[name])
-            dev.write(arrays["dy"], 0, dy)
+            dev.write(arrays[names.DY], 0, dy)
             _write_seed(dev, saved.buffers, saved.seed)
             for name, n in self.state_sizes.items():
-                dev.write(arrays[f"cr_{name}"], (T & 1) * B * n, dstate[name])
+                dev.write(arrays[names.carry(name)], (T & 1) * B * n, dstate[name])
 
             def run():
                 for t in reversed(range(T)):
@@ -286,9 +289,9 @@ class GpuCell(CellBase):
                                saved.buffers.rng, order)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
             self._weight_gradients(T, B, arrays, gradients, vector_grads)
-            dx = dev.to_user(arrays["dx"], 0, (T, B, self.description.packed_input_size))
+            dx = dev.to_user(arrays[names.DX], 0, (T, B, self.description.packed_input_size))
             dparams = self._split_gradients(gradients, vector_grads)
-            dstate0 = {name: dev.to_user(arrays[f"cr_{name}"], 0, (B, n))
+            dstate0 = {name: dev.to_user(arrays[names.carry(name)], 0, (B, n))
                        for name, n in self.state_sizes.items()}
         self._pool.give(key, extra)
         return dx, dparams, dstate0
@@ -296,28 +299,27 @@ class GpuCell(CellBase):
     def _weight_gradients(self, T, B, arrays, gradients, vector_grads) -> None:
         TB = T * B
         written = set()
-        for h in self.plan["hoisted"]:
-            w = self._packed[h["packed"]]
-            rows, cols = w["rows"], w["columns"]
-            dh = arrays[h["grad"]]
+        for h in self.plan.hoisted:
+            w = self._packed[h.packed]
+            rows, cols = w.rows, w.columns
+            dh = arrays[h.grad]
             offset, stride = self._input_columns(h)
-            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays["x"], offset, stride, 1,
-                       gradients[w["name"]], 0, cols, w["name"] in written, whole=True)
-            written.add(w["name"])
-            self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w["name"]], 0, cols, 1,
-                       arrays["dx"], offset, stride, 1, whole=True)
-        for p in self.plan["products"]:
-            w = self._packed[p["packed"]]
-            rows, cols = w["rows"], w["columns"]
-            operand, stride = p["operand"]
-            self._gemm(rows, cols, TB, arrays[p["grad"]], 0, 1, rows, arrays[operand], 0,
-                       stride, 1, gradients[w["name"]], 0, cols, w["name"] in written,
+            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays[names.X], offset, stride, 1,
+                       gradients[w.name], 0, cols, w.name in written, whole=True)
+            written.add(w.name)
+            self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w.name], 0, cols, 1,
+                       arrays[names.DX], offset, stride, 1, whole=True)
+        for p in self.plan.products:
+            w = self._packed[p.packed]
+            rows, cols = w.rows, w.columns
+            self._gemm(rows, cols, TB, arrays[p.grad], 0, 1, rows, arrays[p.operand], 0,
+                       p.stride, 1, gradients[w.name], 0, cols, w.name in written,
                        whole=True)
-            written.add(w["name"])
-        for g in self.plan["param_grads"]:
-            width = g["width"]
-            self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g["acc"]], 0, width, 1,
-                       vector_grads[g["param"]], 0, width, 0, whole=True)
+            written.add(w.name)
+        for g in self.plan.param_grads:
+            width = g.width
+            self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g.acc], 0, width, 1,
+                       vector_grads[g.param], 0, width, 0, whole=True)
 
     def _split_gradients(self, gradients, vector_grads) -> dict:
         dev, xp = self.device, self.xp
@@ -326,10 +328,10 @@ class GpuCell(CellBase):
             if name not in self._trained:
                 continue
             offset = 0
-            for param, rows in w["segments"]:
-                part = dev.to_user(gradients[name], offset, (rows, w["columns"]))
+            for param, rows in w.segments:
+                part = dev.to_user(gradients[name], offset, (rows, w.columns))
                 out[param] = part if param not in out else out[param] + part
-                offset += rows * w["columns"]
+                offset += rows * w.columns
         for param, array in vector_grads.items():
             out[param] = dev.to_user(array, 0, self.param_shapes[param])
         return {name: out[name] if name in out else xp.zeros(shape, self.dtype)
