@@ -110,7 +110,7 @@ class _PackCache:
         self.lock = threading.Lock()
 
     def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True):
-        sig = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in weights)
+        sig = tuple([(id(t), t.data_ptr(), t._version, t.shape) for t in weights])
         with self.lock:
             hit = self.entries.get(sig) if reuse else None
             if hit is not None and all(r() is t for r, t in zip(hit[0], weights)):

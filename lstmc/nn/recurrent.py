@@ -321,8 +321,8 @@ class Recurrent(SequenceModule):
                             p.fill_(init)
 
     def _weights(self, layer: int, direction: int) -> list[Tensor]:
-        prefix = self._prefix(layer, direction)
-        return [getattr(self, prefix + n) for n in self._cells[layer].param_shapes]
+        prefix, params = self._prefix(layer, direction), self._parameters  # no __getattr__
+        return [params[prefix + n] for n in self._cells[layer].param_shapes]
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
