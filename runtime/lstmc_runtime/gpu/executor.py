@@ -20,19 +20,10 @@ import numpy as np
 from ..cellbase import CellBase
 from ..errors import BackendError, ShapeError
 from . import buffers as names
+from .device import Device, make_device
 from .plan import DeviceBuffer, GemmLaunch, GpuManifest, HoistedGemm, PersistentKernel
 
 INT32_LIMIT = 2**31 - 1
-
-
-def make_device(kind: str, source: str, binaries: dict | None = None):
-    if kind == "opencl":
-        from .opencl import OpenCLDevice
-        return OpenCLDevice(source)
-    if kind == "cuda":
-        from .cuda import CudaDevice
-        return CudaDevice(source, binaries or {})
-    raise BackendError(f"unknown GPU target {kind!r}")
 
 
 def _write_seed(device, buffers, seed: int | None) -> None:
@@ -97,7 +88,7 @@ class GpuCell(CellBase):
         self.manifest = manifest.to_json()  # the same, as JSON, for readers of dicts
         self.gpu_manifest = manifest
         self.plan = manifest.plan
-        self.device = make_device(self.target, source, binaries)
+        self.device: Device = make_device(self.target, source, binaries)
         self.xp = self.device.user_module
         # "auto": the persistent kernel for batches up to persistent_batch whose weights
         # fit; True / False force it on or off. persistent_groups overrides the group count.

@@ -24,7 +24,9 @@ class OpenCLDevice:
     kind = "opencl"
     user_module = np  # cells take and return NumPy arrays
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, binaries: dict | None = None):
+        """`binaries` (CUDA cubins) are of no use here: the OpenCL compiler builds
+        `source` for this device."""
         cl = _import_pyopencl()
         self.cl = cl
         try:
