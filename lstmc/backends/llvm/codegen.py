@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 from lstmc_runtime import buffers as names
+from lstmc_runtime import dtypes
 
 from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
 from .. import check_renderable
 from . import workers
-from .irutil import I32, I64, PTR, element, for_range, i64, spin_until
+from .irutil import I32, I64, PTR, element, float_type, for_range, i64, spin_until
 from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
@@ -69,9 +70,10 @@ class ModuleBuilder:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
         check_renderable(program)
         self.program, self.sizes = program, sizes
-        self.ftype = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        self.dtype = dtypes.dtype(dtype)
+        self.ftype = float_type(self.dtype)
         self.module = ir.Module(name=f"lstmc_{program.info.name}")
-        self.math = MathLib(self.module, self.ftype)
+        self.math = MathLib(self.module, self.dtype)
         self.regions = RegionEmitter(self.module, self.math, "lstmc")
         self.packed: dict[tuple, PackedWeight] = {}
         self.entries: dict[str, EntryAbi] = {}
@@ -152,8 +154,7 @@ class _Kernel:
                 self._arena_size.linkage = "internal"
                 self._arena_size.global_constant = True
                 size = self.entry.mul(self.B, self.entry.load(self._arena_size, typ=I64))
-                itemsize = 4 if isinstance(self.ftype, ir.FloatType) else 8
-                bytes_ = self.entry.mul(size, i64(itemsize))
+                bytes_ = self.entry.mul(size, i64(self.mb.dtype.itemsize))
                 self._arena = self.entry.call(self.mb.malloc, [self.entry.add(bytes_, i64(64))])
                 self._arena_elements = 0
             offset = self.entry.mul(self.B, i64(self._arena_elements))

@@ -4,10 +4,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from llvmlite import ir
+from lstmc_runtime.dtypes import DType
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
+
+
+LLVM_FLOATS = {"half": ir.HalfType, "float": ir.FloatType, "double": ir.DoubleType}
+FLOAT_BYTES = {"half": 2, "float": 4, "double": 8}  # by the LLVM type's name
+
+
+def float_type(dtype: DType) -> ir.Type:
+    """The LLVM type a dtype computes in."""
+    return LLVM_FLOATS[dtype.llvm]()
 
 
 def i64(value: int) -> ir.Constant:

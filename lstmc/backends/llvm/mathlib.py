@@ -7,30 +7,36 @@ checking gradients, where accuracy matters more than speed.
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
+from lstmc_runtime.dtypes import DType
+
+from .irutil import float_type
 
 FAST = ("contract",)  # let LLVM fuse multiply-adds; never reassociate pointwise math
 
 
 class MathLib:
-    def __init__(self, module: ir.Module, ftype: ir.Type):
-        self.module, self.ftype = module, ftype
-        self.is_f32 = isinstance(ftype, ir.FloatType)
+    def __init__(self, module: ir.Module, dtype: DType):
+        self.module, self.ftype = module, float_type(dtype)
+        # single precision gets the vectorizable polynomials below; wider types call libm
+        self.is_f32 = dtype.compute == "float32"
+        self.bits = 8 * np.dtype(dtype.compute).itemsize  # of intrinsic names: llvm.exp.f32
+        self.libm_suffix = dtype.literal_suffix  # C's: expf for float, exp for double
         self._functions: dict[str, ir.Function] = {}
 
     def const(self, value: float) -> ir.Constant:
         return ir.Constant(self.ftype, value)
 
     def intrinsic(self, name: str) -> ir.Function:
-        suffix = "f32" if self.is_f32 else "f64"
-        full = f"llvm.{name}.{suffix}"
+        full = f"llvm.{name}.f{self.bits}"
         if full not in self.module.globals:
             arity = 2 if name in ("minnum", "maxnum", "pow", "copysign") else 1
             ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype] * arity), full)
         return self.module.globals[full]
 
     def libm(self, name: str) -> ir.Function:
-        full = name + ("f" if self.is_f32 else "")
+        full = name + self.libm_suffix
         if full not in self.module.globals:
             ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype]), full)
         return self.module.globals[full]
@@ -95,7 +101,7 @@ class MathLib:
         return b.select(b.fcmp_ordered("<", ax, self.const(0.625)), small, large)
 
     def _copysign(self) -> ir.Function:
-        name = "llvm.copysign.f32" if self.is_f32 else "llvm.copysign.f64"
+        name = f"llvm.copysign.f{self.bits}"
         if name not in self.module.globals:
             ir.Function(self.module, ir.FunctionType(self.ftype, [self.ftype] * 2), name)
         return self.module.globals[name]

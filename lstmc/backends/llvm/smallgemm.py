@@ -15,20 +15,25 @@ split K across several accumulator sets, so the adds do not wait on one another.
 from __future__ import annotations
 
 from llvmlite import ir
+from lstmc_runtime import dtypes
 
-from .irutil import I32, I64, PTR, carried_loop, element, for_range, i64
+from .irutil import FLOAT_BYTES, I32, I64, PTR, carried_loop, element, for_range, i64
 from .mathlib import FAST
 
 MR = 8  # rows of a register tile
 NV = 2  # vectors per tile row
 
 
+VECTOR_BYTES = 64  # a tile row's vector: one cache line (an AVX-512 register)
+
+
 def vector_width(ftype: ir.Type) -> int:
-    return 16 if isinstance(ftype, ir.FloatType) else 8
+    """Elements of `ftype` in a tile row's vector."""
+    return VECTOR_BYTES // FLOAT_BYTES[str(ftype)]
 
 
 def panel_width(dtype: str) -> int:
-    return NV * (16 if dtype == "float32" else 8)
+    return NV * (VECTOR_BYTES // dtypes.dtype(dtype).itemsize)
 
 
 def small_gemm_type() -> ir.FunctionType:
