@@ -230,6 +230,15 @@ def infer_size(op: AnyOp, inputs: tuple[Node, ...], attr, declared: Size | None 
     raise IRError(f"no size rule for {op}")
 
 
+def consumers_of(nodes: Iterable[Node]) -> dict[int, list[Node]]:
+    """For each node id, the nodes among `nodes` that read it, in order."""
+    result: dict[int, list[Node]] = {}
+    for node in nodes:
+        for inp in node.inputs:
+            result.setdefault(inp.id, []).append(node)
+    return result
+
+
 def format_node(node: Node) -> str:
     """One line of printed IR: `%7: H = sigmoid %5`."""
     args = " ".join(repr(i) for i in node.inputs)

@@ -11,7 +11,7 @@ their tiling slices stay as they are.
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph, Node, Op, SliceAttr, is_elementwise
+from ..ir.graph import Graph, Node, Op, SliceAttr, consumers_of, is_elementwise
 from ..ir.rewrite import rewrite
 from ..ir.size import SCALAR, Size
 
@@ -26,10 +26,7 @@ def push_slices(graph: Graph) -> Graph:
 
 def _tiled_by_slices(graph: Graph) -> set[int]:
     """Ids of elementwise and broadcast values read only by slices that tile them."""
-    consumers: dict[int, list[Node]] = {}
-    for node in graph.live_nodes():
-        for inp in node.inputs:
-            consumers.setdefault(inp.id, []).append(node)
+    consumers = consumers_of(graph.live_nodes())
     outputs = {n.id for n in graph.outputs.values()}
     tiled = set()
     for node in graph.live_nodes():

@@ -7,7 +7,7 @@ each product that needs the result of another in the same step adds a stage.
 """
 from __future__ import annotations
 
-from ..ir.graph import LEAVES, PRODUCTS, Node
+from ..ir.graph import LEAVES, PRODUCTS, Node, consumers_of
 from ..ir.program import Stage
 
 
@@ -25,10 +25,7 @@ def stage(nodes: list[Node], available: set[int]) -> list[Stage]:
     # Products run as early as their operand allows; elementwise work as late as its
     # consumers allow, so work that no product waits for joins the region after it.
     last = max((level[n.id] for n in work), default=0)
-    consumers: dict[int, list[Node]] = {}
-    for node in work:
-        for inp in node.inputs:
-            consumers.setdefault(inp.id, []).append(node)
+    consumers = consumers_of(work)
     for node in reversed(work):
         if node.op in PRODUCTS:
             continue

@@ -15,7 +15,16 @@ from lstmc_runtime.gpu import buffers as names
 from lstmc_runtime.gpu.plan import DeviceBuffer
 
 from ...ir import masks
-from ...ir.graph import LEAVES, PRODUCTS, REDUCTIONS, IRError, Node, Op, is_elementwise
+from ...ir.graph import (
+    LEAVES,
+    PRODUCTS,
+    REDUCTIONS,
+    IRError,
+    Node,
+    Op,
+    consumers_of,
+    is_elementwise,
+)
 from ...ir.program import Program, Stage
 
 MODES = ("infer", "train", "backward")
@@ -67,10 +76,7 @@ class StepLayout:
         self.step_nodes = [n for s in self.stages for n in s.nodes]
         self.in_step = {n.id for n in self.step_nodes}
         self.stores = self._stores()
-        self.consumers: dict[int, list[Node]] = {}
-        for node in self.step_nodes:
-            for inp in node.inputs:
-                self.consumers.setdefault(inp.id, []).append(node)
+        self.consumers = consumers_of(self.step_nodes)
         # Region structure: loops per elementwise stage, and which values need memory.
         self.loop_of: dict[int, tuple[int, int]] = {}  # node id -> (stage index, loop index)
         self.reduction_slot: dict[int, tuple[int, int]] = {}  # reduction id -> (stage, k)

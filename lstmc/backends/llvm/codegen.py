@@ -21,7 +21,7 @@ from lstmc_runtime import buffers as names
 from lstmc_runtime import dtypes
 
 from ...ir import masks
-from ...ir.graph import LEAVES, PRODUCTS, Node, Op
+from ...ir.graph import LEAVES, PRODUCTS, Node, Op, consumers_of
 from ...ir.program import Program
 from .. import check_renderable
 from . import workers
@@ -300,13 +300,6 @@ class _Kernel:
         else:
             self.entry.branch(body)
 
-    def consumers(self, nodes: list[Node]) -> dict[int, list[Node]]:
-        result: dict[int, list[Node]] = {}
-        for n in nodes:
-            for u in n.inputs:
-                result.setdefault(u.id, []).append(n)
-        return result
-
     def run_stages(self, stages, env: StepEnv) -> None:
         """The stages of one step. Threaded: every thread computes its share of each
         product stage, then thread 0 alone runs what follows up to the next product
@@ -395,7 +388,7 @@ class _ForwardKernel(_Kernel):
         mb, b, program = self.mb, self.b, self.mb.program
         info = program.info
         nodes = program.graph.live_nodes()
-        consumers = self.consumers(nodes)
+        consumers = consumers_of(nodes)
         # Every input, packed: input `name` is units offset..offset+width of each row.
         I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
         x = self.buffer("x", ["T", "B", I], "in")
@@ -494,7 +487,7 @@ class _BackwardKernel(_Kernel):
         grads = program.gradients
         forward_ids = {n.id for n in program.graph.live_nodes()}
         nodes = [n for n in program.graph.live_nodes(grads.values()) if n.id not in forward_ids]
-        consumers = self.consumers(nodes)
+        consumers = consumers_of(nodes)
         reads = sorted({u.id: u for n in nodes for u in (n, *n.inputs)}.values(), key=lambda u: u.id)
         saved = program.saved
         I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
