@@ -376,3 +376,33 @@ def test_shipped_specs_are_found_by_name():
     assert variants[1].text == (specs_dir() / "greff" / "cifg.lstm").read_text(encoding="utf-8")
     with pytest.raises(ExperimentError, match="cannot read the spec no_such_cell"):
         load_variants(["no_such_cell"], None)
+
+
+def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_goes_stale(tmp_path):
+    """The claim's state write done, the worker dies before anything else: the trial it
+    took must still turn stale (it has a heartbeat), or a resumed run waits for ever."""
+    from lstmc.lab.study import claim, create_or_resume, load_study
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    experiment = define({"task": "adding", "variants": [LSTM], "trials": 2, "heartbeat": 1})
+    create_or_resume(url, "adding", experiment)
+    study = load_study(url, "adding", experiment)
+    storage = study._storage
+    real = storage.set_trial_state_values
+
+    class Killed(BaseException):
+        pass
+
+    def dies_after_writing(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    storage.set_trial_state_values = dies_after_writing
+    with pytest.raises(Killed):
+        claim(study)
+    storage.set_trial_state_values = real
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 1
+    time.sleep(3 * experiment.heartbeat + 1.5)  # the grace period: three missed beats
+    optuna.storages.fail_stale_trials(study)
+    assert study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) == []

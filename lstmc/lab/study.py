@@ -153,13 +153,17 @@ def claim(study) -> int | None:
     storage = study._storage
     waiting = storage.get_all_trials(study._study_id, deepcopy=False,
                                      states=(optuna.trial.TrialState.WAITING,))
+    beats = is_heartbeat_enabled(storage)
     for trial in sorted(waiting, key=lambda t: t.number):
         try:
+            # Beat before taking it: a RUNNING trial with no heartbeat never turns stale,
+            # so a worker killed between the two writes would leave it RUNNING for ever.
+            # (A beat on a trial still WAITING is harmless: only RUNNING ones go stale.)
+            if beats:
+                storage.record_heartbeat(trial._trial_id)
             if storage.set_trial_state_values(trial._trial_id,
                                               state=optuna.trial.TrialState.RUNNING):
-                # Beat at once: a trial with no heartbeat never turns stale, so a worker
-                # killed before its first beat would leave it RUNNING for ever.
-                if is_heartbeat_enabled(storage):
+                if beats:
                     storage.record_heartbeat(trial._trial_id)
                 return trial._trial_id
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished it
