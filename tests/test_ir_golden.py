@@ -53,8 +53,17 @@ def _lower(cell) -> str:
     return lower(cell).format(backward=True)
 
 
+def _plan_step(cell) -> str:
+    """Each step's routes and its regions' loops: values of one size and phase share a
+    loop; a value goes to memory only when read outside its loop; a concat is written by
+    its parts' loops; a mean is summed in its source's loop and finished once per row."""
+    program = lower(cell)
+    return (program.forward_plan.format("forward step") + "\n"
+            + program.backward_plan.format("backward step"))
+
+
 PASSES = {"build": _build, "fold_constants": _fold_constants, "push_slices": _push_slices,
-          "fuse_gates": _fuse_gates, "lower": _lower}
+          "fuse_gates": _fuse_gates, "lower": _lower, "plan_step": _plan_step}
 
 
 def _read(path: Path) -> tuple[str, str, str]:

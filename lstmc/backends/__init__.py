@@ -1,8 +1,17 @@
 """Backends: each renders a Program (the reference executor, LLVM, GPU kernels)."""
 from __future__ import annotations
 
+from lstmc_runtime.manifest import PackedSpec
+
 from ..errors import CompileError
 from ..ir.program import Program
+from ..ir.step_plan import PackedWeight
+
+
+def bind_packed(weight: PackedWeight, sizes: dict[str, int], name: str) -> PackedSpec:
+    """A packed matrix of the program with its sizes bound, named as its runtime knows it."""
+    return PackedSpec(name, tuple((p, rows.bind(sizes)) for p, rows in weight.segments),
+                      weight.columns.bind(sizes))
 
 
 def check_renderable(program: Program) -> None:

@@ -2,11 +2,12 @@
 and the products hoisted out of the time loop. Built by `passes.pipeline.lower`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .build import CellInfo
 from .graph import LEAVES, Graph, Node, Op, format_node
 from .size import Size
+from .step_plan import PackedWeight, StepPlan
 
 # Backward output keys: ("state", name) d old state, ("input", name), ("hoisted", index),
 # ("param", name) per-row gradient of a learned vector, ("product", node id) gradient of a
@@ -43,7 +44,9 @@ class Program:
     - `backward`: the stages of one backward step, reading the adjoints of the new
       states and the `saved` forward values, producing `gradients` (see Key);
     - products inside the step (`recurrent_products`) get their weight gradients after
-      the loop, from the saved operands and the gradients of their outputs.
+      the loop, from the saved operands and the gradients of their outputs;
+    - `forward_plan`, `backward_plan`: each step's routes and region loops;
+      `packed_weights`: the stacked matrices the products read.
     """
 
     info: CellInfo
@@ -53,10 +56,22 @@ class Program:
     backward: list[Stage]
     gradients: dict[Key, Node]
     saved: list[Node]
+    # What the native backends render of each step (passes.plan_step), set by `lower`.
+    forward_plan: StepPlan = field(init=False, repr=False)
+    backward_plan: StepPlan = field(init=False, repr=False)
+    packed_weights: list[PackedWeight] = field(init=False, repr=False)
 
     @property
     def recurrent_products(self) -> list[Node]:
         return [n for s in self.forward if s.kind == "product" for n in s.nodes]
+
+    def packed_weight(self, segments) -> PackedWeight:
+        """The packed matrix a product with these segments reads."""
+        key = tuple((name, Size.of(rows)) for name, rows in segments)
+        for weight in self.packed_weights:
+            if weight.segments == key:
+                return weight
+        raise KeyError(f"no packed weight stacks {key}")
 
     def products_per_step(self) -> int:
         return len(self.recurrent_products)

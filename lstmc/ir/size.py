@@ -83,10 +83,12 @@ class Size:
         return self.const + sum(coef * sizes[name] for name, coef in self.terms)
 
     def __str__(self) -> str:
-        parts = [name if coef == 1 else f"{coef}*{name}" for name, coef in self.terms]
+        parts = [name if coef == 1 else "-" + name if coef == -1 else f"{coef}*{name}"
+                 for name, coef in self.terms]
         if self.const or not parts:
             parts.append(str(self.const))
-        return "+".join(parts)
+        text = "+".join(parts)
+        return text.replace("+-", "-")  # H-1, not H+-1
 
     __repr__ = __str__
 

@@ -9,6 +9,7 @@ from ..ir.program import Program, format_program
 from .autodiff import autodiff
 from .fold_constants import fold_constants
 from .fuse_gates import fuse_gates
+from .plan_step import pack_weights, plan_backward, plan_forward
 from .push_slices import push_slices
 from .schedule import stage
 
@@ -40,7 +41,7 @@ def lower(cell: CheckedCell, sizes: dict[str, int] | None = None) -> Program:
                  if i.id in forward_ids and i.op not in REGENERATED and i.op != Op.PARAM}
     for product in (n for n in forward_nodes if n.op == Op.MATMUL):
         saved_ids.add(product.inputs[0].id)  # operands feed the deferred weight gradients
-    return Program(                                   # 6. stage both steps
+    program = Program(                                # 6. stage both steps
         info=info,
         graph=graph,
         hoisted=hoisted,
@@ -49,6 +50,10 @@ def lower(cell: CheckedCell, sizes: dict[str, int] | None = None) -> Program:
         gradients=gradients,
         saved=[n for n in forward_nodes if n.id in saved_ids],
     )
+    program.packed_weights = pack_weights(program)    # 7. the stacked weights,
+    program.forward_plan = plan_forward(program)      #    each step's routes and loops
+    program.backward_plan = plan_backward(program)
+    return program
 
 
 __all__ = ["Program", "format_program", "lower", "unfused_graph"]

@@ -34,7 +34,7 @@ from lstmc_runtime.manifest import CellDescription, PackedSpec
 
 from ...ir.graph import Op
 from ...ir.program import Program
-from .. import check_renderable
+from .. import bind_packed, check_renderable
 from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
 from .regions import MODES, StepLayout
 
@@ -53,21 +53,14 @@ def _param(buffer: DeviceBuffer) -> str:
 
 
 class PackedWeights:
-    """The matrices of a packed product stacked by rows, as the kernels read them."""
+    """The program's packed matrices, bound and named as the launch plan names them."""
 
     def __init__(self, program: Program, sizes: dict[str, int]):
-        self.program, self.sizes = program, sizes
-        self.by_segments: dict[tuple, PackedSpec] = {}
+        self.program = program
+        self.specs = [bind_packed(w, sizes, names.packed(w.index)) for w in program.packed_weights]
 
     def get(self, segments) -> PackedSpec:
-        key = tuple((name, str(rows)) for name, rows in segments)
-        if key not in self.by_segments:
-            info = self.program.info
-            columns = info.param_shape(segments[0][0])[1].bind(self.sizes)
-            rows = tuple((name, r.bind(self.sizes)) for name, r in segments)
-            self.by_segments[key] = PackedSpec(names.packed(len(self.by_segments)), rows,
-                                               columns)
-        return self.by_segments[key]
+        return self.specs[self.program.packed_weight(segments).index]
 
 
 def generate(program: Program, sizes: dict[str, int]) -> tuple[str, LaunchPlan]:
@@ -104,7 +97,7 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, LaunchPlan]:
                        for p in program.recurrent_products),
         param_grads=tuple(ParamReduction(s.name, s.width)
                           for s in backward.stores if s.kind == "param"),
-        packed=tuple(packed.by_segments.values()),
+        packed=tuple(packed.specs),
     )
     return "\n".join(parts), plan
 

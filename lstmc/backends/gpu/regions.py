@@ -1,11 +1,10 @@
 """One step of a Program as kernel code: where every value lives, and each elementwise
-region as per-row C code.
+region as per-row C code, rendered from the step plan (ir.step_plan).
 
-A region runs one batch row per work-group. Its nodes are grouped into loops over units
-(`for (j = LID; j < size; j += LSZ)`), one loop per feature size, split further where a
-value needs a reduction (mean, sum) of an earlier loop; a value read only inside its own
-loop stays in a register, anything read elsewhere is stored to a global buffer and read
-back after a barrier. Reductions are tree reductions in local memory.
+A region runs one batch row per work-group. Each of the plan's loops over units becomes
+`for (j = LID; j < size; j += LSZ)` (row-level loops: size 1); a value read only inside
+its own loop stays in a register, anything read elsewhere is stored to a global buffer
+and read back after a barrier. Reductions are tree reductions in local memory.
 """
 from __future__ import annotations
 
@@ -22,10 +21,10 @@ from ...ir.graph import (
     IRError,
     Node,
     Op,
-    consumers_of,
     is_elementwise,
 )
 from ...ir.program import Program, Stage
+from ...ir.step_plan import Assemble, Region
 
 MODES = ("infer", "train", "backward")
 
@@ -49,9 +48,12 @@ class Store:
 
 @dataclass
 class Loop:
+    """One of the plan's loops, with its size bound and the stores placed in it."""
+
     size: int
     nodes: list[Node] = field(default_factory=list)
     reductions: list[Node] = field(default_factory=list)
+    assembled: list[Assemble] = field(default_factory=list)
     stores: list[tuple[Store, Node]] = field(default_factory=list)
 
 
@@ -72,18 +74,19 @@ class StepLayout:
         self.state_sizes = {n: s.bind(sizes) for n, s in info.states.items()}
         self.output = info.output
         self.saved_ids = {n.id for n in program.saved}
+        self.plan = program.backward_plan if mode == "backward" else program.forward_plan
         self.stages = self._stages()
         self.step_nodes = [n for s in self.stages for n in s.nodes]
         self.in_step = {n.id for n in self.step_nodes}
         self.stores = self._stores()
-        self.consumers = consumers_of(self.step_nodes)
-        # Region structure: loops per elementwise stage, and which values need memory.
+        # Region structure: the plan's loops per elementwise stage, and which values
+        # need memory.
         self.loop_of: dict[int, tuple[int, int]] = {}  # node id -> (stage index, loop index)
         self.reduction_slot: dict[int, tuple[int, int]] = {}  # reduction id -> (stage, k)
-        self.regions: dict[int, list[Loop]] = {}
-        for index, stage in enumerate(self.stages):
-            if stage.kind == "elementwise":
-                self.regions[index] = self._loops(index, stage)
+        self.regions: dict[int, list[Loop]] = {
+            index: [] for index, stage in enumerate(self.stages) if stage.kind == "elementwise"}
+        for index, region in self.plan.regions.items():
+            self._loops(index + self.stage_offset, region)
         self._place_stores()
         self.materialized = self._materialized()
         self.buffers = self._buffers()
@@ -100,34 +103,23 @@ class StepLayout:
         self.leaf_copies = list({n.id: n for s in stages if s.kind == "product"
                                  for p in s.nodes for n in p.inputs[:1]
                                  if n.op in (Op.ADJOINT, Op.CONST)}.values())
+        self.stage_offset = 0  # stage k of the program is stage k + offset here
         if self.leaf_copies:
             stages.insert(0, Stage("elementwise", []))
+            self.stage_offset = 1
         return stages
 
     def _stores(self) -> list[Store]:
-        program, sizes = self.program, self.sizes
+        """The plan's routes as stores (saved values are materialized, not stored)."""
         stores = []
-        if self.mode != "backward":
-            for name, node in program.graph.outputs.items():
-                stores.append(Store("state", name, self.state_sizes[name], node))
-            stores.append(Store("output", self.output, self.state_sizes[self.output],
-                                program.graph.outputs[self.output]))
-            return stores
-        grads = program.gradients
-        for name, size in self.state_sizes.items():
-            stores.append(Store("carry", name, size, grads.get(("state", name))))
-        for (kind, key), node in grads.items():
-            if kind == "input":
-                stores.append(Store("input", key, self.input_columns[key][1], node))
-            elif kind == "hoisted":
-                stores.append(Store("hoisted", names.dhoisted(key),
-                                    program.hoisted[key].rows.bind(sizes), node))
-            elif kind == "product":
-                product = next(p for p in program.recurrent_products if p.id == key)
-                stores.append(Store("product", names.dproduct(key), product.size.bind(sizes), node))
-            elif kind == "param":
-                shape = program.info.param_shape(key)
-                stores.append(Store("param", key, shape[0].bind(sizes), node))
+        for route in self.plan.routes:
+            width, node = route.width.bind(self.sizes), route.node
+            if route.kind in ("state", "output", "carry", "input", "param"):
+                stores.append(Store(route.kind, str(route.key), width, node))
+            elif route.kind == "hoisted":
+                stores.append(Store("hoisted", names.dhoisted(int(route.key)), width, node))
+            elif route.kind == "product":
+                stores.append(Store("product", names.dproduct(int(route.key)), width, node))
         return stores
 
     # -- loops ----------------------------------------------------------------------------
@@ -135,33 +127,19 @@ class StepLayout:
     def size(self, node: Node) -> int:
         return node.size.bind(self.sizes)
 
-    def _loops(self, stage_index: int, stage: Stage) -> list[Loop]:
-        loops: list[Loop] = []
-        ready_after: dict[int, int] = {}  # node id -> first loop index that may read it
-        for node in stage.nodes:
-            width = self.size(node.inputs[0]) if node.op in REDUCTIONS else self.size(node)
-            earliest = 0
-            for inp in node.inputs:
-                if inp.id in ready_after:
-                    earliest = max(earliest, ready_after[inp.id])
-                elif inp.id in self.loop_of and self.loop_of[inp.id][0] == stage_index:
-                    _, where = self.loop_of[inp.id]
-                    same = loops[where].size == width and node.op not in (Op.SLICE, Op.CONCAT)
-                    earliest = max(earliest, where if same else where + 1)
-            target = next((i for i in range(earliest, len(loops)) if loops[i].size == width),
-                          None)
-            if target is None:
-                loops.append(Loop(width))
-                target = len(loops) - 1
-            self.loop_of[node.id] = (stage_index, target)
-            if node.op in REDUCTIONS:
-                loops[target].reductions.append(node)
-                ready_after[node.id] = target + 1
-                count = sum(len(l.reductions) for l in loops)
-                self.reduction_slot[node.id] = (stage_index, count - 1)
-            else:
-                loops[target].nodes.append(node)
-        return loops
+    def _loops(self, stage_index: int, region: Region) -> None:
+        loops = self.regions[stage_index]
+        for planned in region.loops:
+            loop = Loop(planned.size.bind(self.sizes), planned.computed, planned.reductions,
+                        planned.assembled)
+            if not (loop.nodes or loop.reductions or loop.assembled):
+                continue  # a row-level loop that only finishes reductions: _reduce does
+            for node in loop.nodes + loop.reductions:
+                self.loop_of[node.id] = (stage_index, len(loops))
+            for node in loop.reductions:
+                count = sum(1 for k, _ in self.reduction_slot.values() if k == stage_index)
+                self.reduction_slot[node.id] = (stage_index, count)
+            loops.append(loop)
 
     def _place_stores(self) -> None:
         """Each store goes in the loop that computes its value, when the sizes agree;
@@ -186,23 +164,20 @@ class StepLayout:
             self.regions[0].append(loop)
 
     def _materialized(self) -> set[int]:
-        """Values that must be in memory: product results, values read outside their
-        own loop (reductions: outside their own region), the epilogue's values, and in
-        training the values the backward pass reads."""
+        """Values that must be in memory: product results, concats, values read outside
+        their own loop (reductions: outside their own region), the epilogue's values,
+        and in training the values the backward pass reads."""
         keep: set[int] = set()
-        for node in self.step_nodes:
-            where = self.loop_of.get(node.id)
-            for user in self.consumers.get(node.id, []):
-                seen_from = self.loop_of.get(user.id)
-                if node.op in PRODUCTS:
+        for region in self.plan.regions.values():
+            for node in region.nodes:
+                if node.op == Op.CONCAT:
                     keep.add(node.id)
                 elif node.op in REDUCTIONS:
-                    if seen_from is None or seen_from[0] != where[0]:
+                    if region.read_outside_region(node):
                         keep.add(node.id)
-                elif seen_from != where:
+                elif region.read_outside_loop(node):
                     keep.add(node.id)
-            if node.op in PRODUCTS:
-                keep.add(node.id)
+        keep |= {n.id for n in self.step_nodes if n.op in PRODUCTS}
         for store in self.epilogue:
             if store.node is not None and store.node.id in self.in_step:
                 keep.add(store.node.id)
@@ -386,6 +361,11 @@ class StepLayout:
                                  f" = v{node.id};")
             for r in loop.reductions:
                 lines.append(f"  acc{r.id} += {self.read(r.inputs[0], 'j', stage_index, loop_index)};")
+            for a in loop.assembled:  # this loop's part of a concat, at its units
+                concat, offset = a.concat, a.offset.bind(self.sizes)
+                j = f"{offset} + j" if offset else "j"
+                lines.append(f"  {self.at(names.node(concat.id), self.slot(concat), self.size(concat), j)}"
+                             f" = {self.read(a.part, 'j', stage_index, loop_index)};")
             for store, node in loop.stores:
                 value = "0.0f" if node is None else self.read(node, "j", stage_index, loop_index)
                 lines.extend("  " + s for s in self._store(store, value))
@@ -429,17 +409,6 @@ class StepLayout:
         if op == Op.SLICE:
             offset = node.attr.offset.bind(self.sizes)
             return read(node.inputs[0], f"({offset} + j)")
-        if op == Op.CONCAT:
-            expr, start = None, 0
-            pieces = []
-            for part in node.inputs:
-                width = self.size(part)
-                pieces.append((start, width, read(part, f"(j - {start})")))
-                start += width
-            expr = pieces[-1][2]
-            for begin, width, value in reversed(pieces[:-1]):
-                expr = f"(j < {begin + width} ? {value} : {expr})"
-            return expr
         raise IRError(f"the GPU backend has no rule for op '{op.value}' in a region")
 
     def _store(self, store: Store, value: str) -> list[str]:

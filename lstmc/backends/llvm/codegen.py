@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 from lstmc_runtime import buffers as names
 from lstmc_runtime import dtypes
+from lstmc_runtime.manifest import PackedSpec
 
 from ...ir import masks
-from ...ir.graph import LEAVES, PRODUCTS, Node, Op, consumers_of
+from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
-from .. import check_renderable
+from ...ir.step_plan import StepPlan
+from .. import bind_packed, check_renderable
 from . import workers
 from .irutil import I32, I64, PTR, element, float_type, for_range, i64, spin_until
 from .mathlib import MathLib
@@ -53,19 +55,6 @@ class EntryAbi:
                              "dtype": b.dtype} for b in self.buffers]}
 
 
-@dataclass
-class PackedWeight:
-    """Matrices stacked by rows, in the order a product reads them."""
-
-    name: str
-    segments: list[tuple[str, int]]  # (parameter, rows)
-    columns: int
-
-    @property
-    def rows(self) -> int:
-        return sum(r for _, r in self.segments)
-
-
 class ModuleBuilder:
     def __init__(self, program: Program, sizes: dict[str, int], dtype: str):
         check_renderable(program)
@@ -75,7 +64,9 @@ class ModuleBuilder:
         self.module = ir.Module(name=f"lstmc_{program.info.name}")
         self.math = MathLib(self.module, self.dtype)
         self.regions = RegionEmitter(self.module, self.math, "lstmc")
-        self.packed: dict[tuple, PackedWeight] = {}
+        # The packed matrices, bound, by name ("0", "1", ...: the manifest's names).
+        self.packed = {str(w.index): bind_packed(w, sizes, str(w.index))
+                       for w in program.packed_weights}
         self.entries: dict[str, EntryAbi] = {}
         self.gradient_aliases: dict[str, str] = {}  # parameter -> one with the same gradient
         self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
@@ -92,13 +83,8 @@ class ModuleBuilder:
         size = node_or_size.size if isinstance(node_or_size, Node) else node_or_size
         return size.bind(self.sizes)
 
-    def packed_weight(self, segments) -> PackedWeight:
-        key = tuple((p, r.bind(self.sizes)) for p, r in segments)
-        if key not in self.packed:
-            name = str(len(self.packed))
-            columns = self.program.info.param_shape(segments[0][0])[1].bind(self.sizes)
-            self.packed[key] = PackedWeight(name, list(key), columns)
-        return self.packed[key]
+    def packed_weight(self, segments) -> PackedSpec:
+        return self.packed[str(self.program.packed_weight(segments).index)]
 
     def build(self) -> ir.Module:
         _ForwardKernel(self, train=False).emit()
@@ -300,7 +286,7 @@ class _Kernel:
         else:
             self.entry.branch(body)
 
-    def run_stages(self, stages, env: StepEnv) -> None:
+    def run_stages(self, stages, plan: StepPlan, env: StepEnv) -> None:
         """The stages of one step. Threaded: every thread computes its share of each
         product stage, then thread 0 alone runs what follows up to the next product
         stage; the caller ends the step with a barrier."""
@@ -316,7 +302,7 @@ class _Kernel:
                         self.role_copies(node, env)
             else:
                 with self.leader_only():
-                    self.mb.regions.emit(self.b, stage.nodes, env, self.B, self.alloca)
+                    self.mb.regions.emit(self.b, plan.regions[index], env, self.B, self.alloca)
 
     def gemm_share(self, m, n: int, k, a, sam, sak, panels, c, ldc: int) -> None:
         """This thread's share of a GEMM's column panels (all of them, unthreaded)."""
@@ -358,6 +344,14 @@ class _Kernel:
         self.gemm_share(self.B, n_out, k, operand.base, operand.stride, 1, packed, out.base,
                         out.stride)
 
+    def route_to(self, node: Node, target: Place, env: StepEnv) -> None:
+        """A value the step hands out: computed straight into `target` when nothing has
+        given it a home yet, else copied there."""
+        if node.op not in LEAVES and node.op not in PRODUCTS and node.id not in env.places:
+            env.pin(node, target)
+        else:
+            env.role(node).stores.append((target, 0))
+
     def role_copies(self, node: Node, env: StepEnv) -> None:
         """Stores and accumulations of a value that no elementwise loop computes (a
         product's result, a leaf): a copy loop per row."""
@@ -388,7 +382,7 @@ class _ForwardKernel(_Kernel):
         mb, b, program = self.mb, self.b, self.mb.program
         info = program.info
         nodes = program.graph.live_nodes()
-        consumers = consumers_of(nodes)
+        plan = program.forward_plan
         # Every input, packed: input `name` is units offset..offset+width of each row.
         I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
         x = self.buffer("x", ["T", "B", I], "in")
@@ -412,10 +406,9 @@ class _ForwardKernel(_Kernel):
         for s, n in state_sizes.items():
             current[s] = self.alloca(f"cur_{s}", PTR)
             b.store(self.buffer(f"state_in:{s}", ["B", n], "in"), current[s])
-        saved_ids = {n.id for n in program.saved} if self.train else set()
 
         with for_range(b, self.T, "t") as t:
-            env = StepEnv(self, mb.sizes, consumers)
+            env = StepEnv(self, mb.sizes)
             cur = {s: b.load(current[s], typ=PTR) for s in state_sizes}
             nxt = {s: self.ping_pong(s, n, t) for s, n in state_sizes.items()}
             for node in nodes:
@@ -433,26 +426,21 @@ class _ForwardKernel(_Kernel):
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.MASK:
                     env.places[node.id] = self.mask(node, t, draw=self.train)
-            for node in nodes:
-                if node.id in saved_ids:
-                    n = mb.size(node)
-                    seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "result")
-                    home = Place(self.seq_row(seq, t, n), n)
-                    if node.op in LEAVES:
-                        env.role(node).stores.append((home, 0))
-                    else:
-                        env.pin(node, home)
-            for s, node in program.graph.outputs.items():
-                target = Place(nxt[s], state_sizes[s])
-                if node.op not in LEAVES and node.op not in PRODUCTS and node.id not in env.places:
-                    env.pin(node, target)
+            for route in plan.routes_of("saved") if self.train else ():
+                node, n = route.node, mb.size(route.width)
+                seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "result")
+                home = Place(self.seq_row(seq, t, n), n)
+                if node.op in LEAVES:
+                    env.role(node).stores.append((home, 0))
                 else:
-                    env.role(node).stores.append((target, 0))
+                    env.pin(node, home)
+            for route in plan.routes_of("state"):  # the output is y[t] = h', below
+                self.route_to(route.node, Place(nxt[route.key], state_sizes[route.key]), env)
             with self.leader_only():  # leaves saved or output as they are
                 for node in nodes:
                     if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
                         self.role_copies(node, env)
-            self.run_stages(program.forward, env)
+            self.run_stages(program.forward, plan, env)
             out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
 
             def active(row):  # y[t] = h'; the row goes on
@@ -485,9 +473,9 @@ class _BackwardKernel(_Kernel):
         mb, b, program = self.mb, self.b, self.mb.program
         info = program.info
         grads = program.gradients
+        plan = program.backward_plan
         forward_ids = {n.id for n in program.graph.live_nodes()}
         nodes = [n for n in program.graph.live_nodes(grads.values()) if n.id not in forward_ids]
-        consumers = consumers_of(nodes)
         reads = sorted({u.id: u for n in nodes for u in (n, *n.inputs)}.values(), key=lambda u: u.id)
         saved = program.saved
         I, columns = info.packed_input_size(mb.sizes), info.input_columns(mb.sizes)
@@ -495,7 +483,7 @@ class _BackwardKernel(_Kernel):
         out_size = state_sizes[info.output]
         dy = self.buffer("dy", ["T", "B", out_size], "in")
         dx = self.buffer("dx", ["T", "B", I], "out")
-        has_grad = {s for (kind, s) in grads if kind == "state"}
+        has_grad = {r.key for r in plan.routes_of("carry") if r.node is not None}
 
         carry = {}
         for s, n in state_sizes.items():
@@ -522,7 +510,7 @@ class _BackwardKernel(_Kernel):
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
-            env = StepEnv(self, mb.sizes, consumers)
+            env = StepEnv(self, mb.sizes)
             cur = {s: b.load(carry[s], typ=PTR) for s in state_sizes}
             nxt = {s: self.ping_pong(s, n, i) for s, n in state_sizes.items()}
             for node in saved:
@@ -537,41 +525,39 @@ class _BackwardKernel(_Kernel):
                     self._adjoint(node, env, cur, dy, t, info.output)
                 elif node.op == Op.MASK:  # drawn again, as the forward drew it
                     env.places[node.id] = self.mask(node, t, draw=True)
-            accumulated: dict[int, str] = {}
             stored: set[int] = set()  # shared gradients already given their store
-            for (kind, key), node in grads.items():
+            for route in plan.routes:
+                node, key = route.node, route.key
+                if node is None:  # a state nothing flows back into: zero-filled below
+                    continue
                 n = mb.size(node)
-                if kind == "state":
+                if route.kind == "carry":
                     target = Place(nxt[key], n)
-                elif kind in ("product", "hoisted"):
+                elif route.kind in ("product", "hoisted"):
                     if (node.id, n) in shared:
                         if node.id in stored:  # its buffer is shared and already written
                             continue
                         stored.add(node.id)
-                    seq = d_products[key] if kind == "product" else d_hoisted[key]
+                    seq = d_products[key] if route.kind == "product" else d_hoisted[key]
                     target = Place(self.seq_row(seq, t, n), n)
-                elif kind == "input":
+                elif route.kind == "input":
                     target = Place(element(b, self.ftype, self.seq_row(dx, t, I),
                                            i64(columns[key][0])), I)
                 else:  # a learned vector: summed over rows and steps
-                    first = accumulated.setdefault(node.id, key)
-                    if first != key:  # the same gradient (PyTorch's twin biases): sum once
-                        self.mb.gradient_aliases[key] = first
+                    if route.alias_of is not None:  # PyTorch's twin biases: summed once
+                        self.mb.gradient_aliases[key] = route.alias_of
                         continue
                     acc = self.buffer(f"dparam:{key}", [n], "out")
                     env.role(node).accumulate.append(Place(acc, 0))
                     continue
-                if node.op not in LEAVES and node.op not in PRODUCTS and node.id not in env.places:
-                    env.pin(node, target)
-                else:
-                    env.role(node).stores.append((target, 0))
+                self.route_to(node, target, env)
             for node in reads:
                 if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
                     self.role_copies(node, env)
             for node in saved:  # gradients that are saved forward values, as they are
                 if env.roles.get(node.id):
                     self.role_copies(node, env)
-            self.run_stages(program.backward, env)
+            self.run_stages(program.backward, plan, env)
 
             def active(row):  # states nothing flows back into get a zero gradient
                 for s, n in state_sizes.items():

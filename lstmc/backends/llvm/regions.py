@@ -1,11 +1,11 @@
-"""Fused elementwise regions.
+"""Fused elementwise regions, rendered from the step plan (ir.step_plan).
 
-A region runs once per batch row. Within a row its work splits into loops over units:
-one loop per (phase, size), where the phase counts the reductions (mean, sum) a value
-waits for and the size is the loop's trip count. Each loop is emitted as a small function
-whose pointer arguments are `noalias`, so LLVM's loop vectorizer vectorizes it without
-runtime alias checks; values stay in registers inside a loop and are written to memory
-only when something outside the loop reads them.
+A region runs once per batch row; the plan splits its work into loops over units. Each
+loop is emitted as a small function whose pointer arguments are `noalias`, so LLVM's loop
+vectorizer vectorizes it without runtime alias checks; values stay in registers inside a
+loop and are written to memory only when something outside the loop reads them. Row-level
+loops (scalars) are straight-line code in the row loop, their values passed to the loop
+functions as arguments.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from ...ir.graph import REDUCTIONS, IRError, Node, Op, is_elementwise
-from ...ir.size import SCALAR
+from ...ir.size import SCALAR, Size
+from ...ir.step_plan import Assemble, Compute, Finish, Reduce, Region
 from .irutil import I64, PTR, element, for_range, i64
 from .mathlib import MathLib
 
@@ -43,16 +44,18 @@ class StepEnv:
     """The kernel-level facts a region needs: where leaves and earlier values live,
     what each node must be stored to, and scratch space for values read across loops."""
 
-    def __init__(self, kernel, sizes: dict[str, int], consumers: dict[int, list[Node]]):
+    def __init__(self, kernel, sizes: dict[str, int]):
         self.kernel = kernel
         self.sizes = sizes
-        self.consumers = consumers
         self.places: dict[int, Place] = {}  # node id -> where its value is (or goes)
         self.roles: dict[int, Roles] = {}
         self.pinned: set[int] = set()  # nodes whose home the kernel chose: always stored
 
     def size(self, node: Node) -> int:
         return node.size.bind(self.sizes)
+
+    def size_of(self, size: Size) -> int:
+        return size.bind(self.sizes)
 
     def role(self, node: Node) -> Roles:
         return self.roles.setdefault(node.id, Roles())
@@ -82,65 +85,40 @@ class RegionEmitter:
         self.prefix = name_prefix
         self.count = 0
 
-    # -- planning -----------------------------------------------------------------------
+    # -- the plan's loops as tasks --------------------------------------------------------
 
-    def _plan(self, nodes: list[Node], env: StepEnv):
-        in_stage = {n.id: n for n in nodes}
-        phase: dict[int, int] = {}
-        groups: dict[tuple[int, int], _Group] = {}
-        scalars: dict[int, list[Node]] = {}
-        group_of: dict[int, _Group] = {}
-
-        def source_phase(u: Node, through_memory: bool) -> int:
-            if u.id not in in_stage:
-                return 0
-            return phase[u.id] + (1 if through_memory and u.size != SCALAR else 0)
-
-        def group(p: int, size: int) -> _Group:
-            return groups.setdefault((p, size), _Group(p, size))
-
-        for n in nodes:
+    def _groups(self, region: Region, env: StepEnv) -> dict[int, _Group]:
+        """The loops over units of the region (by index in region.loops) as lists of
+        tasks: the plan's work, then the stores of values read outside their loop and of
+        the values the step hands out (env.roles)."""
+        for n in region.nodes:  # concats live in memory: their parts' loops write them
             if n.op == Op.CONCAT:
-                phase[n.id] = max((source_phase(u, False) for u in n.inputs), default=0) + 1
-                roles = env.roles.get(n.id) or Roles()
-                targets = [(env.place(n), 0)] + roles.stores
-                offset = 0
-                for part in n.inputs:
-                    g = group_of.get(part.id) or group(source_phase(part, False), env.size(part))
-                    for place, start in targets:
-                        g.tasks.append(("store", part, place, start + offset))
+                env.place(n)
+        groups: dict[int, _Group] = {}
+        for index, loop in enumerate(region.loops):
+            if loop.row_level:
+                continue
+            g = groups[index] = _Group(loop.phase, env.size_of(loop.size))
+            for w in loop.work:
+                if isinstance(w, Compute):
+                    g.tasks.append(("compute", w.node))
+                    g.computed.add(w.node.id)
+                elif isinstance(w, Reduce):
+                    g.tasks.append(("reduce", w.node, w.node.inputs[0]))
+                elif isinstance(w, Assemble):
+                    roles = env.roles.get(w.concat.id) or Roles()
+                    offset = env.size_of(w.offset)
+                    for place, start in [(env.place(w.concat), 0)] + roles.stores:
+                        g.tasks.append(("store", w.part, place, start + offset))
                     for place in roles.accumulate:
-                        g.tasks.append(("accum", part, place, offset))
-                    offset += env.size(part)
-                continue
-            if n.op in REDUCTIONS:
-                src = n.inputs[0]
-                p = source_phase(src, False) if src.size != SCALAR else phase.get(src.id, 0)
-                g = group_of.get(src.id) or group(p, env.size(src))
-                g.tasks.append(("reduce", n, src))
-                phase[n.id] = g.phase + 1
-                scalars.setdefault(phase[n.id], []).append(n)
-                continue
-            memory = n.op == Op.SLICE or any(u.op == Op.CONCAT for u in n.inputs)
-            phase[n.id] = max((source_phase(u, memory) for u in n.inputs), default=0)
-            if n.size == SCALAR:
-                scalars.setdefault(phase[n.id], []).append(n)
-                continue
-            g = group(phase[n.id], env.size(n))
-            g.tasks.append(("compute", n))
-            g.computed.add(n.id)
-            group_of[n.id] = g
-
+                        g.tasks.append(("accum", w.part, place, offset))
         # Values read outside their own loop go to memory; so do values with roles.
-        for n in nodes:
-            if n.op == Op.CONCAT or n.id not in group_of:
+        for n in region.nodes:
+            index = region.loop_of.get(n.id)
+            if index not in groups or n.op in REDUCTIONS:
                 continue
-            g = group_of[n.id]
-            outside = any(
-                c.id not in in_stage
-                or (c.op not in REDUCTIONS and c.op != Op.CONCAT and group_of.get(c.id) is not g)
-                for c in env.consumers.get(n.id, []))
-            if outside or n.id in env.pinned:
+            g = groups[index]
+            if region.read_outside_loop(n) or n.id in env.pinned:
                 g.tasks.append(("store", n, env.place(n), 0))
             roles = env.roles.get(n.id)
             if roles:
@@ -148,25 +126,24 @@ class RegionEmitter:
                     g.tasks.append(("store", n, place, offset))
                 for place in roles.accumulate:
                     g.tasks.append(("accum", n, place, 0))
-        order = sorted(groups.values(), key=lambda g: g.phase)
-        last = max([g.phase for g in order] + list(scalars), default=0)
-        return order, scalars, last, in_stage
+        return groups
 
     # -- emission -----------------------------------------------------------------------
 
-    def emit(self, b: ir.IRBuilder, nodes: list[Node], env: StepEnv, batch: ir.Value,
+    def emit(self, b: ir.IRBuilder, region: Region, env: StepEnv, batch: ir.Value,
              entry_alloca) -> None:
-        groups, scalars, last, in_stage = self._plan(nodes, env)
-        accumulators = {n.id: entry_alloca(f"acc{n.id}") for ns in scalars.values()
-                        for n in ns if n.op in REDUCTIONS}
+        groups = self._groups(region, env)
+        accumulators = {w.node.id: entry_alloca(f"acc{w.node.id}") for loop in region.loops
+                        if loop.row_level for w in loop.work if isinstance(w, Finish)}
         with for_range(b, batch, "row") as row:
             values: dict[int, ir.Value] = {}  # row-level scalars
-            for p in range(last + 1):
-                for n in scalars.get(p, []):
-                    values[n.id] = self._scalar(b, n, env, row, values, accumulators, in_stage)
-                for g in groups:
-                    if g.phase == p:
-                        self._call_group(b, g, env, row, values, accumulators)
+            for index, loop in enumerate(region.loops):
+                if loop.row_level:
+                    for w in loop.work:
+                        values[w.node.id] = self._scalar(b, w.node, env, row, values,
+                                                         accumulators, region)
+                else:
+                    self._call_group(b, groups[index], env, row, values, accumulators)
 
     def _row_ptr(self, b, place: Place, row, offset: int = 0) -> ir.Value:
         index = b.add(b.mul(row, i64(place.stride)), i64(offset)) if place.stride else i64(offset)
@@ -181,7 +158,7 @@ class RegionEmitter:
         values[u.id] = value
         return value
 
-    def _scalar(self, b, n: Node, env, row, values, accumulators, in_stage) -> ir.Value:
+    def _scalar(self, b, n: Node, env, row, values, accumulators, region: Region) -> ir.Value:
         if n.op in REDUCTIONS:
             value = b.load(accumulators[n.id], typ=self.ftype)
             if n.op == Op.MEAN:
@@ -193,9 +170,8 @@ class RegionEmitter:
         else:
             args = [self._load_scalar(b, u, env, row, values) for u in n.inputs]
             value = self._apply(b, n, args)
-        consumers = env.consumers.get(n.id, [])
         roles = env.roles.get(n.id)
-        if n.id in env.pinned or any(c.id not in in_stage for c in consumers):
+        if n.id in env.pinned or region.read_outside_region(n):
             b.store(value, self._row_ptr(b, env.place(n), row))
         if roles:
             for place, offset in roles.stores:
