@@ -252,3 +252,67 @@ def test_opcheck_with_an_extra_input():
     with pytest.raises(lstmc.ShapeError, match=r"3 \+ 1 = 4 units packed"):
         torch.ops.lstmc.forward(module._keys[0], x[..., :I], [w.detach() for w in
                                 module._weights(0, 0)], [], None, False, None)
+
+
+def _cell_like(torch_cell: torch.nn.LSTMCell, dtype) -> lnn.RecurrentCell:
+    """An lstmc RecurrentCell of the standard LSTM with nn.LSTMCell's weights."""
+    n_in, n_h = torch_cell.input_size, torch_cell.hidden_size
+    ours = lnn.RecurrentCell(lnn.specs.SPECS["lstm"], n_in, n_h, dtype=dtype)
+    with torch.no_grad():
+        for kind, weight, bias in (("i", torch_cell.weight_ih, torch_cell.bias_ih),
+                                   ("h", torch_cell.weight_hh, torch_cell.bias_hh)):
+            for k, gate in enumerate("ifgo"):
+                rows = slice(k * n_h, (k + 1) * n_h)
+                getattr(ours, f"W_{kind}{gate}").copy_(weight[rows])
+                getattr(ours, f"b_{kind}{gate}").copy_(bias[rows])
+    return ours
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streaming_inference_matches_lstmcell_and_sees_weight_updates(dtype):
+    """Eager no-grad steps (the streaming fast path: NumPy views, weights packed once)
+    against nn.LSTMCell, batched and unbatched, then after an in-place weight update."""
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTMCell(I, H).to(dtype)
+    ours = _cell_like(theirs, dtype)
+    xs = torch.randn(6, B, I, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else {}
+    with torch.no_grad():
+        state, hc = None, None
+        for t in range(6):
+            out, state = ours(xs[t], state)
+            hc = theirs(xs[t], hc)
+            torch.testing.assert_close(out, hc[0], **tol)
+            torch.testing.assert_close(state["c"], hc[1], **tol)
+        one, one_state = ours(xs[0, 1])
+        h1, c1 = theirs(xs[0, 1:2])
+        assert one.shape == (H,) and one_state["c"].shape == (H,)
+        torch.testing.assert_close(one, h1[0], **tol)
+        ours.W_hf.mul_(0.5)  # the forget gate's rows of weight_hh
+        ours.b_io.mul_(0.5)  # the output gate's rows of bias_ih
+        theirs.weight_hh[H:2 * H].mul_(0.5)
+        theirs.bias_ih[3 * H:].mul_(0.5)
+        out, _ = ours(xs[0], state)
+        torch.testing.assert_close(out, theirs(xs[0], hc)[0], **tol)
+
+
+def test_streaming_inference_takes_the_fast_path_and_checks_its_input(monkeypatch):
+    torch.manual_seed(0)
+    ours = _cell_like(torch.nn.LSTMCell(I, H), torch.float32)
+    x = torch.randn(B, I)
+    with torch.no_grad():
+        ours(x)  # compiles and packs
+        monkeypatch.setattr(lnn.cell, "call_forward", lambda *a, **k: pytest.fail("slow path"))
+        out, state = ours(x, {"h": torch.zeros(B, H), "c": torch.zeros(B, H)})
+        assert out.shape == (B, H)
+        monkeypatch.undo()
+        with pytest.raises(lstmc.ShapeError, match=r"state\['c'\]: expected shape \(3, 5\)"):
+            ours(x, {"h": torch.zeros(B, H), "c": torch.zeros(B, H + 1)})
+        with pytest.raises(lstmc.ShapeError, match=r"state\['h'\]: expected shape \(5,\)"):
+            ours(x[0], {"h": torch.zeros(1, H), "c": torch.zeros(1, H)})
+        with pytest.raises(lstmc.ShapeError, match="input: expected shape"):
+            ours(torch.randn(B, I + 1))
+        # Another dtype or a strided input takes the ordinary path, which converts it.
+        strided = torch.randn(I, B).t()
+        torch.testing.assert_close(ours(strided)[0], ours(strided.contiguous())[0])
+        torch.testing.assert_close(ours(x.double())[0], ours(x)[0])

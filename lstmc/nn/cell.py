@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeError
+from . import ops
 from .recurrent import Recurrent, call_forward
 
 
@@ -21,8 +22,58 @@ class RecurrentCell(Recurrent):
     def __init__(self, spec, input_size: int, hidden_size: int | None, cell: str | None = None,
                  **options):
         super().__init__(spec, input_size, hidden_size, cell=cell, **options)
+        # The streaming fast path's (weights' versions and storage, native cell, packs).
+        self._stream: tuple | None = None
 
     def forward(self, input: Tensor, state: dict | None = None, **inputs):
+        if not inputs and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            done = self._stream_step(input, state)
+            if done is not None:
+                return done
+        return self._step(input, state, **inputs)
+
+    def _stream_step(self, input, state: dict | None):
+        """Eager inference of a CPU cell with inputs already in the cell's layout: the
+        native cell's lean call on NumPy views of the tensors, weights packed once while
+        they do not change. None: anything else (the ordinary path checks and converts)."""
+        weights = self._weights(0, 0)
+        if (type(input) is not Tensor or input.device.type != "cpu" or not weights
+                or input.dtype != weights[0].dtype or not input.is_contiguous()
+                or input.dim() not in (1, 2) or input.shape[-1] != self.input_size):
+            return None
+        signature = tuple([(t._version, t.data_ptr()) for t in weights])
+        stream = self._stream
+        if stream is None or stream[0] != signature:
+            cell = ops.cell_for(self._keys[0], input)
+            if not hasattr(cell, "plans"):  # not a native cell (OpenCL)
+                return None
+            packed = ops.host_params(cell, self._keys[0], weights, reuse=True)
+            stream = self._stream = (signature, cell, packed)
+        cell, packed = stream[1], stream[2]
+        unbatched = input.dim() == 1
+        batch = 1 if unbatched else input.shape[0]
+        x = input.detach().numpy().reshape(1, batch, self.input_size)
+        arrays = None
+        if state is not None:
+            if type(state) is not dict or len(state) != len(self.state_sizes):
+                return None
+            arrays = {}
+            for name in self.state_sizes:
+                s = state.get(name)
+                if (type(s) is not Tensor or s.device.type != "cpu" or s.dtype != input.dtype
+                        or s.dim() != input.dim()):
+                    return None
+                arrays[name] = s.detach().numpy().reshape(batch, -1)
+        done = cell.plans.forward(x, packed, None, arrays)
+        if done is None:  # a shape or layout the lean call does not take: checked below
+            return None
+        y, final = done
+        out = torch.from_numpy(y[0, 0] if unbatched else y[0])
+        finals = {n: torch.from_numpy(final[n][0] if unbatched else final[n])
+                  for n in self.state_sizes}
+        return out, finals
+
+    def _step(self, input: Tensor, state: dict | None = None, **inputs):
         if not isinstance(input, Tensor) or input.dim() not in (1, 2) or (
                 input.shape[-1] != self.input_size):
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
