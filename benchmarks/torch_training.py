@@ -127,7 +127,9 @@ def table_overhead(H, repeat):
         y, _, tape = cell.forward(xn, params, train=True)
         tape.backward(np.ones_like(y))
 
-    def wrapped():
+    def wrapped():  # as a training loop's step: gradients set to None, then computed
+        module.zero_grad(set_to_none=True)
+        x.grad = None
         y, _ = module(x)
         y.backward(torch.ones_like(y))
 
