@@ -172,3 +172,32 @@ def test_without_a_c_toolchain_the_cell_is_jit_compiled_in_process(monkeypatch):
         del cell
         import gc
         gc.collect()
+
+
+def test_a_small_training_batch_with_large_weights_is_cut_into_slices():
+    """B=4 at H=256 (4H x H = 256K step weights): two slices of two rows, their weight
+    gradients summed; values and gradients as torch.nn.LSTM's (the oracle)."""
+    torch = pytest.importorskip("torch")
+    from lstmc_runtime.native import thread_count
+
+    import lstmc
+
+    T, B, H = 6, 4, 256
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(H, H).double()
+    cell = lstmc.compile("specs/lstm.lstm", H, H, target="cpu", dtype="float64")
+    if thread_count() > 1:
+        assert cell._forward_entry(T, B, train=True)[1] == [0, 2, 4]
+    params = lstmc.params_from_torch(cell, theirs)
+    x = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(T, B, H, dtype=torch.float64)
+    y, _, tape = cell.forward(x.detach().numpy(), params, train=True)
+    grads = tape.backward(dy.numpy())
+    y_ref, _ = theirs(x)
+    y_ref.backward(dy)
+    np.testing.assert_allclose(y, y_ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["x"], x.grad.numpy(), rtol=1e-9, atol=1e-11)
+    ours = lstmc.params_to_torch(cell, grads["params"])
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(ours[name].numpy(), p.grad.numpy(), rtol=1e-9,
+                                   atol=1e-10, err_msg=name)
