@@ -1,5 +1,7 @@
 """Stacks, directions and variable lengths against PyTorch's packed sequences: a 2-layer
 bidirectional LSTM and GRU, values and every gradient, on every target."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,35 @@ def test_dstate_that_is_not_a_dict_is_a_named_error(layers):
     y, final, tape = cell.forward(x, cell.init_params(), train=True)
     with pytest.raises(lstmc.ShapeError, match="dstate: expected a dict of arrays, got list"):
         tape.backward(np.ones_like(y), [np.ones_like(final["h"])])
+
+
+def test_a_layers_two_directions_run_at_once_on_half_the_cores_each():
+    """Native cells: direction 1 on the stack's own thread while the caller runs
+    direction 0, each limited to half the cores; an error in either reaches the caller,
+    and the caller's own limit is as before afterwards."""
+    from lstmc_runtime.native import thread_count
+
+    stack = lstmc.compile(spec_path("lstm"), 3, 4, target="cpu", bidirectional=True)
+    cores = thread_count()
+    seen = {}
+
+    def run(d):
+        seen[d] = (threading.get_ident(), thread_count())
+        return d
+
+    assert stack.each_direction(run, 2) == [0, 1]
+    if cores >= 2:
+        assert seen[0][0] != seen[1][0]
+        assert seen[0][1] == seen[1][1] == cores // 2
+    assert thread_count() == cores
+
+    def fail(d):
+        if d == 1:
+            raise ValueError("direction 1")
+        return d
+
+    with pytest.raises(ValueError, match="direction 1"):
+        stack.each_direction(fail, 2)
+    assert thread_count() == cores
+    reference = lstmc.compile(spec_path("lstm"), 3, 4, bidirectional=True)
+    assert reference.each_direction(run, 2) == [0, 1]  # not native: one after the other

@@ -17,6 +17,7 @@ import warnings
 import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -49,7 +50,31 @@ MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM
 _pool: ThreadPoolExecutor | None = None
 
 
+_budget = threading.local()  # this thread's share of the cores (threads_limited)
+
+
 def thread_count() -> int:
+    """Threads one call may use: LSTMC_NUM_THREADS, else the cores this process may run
+    on; inside `threads_limited(n)`, at most n."""
+    limit = getattr(_budget, "threads", None)
+    if limit is not None:
+        return limit
+    return _system_threads()
+
+
+@contextmanager
+def threads_limited(count: int):
+    """Calls on this thread use at most `count` threads (a stack running its two
+    directions at once gives each half the cores)."""
+    before = getattr(_budget, "threads", None)
+    _budget.threads = max(1, min(count, _system_threads()))
+    try:
+        yield
+    finally:
+        _budget.threads = before
+
+
+def _system_threads() -> int:
     env = os.environ.get("LSTMC_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
@@ -67,7 +92,7 @@ def _executor() -> ThreadPoolExecutor:
     copies the pool object but not its threads)."""
     global _pool, _pool_pid
     if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(max_workers=thread_count(), thread_name_prefix="lstmc")
+        _pool = ThreadPoolExecutor(max_workers=_system_threads(), thread_name_prefix="lstmc")
         _pool_pid = os.getpid()
     return _pool
 

@@ -11,6 +11,7 @@ different cells, as long as they have the same states."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,29 @@ class Stack:
     def reversed(self, direction: int) -> bool:
         return self.directions[direction] == "reverse"
 
+    def each_direction(self, run, count: int) -> list:
+        """[run(d) for d in range(count)]: a layer's two directions at once, each on half
+        the cores, when the cells are native CPU cells and there are cores to share
+        (a direction of a small batch runs on one core; two of them fill two)."""
+        from .native import NativeCell, thread_count, threads_limited
+
+        share = thread_count() // 2
+        if count != 2 or share < 1 or not all(isinstance(c, NativeCell)
+                                                for cells in self.layers for c in cells):
+            return [run(d) for d in range(count)]
+
+        def limited(d: int):
+            with threads_limited(share):
+                return run(d)
+
+        second = _directions_executor().submit(limited, 1)
+        try:
+            first = limited(0)
+        except BaseException:
+            second.exception()  # the other direction ends before the error goes up
+            raise
+        return [first, second.result()]
+
     def __repr__(self) -> str:
         return (f"<Stack {self.name} layers={self.num_layers} directions={self.num_directions}"
                 f" target={self.target} dtype={self.dtype}>")
@@ -122,9 +146,9 @@ class Stack:
         tapes = []
         layer_input = x
         for l, cells in enumerate(self.layers):
-            outputs, layer_tapes = [], []
-            for d, cell in enumerate(cells):
-                prefix, k = self.prefix(l, d), l * self.num_directions + d
+
+            def direction(d: int, l=l, cells=cells, layer_input=layer_input):
+                cell, prefix, k = cells[d], self.prefix(l, d), l * self.num_directions + d
                 sub = {n: params[prefix + n] for n in cell.param_shapes}
                 init = {n: xp.ascontiguousarray(state[n][k]) for n in self.state_sizes}
                 back = self.reversed(d)
@@ -135,19 +159,34 @@ class Stack:
                                       seed=None if seed is None else layer_seed(seed, k),
                                       masks=seed is not None, inputs=more)
                 y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
-                outputs.append(y)
                 for n in self.state_sizes:
                     final[n][k] = result[1][n]
-                if train:
-                    layer_tapes.append(result[2])
+                return y, (result[2] if train else None)
+
+            results = self.each_direction(direction, len(cells))
+            outputs = [y for y, _ in results]
             layer_input = xp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
-            tapes.append(layer_tapes)
+            tapes.append([tape for _, tape in results] if train else [])
         y = layer_input
         if self.batch_first:
             y = xp.ascontiguousarray(y.transpose(1, 0, 2))
         if not train:
             return y, final
         return y, final, StackTape(self, tapes, lengths, (T, B), seed)
+
+
+_directions_pool: ThreadPoolExecutor | None = None
+_directions_pid = 0
+
+
+def _directions_executor() -> ThreadPoolExecutor:
+    """One thread that runs a layer's second direction while the caller runs the first
+    (its own pool: the cells' slices use the runtime's); made again after a fork."""
+    global _directions_pool, _directions_pid
+    if _directions_pool is None or _directions_pid != os.getpid():
+        _directions_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstmc-dir")
+        _directions_pid = os.getpid()
+    return _directions_pool
 
 
 def layer_seed(seed: int, k: int) -> int:
@@ -189,18 +228,22 @@ class StackTape:
                         for n, s in stack.extra_inputs.items()}
         d_output = dy
         for l in reversed(range(stack.num_layers)):
-            d_input, start = None, 0
-            for d, tape in enumerate(self.tapes[l]):
+            starts = [0]
+            for cell in stack.layers[l]:
+                starts.append(starts[-1] + cell.state_sizes[cell.output])
+
+            def direction(d: int, l=l, d_output=d_output, starts=starts):
                 k = l * stack.num_directions + d
-                cell = stack.layers[l][d]
-                width = cell.state_sizes[cell.output]
-                part = xp.ascontiguousarray(d_output[..., start:start + width])
-                start += width
-                back = stack.reversed(d)
-                if back:
+                part = xp.ascontiguousarray(d_output[..., starts[d]:starts[d + 1]])
+                if stack.reversed(d):
                     part = reverse_in_place_of_length(part, self.lengths, xp)
                 ds = {n: xp.ascontiguousarray(v[k]) for n, v in dstate.items()}
-                g = tape.backward(part, ds)
+                return self.tapes[l][d].backward(part, ds)
+
+            d_input = None
+            for d, g in enumerate(stack.each_direction(direction, len(self.tapes[l]))):
+                k = l * stack.num_directions + d
+                back = stack.reversed(d)
                 dx = reverse_in_place_of_length(g["x"], self.lengths, xp) if back else g["x"]
                 d_input = dx if d_input is None else d_input + dx
                 for n, v in g["inputs"].items():
