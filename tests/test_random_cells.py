@@ -5,7 +5,9 @@ The generator only uses smooth functions (no relu/min/max/abs kinks, no log or s
 values that may be negative; `where` only on the sign of a learned vector, which finite
 differences do not move across 0), so finite differences are a sound oracle: a failure is a
 wrong derivative rule, a wrong accumulation, or a wrong schedule through time. Cells may
-read inputs after x: z (2 units, through a product, hoisted as x's) and m (H units)."""
+read inputs after x: z (2 units, through a product, hoisted as x's) and m (H units), and
+draw dropout, variational dropout and zoneout masks (from a fixed seed: the masks are the
+same on every target and in every forward of the finite differences)."""
 import itertools
 import os
 
@@ -39,7 +41,7 @@ def cells(draw):
         kinds = ["x_product", "name", "vector", "input"] + ([] if vector else ["number"])
         if depth > 0:
             kinds += ["add", "sub", "mul", "function", "state_product", "divide", "power",
-                      "select", "slice"]
+                      "select", "slice", "dropout"]
             kinds += [] if vector else ["mean"]
         kind = draw(st.sampled_from(kinds))
         sub = lambda v=True: expr(depth - 1, names, v)  # noqa: E731
@@ -68,6 +70,11 @@ def cells(draw):
         if kind == "slice":  # of a concat: a part of each, or one of them
             start, stop = draw(st.sampled_from([("0", "H"), ("1", "H + 1"), ("H", "2*H")]))
             return f"concat({sub()}, {sub()})[{start}:{stop}]"
+        if kind == "dropout":  # masks drawn from the call's seed, the same on every target
+            which = draw(st.sampled_from(["dropout", "variational_dropout", "zoneout"]))
+            if which == "zoneout":
+                return f"zoneout({sub()}, {draw(st.sampled_from(names))}, 0.3)"
+            return f"{which}({sub()}, 0.25)"
         if kind == "select":  # a learned vector decides: no step near the sampled points
             return f"where({param('H')} > 0, {sub()}, {sub()})"
         if kind == "divide":
@@ -123,7 +130,7 @@ def test_generated_native_code_matches_the_reference_executor(spec):
     more = {n: rng.standard_normal((4, 3, size)) for n, size in reference.extra_inputs.items()}
     results = []
     for cell in (reference, native):
-        y, final, tape = cell.forward(x, params, state, train=True, inputs=more)
+        y, final, tape = cell.forward(x, params, state, train=True, inputs=more, seed=7)
         results.append((y, final, tape.backward(dy)))
     (y0, f0, g0), (y1, f1, g1) = results
     close = dict(rtol=1e-9, atol=1e-11)
@@ -155,9 +162,10 @@ def test_generated_gpu_kernels_match_the_reference_executor(spec, persistent):
     lengths = np.array([4, 2, 3])
     more = {n: rng.standard_normal((4, 3, size)) for n, size in reference.extra_inputs.items()}
     f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
-    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths, inputs=more)
+    y0, s0, t0 = reference.forward(x, params, state, train=True, lengths=lengths, inputs=more,
+                                   seed=7)
     y1, s1, t1 = gpu.forward(x.astype(np.float32), f32(params), f32(state), train=True,
-                             lengths=lengths, inputs=f32(more))
+                             lengths=lengths, inputs=f32(more), seed=7)
     g0, g1 = t0.backward(dy), t1.backward(dy.astype(np.float32))
     pairs = [("y", y0, y1), ("dx", g0["x"], g1["x"])]
     pairs += [(f"state {n}", s0[n], s1[n]) for n in s0]
