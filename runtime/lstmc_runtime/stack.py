@@ -231,22 +231,18 @@ class StackTape:
                         for n, s in stack.extra_inputs.items()}
         d_output = dy
         for l in reversed(range(stack.num_layers)):
-            starts = [0]
-            for cell in stack.layers[l]:
-                starts.append(starts[-1] + cell.state_sizes[cell.output])
-
-            def direction(d: int, l=l, d_output=d_output, starts=starts):
+            d_input, start = None, 0
+            for d, tape in enumerate(self.tapes[l]):
                 k = l * stack.num_directions + d
-                part = xp.ascontiguousarray(d_output[..., starts[d]:starts[d + 1]])
-                if stack.reversed(d):
+                cell = stack.layers[l][d]
+                width = cell.state_sizes[cell.output]
+                part = xp.ascontiguousarray(d_output[..., start:start + width])
+                start += width
+                back = stack.reversed(d)
+                if back:
                     part = reverse_in_place_of_length(part, self.lengths, xp)
                 ds = {n: xp.ascontiguousarray(v[k]) for n, v in dstate.items()}
-                return self.tapes[l][d].backward(part, ds)
-
-            d_input = None
-            for d, g in enumerate([direction(d) for d in range(len(self.tapes[l]))]):
-                k = l * stack.num_directions + d
-                back = stack.reversed(d)
+                g = tape.backward(part, ds)
                 dx = reverse_in_place_of_length(g["x"], self.lengths, xp) if back else g["x"]
                 d_input = dx if d_input is None else d_input + dx
                 for n, v in g["inputs"].items():

@@ -136,9 +136,9 @@ class StepLayout:
                 continue  # a row-level loop that only finishes reductions: _reduce does
             for node in loop.nodes + loop.reductions:
                 self.loop_of[node.id] = (stage_index, len(loops))
-            for node in loop.reductions:
-                count = sum(1 for k, _ in self.reduction_slot.values() if k == stage_index)
-                self.reduction_slot[node.id] = (stage_index, count)
+            first = sum(len(l.reductions) for l in loops)  # red_out slots, in loop order
+            for k, node in enumerate(loop.reductions):
+                self.reduction_slot[node.id] = (stage_index, first + k)
             loops.append(loop)
 
     def _place_stores(self) -> None:
