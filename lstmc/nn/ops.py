@@ -395,6 +395,9 @@ def _backward_fake(key, x, weights, workspace, lengths, dy, dfinal, seed):
 def _setup_forward(ctx, inputs, output):
     key, x, weights, state, lengths, train, seed = inputs
     ctx.key, ctx.train, ctx.has_state = key, train, bool(state)
+    # Outputs nothing flows back into get None, not zeros: the workspace never has a
+    # gradient, and materializing one would fill megabytes per training step.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, lengths, seed, output[2], *weights)
 
 

@@ -30,6 +30,7 @@ from .bound import address as _address
 from .cellbase import CellBase
 from .errors import BackendError, UsageError
 from .manifest import CpuManifest
+from .openmp import map_slices
 from .validate import check_array, check_names
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import workers
@@ -457,7 +458,8 @@ class NativeCell(CellBase):
         if entry.endswith("_mt"):  # one slice, every thread on it
             statuses = self._run_threaded(entry, T, bounds[1], slices[0], layout, known)
         else:
-            statuses = [run(0)] if count == 1 else list(_executor().map(run, range(count)))
+            statuses = [run(0)] if count == 1 else map_slices(
+                run, count, lambda f, items: list(_executor().map(f, items)))
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         for c in range(count):  # inputs cut into copies here: freed before outputs are joined
