@@ -89,13 +89,14 @@ def _size_names(program: Program) -> set[str]:
     return names
 
 
-def lower_bound(source, cell, input_size, hidden_size, sizes) -> tuple[Program, dict[str, int]]:
+def lower_bound(source, cell, input_size, hidden_size, sizes, hoist_chains: bool = True
+                ) -> tuple[Program, dict[str, int]]:
     """The cell's Program and the values of its sizes. A cell with multi-head matrices
     is lowered again with the sizes as numbers: its head counts shape the step."""
-    program = lower_spec(source, cell)
+    program = lower_spec(source, cell, hoist_chains=hoist_chains)
     bound = bind_sizes(program, input_size, hidden_size, sizes)
     if program.info.has_heads:
-        program = lower_spec(source, cell, bound)
+        program = lower_spec(source, cell, bound, hoist_chains=hoist_chains)
     return program, bound
 
 
@@ -174,7 +175,8 @@ def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[s
 def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, backend: Target):
     key_parts = {"spec": source.text, "cell": cell, "input_size": input_size,
                  "hidden_size": hidden_size, "sizes": sizes}
-    return backend.compile(lambda: lower_bound(source, cell, input_size, hidden_size, sizes),
+    return backend.compile(lambda: lower_bound(source, cell, input_size, hidden_size, sizes,
+                                               backend.hoists_chains),
                            dtype, key_parts)
 
 
@@ -240,7 +242,8 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
-    program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
+    program, bound = lower_bound(source, cell, input_size, hidden_size, sizes,
+                                 backend.hoists_chains)
     _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
         write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,

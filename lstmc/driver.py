@@ -41,5 +41,5 @@ def select_cell(cells: list[CheckedCell], name: str | None) -> CheckedCell:
 
 
 def lower_spec(spec: str | os.PathLike[str], cell: str | None = None,
-               sizes: dict[str, int] | None = None) -> Program:
-    return lower(select_cell(check_spec(spec), cell), sizes)
+               sizes: dict[str, int] | None = None, hoist_chains: bool = True) -> Program:
+    return lower(select_cell(check_spec(spec), cell), sizes, hoist_chains)

@@ -23,6 +23,8 @@ class Target(abc.ABC):
     name: str
     dtypes: tuple[str, ...]          # what it computes in
     artifacts: bool = False          # writes artifact directories (lstmc compile -o)
+    # renders prologues (passes/hoist_chains.py); else such products stay in the step
+    hoists_chains: bool = True
     summary: str = ""
 
     def check(self, dtype: str, cpu: str = "host") -> None:
@@ -100,6 +102,7 @@ class GpuTarget(Target):
     CUDA or by pyopencl on any OpenCL device."""
 
     dtypes, artifacts = ("float32",), True
+    hoists_chains = False  # its launch plan has no prologue yet
 
     def __init__(self, name: str, summary: str):
         self.name, self.summary = name, summary

@@ -114,6 +114,13 @@ def mgu(p, x, s):
     return {"h": (1 - f) * h + f * n}
 
 
+def minimal_rnn(p, x, s):
+    h = s["h"]
+    z = np.tanh(mv(p["W_x"], x) + p["b_z"])
+    u = sig(mv(p["U_h"], h) + mv(p["U_z"], z) + p["b_u"])
+    return {"h": u * h + (1 - u) * z}
+
+
 def rnn(activation):
     def step(p, x, s):
         return {"h": activation(mv(p["W_ih"], x) + p["b_ih"] + mv(p["W_hh"], s["h"]) + p["b_hh"])}
@@ -231,6 +238,7 @@ STEPS = {
     "gru": gru,
     "gru_cho": gru_cho,
     "mgu": mgu,
+    "minimal_rnn": minimal_rnn,
     "rnn_tanh": rnn(np.tanh),
     "rnn_relu": rnn(lambda z: np.maximum(z, 0)),
     "indrnn": indrnn,

@@ -41,7 +41,7 @@ def cells(draw):
         kinds = ["x_product", "name", "vector", "input"] + ([] if vector else ["number"])
         if depth > 0:
             kinds += ["add", "sub", "mul", "function", "state_product", "divide", "power",
-                      "select", "slice", "dropout"]
+                      "select", "slice", "dropout", "chain"]
             kinds += [] if vector else ["mean"]
         kind = draw(st.sampled_from(kinds))
         sub = lambda v=True: expr(depth - 1, names, v)  # noqa: E731
@@ -65,6 +65,11 @@ def cells(draw):
             return f"{draw(st.sampled_from(FUNCTIONS))}({sub()})"
         if kind == "state_product":
             return f"{param('[H, H]')} @ {sub()}"
+        if kind == "chain":  # a product of a value made from x alone: hoisted after a prologue
+            inner = f"{draw(st.sampled_from(FUNCTIONS))}({param('[H, I]')} @ x + {param('H')})"
+            if draw(st.booleans()):  # two levels deep
+                inner = f"tanh({param('[H, H]')} @ {inner})"
+            return f"{param('[H, H]')} @ {inner}"
         if kind == "power":
             return f"({sub(vector)}) ** {draw(st.sampled_from([2, 3]))}"
         if kind == "slice":  # of a concat: a part of each, or one of them

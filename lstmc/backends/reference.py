@@ -26,6 +26,8 @@ class Saved:
     batch: int
     lengths: np.ndarray
     seed: int | None = None  # of the masks the forward drew; the backward draws them again
+    derived: dict[str, np.ndarray] | None = None  # $k -> (T, B, n), made by the prologues
+    prologues: list[dict[int, np.ndarray]] | None = None  # each one's saved values
 
 
 class ReferenceExecutor:
@@ -102,11 +104,7 @@ class ReferenceExecutor:
         program = self.program
         T, B, _ = x.shape
         lengths = np.full(B, T) if lengths is None else lengths
-        hoisted = [
-            (x[..., self.columns[h.operand]].reshape(T * B, -1)
-             @ self.packed(h.segments, params).T).reshape(T, B, -1)
-            for h in program.hoisted
-        ]
+        hoisted, derived, prologue_saved = self._before_loop(x, params, train)
         forward_nodes = program.graph.live_nodes()
         saved_ids = [n.id for n in program.saved]
         outputs = program.graph.outputs
@@ -126,7 +124,37 @@ class ReferenceExecutor:
             ys[t] = np.where(active, state[self.output], 0)
             if train:
                 steps.append({i: env[i] for i in saved_ids})
-        return ys, state, (Saved(x, steps, B, lengths, seed) if train else None)
+        return ys, state, (Saved(x, steps, B, lengths, seed, derived, prologue_saved)
+                           if train else None)
+
+    def _before_loop(self, x, params, train: bool):
+        """The hoisted products, level by level, each level's operands computed by its
+        prologue over all T*B rows at once; and what the prologues' backward needs."""
+        program = self.program
+        T, B, _ = x.shape
+        rows = lambda v: v.reshape(T * B, -1)
+        hoisted: list = [None] * len(program.hoisted)
+        derived: dict[str, np.ndarray] = {}
+        saved: list[dict[int, np.ndarray]] = []
+        for level in range(len(program.prologues) + 1):
+            if level:
+                prologue = program.prologues[level - 1]
+                env = self._leaves(prologue.graph.live_nodes(), {
+                    Op.INPUT: lambda name: rows(x[..., self.columns[name]]),
+                    Op.PARAM: lambda name: params[name],
+                    Op.HOISTED: lambda index: rows(hoisted[index]),
+                }, 0, T * B, None)
+                self._run(prologue.forward, env, params, T * B)
+                for name, node in prologue.graph.outputs.items():
+                    n = node.size.bind(self.sizes)
+                    derived[name] = np.broadcast_to(env[node.id], (T * B, n)).reshape(T, B, n)
+                if train:
+                    saved.append({n.id: env[n.id] for n in prologue.saved})
+            for h in program.hoisted_at(level):
+                operand = derived[h.operand] if level else x[..., self.columns[h.operand]]
+                hoisted[h.index] = (rows(operand) @ self.packed(h.segments, params).T
+                                    ).reshape(T, B, -1)
+        return hoisted, derived, saved
 
     def backward(self, saved: Saved, params: dict, dy: np.ndarray, dstate: dict):
         program, sizes = self.program, self.sizes
@@ -168,12 +196,23 @@ class ReferenceExecutor:
                 elif kind == "param":
                     n = params[key].shape[0]
                     dparams[key] = dparams.get(key, 0) + np.broadcast_to(value, (B, n)).sum(0)
-        # Deferred weight gradients: one product over all T*B rows each.
-        for h, dh in zip(program.hoisted, d_hoisted):
-            dh2 = dh.reshape(T * B, -1)
-            columns = self.columns[h.operand]
-            self._split_rows(dh2.T @ x[..., columns].reshape(T * B, -1), h.segments, dparams)
-            dx[..., columns] += (dh2 @ self.packed(h.segments, params)).reshape(T, B, -1)
+        # Deferred weight gradients: one product over all T*B rows each, the prologues'
+        # gradients between the levels they join.
+        rows = lambda v: v.reshape(T * B, -1)
+        d_derived = {name: np.zeros_like(value) for name, value in (saved.derived or {}).items()}
+        for level in reversed(range(len(program.prologues) + 1)):
+            for h in program.hoisted_at(level):
+                dh2 = rows(d_hoisted[h.index])
+                operand = saved.derived[h.operand] if level else x[..., self.columns[h.operand]]
+                self._split_rows(dh2.T @ rows(operand), h.segments, dparams)
+                d_operand = (dh2 @ self.packed(h.segments, params)).reshape(T, B, -1)
+                if level:
+                    d_derived[h.operand] += d_operand
+                else:
+                    dx[..., self.columns[h.operand]] += d_operand
+            if level:
+                self._prologue_backward(program.prologues[level - 1], saved, params,
+                                        d_derived, d_hoisted, dx, dparams)
         for p in products:
             width = p.inputs[0].size.bind(sizes)  # a learned vector operand has no rows
             operand = np.stack([np.broadcast_to(saved.steps[t][p.inputs[0].id], (B, width))
@@ -183,3 +222,33 @@ class ReferenceExecutor:
         for name, value in params.items():
             dparams[name] = np.asarray(dparams.get(name, np.zeros_like(value)), self.dtype)
         return dx, {name: dparams[name] for name in params}, carry
+
+    def _prologue_backward(self, prologue: Program, saved: Saved, params, d_derived,
+                           d_hoisted, dx, dparams) -> None:
+        """A prologue's backward over all T*B rows: its derived values' gradients in,
+        gradients added to the inputs, hoisted products and learned vectors it read."""
+        T, B = saved.x.shape[:2]
+        level = self.program.prologues.index(prologue)
+        assert saved.prologues is not None
+        env = dict(saved.prologues[level])
+        env.update(self._leaves(prologue.graph.live_nodes(prologue.gradients.values()), {
+            Op.PARAM: lambda name: params[name],
+            Op.ADJOINT: lambda name: d_derived[name].reshape(T * B, -1),
+        }, 0, T * B, None))
+        self._run(prologue.backward, env, params, T * B)
+        for (kind, key), node in prologue.gradients.items():
+            if kind == "param":
+                n = params[key].shape[0]
+            elif kind == "input":
+                n = dx[..., self.columns[key]].shape[-1]
+            elif kind == "hoisted":
+                n = d_hoisted[key].shape[-1]
+            else:
+                raise IRError(f"a prologue has no gradient of kind {kind}")
+            value = np.broadcast_to(env[node.id], (T * B, n))
+            if kind == "input":
+                dx[..., self.columns[key]] += value.reshape(T, B, n)
+            elif kind == "hoisted":
+                d_hoisted[key] += value.reshape(T, B, n)
+            else:
+                dparams[key] = dparams.get(key, 0) + value.sum(0)

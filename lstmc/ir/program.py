@@ -17,12 +17,15 @@ Key = tuple[str, object]
 
 @dataclass(frozen=True)
 class HoistedProduct:
-    """`out[t] = W_packed @ x[t]` for every step, one GEMM over all T*B rows."""
+    """`out[t] = W_packed @ v[t]` for every step, one GEMM over all T*B rows. `v` is an
+    input (level 0) or a derived value `$k` of the prologue of round `level` (1, 2, ...),
+    computed from the inputs and earlier hoisted products (passes/hoist_chains.py)."""
 
     index: int
     segments: tuple[tuple[str, Size], ...]
     in_size: Size
-    operand: str = "x"  # the name of the input it multiplies
+    operand: str = "x"  # the name of the input, or of the derived value, it multiplies
+    level: int = 0
 
     @property
     def rows(self) -> Size:
@@ -39,7 +42,12 @@ class Stage:
 class Program:
     """Everything a backend needs to run a cell over a sequence.
 
-    - `hoisted`: products of the input, one GEMM over all T*B rows before the loop;
+    - `hoisted`: products of the input, one GEMM over all T*B rows before the loop,
+      in level order; `prologues[L-1]` computes, for all T*B rows at once, the derived
+      values `$k` the hoisted products of level L multiply. A prologue is itself a
+      Program of one "step" over T*B rows: its states are its derived values (never read
+      back), its leaves the inputs, learned vectors and hoisted products of lower levels,
+      its gradients (of its derived values' adjoints) go to those leaves;
     - `forward`: the stages of one step, reading leaves and producing `graph.outputs`;
     - `backward`: the stages of one backward step, reading the adjoints of the new
       states and the `saved` forward values, producing `gradients` (see Key);
@@ -57,9 +65,20 @@ class Program:
     gradients: dict[Key, Node]
     saved: list[Node]
     # What the native backends render of each step (passes.plan_step), set by `lower`.
+    prologues: list[Program] = field(default_factory=list)
     forward_plan: StepPlan = field(init=False, repr=False)
     backward_plan: StepPlan = field(init=False, repr=False)
     packed_weights: list[PackedWeight] = field(init=False, repr=False)
+
+    def hoisted_at(self, level: int) -> list[HoistedProduct]:
+        return [h for h in self.hoisted if h.level == level]
+
+    def derived_size(self, name: str) -> Size:
+        """The size of derived value `name` (`$k`)."""
+        for prologue in self.prologues:
+            if name in prologue.info.states:
+                return prologue.info.states[name]
+        raise KeyError(f"no derived value {name}")
 
     @property
     def recurrent_products(self) -> list[Node]:
@@ -88,10 +107,17 @@ def format_program(program: Program, backward: bool = False) -> str:
     params = ", ".join(f"{p}[{'x'.join(str(d) for d in info.param_shape(p))}]" for p in info.params)
     lines.append(f"  params: {params}")
     lines.append("before the loop:")
-    for h in program.hoisted:
-        names = ", ".join(f"{p}[{r}x{h.in_size}]" for p, r in h.segments)
-        lines.append(f"  hoisted #{h.index}: {h.rows} = [{names}] @ {h.operand}  "
-                     f"(one GEMM over all T*B rows)")
+    for level in range(len(program.prologues) + 1):
+        if level:
+            prologue = program.prologues[level - 1]
+            lines.append(f"  prologue {level}: elementwise over all T*B rows")
+            _format_stages(lines, prologue.forward, indent="  ")
+            for name, node in prologue.graph.outputs.items():
+                lines.append(f"    {name} = {node!r}")
+        for h in program.hoisted_at(level):
+            names = ", ".join(f"{p}[{r}x{h.in_size}]" for p, r in h.segments)
+            lines.append(f"  hoisted #{h.index}: {h.rows} = [{names}] @ {h.operand}  "
+                         f"(one GEMM over all T*B rows)")
     lines.append(f"step ({program.products_per_step()} recurrent product(s)):")
     _format_stages(lines, program.forward)
     for name, node in program.graph.outputs.items():
@@ -106,15 +132,16 @@ def format_program(program: Program, backward: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _format_stages(lines: list[str], stages: list[Stage]) -> None:
+def _format_stages(lines: list[str], stages: list[Stage], indent: str = "") -> None:
     leaves = sorted({i.id: i for s in stages for n in s.nodes for i in n.inputs
                      if i.op in LEAVES}.values(), key=lambda n: n.id)
     for leaf in leaves:
-        lines.append("  " + format_node(leaf))
+        lines.append(indent + "  " + format_node(leaf))
     for s in stages:
-        lines.append(f"  -- {s.kind} stage ({len(s.nodes)} op{'s' if len(s.nodes) != 1 else ''})")
+        lines.append(f"{indent}  -- {s.kind} stage "
+                     f"({len(s.nodes)} op{'s' if len(s.nodes) != 1 else ''})")
         for node in s.nodes:
-            lines.append("    " + format_node(node))
+            lines.append(indent + "    " + format_node(node))
 
 
 __all__ = ["HoistedProduct", "Key", "Op", "Program", "Stage", "format_program"]

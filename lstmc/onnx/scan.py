@@ -129,10 +129,11 @@ def elementwise_form(op: ops.Elementwise) -> Emit:
 
 
 def check_exportable(program) -> None:
-    """Refuse, by name, a cell whose step uses an op without an ONNX form."""
-    for node in program.graph.live_nodes():
-        if is_elementwise(node.op):
-            elementwise_form(node.op)
+    """Refuse, by name, a cell whose step or prologues use an op without an ONNX form."""
+    for graph in [program.graph] + [p.graph for p in program.prologues]:
+        for node in graph.live_nodes():
+            if is_elementwise(node.op):
+                elementwise_form(node.op)
 
 
 class StepEmitter:
@@ -191,6 +192,38 @@ class StepEmitter:
         return env
 
 
+def _prologue(b: Builder, prologue, sizes, opset, seq: str, input_size: int,
+              hoisted_seq: dict[int, str], param: Callable[[str], str]) -> dict[str, str]:
+    """A prologue's derived values, each (T, B, n), computed as one step over the T*B
+    rows of the (T, B, F) sequence `seq` and of the hoisted products it reads."""
+    shape = b.node("Shape", [seq])
+    steps_and_batch = b.node("Slice", [shape, b.ints(0), b.ints(2)])
+
+    def flat(name: str, width: int) -> str:
+        return b.node("Reshape", [name, b.ints(-1, width)])
+
+    rows = flat(seq, input_size)
+    emitter = StepEmitter(
+        b, prologue, sizes, opset, param=param,
+        packed=lambda node: _no_product(node),
+        leaves={Op.INPUT: lambda attr: rows,
+                Op.HOISTED: lambda attr: flat(hoisted_seq[attr],
+                                              prologue.hoisted[attr].rows.bind(sizes))},
+        batch=lambda: b.node("Slice", [b.node("Shape", [rows]), b.ints(0), b.ints(1)]))
+    env = emitter.run()
+    derived = {}
+    for name, node in prologue.graph.outputs.items():
+        width = node.size.bind(sizes)
+        every_row = emitter.rows(env[node.id], width)  # of learned vectors only: one row
+        derived[name] = b.node("Reshape", [every_row, b.node(
+            "Concat", [steps_and_batch, b.ints(width)], axis=0)], hint="derived")
+    return derived
+
+
+def _no_product(node: Node) -> str:
+    raise OnnxError(f"a prologue holds the product {node!r}: hoist_chains hoists every one")
+
+
 def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
                    seq: str, mask: str, initial: dict[str, str], opset: int):
     """One direction of one layer as a Scan over `seq` (T, B, F). `mask` (T, B, 1) bool
@@ -213,9 +246,21 @@ def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
     scan_inputs, body_scan_inputs = [], []
     body = b.sub()
     hoisted_names = {}
-    for h in program.hoisted:  # one GEMM over all T*B rows, before the loop
-        w = weight(f"hoisted{h.index}", lambda h=h: packed_t(h.segments))
-        scan_inputs.append(b.node("MatMul", [seq, w], hint=f"{prefix}hoisted"))
+    # One GEMM over all T*B rows per hoisted product, before the loop, level by level:
+    # each level's operands made by its prologue, over all T*B rows at once.
+    hoisted_seq: dict[int, str] = {}
+    for level in range(len(program.prologues) + 1):
+        derived = {}
+        if level:
+            derived = _prologue(b, program.prologues[level - 1], sizes, opset, seq,
+                                cell.input_size, hoisted_seq,
+                                lambda name: weight(name, lambda: params[name]))
+        for h in program.hoisted_at(level):
+            w = weight(f"hoisted{h.index}", lambda h=h: packed_t(h.segments))
+            operand = derived[h.operand] if level else seq
+            hoisted_seq[h.index] = b.node("MatMul", [operand, w], hint=f"{prefix}hoisted")
+    for h in program.hoisted:
+        scan_inputs.append(hoisted_seq[h.index])
         hoisted_names[h.index] = body.fresh(f"hoisted{h.index}_t")
         body_scan_inputs.append(helper.make_tensor_value_info(
             hoisted_names[h.index], b.elem, [None, h.rows.bind(sizes)]))

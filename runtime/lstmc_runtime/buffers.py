@@ -50,7 +50,7 @@ def dstate_out(name: str) -> str:
     return f"dstate_out:{name}"
 
 
-def saved(node: int) -> str:
+def saved(node: int | str) -> str:
     """A value the training forward saves for every step, for the backward."""
     return f"saved:{node}"
 
@@ -66,6 +66,35 @@ def dhoisted(index: int) -> str:
 
 def dproduct(node: int) -> str:
     return f"dproduct:{node}"
+
+
+def derived(name: str) -> str:
+    """Derived value `name` ($k) over all steps, made before the loop by a prologue (an
+    inference forward's: the training forward saves it as saved(name))."""
+    return f"derived:{name}"
+
+
+def dderived(name: str) -> str:
+    return f"dderived:{name}"
+
+
+def prologue_saved(level: int, node: int) -> str:
+    """A value prologue `level` saves for its backward (over all T*B rows)."""
+    return saved(f"{level}.{node}")
+
+
+def prologue_work(level: int, node: int) -> str:
+    """Scratch of prologue `level` (over all T*B rows) for a value read across loops."""
+    return f"pwork:{level}.{node}"
+
+
+def prologue_grad(level: int, kind: str, key) -> str:
+    """A prologue backward's gradient of an input or hoisted product, before it is added
+    to the one the time loop computed."""
+    return f"pgrad:{level}.{kind}.{key}"
+
+
+SEQUENCE_WORK = ("derived", "dderived", "pwork", "pgrad")  # kinds of (T, B, n) scratch
 
 
 def parse(name: str) -> tuple[str, str]:

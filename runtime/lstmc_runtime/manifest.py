@@ -449,8 +449,10 @@ class CpuManifest:
         if kind == "dproduct" and key.isdigit() and int(key) in self.products:
             rows = self.packed[self.products[int(key)]["packed"]].rows
             return ("T", "B", rows), "work", "float"
-        if kind == "saved" and key.isdigit():
+        if kind == "saved" and _saved_key(key):
             return None, "result" if entry == "forward_train" else "in", "float"
+        if kind in names.SEQUENCE_WORK and key:  # a prologue's: (T, B, n), the hash covers n
+            return None, "work", "float"
         raise ArtifactError(f"entry '{entry}' takes a buffer lstmc does not make: {name!r}")
 
     def _check_entry(self, name: str, entry: EntryPoint, saved: dict, fail) -> None:
@@ -465,7 +467,11 @@ class CpuManifest:
                 fail(f"{where} has role {buffer.role!r}, expected {role!r}")
             if buffer.dtype != dtype:
                 fail(f"{where} has dtype {buffer.dtype!r}, expected {dtype!r}")
-            if shape is None:  # a saved value: (T, B, n), the same in every entry
+            if shape is None and role == "work":  # prologue scratch: (T, B, n)
+                if (len(buffer.shape) != 3 or buffer.shape[:2] != ("T", "B")
+                        or not isinstance(buffer.shape[2], int)):
+                    fail(f"{where} has shape {list(buffer.shape)}, expected [T, B, n]")
+            elif shape is None:  # a saved value: (T, B, n), the same in every entry
                 if (len(buffer.shape) != 3 or buffer.shape[:2] != ("T", "B")
                         or not isinstance(buffer.shape[2], int)):
                     fail(f"{where} has shape {list(buffer.shape)}, expected [T, B, n]")
@@ -497,6 +503,14 @@ class CpuManifest:
                 fail(f"entry 'backward' does not read the saved {', '.join(unsaved)}")
         if name == "forward_mt" and entry.arena_elements > 1 << 32:
             fail(f"entry 'forward_mt' asks for {entry.arena_elements} scratch elements per row")
+
+
+def _saved_key(key: str) -> bool:
+    """A step value's node id ("12"), a derived value ("$0"), a prologue's ("1.12")."""
+    if key.startswith("$"):
+        return key[1:].isdigit()
+    level, _, node = key.partition(".")
+    return level.isdigit() and (node.isdigit() if node else True)
 
 
 def _segment(value, where: str) -> tuple[str, int]:

@@ -231,6 +231,16 @@ class _Kernel:
                 with otherwise:
                     inactive(row)
 
+    @contextmanager
+    def rows(self, count: ir.Value):
+        """Code emitted inside runs over `count` rows instead of the batch's B (a
+        prologue: one step over all T*B rows)."""
+        batch, self.B = self.B, count
+        try:
+            yield
+        finally:
+            self.B = batch
+
     def row(self, base: ir.Value, row: ir.Value, n: int) -> ir.Value:
         return element(self.b, self.ftype, base, self.b.mul(row, i64(n)))
 
@@ -372,6 +382,23 @@ class _Kernel:
                     b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
 
 
+class SequenceEnv(StepEnv):
+    """The env of a prologue: its scratch holds all T*B rows, in sequence buffers of the
+    entry (the per-step arena holds B rows)."""
+
+    def __init__(self, kernel: _Kernel, sizes: dict[str, int], level: int):
+        super().__init__(kernel, sizes)
+        self.level = level
+
+    def place(self, node: Node) -> Place:
+        if node.id not in self.places:
+            n = self.size(node)
+            base = self.kernel.buffer(names.prologue_work(self.level, node.id),
+                                      ["T", "B", n], "work")
+            self.places[node.id] = Place(base, n)
+        return self.places[node.id]
+
+
 class _ForwardKernel(_Kernel):
     def __init__(self, mb: ModuleBuilder, train: bool, threaded: bool = False):
         symbol = "lstmc_forward_train" if train else "lstmc_forward"
@@ -389,18 +416,27 @@ class _ForwardKernel(_Kernel):
         state_sizes = {s: mb.size(n) for s, n in info.states.items()}
         y = self.buffer("y", ["T", "B", state_sizes[info.output]], "result")
 
-        # Input projections: one GEMM over all T*B rows each, before the loop.
-        hoisted = []
-        for h in program.hoisted:
-            weight = mb.packed_weight(h.segments)
-            offset, width = columns[h.operand]
-            out = self.buffer(f"hoisted:{h.index}", ["T", "B", weight.rows], "work")
-            panels = self.buffer(f"panelsT:{weight.name}", [width * weight.rows], "in")
-            self.gemm_share(b.mul(self.T, self.B), weight.rows, width,
-                            element(b, self.ftype, x, i64(offset)), I, 1, panels, out,
-                            weight.rows)
-            hoisted.append((out, weight.rows))
-        self.barrier()
+        # Input projections: one GEMM over all T*B rows each, before the loop; level by
+        # level, each level's operands made by its prologue (over all T*B rows too).
+        hoisted: dict[int, tuple[ir.Value, int]] = {}
+        derived: dict[str, tuple[ir.Value, int]] = {}
+        for level in range(len(program.prologues) + 1):
+            if level:
+                self._prologue(level, x, I, columns, hoisted, derived)
+            for h in program.hoisted_at(level):
+                weight = mb.packed_weight(h.segments)
+                if level:
+                    operand, width = derived[h.operand]
+                    stride = width
+                else:
+                    offset, width = columns[h.operand]
+                    operand, stride = element(b, self.ftype, x, i64(offset)), I
+                out = self.buffer(names.hoisted(h.index), ["T", "B", weight.rows], "work")
+                panels = self.buffer(names.panels_t(weight.name), [width * weight.rows], "in")
+                self.gemm_share(b.mul(self.T, self.B), weight.rows, width, operand, stride, 1,
+                                panels, out, weight.rows)
+                hoisted[h.index] = (out, weight.rows)
+            self.barrier()
 
         current = {}
         for s, n in state_sizes.items():
@@ -464,6 +500,43 @@ class _ForwardKernel(_Kernel):
                 self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
 
+    def _prologue(self, level: int, x, I: int, columns, hoisted, derived) -> None:
+        """Prologue `level`: its derived values for all T*B rows, as one step over T*B
+        rows (the training forward saves them, and what its backward reads)."""
+        mb, b = self.mb, self.b
+        prologue = mb.program.prologues[level - 1]
+        env = SequenceEnv(self, mb.sizes, level)
+        for node in prologue.graph.live_nodes():
+            if node.op == Op.INPUT:
+                env.places[node.id] = Place(element(b, self.ftype, x,
+                                                    i64(columns[node.attr][0])), I)
+            elif node.op == Op.HOISTED:
+                base, rows = hoisted[node.attr]
+                env.places[node.id] = Place(base, rows)
+            elif node.op == Op.PARAM:
+                shape = [mb.size(node)]
+                env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
+        for route in prologue.forward_plan.routes_of("saved") if self.train else ():
+            node, n = route.node, mb.size(route.width)
+            home = Place(self.buffer(names.prologue_saved(level, node.id), ["T", "B", n],
+                                     "result"), n)
+            if node.op in LEAVES:
+                env.role(node).stores.append((home, 0))
+            else:
+                env.pin(node, home)
+        for route in prologue.forward_plan.routes_of("state"):
+            n = mb.size(route.width)
+            name = names.saved(route.key) if self.train else names.derived(route.key)
+            home = Place(self.buffer(name, ["T", "B", n], "result" if self.train else "work"), n)
+            self.route_to(route.node, home, env)
+            derived[route.key] = (home.base, n)
+        with self.leader_only(), self.rows(b.mul(self.T, self.B)):
+            for node in prologue.graph.live_nodes():
+                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                    self.role_copies(node, env)
+            self.run_stages(prologue.forward, prologue.forward_plan, env)
+        self.barrier()
+
 
 class _BackwardKernel(_Kernel):
     def __init__(self, mb: ModuleBuilder):
@@ -495,9 +568,13 @@ class _BackwardKernel(_Kernel):
         # buffer: it is stored once and the GEMMs after the loop all read it.
         shared: dict[tuple[int, int], ir.Value] = {}
 
+        # A hoisted product's gradient that a prologue adds to is never shared.
+        topped_up = {key for p in program.prologues for kind, key in p.gradients
+                     if kind == "hoisted"}
+
         def d_buffer(kind: str, key: int, name: str, n: int) -> ir.Value:
             node = grads.get((kind, key))
-            if node is None or mb.size(node) != n:
+            if node is None or mb.size(node) != n or (kind == "hoisted" and key in topped_up):
                 return self.buffer(name, ["T", "B", n], "work")
             if (node.id, n) not in shared:
                 shared[(node.id, n)] = self.buffer(name, ["T", "B", n], "work")
@@ -507,6 +584,10 @@ class _BackwardKernel(_Kernel):
                       for p in program.recurrent_products}
         d_hoisted = {h.index: d_buffer("hoisted", h.index, f"dhoisted:{h.index}",
                                        mb.size(h.rows)) for h in program.hoisted}
+        for h in program.hoisted:  # read by a prologue only: its gradient starts at zero
+            if ("hoisted", h.index) not in grads:
+                self.fill(d_hoisted[h.index], b.mul(b.mul(self.T, self.B), i64(mb.size(h.rows))),
+                          0.0)
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
@@ -578,6 +659,62 @@ class _BackwardKernel(_Kernel):
         self._weight_gradients(I, columns, dx, d_products, d_hoisted)
         self.finish()
 
+    def _prologue_backward(self, level: int, I: int, columns, dx, d_hoisted) -> None:
+        """Prologue `level` backward over all T*B rows: its derived values' gradients in;
+        out, gradients added to dx, to the hoisted products it read and to the learned
+        vectors it read."""
+        mb, b = self.mb, self.b
+        prologue = mb.program.prologues[level - 1]
+        rows = b.mul(self.T, self.B)
+        env = SequenceEnv(self, mb.sizes, level)
+        nodes = prologue.graph.live_nodes(prologue.gradients.values())
+        for node in prologue.saved:
+            n = mb.size(node)
+            seq = self.buffer(names.prologue_saved(level, node.id), ["T", "B", n], "in")
+            env.places[node.id] = Place(seq, n)
+        for node in nodes:
+            if node.op == Op.PARAM and node.id not in env.places:
+                shape = [mb.size(node)]
+                env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
+            elif node.op == Op.ADJOINT:
+                n = mb.size(node)
+                env.places[node.id] = Place(
+                    self.buffer(names.dderived(node.attr), ["T", "B", n], "work"), n)
+        additions = []  # (gradient, its width, where it is added, that place's row stride)
+        for route in prologue.backward_plan.routes:
+            node, kind, key = route.node, route.kind, route.key
+            if node is None:
+                continue
+            n = mb.size(route.width)
+            if kind == "param":  # summed over all rows (twin biases each get theirs)
+                acc = self.buffer(f"dparam:{key}", [n], "out")
+                env.role(node).accumulate.append(Place(acc, 0))
+                continue
+            if kind == "input":
+                target, stride = element(b, self.ftype, dx, i64(columns[key][0])), I
+            elif kind == "hoisted":
+                target, stride = d_hoisted[int(key)], n
+            else:
+                raise AssertionError(f"a prologue has no {kind} gradient")
+            grad = self.buffer(names.prologue_grad(level, kind, key), ["T", "B", n], "work")
+            self.route_to(node, Place(grad, n), env)
+            additions.append((grad, n, target, stride))
+        with self.rows(rows):
+            for node in nodes:
+                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                    self.role_copies(node, env)
+            for node in prologue.saved:
+                if env.roles.get(node.id):
+                    self.role_copies(node, env)
+            self.run_stages(prologue.backward, prologue.backward_plan, env)
+        for grad, n, target, stride in additions:
+            with for_range(b, rows, "prow") as row:
+                src, dst = self.row(grad, row, n), self.row(target, row, stride)
+                with for_range(b, i64(n), "padd") as j:
+                    ptr = element(b, self.ftype, dst, j)
+                    value = b.load(element(b, self.ftype, src, j), typ=self.ftype)
+                    b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
+
     def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
         """The incoming gradient of a new state: the carried one, plus dy for the output;
         zero for rows past their length (the backward step is linear in it, so all they
@@ -598,22 +735,37 @@ class _BackwardKernel(_Kernel):
                                                               i64(n), 0.0))
 
     def _weight_gradients(self, I, columns, dx, d_products, d_hoisted) -> None:
-        """Deferred to after the loop: one GEMM over all T*B rows per product."""
+        """Deferred to after the loop: one GEMM over all T*B rows per product; the
+        hoisted products level by level from the last, each level's prologue backward
+        after its products' GEMMs (it needs their operands' gradients and adds to the
+        gradients of the levels below)."""
         mb, b, program = self.mb, self.b, self.mb.program
         rows_total = b.mul(self.T, self.B)
         x = self.buffer("x", ["T", "B", I], "in")
-        for h in program.hoisted:
-            w = mb.packed_weight(h.segments)
-            dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
-            panels = self.buffer(f"panels:{w.name}", [w.rows * w.columns], "in")
-            dh = d_hoisted[h.index]
-            offset, width = columns[h.operand]  # this input's units of the packed rows
-            x_h, dx_h = (element(b, self.ftype, v, i64(offset)) for v in (x, dx))
-            # dW += dG^T x ; dx += dG W
-            self.gemm(w.rows, width, rows_total, dh, 1, w.rows, x_h, "rows", dpacked, width,
-                      True, ldb=I)
-            self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dx_h, I,
-                      True)
+        for level in reversed(range(len(program.prologues) + 1)):
+            for h in program.hoisted_at(level):
+                w = mb.packed_weight(h.segments)
+                dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
+                panels = self.buffer(f"panels:{w.name}", [w.rows * w.columns], "in")
+                dh = d_hoisted[h.index]
+                if level:  # dW += dG^T v ; dv = dG W
+                    width = w.columns
+                    v = self.buffer(names.saved(h.operand), ["T", "B", width], "in")
+                    dv = self.buffer(names.dderived(h.operand), ["T", "B", width], "work")
+                    self.gemm(w.rows, width, rows_total, dh, 1, w.rows, v, "rows", dpacked,
+                              width, True)
+                    self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dv,
+                              width, False)
+                    continue
+                offset, width = columns[h.operand]  # this input's units of the packed rows
+                x_h, dx_h = (element(b, self.ftype, v, i64(offset)) for v in (x, dx))
+                # dW += dG^T x ; dx += dG W
+                self.gemm(w.rows, width, rows_total, dh, 1, w.rows, x_h, "rows", dpacked,
+                          width, True, ldb=I)
+                self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dx_h, I,
+                          True)
+            if level:
+                self._prologue_backward(level, I, columns, dx, d_hoisted)
         for p in program.recurrent_products:
             w = mb.packed_weight(p.segments)
             dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
