@@ -382,6 +382,19 @@ class _Kernel:
                     b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
 
 
+def derived_buffer(program: Program, name: str, train: bool) -> str:
+    """The buffer of derived value `name`: scratch at inference; in training, saved for
+    the backward's weight gradient, in the prologue's own saved buffer of the value when
+    its backward keeps it anyway."""
+    if not train:
+        return names.derived(name)
+    for level, prologue in enumerate(program.prologues, 1):
+        node = prologue.graph.outputs.get(name)
+        if node is not None and any(n is node for n in prologue.saved):
+            return names.prologue_saved(level, node.id)
+    return names.saved(name)
+
+
 class SequenceEnv(StepEnv):
     """The env of a prologue: its scratch holds all T*B rows, in sequence buffers of the
     entry (the per-step arena holds B rows)."""
@@ -526,9 +539,10 @@ class _ForwardKernel(_Kernel):
                 env.pin(node, home)
         for route in prologue.forward_plan.routes_of("state"):
             n = mb.size(route.width)
-            name = names.saved(route.key) if self.train else names.derived(route.key)
+            name = derived_buffer(mb.program, route.key, self.train)
             home = Place(self.buffer(name, ["T", "B", n], "result" if self.train else "work"), n)
-            self.route_to(route.node, home, env)
+            if not names.is_saved(name) or name != names.prologue_saved(level, route.node.id):
+                self.route_to(route.node, home, env)  # else: already saved there
             derived[route.key] = (home.base, n)
         with self.leader_only(), self.rows(b.mul(self.T, self.B)):
             for node in prologue.graph.live_nodes():
@@ -750,7 +764,8 @@ class _BackwardKernel(_Kernel):
                 dh = d_hoisted[h.index]
                 if level:  # dW += dG^T v ; dv = dG W
                     width = w.columns
-                    v = self.buffer(names.saved(h.operand), ["T", "B", width], "in")
+                    v = self.buffer(derived_buffer(program, h.operand, True), ["T", "B", width],
+                                    "in")
                     dv = self.buffer(names.dderived(h.operand), ["T", "B", width], "work")
                     self.gemm(w.rows, width, rows_total, dh, 1, w.rows, v, "rows", dpacked,
                               width, True)
