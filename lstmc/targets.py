@@ -102,7 +102,6 @@ class GpuTarget(Target):
     CUDA or by pyopencl on any OpenCL device."""
 
     dtypes, artifacts = ("float32",), True
-    hoists_chains = False  # its launch plan has no prologue yet
 
     def __init__(self, name: str, summary: str):
         self.name, self.summary = name, summary

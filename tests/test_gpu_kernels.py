@@ -33,6 +33,8 @@ def launched_kernels(plan) -> set:
         names |= {s.kernel for s in entry.steps if isinstance(s, RegionLaunch)}
         if entry.persistent:
             names.add(entry.persistent.kernel)
+    for prologue in plan.prologues:
+        names |= {k for kernels in prologue.kernels.values() for k in kernels}
     return names
 
 

@@ -191,12 +191,30 @@ def test_onnx_export_computes_the_prologues_before_the_scan(name):
     np.testing.assert_allclose(got[0], want, rtol=2e-5, atol=2e-5)
 
 
-def test_gpu_targets_keep_chained_products_in_the_step():
-    """Their launch plan has no prologue: they get the program unhoisted, and compute
-    the same (OpenCL, where pyopencl has a device)."""
+@pytest.mark.parametrize("persistent", ["0", "1"])
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_opencl_runs_the_prologues_as_the_reference(monkeypatch, name, persistent):
+    """The GPU kernels (through pyopencl, where it has a device): the prologue's region
+    kernels over all T*B rows, before the step kernels or the persistent kernel."""
     pytest.importorskip("pyopencl")
-    gpu = cell("two_levels", target="opencl", dtype="float32")
-    reference = cell("two_levels")
+    monkeypatch.setenv("LSTMC_PERSISTENT", persistent)
+    gpu = cell(name, target="opencl", dtype="float32")
+    assert gpu.plan.prologues and any(h.level for h in gpu.plan.hoisted)
+    reference = cell(name)
     x, inputs, params, state = data(reference)
-    assert_same(run(gpu, x, inputs, params, state), run(reference, x, inputs, params, state),
-                rtol=2e-4, atol=2e-4)
+    for lengths in (None, np.array([6, 2, 4])):
+        assert_same(run(gpu, x, inputs, params, state, lengths),
+                    run(reference, x, inputs, params, state, lengths), rtol=2e-4, atol=2e-5)
+
+
+def test_nvrtc_compiles_the_prologue_kernels():
+    from lstmc.backends.gpu import nvrtc
+    from lstmc.backends.gpu.kernels import generate
+
+    if not nvrtc.available():
+        pytest.skip("NVRTC is not installed")
+    program, sizes = lower_bound(read_source(CHAINS["two_levels"]), None, I, H, {})
+    source, plan = generate(program, sizes)
+    compiled = nvrtc.compile_cuda(source, nvrtc.ARCHES[0])
+    prologue_kernels = {k for p in plan.prologues for ks in p.kernels.values() for k in ks}
+    assert len(prologue_kernels) >= 6 and prologue_kernels <= set(compiled.kernels)

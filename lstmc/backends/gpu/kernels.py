@@ -25,6 +25,7 @@ from lstmc_runtime.gpu.plan import (
     ModePlan,
     ParamReduction,
     PersistentKernel,
+    PrologueLaunch,
     RegionLaunch,
     SlotRef,
     Threads,
@@ -36,6 +37,7 @@ from ...ir.graph import Op
 from ...ir.program import Program
 from .. import bind_packed, check_renderable
 from .dialect import GEMM, GEMM_THREADS, GEMM_TILE, PERSISTENT_THREADS, PRELUDE, REGION_THREADS
+from .prologue import prologue_layouts, union
 from .regions import MODES, StepLayout
 
 # The masks' key, two 32-bit words of the call's seed (read by cells with dropout).
@@ -70,8 +72,12 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, LaunchPlan]:
     parts = [PRELUDE, (f"#define REGION_THREADS {REGION_THREADS}\n"
                        f"#define PERSISTENT_THREADS {PERSISTENT_THREADS}\n"), GEMM]
     modes, layouts = {}, {}
+    prologue_kernels: dict[int, dict[str, tuple[str, ...]]] = {}
     for mode in MODES:
         layout = layouts[mode] = StepLayout(program, sizes, mode)
+        prologues = prologue_layouts(program, sizes, mode)
+        # Every kernel of a mode takes all of the mode's buffers, its prologues' too.
+        buffers = union(layout.buffers, *(p.buffers for p in prologues))
         steps: list[GemmLaunch | RegionLaunch] = []
         for index, stage in enumerate(layout.stages):
             if stage.kind == "product":
@@ -79,25 +85,40 @@ def generate(program: Program, sizes: dict[str, int]) -> tuple[str, LaunchPlan]:
                     steps.append(_gemm_step(layout, packed, node))
             else:
                 name = f"{mode}_r{index}"
-                parts.append(_region_kernel(layout, index, name))
+                parts.append(_region_kernel(layout, index, name, buffers))
                 steps.append(RegionLaunch(name))
-        persistent = None if mode == "backward" else _persistent(layout, packed, mode, parts)
-        modes[mode] = ModePlan(tuple(layout.buffers), tuple(steps), persistent)
+        for prologue in prologues:
+            names_ = []
+            for index in prologue.regions:
+                name = f"{mode}_p{prologue.level}_r{index}"
+                parts.append(_region_kernel(prologue, index, name, buffers, every_row=True))
+                names_.append(name)
+            prologue_kernels.setdefault(prologue.level, {})[mode] = tuple(names_)
+        persistent = (None if mode == "backward"
+                      else _persistent(layout, packed, mode, parts, buffers))
+        modes[mode] = ModePlan(tuple(buffers), tuple(steps), persistent)
     backward = layouts["backward"]
+    prologue_grads = {level: tuple(ParamReduction(s.name, s.width) for s in p.stores
+                                   if s.kind == "param")
+                      for p in prologue_layouts(program, sizes, "backward")
+                      for level in [p.level]}
     plan = LaunchPlan(
         Threads(GEMM_THREADS, GEMM_TILE, REGION_THREADS, PERSISTENT_THREADS),
         modes,
         # Products of inputs: each reads its input's units `offset` onwards of the packed
-        # input rows, `input_width` apart.
+        # input rows, `input_width` apart; products of derived values read those.
         input_width=backward.input_size,
         hoisted=tuple(HoistedGemm(h.index, packed.get(h.segments).name,
-                                  backward.input_columns[h.operand][0])
+                                  0 if h.level else backward.input_columns[h.operand][0],
+                                  h.level, h.operand if h.level else "")
                       for h in program.hoisted),
         products=tuple(_product_gradient(backward, packed, p)
                        for p in program.recurrent_products),
         param_grads=tuple(ParamReduction(s.name, s.width)
                           for s in backward.stores if s.kind == "param"),
         packed=tuple(packed.specs),
+        prologues=tuple(PrologueLaunch(level, prologue_kernels[level], prologue_grads[level])
+                        for level in sorted(prologue_kernels)),
     )
     return "\n".join(parts), plan
 
@@ -122,33 +143,35 @@ def _product_gradient(backward: StepLayout, packed: PackedWeights, product) -> W
     return WeightGradient(product.id, packed.get(product.segments).name, buffer, stride)
 
 
-def _header(layout: StepLayout, title: str, extra: list[str]) -> list[str]:
+def _header(buffers: list[DeviceBuffer], title: str, extra: list[str]) -> list[str]:
     lines = [f"/* {title}", " * int t: step; int B: batch rows; lens (B,) int: row lengths;",
              " * rng (3,) u32: the seed of dropout and zoneout masks (low, high), draw (0/1)"]
-    lines += [f" * {b.name} {_shape(b)}" for b in layout.buffers]
+    lines += [f" * {b.name} {_shape(b)}" for b in buffers]
     lines += [f" * {e}" for e in extra]
     lines.append(" */")
     return lines
 
 
-def _region_kernel(layout: StepLayout, index: int, name: str) -> str:
+def _region_kernel(layout: StepLayout, index: int, name: str, buffers: list[DeviceBuffer],
+                   every_row: bool = False) -> str:
+    """`every_row`: a prologue's region (t = 0, B = T*B: no row is past its length)."""
     cell = layout.program.info.name
     args = ", ".join(["int t", "int B", "GLOBAL const int* RESTRICT lens", RNG_PARAM]
-                     + [_param(b) for b in layout.buffers])
-    lines = _header(layout, f"{cell}: {layout.mode} step, region {index}; one work-group of "
-                            f"REGION_THREADS per batch row (grid: B).", [])
+                     + [_param(b) for b in buffers])
+    lines = _header(buffers, f"{cell}: {layout.mode} step, region {index}; one work-group of "
+                             f"REGION_THREADS per batch row (grid: B).", [])
     lines.append(f"KERNEL {name}({args}) {{")
     lines.append(f"  SHARED float red_scratch[REGION_THREADS * {layout.max_reductions(index)}];")
     lines.append(f"  SHARED float red_out[{max(1, layout.reductions_in(index))}];")
     lines.append("  const int row = GID;")
-    lines.append("  const int active = t < lens[row];")
+    lines.append("  const int active = 1;" if every_row else "  const int active = t < lens[row];")
     lines += ["  " + s for s in layout.region_body(index)]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def _persistent(layout: StepLayout, packed: PackedWeights, mode: str,
-                parts: list[str]) -> PersistentKernel:
+                parts: list[str], buffers: list[DeviceBuffer]) -> PersistentKernel:
     """The whole forward sequence in one kernel. Each work-group owns a fixed share of
     every recurrent product's columns and keeps those weight rows in local memory.
     Usually ("units" partition, see StepLayout.unit_local) a group owns units j of the
@@ -163,14 +186,14 @@ def _persistent(layout: StepLayout, packed: PackedWeights, mode: str,
     unique = list({w.name: w for w in weights}.values())
     units = layout.unit_local()
     args = ", ".join(["int T", "int B", "GLOBAL const int* RESTRICT lens", RNG_PARAM]
-                     + [_param(b) for b in layout.buffers]
+                     + [_param(b) for b in buffers]
                      + [f"GLOBAL const float* RESTRICT {w.name}" for w in unique]
                      + ["COUNTER* counter"])
     extra = [f"{w.name} ({w.rows}, {w.columns}): packed recurrent weights" for w in unique]
     extra.append("counter: one zeroed unsigned int (the grid barrier); dynamic local memory: "
                  "this group's weight rows, sum over products of cw * (K + 1) floats")
     partition = f"units (U = {units})" if units else "columns"
-    lines = _header(layout, f"{program.info.name}: the whole {mode} sequence in one launch; "
+    lines = _header(buffers, f"{program.info.name}: the whole {mode} sequence in one launch; "
                             f"PERSISTENT_THREADS per group, every group resident at once; "
                             f"work shared out by {partition}.", extra)
     lines.append(f"KERNEL {name}({args} DYN_SHARED_PARAM) {{")

@@ -160,7 +160,7 @@ class StepLayout:
             self.regions[last].append(loop)
         for leaf in self.leaf_copies:
             loop = Loop(self.size(leaf))
-            loop.stores.append((Store("node", names.node(leaf.id), self.size(leaf), leaf), leaf))
+            loop.stores.append((Store("node", self.node_name(leaf.id), self.size(leaf), leaf), leaf))
             self.regions[0].append(loop)
 
     def _materialized(self) -> set[int]:
@@ -202,13 +202,13 @@ class StepLayout:
         if mode == "backward":
             for node in program.saved:
                 if node.op not in LEAVES:
-                    buffers.append(DeviceBuffer(names.node(node.id), self.size(node), "seq"))
+                    buffers.append(DeviceBuffer(self.node_name(node.id), self.size(node), "seq"))
         for leaf in self.leaf_copies:
-            buffers.append(DeviceBuffer(names.node(leaf.id), self.size(leaf), "step"))
+            buffers.append(DeviceBuffer(self.node_name(leaf.id), self.size(leaf), "step"))
         for node in self.step_nodes:
             if node.id in self.materialized:
                 seq = mode == "train" and node.id in self.saved_ids
-                buffers.append(DeviceBuffer(names.node(node.id), self.size(node), "seq" if seq else "step"))
+                buffers.append(DeviceBuffer(self.node_name(node.id), self.size(node), "seq" if seq else "step"))
         if mode == "backward":
             buffers.append(DeviceBuffer(names.DY, self.state_sizes[self.output], "seq"))
             for name, size in self.state_sizes.items():
@@ -239,6 +239,10 @@ class StepLayout:
 
     def state_write_slot(self) -> str:
         return "((t + 1) & 1)" if self.mode == "infer" else "(t + 1)"
+
+    def node_name(self, node_id: int) -> str:
+        """The buffer of materialized value %node_id."""
+        return names.node(node_id)
 
     # -- reading values -------------------------------------------------------------------
 
@@ -284,7 +288,7 @@ class StepLayout:
             return f"red_out[{self.reduction_slot[node.id][1]}]"
         if node.id not in self.materialized and node.id in self.in_step:
             raise IRError(f"value %{node.id} is read from memory but never stored")
-        return f"LD(&{self.at(names.node(node.id), self.slot(node), self.size(node), j)})"
+        return f"LD(&{self.at(self.node_name(node.id), self.slot(node), self.size(node), j)})"
 
     def operand(self, node: Node) -> tuple[str, str, int]:
         """(buffer, slot kind, row stride) of a product's operand, for GEMM launches:
@@ -301,10 +305,10 @@ class StepLayout:
         if op == Op.STATE:
             return names.state(node.attr), "state", self.size(node)
         if any(leaf is node for leaf in self.leaf_copies):
-            return names.node(node.id), "0", self.size(node)
+            return self.node_name(node.id), "0", self.size(node)
         if op in LEAVES:
             raise IRError(f"a product cannot read a {op.value} leaf directly")
-        return names.node(node.id), self.slot(node), self.size(node)
+        return self.node_name(node.id), self.slot(node), self.size(node)
 
     # -- region code ----------------------------------------------------------------------
 
@@ -357,14 +361,14 @@ class StepLayout:
                 expr = self._expression(node, stage_index, loop_index)
                 lines.append(f"  const float v{node.id} = {expr};")
                 if node.id in self.materialized:
-                    lines.append(f"  {self.at(names.node(node.id), self.slot(node), loop.size, 'j')}"
+                    lines.append(f"  {self.at(self.node_name(node.id), self.slot(node), loop.size, 'j')}"
                                  f" = v{node.id};")
             for r in loop.reductions:
                 lines.append(f"  acc{r.id} += {self.read(r.inputs[0], 'j', stage_index, loop_index)};")
             for a in loop.assembled:  # this loop's part of a concat, at its units
                 concat, offset = a.concat, a.offset.bind(self.sizes)
                 j = f"{offset} + j" if offset else "j"
-                lines.append(f"  {self.at(names.node(concat.id), self.slot(concat), self.size(concat), j)}"
+                lines.append(f"  {self.at(self.node_name(concat.id), self.slot(concat), self.size(concat), j)}"
                              f" = {self.read(a.part, 'j', stage_index, loop_index)};")
             for store, node in loop.stores:
                 value = "0.0f" if node is None else self.read(node, "j", stage_index, loop_index)
@@ -395,7 +399,7 @@ class StepLayout:
             scale = f" * {literal(1.0 / loop.size)}" if r.op == Op.MEAN else ""
             lines.append(f"  red_out[{slot}] = red_scratch[{k} * LSZ]{scale};")
             if r.id in self.materialized:
-                lines.append(f"  {self.at(names.node(r.id), self.slot(r), 1, '0')} = red_out[{slot}];")
+                lines.append(f"  {self.at(self.node_name(r.id), self.slot(r), 1, '0')} = red_out[{slot}];")
         lines += ["}", "BARRIER();"]
         return lines
 

@@ -52,3 +52,22 @@ def param_acc(name: str) -> str:
 def packed(index: int) -> str:
     """Packed weight matrix `index` (matrices stacked by rows as a product reads them)."""
     return f"w{index}"
+
+
+def derived(name: str) -> str:
+    """Derived value `name` ($k) over all steps, made before the loop by a prologue."""
+    return f"dv{name.lstrip('$')}"
+
+
+def dderived(name: str) -> str:
+    return f"ddv{name.lstrip('$')}"
+
+
+def prologue_node(level: int, node_id: int) -> str:
+    """Value %node_id of prologue `level` (over all T*B rows), materialized."""
+    return f"pl{level}_nd{node_id}"
+
+
+def prologue_acc(level: int, name: str) -> str:
+    """Vector parameter `name`'s gradient from prologue `level`, per row of all T*B."""
+    return f"pacc{level}_{name}"

@@ -169,14 +169,32 @@ class GpuCell(CellBase):
         """(offset, row stride) of a hoisted product's input in the packed input rows."""
         return h.offset, self.description.packed_input_size
 
-    def _hoisted(self, T: int, B: int, arrays: dict) -> None:
-        for h in self.plan.hoisted:
-            w = self._packed[h.packed]
-            rows, cols = w.rows, w.columns
-            offset, stride = self._input_columns(h)
-            self._gemm(T * B, rows, cols, arrays[names.X], offset, stride, 1,
-                       self._weights[w.name], 0, 1, cols, arrays[h.buffer], 0, rows, 0,
-                       whole=True)
+    def _hoisted(self, T: int, B: int, arrays: dict, mode: str, buffers: BufferSet) -> None:
+        """The hoisted products, level by level, each level's operands made first by its
+        prologue over all T*B rows."""
+        for level in range(len(self.plan.prologues) + 1):
+            if level:
+                self._prologue(level, mode, T * B, arrays, buffers.lens, buffers.rng)
+            for h in self.plan.hoisted:
+                if h.level != level:
+                    continue
+                w = self._packed[h.packed]
+                rows, cols = w.rows, w.columns
+                if level:
+                    operand, offset, stride = arrays[names.derived(h.operand)], 0, cols
+                else:
+                    operand = arrays[names.X]
+                    offset, stride = self._input_columns(h)
+                self._gemm(T * B, rows, cols, operand, offset, stride, 1,
+                           self._weights[w.name], 0, 1, cols, arrays[h.buffer], 0, rows, 0,
+                           whole=True)
+
+    def _prologue(self, level: int, mode: str, rows: int, arrays: dict, lens, rng) -> None:
+        """Prologue `level`'s kernels of `mode`: one launch each over all T*B rows."""
+        order = self.plan.modes[mode].buffer_names
+        for kernel in self.plan.prologues[level - 1].kernels[mode]:
+            self.device.launch(kernel, rows, self.plan.threads.region,
+                               [0, rows, lens, rng] + [arrays[name] for name in order])
 
     @staticmethod
     def _persistent_floats(entry: PersistentKernel, groups: int) -> int:
@@ -225,10 +243,10 @@ class GpuCell(CellBase):
             _write_seed(dev, buffers, seed)
             groups = self._persistent_groups(mode, B)
             if groups is not None:
-                self._hoisted(T, B, arrays)
+                self._hoisted(T, B, arrays, mode, buffers)
                 self._launch_persistent(mode, T, B, arrays, buffers, order, groups)
             else:
-                self._hoisted(T, B, arrays)
+                self._hoisted(T, B, arrays, mode, buffers)
 
                 def run():
                     for t in range(T):
@@ -279,7 +297,7 @@ class GpuCell(CellBase):
                     self._step("backward", t, B, arrays, saved.buffers.lens,
                                saved.buffers.rng, order)
             dev.sequence((key, id(saved.buffers), id(extra)), run)
-            self._weight_gradients(T, B, arrays, gradients, vector_grads)
+            self._weight_gradients(T, B, arrays, gradients, vector_grads, saved.buffers)
             dx = dev.to_user(arrays[names.DX], 0, (T, B, self.description.packed_input_size))
             dparams = self._split_gradients(gradients, vector_grads)
             dstate0 = {name: dev.to_user(arrays[names.carry(name)], 0, (B, n))
@@ -287,19 +305,33 @@ class GpuCell(CellBase):
         self._pool.give(key, extra)
         return dx, dparams, dstate0
 
-    def _weight_gradients(self, T, B, arrays, gradients, vector_grads) -> None:
+    def _weight_gradients(self, T, B, arrays, gradients, vector_grads, train) -> None:
+        """After the loop, over all T*B rows: the hoisted products' weight and operand
+        gradients level by level from the last, each level's prologue backward after its
+        products' (it adds to the gradients of the levels below and of x); then the
+        recurrent products' weight gradients and the vector parameters' sums."""
         TB = T * B
         written = set()
-        for h in self.plan.hoisted:
-            w = self._packed[h.packed]
-            rows, cols = w.rows, w.columns
-            dh = arrays[h.grad]
-            offset, stride = self._input_columns(h)
-            self._gemm(rows, cols, TB, dh, 0, 1, rows, arrays[names.X], offset, stride, 1,
-                       gradients[w.name], 0, cols, w.name in written, whole=True)
-            written.add(w.name)
-            self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w.name], 0, cols, 1,
-                       arrays[names.DX], offset, stride, 1, whole=True)
+        for level in reversed(range(len(self.plan.prologues) + 1)):
+            for h in self.plan.hoisted:
+                if h.level != level:
+                    continue
+                w = self._packed[h.packed]
+                rows, cols = w.rows, w.columns
+                dh = arrays[h.grad]
+                if level:
+                    operand, offset, stride = arrays[names.derived(h.operand)], 0, cols
+                    d_operand, acc = arrays[names.dderived(h.operand)], 0
+                else:
+                    operand, d_operand, acc = arrays[names.X], arrays[names.DX], 1
+                    offset, stride = self._input_columns(h)
+                self._gemm(rows, cols, TB, dh, 0, 1, rows, operand, offset, stride, 1,
+                           gradients[w.name], 0, cols, w.name in written, whole=True)
+                written.add(w.name)
+                self._gemm(TB, cols, rows, dh, 0, rows, 1, self._weights[w.name], 0, cols, 1,
+                           d_operand, offset, stride, acc, whole=True)
+            if level:
+                self._prologue(level, "backward", TB, arrays, train.lens, train.rng)
         for p in self.plan.products:
             w = self._packed[p.packed]
             rows, cols = w.rows, w.columns
@@ -311,6 +343,13 @@ class GpuCell(CellBase):
             width = g.width
             self._gemm(1, width, B, self._one, 0, 0, 0, arrays[g.acc], 0, width, 1,
                        vector_grads[g.param], 0, width, 0, whole=True)
+        for prologue in self.plan.prologues:
+            for g in prologue.param_grads:
+                summed = g.param in vector_grads
+                if not summed:
+                    vector_grads[g.param] = self.device.empty(g.width)
+                self._gemm(1, g.width, TB, self._one, 0, 0, 0, arrays[prologue.acc(g)], 0,
+                           g.width, 1, vector_grads[g.param], 0, g.width, summed, whole=True)
 
     def _split_gradients(self, gradients, vector_grads) -> dict:
         dev, xp = self.device, self.xp

@@ -22,8 +22,9 @@ from ..manifest import SCHEMA, CellDescription, PackedSpec, _Reader, _segment, c
 from . import buffers as names
 
 # The launch-plan layout this runtime reads. 1: the untyped plan of lstmc before the
-# typed contract (keys "a", "sbk", "out" as lists); refused, the artifact is recompiled.
-PLAN_SCHEMA = 2
+# typed contract (keys "a", "sbk", "out" as lists); 2: before prologues (hoisted products
+# of derived values); both refused, the artifact is recompiled.
+PLAN_SCHEMA = 3
 MODES = ("infer", "train", "backward")
 # Rows of a buffer: "seq" T, "history" T + 1, "ring" 2, "step" 1; "param": no rows.
 BUFFER_SLOTS = ("seq", "history", "ring", "step", "param")
@@ -219,13 +220,16 @@ class Threads:
 
 @dataclass(frozen=True)
 class HoistedGemm:
-    """Hoisted product `index`: its input projection over all steps before the loop
-    (into buffer names.hoisted(index)), its gradients after it (from names.dhoisted).
-    It reads the packed input rows from unit `offset` on."""
+    """Hoisted product `index`: its projection over all steps before the loop (into
+    buffer names.hoisted(index)), its gradients after it (from names.dhoisted). Level 0
+    reads the packed input rows from unit `offset` on; level L > 0 reads derived value
+    `operand` ($k, buffer names.derived), made by prologue L just before."""
 
     index: int
     packed: str
     offset: int
+    level: int = 0
+    operand: str = ""
 
     @property
     def buffer(self) -> str:
@@ -236,11 +240,47 @@ class HoistedGemm:
         return names.dhoisted(self.index)
 
     def to_json(self) -> dict:
-        return {"index": self.index, "packed": self.packed, "offset": self.offset}
+        return {"index": self.index, "packed": self.packed, "offset": self.offset,
+                "level": self.level, "operand": self.operand}
 
     @classmethod
     def from_json(cls, r: _Reader) -> HoistedGemm:
-        return cls(r.count("index"), r.string("packed"), r.count("offset"))
+        level = r.count("level")
+        operand = r.string("operand", optional=True, default="")
+        if (level > 0) != bool(operand):
+            r.fail("operand", f"must name a derived value exactly when level > 0, got "
+                              f"{operand!r} at level {level}")
+        if operand and not (operand.startswith("$") and operand[1:].isdigit()):
+            r.fail("operand", f"must be a derived value $k, got {operand!r}")
+        return cls(r.count("index"), r.string("packed"), r.count("offset"), level, operand)
+
+
+@dataclass(frozen=True)
+class PrologueLaunch:
+    """Prologue `level`: its region kernels per mode (launched once, t = 0, over all T*B
+    rows: infer and train before the hoisted products of its level, backward after their
+    gradients), and its vector parameters' per-row gradients (names.prologue_acc)."""
+
+    level: int
+    kernels: dict[str, tuple[str, ...]]
+    param_grads: tuple[ParamReduction, ...]
+
+    def acc(self, g: ParamReduction) -> str:
+        return names.prologue_acc(self.level, g.param)
+
+    def to_json(self) -> dict:
+        return {"level": self.level, "kernels": {m: list(k) for m, k in self.kernels.items()},
+                "param_grads": [g.to_json() for g in self.param_grads]}
+
+    @classmethod
+    def from_json(cls, r: _Reader) -> PrologueLaunch:
+        kernels = r.get("kernels", dict)
+        if list(kernels) != list(MODES) or not all(
+                isinstance(k, list) and all(isinstance(n, str) for n in k)
+                for k in kernels.values()):
+            r.fail("kernels", f"must list kernel names for {', '.join(MODES)}, got {kernels!r}")
+        return cls(r.size("level"), {m: tuple(k) for m, k in kernels.items()},
+                   tuple(ParamReduction.from_json(g) for g, _ in _list(r, "param_grads")))
 
 
 @dataclass(frozen=True)
@@ -308,6 +348,7 @@ class LaunchPlan:
     products: tuple[WeightGradient, ...]
     param_grads: tuple[ParamReduction, ...]
     packed: tuple[PackedSpec, ...]
+    prologues: tuple[PrologueLaunch, ...] = ()
 
     def packed_by_name(self) -> dict[str, PackedSpec]:
         return {p.name: p for p in self.packed}
@@ -319,7 +360,8 @@ class LaunchPlan:
                 "hoisted": [h.to_json() for h in self.hoisted],
                 "products": [p.to_json() for p in self.products],
                 "param_grads": [g.to_json() for g in self.param_grads],
-                "packed": [_packed_to_json(p) for p in self.packed]}
+                "packed": [_packed_to_json(p) for p in self.packed],
+                "prologues": [p.to_json() for p in self.prologues]}
 
     @classmethod
     def from_json(cls, data, where: str = "plan") -> LaunchPlan:
@@ -336,7 +378,8 @@ class LaunchPlan:
                    tuple(HoistedGemm.from_json(h) for h, _ in _list(r, "hoisted")),
                    tuple(WeightGradient.from_json(p) for p, _ in _list(r, "products")),
                    tuple(ParamReduction.from_json(g) for g, _ in _list(r, "param_grads")),
-                   tuple(_packed_from_json(p) for p, _ in _list(r, "packed")))
+                   tuple(_packed_from_json(p) for p, _ in _list(r, "packed")),
+                   tuple(PrologueLaunch.from_json(p) for p, _ in _list(r, "prologues")))
         plan.check(where)
         return plan
 
@@ -382,6 +425,22 @@ class LaunchPlan:
         for g in self.param_grads:
             if g.acc not in backward:
                 fail(f"the gradient of {g.param} has no accumulator buffer {g.acc}")
+        if [p.level for p in self.prologues] != list(range(1, len(self.prologues) + 1)):
+            fail("prologues must be levels 1, 2, ... in order")
+        for h in self.hoisted:
+            if h.level > len(self.prologues):
+                fail(f"hoisted product {h.index} is of level {h.level}, but the plan has "
+                     f"{len(self.prologues)} prologue(s)")
+            if h.level and not (names.derived(h.operand) in forward
+                                and names.derived(h.operand) in declared["infer"]
+                                and names.dderived(h.operand) in backward):
+                fail(f"hoisted product {h.index} reads {h.operand}, whose buffers the plan "
+                     "lacks")
+        for prologue in self.prologues:
+            for g in prologue.param_grads:
+                if prologue.acc(g) not in backward:
+                    fail(f"prologue {prologue.level}: the gradient of {g.param} has no "
+                         f"accumulator buffer {prologue.acc(g)}")
 
 
 def check_plan_schema(data, where: str) -> None:
