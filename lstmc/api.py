@@ -175,8 +175,7 @@ def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[s
 def _compile_one(source, cell, input_size, hidden_size, sizes, dtype, backend: Target):
     key_parts = {"spec": source.text, "cell": cell, "input_size": input_size,
                  "hidden_size": hidden_size, "sizes": sizes}
-    return backend.compile(lambda: lower_bound(source, cell, input_size, hidden_size, sizes,
-                                               backend.hoists_chains),
+    return backend.compile(lambda: lower_bound(source, cell, input_size, hidden_size, sizes),
                            dtype, key_parts)
 
 
@@ -242,8 +241,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
-    program, bound = lower_bound(source, cell, input_size, hidden_size, sizes,
-                                 backend.hoists_chains)
+    program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
     _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
         write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,

@@ -23,8 +23,6 @@ class Target(abc.ABC):
     name: str
     dtypes: tuple[str, ...]          # what it computes in
     artifacts: bool = False          # writes artifact directories (lstmc compile -o)
-    # renders prologues (passes/hoist_chains.py); else such products stay in the step
-    hoists_chains: bool = True
     summary: str = ""
 
     def check(self, dtype: str, cpu: str = "host") -> None:

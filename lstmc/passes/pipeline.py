@@ -28,8 +28,8 @@ def lower(cell: CheckedCell, sizes: dict[str, int] | None = None,
           hoist_chains: bool = True) -> Program:
     """Run the passes in order, verifying the IR after each. `sizes`: lower with every
     size a number (what multi-head matrices need: see build_step_graph). Without
-    `hoist_chains`, products of values made from the inputs stay in the step (for a
-    backend that does not render prologues: Target.hoists_chains)."""
+    `hoist_chains`, products of values made from the inputs stay in the step (what the
+    chain benchmark and tests compare with)."""
     info, graph = unfused_graph(cell, sizes)                 # 1. the step as written
     graph = fold_constants(graph)                     # 2. constants folded, from here on
     graph.verify()
