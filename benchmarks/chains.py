@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -29,19 +27,10 @@ from lstmc.api import lower_bound  # noqa: E402
 from lstmc.backends.cpu import jit  # noqa: E402
 from lstmc.frontend.source import read_source  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu import interleaved_medians as medians  # noqa: E402
+
 SPEC = ROOT / "specs" / "minimal_rnn.lstm"
-
-
-def medians(contenders: dict, repeat: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for fn in contenders.values():  # warm up (and compile)
-        fn()
-    for _ in range(repeat):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def torch_loop(params, x):
