@@ -164,14 +164,15 @@ def summarize(program) -> str:
     info = program.info
     states = ", ".join(f"{n}: {s}" for n, s in info.states.items())
     params = " ".join(f"{p}[{','.join(str(d) for d in info.param_shape(p))}]" for p in info.params)
-    hoisted = ", ".join(str(h.rows) for h in program.hoisted) or "none"
+    hoisted = ", ".join(f"{h.rows} @ {h.operand}" + (f" (prologue {h.level})" if h.level else "")
+                        for h in program.hoisted) or "none"
     products = ", ".join(f"{p.size}x{p.attr.in_size}" for p in program.recurrent_products) or "none"
     stages = sum(1 for s in program.forward if s.kind == "product")
     out_size = info.states[info.output]
     inputs = ", ".join(f"{n}: {s}" for n, s in [info.input, *info.extra_inputs.items()])
     return (f"cell {info.name}({inputs}) -> {info.output}: {out_size}; "
             f"states {states}; {len(info.params)} params {params}; "
-            f"hoisted input products: {hoisted}; recurrent products per step: "
+            f"hoisted products: {hoisted}; recurrent products per step: "
             f"{len(program.recurrent_products)} ({products}) in {stages} stage(s)")
 
 
