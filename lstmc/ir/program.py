@@ -73,13 +73,6 @@ class Program:
     def hoisted_at(self, level: int) -> list[HoistedProduct]:
         return [h for h in self.hoisted if h.level == level]
 
-    def derived_size(self, name: str) -> Size:
-        """The size of derived value `name` (`$k`)."""
-        for prologue in self.prologues:
-            if name in prologue.info.states:
-                return prologue.info.states[name]
-        raise KeyError(f"no derived value {name}")
-
     @property
     def recurrent_products(self) -> list[Node]:
         return [n for s in self.forward if s.kind == "product" for n in s.nodes]
