@@ -541,8 +541,8 @@ class _ForwardKernel(_Kernel):
             n = mb.size(route.width)
             name = derived_buffer(mb.program, route.key, self.train)
             home = Place(self.buffer(name, ["T", "B", n], "result" if self.train else "work"), n)
-            if not names.is_saved(name) or name != names.prologue_saved(level, route.node.id):
-                self.route_to(route.node, home, env)  # else: already saved there
+            if name != names.prologue_saved(level, route.node.id):  # else: saved there
+                self.route_to(route.node, home, env)
             derived[route.key] = (home.base, n)
         with self.leader_only(), self.rows(b.mul(self.T, self.B)):
             for node in prologue.graph.live_nodes():
