@@ -218,3 +218,44 @@ def test_nvrtc_compiles_the_prologue_kernels():
     compiled = nvrtc.compile_cuda(source, nvrtc.ARCHES[0])
     prologue_kernels = {k for p in plan.prologues for ks in p.kernels.values() for k in ks}
     assert len(prologue_kernels) >= 6 and prologue_kernels <= set(compiled.kernels)
+
+
+def test_a_torch_module_of_a_chained_cell_trains_as_autograd_says():
+    """lstmc.nn.Recurrent(minimal_rnn) on the cpu target (its prologue's saved values in
+    the op's workspace) against the same cell written in PyTorch: values and every
+    gradient, float64, two layers, lengths."""
+    torch = pytest.importorskip("torch")
+    import lstmc.nn as lnn
+
+    torch.manual_seed(0)
+    module = lnn.Recurrent(spec_path("minimal_rnn"), 3, 5, num_layers=2, dtype=torch.float64)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 3, 5, 1])
+    y, final = module(x, lengths=lengths)
+    weights = dict(module.named_parameters())
+
+    def theirs(x):
+        layer_in, finals = x, []
+        for layer in range(2):
+            p = {n: weights[f"l{layer}_{n}"] for n in ("W_x", "U_h", "U_z", "b_z", "b_u")}
+            h = torch.zeros(x.shape[1], 5, dtype=torch.float64)
+            out = []
+            for t in range(x.shape[0]):
+                z = torch.tanh(layer_in[t] @ p["W_x"].T + p["b_z"])
+                u = torch.sigmoid(h @ p["U_h"].T + z @ p["U_z"].T + p["b_u"])
+                new = u * h + (1 - u) * z
+                alive = (t < lengths).unsqueeze(1)
+                h = torch.where(alive, new, h)
+                out.append(torch.where(alive, new, torch.zeros_like(new)))
+            layer_in = torch.stack(out)
+            finals.append(h)
+        return layer_in, torch.stack(finals)
+
+    want_y, want_h = theirs(x)
+    torch.testing.assert_close(y, want_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final["h"], want_h, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(y)
+    ours = torch.autograd.grad((y * probe).sum(), [x, *weights.values()])
+    expected = torch.autograd.grad((want_y * probe).sum(), [x, *weights.values()])
+    for name, got, want in zip(["x", *weights], ours, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
