@@ -151,7 +151,7 @@ class ReferenceExecutor:
                 if train:
                     saved.append({n.id: env[n.id] for n in prologue.saved})
             for h in program.hoisted_at(level):
-                operand = derived[h.operand] if level else x[..., self.columns[h.operand]]
+                operand = self._operand(h, x, derived)
                 hoisted[h.index] = (rows(operand) @ self.packed(h.segments, params).T
                                     ).reshape(T, B, -1)
         return hoisted, derived, saved
@@ -203,7 +203,7 @@ class ReferenceExecutor:
         for level in reversed(range(len(program.prologues) + 1)):
             for h in program.hoisted_at(level):
                 dh2 = rows(d_hoisted[h.index])
-                operand = saved.derived[h.operand] if level else x[..., self.columns[h.operand]]
+                operand = self._operand(h, x, saved.derived)
                 self._split_rows(dh2.T @ rows(operand), h.segments, dparams)
                 d_operand = (dh2 @ self.packed(h.segments, params)).reshape(T, B, -1)
                 if level:
@@ -211,8 +211,7 @@ class ReferenceExecutor:
                 else:
                     dx[..., self.columns[h.operand]] += d_operand
             if level:
-                self._prologue_backward(program.prologues[level - 1], saved, params,
-                                        d_derived, d_hoisted, dx, dparams)
+                self._prologue_backward(level, saved, params, d_derived, d_hoisted, dx, dparams)
         for p in products:
             width = p.inputs[0].size.bind(sizes)  # a learned vector operand has no rows
             operand = np.stack([np.broadcast_to(saved.steps[t][p.inputs[0].id], (B, width))
@@ -223,14 +222,18 @@ class ReferenceExecutor:
             dparams[name] = np.asarray(dparams.get(name, np.zeros_like(value)), self.dtype)
         return dx, {name: dparams[name] for name in params}, carry
 
-    def _prologue_backward(self, prologue: Program, saved: Saved, params, d_derived,
-                           d_hoisted, dx, dparams) -> None:
-        """A prologue's backward over all T*B rows: its derived values' gradients in,
-        gradients added to the inputs, hoisted products and learned vectors it read."""
+    def _operand(self, h, x, derived) -> np.ndarray:
+        """(T, B, n): what hoisted product h multiplies, an input or a derived value."""
+        return derived[h.operand] if h.level else x[..., self.columns[h.operand]]
+
+    def _prologue_backward(self, level: int, saved: Saved, params, d_derived, d_hoisted, dx,
+                           dparams) -> None:
+        """Prologue `level`'s backward over all T*B rows: its derived values' gradients
+        in, gradients added to the inputs, hoisted products and learned vectors it read."""
         T, B = saved.x.shape[:2]
-        level = self.program.prologues.index(prologue)
+        prologue = self.program.prologues[level - 1]
         assert saved.prologues is not None
-        env = dict(saved.prologues[level])
+        env = dict(saved.prologues[level - 1])
         env.update(self._leaves(prologue.graph.live_nodes(prologue.gradients.values()), {
             Op.PARAM: lambda name: params[name],
             Op.ADJOINT: lambda name: d_derived[name].reshape(T * B, -1),
@@ -239,16 +242,14 @@ class ReferenceExecutor:
         for (kind, key), node in prologue.gradients.items():
             if kind == "param":
                 n = params[key].shape[0]
-            elif kind == "input":
-                n = dx[..., self.columns[key]].shape[-1]
+                dparams[key] = dparams.get(key, 0) + np.broadcast_to(env[node.id],
+                                                                     (T * B, n)).sum(0)
+                continue
+            if kind == "input":
+                target = dx[..., self.columns[key]]  # a view: added to in place
             elif kind == "hoisted":
-                n = d_hoisted[key].shape[-1]
+                target = d_hoisted[key]
             else:
                 raise IRError(f"a prologue has no gradient of kind {kind}")
-            value = np.broadcast_to(env[node.id], (T * B, n))
-            if kind == "input":
-                dx[..., self.columns[key]] += value.reshape(T, B, n)
-            elif kind == "hoisted":
-                d_hoisted[key] += value.reshape(T, B, n)
-            else:
-                dparams[key] = dparams.get(key, 0) + value.sum(0)
+            target += np.broadcast_to(env[node.id], (T * B, target.shape[-1])).reshape(
+                target.shape)
