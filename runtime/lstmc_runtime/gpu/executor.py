@@ -165,9 +165,12 @@ class GpuCell(CellBase):
                 self.device.launch(step.kernel, B, self.plan.threads.region,
                                    [t, B, lens, rng] + [arrays[name] for name in order])
 
-    def _input_columns(self, h: HoistedGemm) -> tuple[int, int]:
-        """(offset, row stride) of a hoisted product's input in the packed input rows."""
-        return h.offset, self.description.packed_input_size
+    def _operand(self, h: HoistedGemm, arrays: dict) -> tuple[object, int, int]:
+        """(array, offset, row stride) of what a hoisted product multiplies: its input's
+        units of the packed input rows, or (level > 0) its derived value."""
+        if h.level:
+            return arrays[names.derived(h.operand)], 0, self._packed[h.packed].columns
+        return arrays[names.X], h.offset, self.description.packed_input_size
 
     def _hoisted(self, T: int, B: int, arrays: dict, mode: str, buffers: BufferSet) -> None:
         """The hoisted products, level by level, each level's operands made first by its
@@ -175,16 +178,10 @@ class GpuCell(CellBase):
         for level in range(len(self.plan.prologues) + 1):
             if level:
                 self._prologue(level, mode, T * B, arrays, buffers.lens, buffers.rng)
-            for h in self.plan.hoisted:
-                if h.level != level:
-                    continue
+            for h in self.plan.hoisted_at(level):
                 w = self._packed[h.packed]
                 rows, cols = w.rows, w.columns
-                if level:
-                    operand, offset, stride = arrays[names.derived(h.operand)], 0, cols
-                else:
-                    operand = arrays[names.X]
-                    offset, stride = self._input_columns(h)
+                operand, offset, stride = self._operand(h, arrays)
                 self._gemm(T * B, rows, cols, operand, offset, stride, 1,
                            self._weights[w.name], 0, 1, cols, arrays[h.buffer], 0, rows, 0,
                            whole=True)
@@ -313,18 +310,14 @@ class GpuCell(CellBase):
         TB = T * B
         written = set()
         for level in reversed(range(len(self.plan.prologues) + 1)):
-            for h in self.plan.hoisted:
-                if h.level != level:
-                    continue
+            for h in self.plan.hoisted_at(level):
                 w = self._packed[h.packed]
                 rows, cols = w.rows, w.columns
                 dh = arrays[h.grad]
-                if level:
-                    operand, offset, stride = arrays[names.derived(h.operand)], 0, cols
-                    d_operand, acc = arrays[names.dderived(h.operand)], 0
-                else:
-                    operand, d_operand, acc = arrays[names.X], arrays[names.DX], 1
-                    offset, stride = self._input_columns(h)
+                operand, offset, stride = self._operand(h, arrays)
+                # the derived value's gradient is this product's alone; dx is shared
+                d_operand, acc = ((arrays[names.dderived(h.operand)], 0) if level
+                                  else (arrays[names.DX], 1))
                 self._gemm(rows, cols, TB, dh, 0, 1, rows, operand, offset, stride, 1,
                            gradients[w.name], 0, cols, w.name in written, whole=True)
                 written.add(w.name)

@@ -353,6 +353,9 @@ class LaunchPlan:
     def packed_by_name(self) -> dict[str, PackedSpec]:
         return {p.name: p for p in self.packed}
 
+    def hoisted_at(self, level: int) -> tuple[HoistedGemm, ...]:
+        return tuple(h for h in self.hoisted if h.level == level)
+
     def to_json(self) -> dict:
         return {"format": PLAN_SCHEMA, "threads": self.threads.to_json(),
                 "modes": {m: p.to_json() for m, p in self.modes.items()},
