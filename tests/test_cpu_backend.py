@@ -174,20 +174,24 @@ def test_without_a_c_toolchain_the_cell_is_jit_compiled_in_process(monkeypatch):
         gc.collect()
 
 
-def test_a_small_training_batch_with_large_weights_is_cut_into_slices():
-    """B=4 at H=256 (4H x H = 256K step weights): two slices of two rows, their weight
-    gradients summed; values and gradients as torch.nn.LSTM's (the oracle)."""
+def test_a_small_training_batch_shares_each_step_across_threads(monkeypatch):
+    """B=4 at H=256, two threads: the training forward and the backward each run as one
+    threaded entry (every step's products and the weight-gradient GEMMs shared by
+    columns); values and gradients as torch.nn.LSTM's (the oracle)."""
     torch = pytest.importorskip("torch")
-    from lstmc_runtime.native import thread_count
+    from lstmc_runtime.native import NativeCell
 
     import lstmc
 
-    T, B, H = 6, 4, 256
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    calls = []
+    original = NativeCell._run_threaded
+    monkeypatch.setattr(NativeCell, "_run_threaded",
+                        lambda self, *a: calls.append(a[0]) or original(self, *a))
+    T, B, H = 9, 4, 256
     torch.manual_seed(0)
     theirs = torch.nn.LSTM(H, H).double()
     cell = lstmc.compile("specs/lstm.lstm", H, H, target="cpu", dtype="float64")
-    if thread_count() > 1:
-        assert cell._forward_entry(T, B, train=True)[1] == [0, 2, 4]
     params = lstmc.params_from_torch(cell, theirs)
     x = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(T, B, H, dtype=torch.float64)
@@ -201,3 +205,4 @@ def test_a_small_training_batch_with_large_weights_is_cut_into_slices():
     for name, p in theirs.named_parameters():
         np.testing.assert_allclose(ours[name].numpy(), p.grad.numpy(), rtol=1e-9,
                                    atol=1e-10, err_msg=name)
+    assert calls == ["forward_train_mt", "backward_mt"]

@@ -17,6 +17,7 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 def threaded(monkeypatch):
     """Every inference call of a small batch runs threaded; counts the pool's jobs."""
     monkeypatch.setattr("lstmc_runtime.native.THREADED_STEP_WEIGHTS", 0)
+    monkeypatch.setattr("lstmc_runtime.native.run_together", lambda run, count: None)  # no team
     monkeypatch.setattr(Threaded, "choose",  # the lean path: threads, not a measured choice
                         lambda self, alone, together: (lambda s: alone() if s is None else s)(
                             together()))

@@ -26,6 +26,7 @@ from . import buffers as names
 from .cellbase import CellBase
 from .errors import BackendError, ShapeError
 from .validate import check_array
+from .workers import barrier_words
 
 if TYPE_CHECKING:
     from .native import NativeCell, PackedParams
@@ -187,7 +188,7 @@ class Threaded:
             raise BackendError(f"internal: {entry} and forward take different buffers")
         self.threads = cell._threads()
         self.address = cell._functions[entry]
-        self.sync = np.zeros(2, np.int64)
+        self.sync = barrier_words()
         self.arena = np.empty((B, max(cell.contract.entries[entry].arena_elements, 1)),
                               cell.dtype)
         self.args = (self.sync.ctypes.data, self.arena.ctypes.data)

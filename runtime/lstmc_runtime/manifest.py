@@ -23,14 +23,23 @@ from . import buffers as names
 from .dtypes import DTYPES
 from .errors import ArtifactError
 
-SCHEMA = 2  # the manifest layout this runtime reads; older or newer ones are refused
-ENTRY_SYMBOLS = {"forward": "lstmc_forward", "forward_train": "lstmc_forward_train",
-                 "backward": "lstmc_backward", "forward_mt": "lstmc_forward_mt"}
+SCHEMA = 3  # the manifest layout this runtime reads; older or newer ones are refused
+# Each entry has a threaded twin ("_mt"): the same buffers, run by several threads at
+# once on one batch, sharing every step (the caller gives it barrier words and scratch).
+THREADED = "_mt"
+ENTRY_SYMBOLS = {name + suffix: "lstmc_" + name + suffix
+                 for suffix in ("", THREADED)
+                 for name in ("forward", "forward_train", "backward")}
 CONTRACT_SYMBOL = "lstmc_contract_sha256"  # 64 hex characters in the library
 MAX_SIZE = 1 << 31  # any one dimension; far above any real cell, far below overflow
 ROLES = ("in", "out", "result", "work")
 # Fields outside what the library was built against: the checksums are computed after it.
 _UNHASHED = ("checksums", "manifest_sha256")
+
+
+def single_threaded(entry: str) -> str:
+    """The entry a threaded twin runs alike ("backward" for "backward_mt")."""
+    return entry.removesuffix(THREADED)
 
 
 def canonical(data: dict) -> bytes:
@@ -400,6 +409,9 @@ class CpuManifest:
         saved: dict[str, tuple] = {}
         for name in ENTRY_SYMBOLS:  # the training forward first: it defines the saved
             self._check_entry(name, self.entries[name], saved, fail)
+            twin = single_threaded(name)
+            if twin != name and self.entries[name].buffers != self.entries[twin].buffers:
+                fail(f"entry '{name}' must take the buffers of '{twin}', in its order")
         for pid, product in self.products.items():
             columns = self.packed[product["packed"]].columns
             if saved.get(product["operand"]) != ("T", "B", columns):
@@ -424,6 +436,7 @@ class CpuManifest:
         cell = self.cell
         out, I = cell.states[cell.output], cell.packed_input_size
         kind, key = names.parse(name)
+        entry = single_threaded(entry)
         fixed = {"x": ((("T", "B", I)), "in"), "y": (("T", "B", out), "result"),
                  "dy": (("T", "B", out), "in"), "dx": (("T", "B", I), "out")}
         if kind in fixed and not key:
@@ -456,7 +469,7 @@ class CpuManifest:
         raise ArtifactError(f"entry '{entry}' takes a buffer lstmc does not make: {name!r}")
 
     def _check_entry(self, name: str, entry: EntryPoint, saved: dict, fail) -> None:
-        seen = set()
+        seen, kind = set(), single_threaded(name)
         for buffer in entry.buffers:
             where = f"entry '{name}', buffer {buffer.name}"
             if buffer.name in seen:
@@ -475,12 +488,12 @@ class CpuManifest:
                 if (len(buffer.shape) != 3 or buffer.shape[:2] != ("T", "B")
                         or not isinstance(buffer.shape[2], int)):
                     fail(f"{where} has shape {list(buffer.shape)}, expected [T, B, n]")
-                if name in ("forward_train", "backward"):
+                if kind in ("forward_train", "backward"):
                     first = saved.setdefault(buffer.name, buffer.shape)
                     if first != buffer.shape:
                         fail(f"{where} has shape {list(buffer.shape)}, but another entry "
                              f"gives it {list(first)}")
-                if name not in ("forward_train", "backward"):
+                if kind not in ("forward_train", "backward"):
                     fail(f"{where}: only the training forward and the backward pass "
                          "take saved values")
             elif tuple(buffer.shape) != tuple(shape):
@@ -492,17 +505,17 @@ class CpuManifest:
                     "backward": ["dy", "dx", "lengths"]
                     + [names.dstate_in(s) for s in cell.states]
                     + [names.dstate_out(s) for s in cell.states]}
-        required["forward_train"] = required["forward_mt"] = required["forward"]
-        missing = [b for b in required[name] if b not in seen]
+        required["forward_train"] = required["forward"]
+        missing = [b for b in required[kind] if b not in seen]
         if missing:
             fail(f"entry '{name}' lacks the buffer{'s' if len(missing) > 1 else ''} "
                  f"{', '.join(missing)}")
-        if name == "backward":
+        if kind == "backward":
             unsaved = [b for b in saved if b not in seen]
             if unsaved:
                 fail(f"entry 'backward' does not read the saved {', '.join(unsaved)}")
-        if name == "forward_mt" and entry.arena_elements > 1 << 32:
-            fail(f"entry 'forward_mt' asks for {entry.arena_elements} scratch elements per row")
+        if name != kind and entry.arena_elements > 1 << 32:
+            fail(f"entry '{name}' asks for {entry.arena_elements} scratch elements per row")
 
 
 def _saved_key(key: str) -> bool:

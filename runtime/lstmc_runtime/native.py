@@ -19,6 +19,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeAlias
 
 import numpy as np
@@ -30,10 +31,11 @@ from .bound import address as _address
 from .cellbase import CellBase
 from .errors import BackendError, UsageError
 from .manifest import CpuManifest
-from .openmp import map_slices
+from .openmp import map_slices, run_together
+from .packcache import PackCache, clear_all
 from .validate import check_array, check_names
 from .workers import SYMBOLS as WORKER_SYMBOLS
-from .workers import workers
+from .workers import barrier_words, workers
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -45,7 +47,6 @@ THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64
 # parameters to their addresses instead.
 Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
-MIN_TRAINING_ROWS = 2  # per slice of a small training batch with large step weights
 THREADED_STEP_WEIGHTS = 1 << 18
 MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
 _pool: ThreadPoolExecutor | None = None
@@ -155,8 +156,8 @@ class BufferPool:
             if array is not None:
                 self._bytes -= array.nbytes
         if array is None:
-            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-        if zero:
+            array = np.empty(shape, dtype)
+        if zero:  # and fresh memory touched here, not by the kernel's threads (below)
             array.fill(0)
         return array
 
@@ -200,9 +201,10 @@ POOL = BufferPool()
 
 
 def release_memory() -> int:
-    """Free the memory lstmc keeps for reuse between calls (the CPU buffer pool);
-    returns the bytes given back. Later calls allocate afresh."""
-    return POOL.release()
+    """Free the memory lstmc keeps for reuse between calls (the CPU buffer pool, the
+    weights packed for plain-dict calls); returns the bytes given back. Later calls
+    allocate and pack afresh."""
+    return POOL.release() + clear_all()
 
 
 def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
@@ -320,29 +322,34 @@ class NativeCell(CellBase):
                            for name, entry in manifest.entries.items()}
         self._functions.update({s: functions[s] for s in WORKER_SYMBOLS if functions.get(s)})
         self.plans = Plans(self)  # of the lean inference call, by input shape
+        self._pack_cache = PackCache()  # plain-dict calls' packed weights, by their bytes
 
     # -- weights ------------------------------------------------------------------------
 
-    def _packs(self, params: dict, entry: str | None = None) -> dict[str, np.ndarray]:
-        """The packed weights, all of them or those `entry` reads."""
+    def _packs(self, params: dict, entry: str | None = None, cached: bool = True
+               ) -> dict[str, np.ndarray]:
+        """The packed weights, all of them or those `entry` reads; with `cached`, the
+        packs of an earlier call when the parameters hold the same bytes (PackCache)."""
         if isinstance(params, PackedParams):
             return params.packs
         width = self.contract.panel_width
         wanted = None if entry is None else {name for name, *_ in self._layout(entry)}
+        cache = self._pack_cache
         packs = {}
         for p in self.contract.packed.values():
             parts = [np.ascontiguousarray(params[name]) for name, _ in p.segments]
             for name, transposed in ((names.panels_t(p.name), True),
                                      (names.panels(p.name), False)):
                 if wanted is None or name in wanted:
-                    packs[name] = pack_stacked(parts, width, transposed)
+                    make = partial(pack_stacked, parts, width, transposed)
+                    packs[name] = cache.get(name, parts, make) if cached else make()
         return packs
 
     def pack_params(self, params: dict) -> PackedParams:
         """Validate and pack parameters once, for many forward calls with them."""
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
         plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
-        packs = self._packs(plain)  # fresh arrays, referenced nowhere else
+        packs = self._packs(plain, cached=False)  # fresh arrays, referenced nowhere else
         for array in packs.values():
             array.flags.writeable = False
         return PackedParams(plain, packs, self)
@@ -507,32 +514,39 @@ class NativeCell(CellBase):
         return max(2, min(thread_count(), weights // share, 8))
 
     def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
+        """Statuses of a threaded entry run on one slice by its threads together: on the
+        OpenMP team when PyTorch's is loaded (its threads spin after each torch op: ours
+        would find the cores taken), else on the parked native workers, else (both busy)
+        on Python's threads."""
         threads = self._threads()
         pointers = (ctypes.c_void_p * max(len(layout), 1))(
             *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
-        sync = np.zeros(2, np.int64)
+        sync = barrier_words()
         elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
-        pool = self.native_workers(threads)
-        if pool is not None and pool.lock.acquire(False):  # else: busy, run it as below
-            try:
-                if not pool.closed:
-                    status = pool.run(self._functions[entry], T, B, ctypes.addressof(pointers),
-                                      threads, sync.ctypes.data, arena.ctypes.data)
-                    POOL.put([arena])
-                    return [status]
-            finally:
-                pool.lock.release()
         kernel = self._entries[entry]
         args = (T, B, pointers)
 
         def run(tid: int) -> int:
             return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
 
-        helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
-        statuses = [run(0)] + [h.result() for h in helpers]
-        POOL.put([arena])
-        return statuses
+        try:
+            statuses = run_together(run, threads)
+            if statuses is not None:
+                return statuses
+            pool = self.native_workers(threads)
+            if pool is not None and pool.lock.acquire(False):  # else: busy, as below
+                try:
+                    if not pool.closed:
+                        return [pool.run(self._functions[entry], T, B,
+                                         ctypes.addressof(pointers), threads,
+                                         sync.ctypes.data, arena.ctypes.data)]
+                finally:
+                    pool.lock.release()
+            helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
+            return [run(0)] + [h.result() for h in helpers]
+        finally:
+            POOL.put([arena])
 
     def _inputs(self, x, params, state, lengths, packs) -> Inputs:
         T, B, _ = x.shape
@@ -547,22 +561,22 @@ class NativeCell(CellBase):
     def _forward_entry(self, T: int, B: int, train: bool) -> tuple[str, list[int]]:
         """The forward entry point for a (T, B) call, and its batch slices."""
         bounds = self._bounds(B)
-        if (train and len(bounds) == 2 and B >= 2 * MIN_TRAINING_ROWS and thread_count() > 1
-                and self.contract.step_weight_elements >= THREADED_STEP_WEIGHTS):
-            # Training a small batch: a slice of rows per thread, down to two rows. The
-            # weight gradients after the loop (GEMMs over all T*B rows: most of a small
-            # batch's backward) split with the slices. Measured (LSTM, T=100, 2 cores):
-            # 1.07-1.11x at B=4 and 1.41-1.43x at B=8 for H = 256 and 512; a loss at one
-            # row per slice, and below 4H x H = 256K weights.
-            slices = min(thread_count(), B // MIN_TRAINING_ROWS)
-            bounds = [B * c // slices for c in range(slices + 1)]
-        # A small batch cannot be cut into slices: its threads share every step instead,
-        # when a step has enough product work to repay waking a thread and meeting at
-        # barriers (measured: a win from about 4H x H = 256K weights, a loss at 64K).
-        if (not train and len(bounds) == 2 and thread_count() > 1 and T >= 8
-                and self.contract.step_weight_elements >= THREADED_STEP_WEIGHTS):
-            return "forward_mt", bounds
+        if self._shares_steps(T, bounds, train):
+            return ("forward_train_mt" if train else "forward_mt"), bounds
         return ("forward_train" if train else "forward"), bounds
+
+    def _shares_steps(self, T: int, bounds: list[int], train: bool) -> bool:
+        """Whether a batch too small for slices runs on several threads sharing each
+        step (the threaded entries; in training also the weight gradients after the
+        loop): when a step has enough product work to repay waking threads and meeting
+        at barriers. Measured (LSTM, T=100, 2 cores): inference wins from about 4H x H =
+        256K weights, loses at 64K (the lean path measures both from 16K); training,
+        whose backward's weight-gradient GEMMs split too, wins from 16K (H=64: 1.05x
+        at B=1, 1.25x at B=4) to 1.9x (H=512, B=1), and beats cutting B=4..16 into
+        slices of rows (1.05-1.6x)."""
+        least = MIN_THREADED_WEIGHTS if train else THREADED_STEP_WEIGHTS
+        return (len(bounds) == 2 and thread_count() > 1 and T >= 8
+                and self.contract.step_weight_elements >= least)
 
     def workspace_size(self, T: int, B: int) -> int:
         """Elements of the `workspace` a (T, B) training forward can save into."""
@@ -615,7 +629,8 @@ class NativeCell(CellBase):
         T = saved.x.shape[0]
         per_slice = [dict(sl, **rng) for sl, rng in zip(saved.slices,
                                                         _rng_slices(saved.seed, saved.bounds))]
-        out = self._call("backward", T, saved.bounds, given, per_slice=per_slice)
+        entry = "backward_mt" if self._shares_steps(T, saved.bounds, True) else "backward"
+        out = self._call(entry, T, saved.bounds, given, per_slice=per_slice)
         # Each parameter's gradient: the sum of its parts. A lone part is handed out as
         # it is (the rows of a packed gradient are views of it: no copy); aliases share
         # the kernel's array, so the second of them gets a copy.

@@ -36,16 +36,23 @@ class Team:
         for f in (self._thread, self._size, self._inside):
             f.restype, f.argtypes = ctypes.c_int, []
 
-    def map(self, run: Callable[[int], T], count: int) -> list[T] | None:
+    def map(self, run: Callable[[int], T], count: int, together: bool = False
+            ) -> list[T] | None:
         """[run(0), ..., run(count-1)], run by a team of `count` threads (a smaller team
-        than asked takes several each); None when called inside a parallel region."""
+        than asked takes several each; with `together`, runs that wait for one another,
+        it runs none of them); None when called inside a parallel region or when a
+        `together` team came out smaller."""
         if self._inside():
             return None
         results: list = [None] * count
         errors: list[BaseException] = []
+        short = []
 
         def body(_data) -> None:
             size = self._size()
+            if together and size < count:
+                short.append(size)
+                return
             for i in range(self._thread(), count, size):
                 try:
                     results[i] = run(i)
@@ -56,7 +63,7 @@ class Team:
         self._parallel(callback, None, count, 0)
         if errors:
             raise errors[0]
-        return results
+        return None if short else results
 
 
 _found: tuple[int, Team] | None = None  # (the process that found it, its team)
@@ -107,3 +114,10 @@ def map_slices(run: Callable[[int], T], count: int,
         if results is not None:
             return results
     return fallback(run, range(count))
+
+
+def run_together(run: Callable[[int], T], count: int) -> list[T] | None:
+    """run(0), ..., run(count-1) each on a thread of its own of the OpenMP team, all at
+    once (they meet at barriers); None where there is no such team (nothing run)."""
+    found = team()
+    return None if found is None else found.map(run, count, together=True)

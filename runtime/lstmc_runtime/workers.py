@@ -27,6 +27,15 @@ _calloc = ctypes.CDLL(None).calloc  # workers exist on Linux only (a futex parks
 _calloc.restype, _calloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t, ctypes.c_size_t]
 
 
+def barrier_words() -> np.ndarray:
+    """The two words a threaded kernel's barrier spins on, zeroed, alone on their cache
+    line (128 bytes: adjacent lines are fetched in pairs): a write to memory that shared
+    it would stall every waiting thread."""
+    block = np.zeros(48, np.int64)
+    start = (-block.ctypes.data % 128) // 8
+    return block[start:start + 2]
+
+
 class Workers:
     """`count` parked threads running `loop` (from a library kept alive by `keepalive`)."""
 

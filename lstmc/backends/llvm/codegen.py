@@ -87,11 +87,11 @@ class ModuleBuilder:
         return self.packed[str(self.program.packed_weight(segments).index)]
 
     def build(self) -> ir.Module:
-        _ForwardKernel(self, train=False).emit()
-        _ForwardKernel(self, train=True).emit()
-        _ForwardKernel(self, train=False, threaded=True).emit()
-        _BackwardKernel(self).emit()
-        workers.emit(self.module)  # the parked threads that run forward_mt with the caller
+        for threaded in (False, True):  # each entry twice: alone, and run by a team
+            _ForwardKernel(self, train=False, threaded=threaded).emit()
+            _ForwardKernel(self, train=True, threaded=threaded).emit()
+            _BackwardKernel(self, threaded=threaded).emit()
+        workers.emit(self.module)  # the parked threads that run the *_mt entries
         return self.module
 
 
@@ -314,10 +314,13 @@ class _Kernel:
                 with self.leader_only():
                     self.mb.regions.emit(self.b, plan.regions[index], env, self.B, self.alloca)
 
-    def gemm_share(self, m, n: int, k, a, sam, sak, panels, c, ldc: int) -> None:
-        """This thread's share of a GEMM's column panels (all of them, unthreaded)."""
+    def gemm_share(self, m, n: int, k, a, sam, sak, b_matrix, c, ldc: int,
+                   layout: str = "panels", accumulate: bool = False,
+                   ldb: int | None = None) -> None:
+        """This thread's share of a GEMM's columns, whole panels of them (all of them,
+        unthreaded); as `gemm` otherwise."""
         if not self.threaded:
-            self.gemm(m, n, k, a, sam, sak, panels, "panels", c, ldc)
+            self.gemm(m, n, k, a, sam, sak, b_matrix, layout, c, ldc, accumulate, ldb=ldb)
             return
         b, nr = self.b, self.mb.panel
         count = i64(n // nr)
@@ -325,11 +328,12 @@ class _Kernel:
         end = b.sdiv(b.mul(count, b.add(self.tid, i64(1))), self.threads)
         last = b.icmp_signed("==", self.tid, b.sub(self.threads, i64(1)))
         width = b.add(b.mul(b.sub(end, first), i64(nr)), b.select(last, i64(n % nr), i64(0)))
+        column = b.mul(first, i64(nr))
         k_value = k if isinstance(k, ir.Value) else i64(k)
-        self.gemm(m, n, k, a, sam, sak,
-                  element(b, self.ftype, panels, b.mul(first, b.mul(k_value, i64(nr)))),
-                  "panels", element(b, self.ftype, c, b.mul(first, i64(nr))), ldc,
-                  columns=width)
+        # panels: each panel is k x nr contiguous; rows: the first column is `column` on
+        b_start = b.mul(column, k_value) if layout == "panels" else column
+        self.gemm(m, n, k, a, sam, sak, element(b, self.ftype, b_matrix, b_start), layout,
+                  element(b, self.ftype, c, column), ldc, accumulate, columns=width, ldb=ldb)
 
     def product(self, node: Node, env: StepEnv) -> None:
         """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its
@@ -553,8 +557,8 @@ class _ForwardKernel(_Kernel):
 
 
 class _BackwardKernel(_Kernel):
-    def __init__(self, mb: ModuleBuilder):
-        super().__init__(mb, "lstmc_backward")
+    def __init__(self, mb: ModuleBuilder, threaded: bool = False):
+        super().__init__(mb, "lstmc_backward" + ("_mt" if threaded else ""), threaded)
 
     def emit(self) -> None:
         mb, b, program = self.mb, self.b, self.mb.program
@@ -598,10 +602,11 @@ class _BackwardKernel(_Kernel):
                       for p in program.recurrent_products}
         d_hoisted = {h.index: d_buffer("hoisted", h.index, f"dhoisted:{h.index}",
                                        mb.size(h.rows)) for h in program.hoisted}
-        for h in program.hoisted:  # read by a prologue only: its gradient starts at zero
-            if ("hoisted", h.index) not in grads:
-                self.fill(d_hoisted[h.index], b.mul(b.mul(self.T, self.B), i64(mb.size(h.rows))),
-                          0.0)
+        with self.leader_only():
+            for h in program.hoisted:  # read by a prologue only: its gradient starts at zero
+                if ("hoisted", h.index) not in grads:
+                    self.fill(d_hoisted[h.index],
+                              b.mul(b.mul(self.T, self.B), i64(mb.size(h.rows))), 0.0)
 
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
@@ -617,7 +622,8 @@ class _BackwardKernel(_Kernel):
                     shape = [mb.size(node)]
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.ADJOINT:
-                    self._adjoint(node, env, cur, dy, t, info.output)
+                    with self.leader_only():
+                        self._adjoint(node, env, cur, dy, t, info.output)
                 elif node.op == Op.MASK:  # drawn again, as the forward drew it
                     env.places[node.id] = self.mask(node, t, draw=True)
             stored: set[int] = set()  # shared gradients already given their store
@@ -646,12 +652,15 @@ class _BackwardKernel(_Kernel):
                     env.role(node).accumulate.append(Place(acc, 0))
                     continue
                 self.route_to(node, target, env)
-            for node in reads:
-                if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
-                    self.role_copies(node, env)
-            for node in saved:  # gradients that are saved forward values, as they are
-                if env.roles.get(node.id):
-                    self.role_copies(node, env)
+            with self.leader_only():
+                for node in reads:
+                    if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
+                        self.role_copies(node, env)
+                for node in saved:  # gradients that are saved forward values, as they are
+                    if env.roles.get(node.id):
+                        self.role_copies(node, env)
+            if program.backward and program.backward[0].kind == "product":
+                self.barrier()  # the products read what thread 0 has just written
             self.run_stages(program.backward, plan, env)
 
             def active(row):  # states nothing flows back into get a zero gradient
@@ -663,13 +672,16 @@ class _BackwardKernel(_Kernel):
                 for s, n in state_sizes.items():
                     self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
 
-            self.rows_by_length(t, active, finished)
+            with self.leader_only():
+                self.rows_by_length(t, active, finished)
+            self.barrier()  # the carried gradients are complete before the next step
             for s in state_sizes:
                 b.store(nxt[s], carry[s])
 
-        for s, n in state_sizes.items():
-            out = self.buffer(f"dstate_out:{s}", ["B", n], "result")
-            self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
+        with self.leader_only():
+            for s, n in state_sizes.items():
+                out = self.buffer(f"dstate_out:{s}", ["B", n], "result")
+                self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self._weight_gradients(I, columns, dx, d_products, d_hoisted)
         self.finish()
 
@@ -767,24 +779,27 @@ class _BackwardKernel(_Kernel):
                     v = self.buffer(derived_buffer(program, h.operand, True), ["T", "B", width],
                                     "in")
                     dv = self.buffer(names.dderived(h.operand), ["T", "B", width], "work")
-                    self.gemm(w.rows, width, rows_total, dh, 1, w.rows, v, "rows", dpacked,
-                              width, True)
-                    self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dv,
-                              width, False)
+                    self.gemm_share(w.rows, width, rows_total, dh, 1, w.rows, v, dpacked,
+                                    width, "rows", True)
+                    self.gemm_share(rows_total, width, w.rows, dh, w.rows, 1, panels, dv,
+                                    width)
                     continue
                 offset, width = columns[h.operand]  # this input's units of the packed rows
                 x_h, dx_h = (element(b, self.ftype, v, i64(offset)) for v in (x, dx))
                 # dW += dG^T x ; dx += dG W
-                self.gemm(w.rows, width, rows_total, dh, 1, w.rows, x_h, "rows", dpacked,
-                          width, True, ldb=I)
-                self.gemm(rows_total, width, w.rows, dh, w.rows, 1, panels, "panels", dx_h, I,
-                          True)
-            if level:
-                self._prologue_backward(level, I, columns, dx, d_hoisted)
+                self.gemm_share(w.rows, width, rows_total, dh, 1, w.rows, x_h, dpacked, width,
+                                "rows", True, ldb=I)
+                self.gemm_share(rows_total, width, w.rows, dh, w.rows, 1, panels, dx_h, I,
+                                "panels", True)
+            if level:  # threaded: after every share of dv, before the next level's GEMMs
+                self.barrier()
+                with self.leader_only():
+                    self._prologue_backward(level, I, columns, dx, d_hoisted)
+                self.barrier()
         for p in program.recurrent_products:
             w = mb.packed_weight(p.segments)
             dpacked = self.buffer(f"dpacked:{w.name}", [w.rows, w.columns], "out")
             operand = self.buffer(f"saved:{p.inputs[0].id}", ["T", "B", w.columns], "in")
             # dU += dP^T v
-            self.gemm(w.rows, w.columns, rows_total, d_products[p.id], 1, w.rows, operand,
-                      "rows", dpacked, w.columns, True)
+            self.gemm_share(w.rows, w.columns, rows_total, d_products[p.id], 1, w.rows,
+                            operand, dpacked, w.columns, "rows", True)

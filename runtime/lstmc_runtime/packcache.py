@@ -1,0 +1,102 @@
+"""Packed weights of calls with plain dicts of parameters, reused while the caller's
+arrays hold the same bytes.
+
+A kernel reads each weight matrix in the panel layout of lstmc_small_gemm, so a call with
+a plain dict packs its weights first: about 100 µs for an LSTM at H=128, as much as a
+100-step forward at B=1, and the packs are fresh memory that the kernel's threads then
+fetch from another core. The cache keeps, per packed weight, the packs of the last few
+parameter sets with a private copy of the arrays they were packed from; a call whose
+arrays are byte for byte those copies (memcmp: a few µs per 64 KiB, exact, NaNs and
+signed zeros included) reuses the pack, which is still warm in the caches of the cores
+that read it last. Any change to any byte, in place or not, packs again. Packs handed out
+are read-only and never written again (a new pack replaces an old one), so a call still
+running on an old pack is unaffected."""
+from __future__ import annotations
+
+import ctypes
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from .bound import address
+
+SLOTS = 4  # parameter sets kept per packed weight (a stack's directions share one cell)
+MAX_ELEMENTS = 1 << 24  # weights larger than this are packed every call (copies: memory)
+
+def _libc_memcmp():
+    try:
+        memcmp = ctypes.CDLL(None).memcmp
+    except (OSError, AttributeError):  # no C library to call: NumPy compares the bits
+        return None
+    memcmp.restype, memcmp.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
+                                                     ctypes.c_size_t]
+    return memcmp
+
+
+_memcmp = _libc_memcmp()
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two C-contiguous arrays have the same shape, dtype and bytes."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if _memcmp is not None:
+        return _memcmp(address(a), address(b), a.nbytes) == 0
+    as_bits = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))
+
+
+class PackCache:
+    """One cell's packs, by packed weight, with the bytes each was packed from."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[str, OrderedDict] = {}
+        _caches.add(self)
+
+    def get(self, name: str, parts: list[np.ndarray], make: Callable[[], np.ndarray]
+            ) -> np.ndarray:
+        """The pack `name` of `parts` (C-contiguous arrays): one made for the same bytes
+        before, else `make()` (kept for the next calls). The slot packed from these very
+        arrays is compared first; another parameter set differs in its first bytes, so
+        comparing with it costs little."""
+        key = tuple(id(p) for p in parts)
+        with self._lock:
+            slots = self._slots.setdefault(name, OrderedDict())
+            candidates = sorted(slots.items(), key=lambda item: item[0] != key)
+        for slot, (copies, pack) in candidates:
+            if all(same_bytes(p, c) for p, c in zip(parts, copies)):
+                if slot != key:
+                    with self._lock:  # known by these arrays from now on
+                        slots.pop(slot, None)
+                        slots[key] = (copies, pack)
+                return pack
+        pack = make()
+        if sum(p.size for p in parts) <= MAX_ELEMENTS:
+            pack.flags.writeable = False
+            copies = [p.copy() for p in parts]
+            with self._lock:
+                slots[key] = (copies, pack)
+                slots.move_to_end(key)
+                while len(slots) > SLOTS:
+                    slots.popitem(last=False)
+        return pack
+
+    def clear(self) -> int:
+        """Forget every pack; returns the bytes they and their copies held."""
+        with self._lock:
+            held = sum(pack.nbytes + sum(c.nbytes for c in copies)
+                       for slots in self._slots.values() for copies, pack in slots.values())
+            self._slots.clear()
+        return held
+
+
+_caches: weakref.WeakSet[PackCache] = weakref.WeakSet()
+
+
+def clear_all() -> int:
+    """Forget the packs of every cell of the process; the bytes given back."""
+    return sum(cache.clear() for cache in list(_caches))

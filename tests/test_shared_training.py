@@ -1,0 +1,135 @@
+"""Training a batch too small for slices on several threads at once: the threaded training
+forward and backward entries (forward_train_mt, backward_mt), where every step's products
+and the weight-gradient GEMMs after the loop are shared out by columns and thread 0 runs
+the elementwise code. Values and every gradient against the reference executor, for
+every spec (masks, extra inputs, prologues, multi-stage steps), any thread count, on the
+parked native workers, on PyTorch's OpenMP team and on Python's threads."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SPEC_NAMES, compile_spec, has_masks, random_extra_inputs, random_inputs
+
+TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+@pytest.fixture
+def shared(monkeypatch):
+    """Every training call of one slice runs threaded; records the entries that ran."""
+    from lstmc_runtime.native import NativeCell
+
+    monkeypatch.setattr("lstmc_runtime.native.MIN_THREADED_WEIGHTS", 0)
+    entries = []
+    original = NativeCell._run_threaded
+    monkeypatch.setattr(NativeCell, "_run_threaded",
+                        lambda self, *a: entries.append(a[0]) or original(self, *a))
+    return entries
+
+
+def use_runner(monkeypatch, runner: str) -> None:
+    if runner == "openmp":
+        pytest.importorskip("torch")
+        from lstmc_runtime import openmp
+
+        openmp.forget()
+        if openmp.team() is None:
+            pytest.skip("PyTorch has not loaded GNU OpenMP here")
+        return
+    monkeypatch.setattr("lstmc_runtime.native.run_together", lambda run, count: None)
+    if runner == "python":
+        monkeypatch.setenv("LSTMC_NATIVE_WORKERS", "0")
+
+
+def train(cell, x, params, state, lengths, inputs, seed, dy):
+    y, final, tape = cell.forward(x, params, state, train=True, lengths=lengths,
+                                  inputs=inputs, seed=seed)
+    dstate = {n: np.full(v.shape, 0.5, v.dtype) for n, v in final.items()}
+    return y, final, tape.backward(dy, dstate)
+
+
+def assert_same(got, expected):
+    (y1, f1, g1), (y0, f0, g0) = got, expected
+    np.testing.assert_allclose(y1, y0, **TOL)
+    for n in f0:
+        np.testing.assert_allclose(f1[n], f0[n], **TOL, err_msg=f"final {n}")
+    np.testing.assert_allclose(g1["x"], g0["x"], **TOL, err_msg="dx")
+    for group in ("params", "state", "inputs"):
+        assert set(g1.get(group, {})) == set(g0.get(group, {})), group
+        for n in g0.get(group, {}):
+            np.testing.assert_allclose(g1[group][n], g0[group][n], **TOL,
+                                       err_msg=f"{group} {n}")
+
+
+def check_spec(name: str, B: int, lengths) -> list:
+    """Native threaded training against the reference, H = 37 (column shares that divide
+    neither by the threads nor by panels), T = 9, masks drawn from one seed."""
+    reference = compile_spec(name, hidden_size=37)
+    native = compile_spec(name, hidden_size=37, target="cpu")
+    x, params, state = random_inputs(reference, T=9, B=B, seed=3)
+    inputs = random_extra_inputs(reference, T=9, B=B) or None
+    seed = 11 if has_masks(reference) else None
+    dy = np.random.default_rng(4).standard_normal((9, B, reference.state_sizes[
+        reference.output])).astype(reference.dtype)
+    lengths = None if lengths is None else np.array(lengths)
+    expected = train(reference, x, params, state, lengths, inputs, seed, dy)
+    assert_same(train(native, x, params, state, lengths, inputs, seed, dy), expected)
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_every_spec_trains_threaded_as_the_reference(monkeypatch, shared, name):
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "3")
+    use_runner(monkeypatch, "workers")
+    check_spec(name, B=2, lengths=[9, 4])
+    assert shared == ["forward_train_mt", "backward_mt"]
+
+
+@pytest.mark.parametrize("runner", ["workers", "openmp", "python"])
+@pytest.mark.parametrize("threads", ["2", "5"])
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "minimal_rnn", "zoneout_lstm"])
+def test_threads_and_runners(monkeypatch, shared, runner, threads, name):
+    """One row (the B=1 case the threaded entries exist for), full length; more threads
+    than the product has column panels (H = 37: two panels)."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
+    use_runner(monkeypatch, runner)
+    check_spec(name, B=1, lengths=None)
+    assert shared == ["forward_train_mt", "backward_mt"]
+
+
+def test_a_stack_trains_threaded_as_the_reference(monkeypatch, shared):
+    """Two bidirectional layers at B=1: each direction of each layer threaded."""
+    from conftest import spec_path
+
+    import lstmc
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    use_runner(monkeypatch, "workers")
+    options = dict(num_layers=2, bidirectional=True, dtype="float64")
+    reference = lstmc.compile(spec_path("lstm"), 4, 37, **options)
+    native = lstmc.compile(spec_path("lstm"), 4, 37, target="cpu", **options)
+    params = reference.init_params(seed=2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((10, 1, 4))
+    dy = rng.standard_normal((10, 1, 74))
+    assert_same(train(native, x, params, None, None, None, None, dy),
+                train(reference, x, params, None, None, None, None, dy))
+    assert shared.count("forward_train_mt") == 4 and shared.count("backward_mt") == 4
+
+
+def test_a_team_smaller_than_asked_runs_none_of_the_threads():
+    """Threads that meet at barriers must all run at once: where OpenMP gives fewer
+    (OMP_THREAD_LIMIT=1), run_together runs nothing and says so (the caller then uses
+    its own threads) instead of running them one after another into a deadlock."""
+    pytest.importorskip("torch")
+    code = ("import torch\n"
+            "from lstmc_runtime import openmp\n"
+            "ran = []\n"
+            "assert openmp.team() is not None\n"
+            "print(openmp.run_together(ran.append, 2), ran,"
+            " openmp.team().map(lambda i: i, 2))\n")
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "[]", "[0,", "1]"]
