@@ -177,7 +177,8 @@ def one_step_runners(H: int) -> dict:
 
 
 def stack_runners(T: int, B: int, H: int, backward: bool) -> dict:
-    """2-layer bidirectional LSTM, parameters passed as a dict (a Stack packs per call)."""
+    """2-layer bidirectional LSTM, parameters passed as a dict, and (forward) packed once
+    with stack.pack_params."""
     stack = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu", num_layers=2,
                           bidirectional=True)
     params = stack.init_params(0)
@@ -188,7 +189,9 @@ def stack_runners(T: int, B: int, H: int, backward: bool) -> dict:
         def torch_run():
             with torch.no_grad():
                 module(xt)
-        return {"lstmc": lambda: stack.forward(x, params), "nn.LSTM": torch_run}
+        packed = stack.pack_params(params)
+        return {"lstmc": lambda: stack.forward(x, params),
+                "lstmc packed": lambda: stack.forward(x, packed), "nn.LSTM": torch_run}
 
     def run():
         y, _, tape = stack.forward(x, params, train=True)
@@ -228,14 +231,18 @@ def latency(repeat: int) -> list[tuple[str, float, float, str]]:
                          t["lstmc bound step"], t["nn.LSTMCell"], "nn.LSTMCell"))
     for backward in (False, True):
         t = interleaved_medians(stack_runners(100, 1, 128, backward), repeat)
-        rows.append((f"2-layer bidirectional {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
+        what = "fwd+bwd" if backward else "fwd, parameters as a dict"
+        rows.append((f"2-layer bidirectional {what} (100, 1, 128)",
                      t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+        if "lstmc packed" in t:
+            rows.append(("2-layer bidirectional fwd (100, 1, 128), packed once",
+                         t["lstmc packed"], t["nn.LSTM"], "nn.LSTM"))
     for backward in (False, True):
         t = interleaved_medians({"lstmc": lstmc_runner("peephole_lstm", 100, 1, 128, backward),
                                  "eager": eager_peephole_runner(100, 1, 128, backward)}, repeat)
         rows.append((f"peephole {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
                      t["lstmc"], t["eager"], "eager cell loop"))
-    for B, H in ((1, 512), (4, 256), (8, 256)):
+    for B, H in ((1, 128), (1, 256), (1, 512), (2, 256), (4, 256), (8, 256)):
         t = interleaved_medians({"lstmc": lstmc_runner("lstm", 100, B, H, True),
                                  "nn.LSTM": torch_lstm_runner(100, B, H, True)}, repeat)
         rows.append((f"fwd+bwd (100, {B}, {H})", t["lstmc"], t["nn.LSTM"], "nn.LSTM"))

@@ -20,7 +20,7 @@ def shared(monkeypatch):
     """Every training call of one slice runs threaded; records the entries that ran."""
     from lstmc_runtime.native import NativeCell
 
-    monkeypatch.setattr("lstmc_runtime.native.MIN_THREADED_WEIGHTS", 0)
+    monkeypatch.setattr("lstmc_runtime.native.SHARED_TRAINING_WEIGHTS", 0)
     entries = []
     original = NativeCell._run_threaded
     monkeypatch.setattr(NativeCell, "_run_threaded",

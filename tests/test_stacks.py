@@ -140,3 +140,43 @@ def test_a_layers_two_directions_run_at_once_on_half_the_cores_each():
     assert thread_count() == cores
     reference = lstmc.compile(spec_path("lstm"), 3, 4, bidirectional=True)
     assert reference.each_direction(run, 2) == [0, 1]  # not native: one after the other
+
+
+def test_a_packed_stack_runs_as_torch_and_stays_a_snapshot():
+    """stack.pack_params: validated and packed once per layer and direction; forward
+    (inference, lengths, training) with it equals nn.LSTM's; the snapshot does not see
+    later changes to the caller's arrays and cannot be edited."""
+    theirs = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
+    stack = lstmc.compile(spec_path("lstm"), I, H, target="cpu", dtype="float64",
+                          num_layers=2, bidirectional=True)
+    params = lstmc.params_from_torch(stack, theirs)
+    packed = stack.pack_params(params)
+    assert set(packed) == set(params)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    want, _ = theirs(x)
+    for name in params:  # the snapshot is a copy
+        params[name][...] = 0
+    np.testing.assert_allclose(stack.forward(x.numpy(), packed)[0], want.detach().numpy(),
+                               rtol=1e-10, atol=1e-12)
+    lengths = LENGTHS
+    y, _, tape = stack.forward(x.numpy(), packed, train=True, lengths=lengths)
+    ours = stack.forward(x.numpy(), dict(packed), lengths=lengths)[0]
+    np.testing.assert_allclose(y, ours, rtol=1e-12, atol=1e-14)
+    with pytest.raises(lstmc.LstmcError, match="immutable"):
+        packed["l0.W_hi"] = np.zeros((H, H))
+    other = lstmc.compile(spec_path("lstm"), I, H, target="cpu", dtype="float64",
+                          num_layers=2, bidirectional=True)
+    np.testing.assert_allclose(other.forward(x.numpy(), packed)[0], want.detach().numpy(),
+                               rtol=1e-10, atol=1e-12)  # another stack: checked as a dict
+    reference = lstmc.compile(spec_path("lstm"), I, H, num_layers=2)
+    with pytest.raises(lstmc.LstmcError, match="only cpu cells pack"):
+        reference.pack_params(reference.init_params())
+
+
+def test_a_layers_directions_are_separate_cell_objects():
+    """The two directions of one compiled cell run at once, each through a lean path of
+    its own: the stack holds a twin (same library, own plans) for the second."""
+    stack = lstmc.compile(spec_path("lstm"), 3, 4, target="cpu", bidirectional=True)
+    forward, reverse = stack.layers[0]
+    assert forward is not reverse and forward.plans is not reverse.plans
+    assert forward._entries is reverse._entries  # the same kernels

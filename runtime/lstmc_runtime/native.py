@@ -9,6 +9,7 @@ with enough weights per step, is run by several threads together instead: each t
 share of every product's columns, meeting at barriers inside the kernel."""
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import threading
@@ -49,6 +50,7 @@ Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
 THREADED_STEP_WEIGHTS = 1 << 18
 MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
+SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -354,6 +356,14 @@ class NativeCell(CellBase):
             array.flags.writeable = False
         return PackedParams(plain, packs, self)
 
+    def twin(self) -> NativeCell:
+        """The same compiled cell as another object, with lean-call plans and packs of
+        its own: a stack's two directions of one cell run at once, each on its twin
+        (one cell's lean path serves one caller at a time)."""
+        twin = copy.copy(self)
+        twin.plans, twin._pack_cache = Plans(twin), PackCache()
+        return twin
+
     def bind(self, params: dict) -> BoundCell:
         """These parameters validated and packed once, for many inference calls: a
         BoundCell, `bound(x, state)` as `forward(x, params, state)` and `bound.step(x)`
@@ -569,12 +579,13 @@ class NativeCell(CellBase):
         """Whether a batch too small for slices runs on several threads sharing each
         step (the threaded entries; in training also the weight gradients after the
         loop): when a step has enough product work to repay waking threads and meeting
-        at barriers. Measured (LSTM, T=100, 2 cores): inference wins from about 4H x H =
-        256K weights, loses at 64K (the lean path measures both from 16K); training,
-        whose backward's weight-gradient GEMMs split too, wins from 16K (H=64: 1.05x
-        at B=1, 1.25x at B=4) to 1.9x (H=512, B=1), and beats cutting B=4..16 into
-        slices of rows (1.05-1.6x)."""
-        least = MIN_THREADED_WEIGHTS if train else THREADED_STEP_WEIGHTS
+        at barriers. Measured (LSTM, T=100, 2 cores, float32): inference wins from about
+        4H x H = 256K weights, loses at 64K (the lean path measures both from 16K);
+        training, whose backward's weight-gradient GEMMs split too, loses at 16K (H=64:
+        0.7-0.9x at B=1..4), wins from 64K (H=128: 1.06-1.5x) to 1.6-1.8x at H=512 for
+        the forward and the backward alike, and beats cutting B=4..16 into slices of
+        rows (1.05-1.6x)."""
+        least = SHARED_TRAINING_WEIGHTS if train else THREADED_STEP_WEIGHTS
         return (len(bounds) == 2 and thread_count() > 1 and T >= 8
                 and self.contract.step_weight_elements >= least)
 

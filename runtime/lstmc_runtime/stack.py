@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
-from .errors import ShapeError
+from .errors import ShapeError, UsageError
 from .validate import check_array, check_names
 
 
@@ -48,6 +48,9 @@ class Stack:
 
     def __init__(self, layers: list[list[CellBase]], batch_first: bool = False,
                  directions: tuple[str, ...] | None = None):
+        # A layer's directions run at once (inference): one cell object each.
+        layers = [[c.twin() if d and any(c is o for o in cells[:d]) and hasattr(c, "twin")
+                   else c for d, c in enumerate(cells)] for cells in layers]
         self.layers, self.batch_first = layers, batch_first
         self.directions = _check_layout(layers, directions)
         first = layers[0][0]
@@ -112,6 +115,27 @@ class Stack:
                 params[self.prefix(l, d) + n] = v
         return params
 
+    def pack_params(self, params: dict) -> PackedStackParams:
+        """Validate and pack every layer's and direction's parameters once (cpu
+        target), for many forward calls: pass the result to `forward` in place of the
+        dict, as `cell.pack_params` for one cell."""
+        if not all(hasattr(c, "pack_params") for _, _, c in self._cells()):
+            raise UsageError(f"pack_params: a stack on the {self.target} target takes its "
+                             "parameters as a dict (only cpu cells pack weights)")
+        self._check_params(params)
+        per_cell = [[cell.pack_params({n: params[self.prefix(l, d) + n]  # type: ignore[attr-defined]
+                                       for n in cell.param_shapes})
+                     for d, cell in enumerate(cells)] for l, cells in enumerate(self.layers)]
+        plain = {self.prefix(l, d) + n: v for l, cells in enumerate(per_cell)
+                 for d, packed in enumerate(cells) for n, v in packed.items()
+                 if n in self.layers[l][d].param_shapes}
+        return PackedStackParams(plain, per_cell, self)
+
+    def _check_params(self, params) -> None:
+        check_names("params", params, list(self.param_shapes))
+        for name, pshape in self.param_shapes.items():
+            check_array(f"params['{name}']", params[name], pshape, self.dtype)
+
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         count = self.num_layers * self.num_directions
         return {n: np.zeros((count, batch, s), self.dtype) for n, s in self.state_sizes.items()}
@@ -133,9 +157,10 @@ class Stack:
         lengths = check_lengths(lengths, T, B)
         extra = {n: xp.ascontiguousarray(v) for n, v in check_extra_inputs(
             self.extra_inputs, inputs, T, B, self.dtype, self.batch_first).items()}
-        check_names("params", params, list(self.param_shapes))
-        for name, pshape in self.param_shapes.items():
-            check_array(f"params['{name}']", params[name], pshape, self.dtype)
+        packed = (params if isinstance(params, PackedStackParams)
+                  and params.validated_for is self else None)
+        if packed is None:
+            self._check_params(params)
         count = self.num_layers * self.num_directions
         if state is None:
             state = self.zero_state(B)
@@ -151,7 +176,8 @@ class Stack:
 
             def direction(d: int, l=l, cells=cells, layer_input=layer_input):
                 cell, prefix, k = cells[d], self.prefix(l, d), l * self.num_directions + d
-                sub = {n: params[prefix + n] for n in cell.param_shapes}
+                sub = (packed.per_cell[l][d] if packed is not None
+                       else {n: params[prefix + n] for n in cell.param_shapes})
                 init = {n: xp.ascontiguousarray(state[n][k]) for n in self.state_sizes}
                 back = self.reversed(d)
                 seq = reverse_in_place_of_length(layer_input, lengths, xp) if back else layer_input
@@ -176,6 +202,26 @@ class Stack:
         if not train:
             return y, final
         return y, final, StackTape(self, tapes, lengths, (T, B), seed)
+
+
+class PackedStackParams(dict):
+    """`Stack.pack_params`: the parameters by their stacked names (read-only copies)
+    and each layer's and direction's packed snapshot (`per_cell[l][d]`). Immutable, as
+    a cell's PackedParams: to change a parameter, pack again."""
+
+    def __init__(self, plain: dict, per_cell: list[list], owner: Stack):
+        super().__init__(plain)
+        self.per_cell, self.validated_for = per_cell, owner
+
+    def _immutable(self, *args, **kwargs):
+        raise UsageError("PackedStackParams is an immutable snapshot of packed parameters: "
+                         "pack the changed parameters again with stack.pack_params(params)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
+    __ior__ = _immutable
+
+    def __reduce__(self):  # copies and pickles are plain dicts of the parameters
+        return dict, (dict(self),)
 
 
 _directions_pool: ThreadPoolExecutor | None = None
