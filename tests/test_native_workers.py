@@ -9,6 +9,7 @@ import pytest
 from conftest import compile_spec, random_inputs
 from lstmc_runtime import workers
 from lstmc_runtime.bound import Threaded
+from lstmc_runtime.choice import FasterOf
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -134,12 +135,12 @@ def _forward_in_child():
 
 
 def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
-    """Threaded.choose on a fake clock: each kernel advances it by its own cost."""
+    """FasterOf (the choice of a Threaded plan and of training's threaded entries) on a
+    fake clock: each kernel advances it by its own cost."""
     clock = [0.0]
-    monkeypatch.setattr("lstmc_runtime.bound.time.perf_counter", lambda: clock[0])
-    monkeypatch.setattr(Threaded, "RECHECK", 20)
-    choice = Threaded.__new__(Threaded)
-    choice.times, choice.best, choice.calls = ([], []), None, 0
+    monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr(FasterOf, "RECHECK", 20)
+    choice = FasterOf()
     cost = {"alone": 2.0, "together": 1.0}
     ran = []
 
@@ -152,9 +153,9 @@ def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
             return 0
         return run
 
-    for _ in range(2 * Threaded.PROBES):  # measuring: in turn
+    for _ in range(2 * FasterOf.PROBES):  # measuring: in turn
         choice.choose(kernel("alone"), kernel("together"))
-    assert ran.count("alone") == ran.count("together") == Threaded.PROBES
+    assert ran.count("alone") == ran.count("together") == FasterOf.PROBES
     assert choice.best is True
     ran.clear()
     for _ in range(20):
@@ -163,7 +164,7 @@ def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
     choice.choose(kernel("alone"), kernel("together", busy=True))  # workers busy: alone
     assert ran[-1] == "alone" and choice.best is None  # and measuring again
     cost.update(alone=1.0, together=3.0)  # the machine got busier: threads lose now
-    for _ in range(2 * Threaded.PROBES + 5):
+    for _ in range(2 * FasterOf.PROBES + 5):
         choice.choose(kernel("alone"), kernel("together"))
     assert choice.best is False and ran[-5:] == ["alone"] * 5
 

@@ -14,9 +14,7 @@ while another thread is inside the same cell's fast path) runs the ordinary way.
 from __future__ import annotations
 
 import ctypes
-import statistics
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from . import buffers as names
 from .cellbase import CellBase
+from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .validate import check_array
 from .workers import barrier_words
@@ -173,15 +172,7 @@ class Plan:
 class Threaded:
     """What a plan of the threaded kernel adds: its threads, their barrier words and
     shared scratch (arena), the kernel's address for the workers, and the choice between
-    it and the one-thread kernel, by measurement.
-
-    Whether threads pay depends on the machine and on what else runs on it (a barrier
-    waits for a descheduled thread), so the plan times both kernels on its first calls
-    (PROBES each, in turn, medians compared) and runs the faster one; it measures again
-    every RECHECK calls, so a machine that gets busier or quieter is followed."""
-
-    PROBES = 5
-    RECHECK = 4096
+    it and the one-thread kernel, by measurement (choice.FasterOf)."""
 
     def __init__(self, cell: NativeCell, entry: str, B: int):
         if cell._layout(entry) != cell._layout("forward"):
@@ -193,32 +184,12 @@ class Threaded:
                               cell.dtype)
         self.args = (self.sync.ctypes.data, self.arena.ctypes.data)
         self.pool = lambda: cell.native_workers(self.threads)
-        self.times: tuple[list[float], list[float]] = ([], [])  # one thread, threads
-        self.best: bool | None = None  # threads faster? (None: measuring)
-        self.calls = 0
+        self.faster = FasterOf()
 
     def choose(self, alone: Callable[[], int], together: Callable[[], int | None]) -> int:
         """The status of the kernel this call runs: the measured faster one (the one
         thread whenever the workers are busy with another call)."""
-        best = self.best
-        if best is not None and self.calls < self.RECHECK:
-            self.calls += 1
-            status = together() if best else None
-            return alone() if status is None else status
-        if best is not None:  # time to measure again
-            self.best, self.times = None, ([], [])
-        times = self.times
-        threads = len(times[1]) <= len(times[0])
-        start = time.perf_counter()
-        status = together() if threads else None
-        if status is None:
-            threads = False
-            status = alone()
-        times[threads].append(time.perf_counter() - start)
-        if min(len(times[0]), len(times[1])) >= self.PROBES:
-            self.best = statistics.median(times[1]) < statistics.median(times[0])
-            self.calls = 0
-        return status
+        return self.faster.choose(alone, together)
 
     def run(self, T: int, B: int, pointers) -> int | None:
         """The kernel's status, or None when the workers are busy with another call."""

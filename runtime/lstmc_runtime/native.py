@@ -30,8 +30,9 @@ from . import workspace as ws_layout
 from .bound import BoundCell, Plans
 from .bound import address as _address
 from .cellbase import CellBase
+from .choice import FasterOf
 from .errors import BackendError, UsageError
-from .manifest import CpuManifest
+from .manifest import THREADED, CpuManifest, single_threaded
 from .openmp import map_slices, run_together
 from .packcache import PackCache, clear_all
 from .validate import check_array, check_names
@@ -326,6 +327,7 @@ class NativeCell(CellBase):
         self._functions.update({s: functions[s] for s in WORKER_SYMBOLS if functions.get(s)})
         self.plans = Plans(self)  # of the lean inference call, by input shape
         self._pack_cache = PackCache()  # plain-dict calls' packed weights, by their bytes
+        self._faster: dict[tuple, FasterOf] = {}  # threaded entry or not, by (entry, B)
 
     # -- weights ------------------------------------------------------------------------
 
@@ -362,7 +364,7 @@ class NativeCell(CellBase):
         its own: a stack's two directions of one cell run at once, each on its twin
         (one cell's lean path serves one caller at a time)."""
         twin = copy.copy(self)
-        twin.plans, twin._pack_cache = Plans(twin), PackCache()
+        twin.plans, twin._pack_cache, twin._faster = Plans(twin), PackCache(), {}
         return twin
 
     def bind(self, params: dict) -> BoundCell:
@@ -505,6 +507,23 @@ class NativeCell(CellBase):
         POOL.put(spent)
         return out
 
+    def _call_faster(self, entry: str, T: int, bounds: list[int], given: Inputs,
+                     per_slice: list[dict] | None) -> dict:
+        """_call of `entry`; a threaded entry runs only while it measures faster than
+        its one-thread twin on calls of this batch size (choice.FasterOf)."""
+        if not entry.endswith(THREADED):
+            return self._call(entry, T, bounds, given, per_slice)
+        key = (entry, bounds[-1])
+        faster = self._faster.get(key)
+        if faster is None:
+            if len(self._faster) >= 64:  # many batch sizes: start over
+                self._faster.clear()
+            faster = self._faster.setdefault(key, FasterOf())
+        single = single_threaded(entry)
+        return faster.choose(lambda: self._call(single, T, bounds, given, per_slice),
+                             lambda: self._call(entry, T, bounds, given, per_slice),
+                             work=max(T, 1))  # sequences of a batch size vary in length
+
     def native_workers(self, threads: int):
         """The process's parked worker threads with room for `threads` (made from this
         cell's library if there are none), or None (a library built without them)."""
@@ -610,7 +629,7 @@ class NativeCell(CellBase):
             into = ws_layout.views(self._saved_widths(), workspace, T, bounds)
             workspace[0] = len(bounds) - 1
             per_slice = [dict(r, **v) for r, v in zip(per_slice, into)]
-        out = self._call(entry, T, bounds, given, per_slice=per_slice)
+        out = self._call_faster(entry, T, bounds, given, per_slice)
         final = {n: out[names.state_out(n)] for n in self.state_sizes}
         saved = None
         if train:
@@ -642,7 +661,7 @@ class NativeCell(CellBase):
         per_slice = [dict(sl, **rng) for sl, rng in zip(saved.slices,
                                                         _rng_slices(saved.seed, saved.bounds))]
         entry = "backward_mt" if self._shares_steps(T, saved.bounds, True) else "backward"
-        out = self._call(entry, T, saved.bounds, given, per_slice=per_slice)
+        out = self._call_faster(entry, T, saved.bounds, given, per_slice)
         # Each parameter's gradient: the sum of its parts. A lone part is handed out as
         # it is (the rows of a packed gradient are views of it: no copy); aliases share
         # the kernel's array, so the second of them gets a copy.
