@@ -49,6 +49,7 @@ THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64
 # parameters to their addresses instead.
 Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
+CACHE_LINE = 64
 THREADED_STEP_WEIGHTS = 1 << 18
 MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
 SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
@@ -210,20 +211,33 @@ def release_memory() -> int:
     return POOL.release() + clear_all()
 
 
+def aligned_empty(count: int, dtype) -> np.ndarray:
+    """An uninitialized 1-D array whose data starts on a cache line: the kernels load a
+    panel row as one 64-byte vector, which costs two loads when it straddles two lines
+    (NumPy's large arrays start 16 bytes past a page boundary)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(count * dtype.itemsize + CACHE_LINE, np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE
+    return raw[skip:skip + count * dtype.itemsize].view(dtype)
+
+
 def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
     """A K x N matrix as lstmc_small_gemm reads it: column panels of `width`, each K x
     width contiguous, then the remaining columns as one row-major block."""
     K, N = matrix.shape
     full = N // width
-    head = matrix[:, :full * width].reshape(K, full, width).transpose(1, 0, 2)
-    return np.ascontiguousarray(np.concatenate([head.ravel(), matrix[:, full * width:].ravel()]))
+    out = aligned_empty(K * N, matrix.dtype)
+    out[:full * width * K].reshape(full, K, width)[:] = matrix[:, :full * width].reshape(
+        K, full, width).transpose(1, 0, 2)
+    out[full * width * K:].reshape(K, N - full * width)[:] = matrix[:, full * width:]
+    return out
 
 
 def pack_stacked(parts: list[np.ndarray], width: int, transposed: bool) -> np.ndarray:
     """pack_panels of the rows of `parts` stacked (transposed: of the stack's transpose),
     written straight from the parts in one pass: no stacked or transposed copy first."""
     N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
-    out = np.empty(N * K, parts[0].dtype)
+    out = aligned_empty(N * K, parts[0].dtype)
     if not transposed:  # panels over the K columns: each part fills its rows of each
         full = K // width
         head = out[:full * width * N].reshape(full, N, width)

@@ -32,6 +32,7 @@ from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
 from .smallgemm import NV, emit_small_gemm, vector_width
+from .units import step_units
 
 
 @dataclass
@@ -455,6 +456,9 @@ class _ForwardKernel(_Kernel):
                 hoisted[h.index] = (out, weight.rows)
             self.barrier()
 
+        # Threaded inference of a cell whose step is unit by unit: each thread computes
+        # its own units of everything, products included, and threads meet once a step.
+        units = self._unit_share(state_sizes) if self.threaded and not self.train else None
         current = {}
         for s, n in state_sizes.items():
             current[s] = self.alloca(f"cur_{s}", PTR)
@@ -493,19 +497,30 @@ class _ForwardKernel(_Kernel):
                 for node in nodes:
                     if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
                         self.role_copies(node, env)
-            self.run_stages(program.forward, plan, env)
             out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
+            if units is None:
+                self.run_stages(program.forward, plan, env)
+                first, count = i64(0), None  # every unit, by thread 0
+            else:
+                self._units_step(units, env)
+                first, count = units
+
+            def part(base, row, n):  # this thread's units of a row
+                return element(b, self.ftype, self.row(base, row, n), first)
 
             def active(row):  # y[t] = h'; the row goes on
-                self.copy(self.row(nxt[info.output], row, out_n), self.row(y_t, row, out_n),
-                          i64(out_n))
+                self.copy(part(nxt[info.output], row, out_n), part(y_t, row, out_n),
+                          count or i64(out_n))
 
             def finished(row):  # past its length: y[t] = 0, state kept
-                self.fill(self.row(y_t, row, out_n), i64(out_n), 0.0)
+                self.fill(part(y_t, row, out_n), count or i64(out_n), 0.0)
                 for s, n in state_sizes.items():
-                    self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
+                    self.copy(part(cur[s], row, n), part(nxt[s], row, n), count or i64(n))
 
-            with self.leader_only():
+            if units is None:
+                with self.leader_only():
+                    self.rows_by_length(t, active, finished)
+            else:
                 self.rows_by_length(t, active, finished)
             self.barrier()  # the new states are complete before the next step reads them
             for s in state_sizes:
@@ -516,6 +531,39 @@ class _ForwardKernel(_Kernel):
                 out = self.buffer(f"state_out:{s}", ["B", n], "result")
                 self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
+
+    def _unit_share(self, state_sizes: dict[str, int]) -> tuple[ir.Value, ir.Value] | None:
+        """(first unit, unit count) of this thread where the step can be split by units
+        (step_units), in whole GEMM panels: the threads' shares are disjoint."""
+        split = step_units(self.mb.program, self.mb.sizes, state_sizes, self.mb.panel)
+        if split is None:
+            return None
+        self.unit_slices = split[1]
+        b, nr = self.b, self.mb.panel
+        panels = i64(split[0] // nr)
+        first = b.sdiv(b.mul(panels, self.tid), self.threads)
+        end = b.sdiv(b.mul(panels, b.add(self.tid, i64(1))), self.threads)
+        return b.mul(first, i64(nr)), b.mul(b.sub(end, first), i64(nr))
+
+    def _units_step(self, units, env: StepEnv) -> None:
+        """One step on this thread's units: of each product, the columns its units'
+        slices read (one GEMM share per slice offset), then the elementwise region."""
+        first, count = units
+        program, b = self.mb.program, self.b
+        product_stage, region_stage = program.forward
+        for node in product_stage.nodes:
+            weight = self.mb.packed_weight(node.attr.segments)
+            operand, out = env.places[node.inputs[0].id], env.place(node)
+            k = weight.columns
+            packed = self.buffer(f"panelsT:{weight.name}", [k * weight.rows], "in")
+            for offset in self.unit_slices[node.id]:
+                column = b.add(i64(offset), first)
+                self.gemm(self.B, weight.rows, k, operand.base, operand.stride, 1,
+                          element(b, self.ftype, packed, b.mul(column, i64(k))), "panels",
+                          element(b, self.ftype, out.base, column), out.stride,
+                          columns=count)
+        self.mb.regions.emit(b, program.forward_plan.regions[1], env, self.B, self.alloca,
+                             units=units)
 
     def _prologue(self, level: int, x, I: int, columns, hoisted, derived) -> None:
         """Prologue `level`: its derived values for all T*B rows, as one step over T*B

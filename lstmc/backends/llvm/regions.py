@@ -84,6 +84,7 @@ class RegionEmitter:
         self.module, self.math, self.ftype = module, math, math.ftype
         self.prefix = name_prefix
         self.count = 0
+        self.units: tuple[ir.Value, ir.Value] | None = None  # of the region being emitted
 
     # -- the plan's loops as tasks --------------------------------------------------------
 
@@ -131,8 +132,11 @@ class RegionEmitter:
     # -- emission -----------------------------------------------------------------------
 
     def emit(self, b: ir.IRBuilder, region: Region, env: StepEnv, batch: ir.Value,
-             entry_alloca) -> None:
+             entry_alloca, units: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """The region for every batch row; `units` (first, count): only those units of
+        each loop (a region of unit loops split among threads, see units.py)."""
         groups = self._groups(region, env)
+        self.units = units
         accumulators = {w.node.id: entry_alloca(f"acc{w.node.id}") for loop in region.loops
                         if loop.row_level for w in loop.work if isinstance(w, Finish)}
         with for_range(b, batch, "row") as row:
@@ -234,10 +238,13 @@ class RegionEmitter:
         args = [None] * len(pointers)
         for index, place, offset in pointers.values():
             args[index] = self._row_ptr(b, place, row, offset)
+            if self.units is not None:
+                args[index] = element(b, self.ftype, args[index], self.units[0])
         for node_id in sorted(reduce_out, key=reduce_out.get):
             args.append(accumulators[node_id])
         scalar_args = [self._load_scalar(b, u, env, row, values) for u in scalar_nodes]
-        b.call(fn, args + scalar_args + [i64(g.size)])
+        count = i64(g.size) if self.units is None else self.units[1]
+        b.call(fn, args + scalar_args + [count])
 
     def _emit_group_body(self, fn, g, env, pointers, floats, reduce_out) -> None:
         b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -1,0 +1,68 @@
+"""Whether a cell's forward step can be split among threads by hidden units.
+
+A step that is "unit by unit" (unit j of every new state is made from unit j of
+elementwise values, of the states, and of fixed slices of each recurrent product) lets
+each thread compute its own units of everything, the products' columns those units read
+included, so the threads of a threaded inference kernel meet once per step (before the
+next step's products read every unit of the new state) instead of after every stage,
+and each thread streams only its share of the recurrent weights: across steps, that
+share stays in its own core's cache. LSTM, GRU-style cells without a reset gate inside
+the product, peepholes and coupled gates qualify; cells with reductions (layer norm),
+concatenations or a second product stage (gru_cho, lstmp) keep the stage-by-stage split.
+"""
+from __future__ import annotations
+
+from ...ir.graph import REDUCTIONS, Op
+from ...ir.program import Program
+from ...ir.step_plan import Compute
+
+# What a product may multiply: values whose rows lie in memory before the step begins.
+_OPERANDS = {Op.STATE, Op.INPUT, Op.HOISTED}
+
+
+def step_units(program: Program, sizes: dict[str, int], state_sizes: dict[str, int],
+               panel: int) -> tuple[int, dict[int, list[int]]] | None:
+    """Of an inference step (training saves are not considered): (U, the column
+    offsets each product's units are read at, by product node id) when every state has
+    U units, U is whole GEMM panels, and the forward step is one
+    product stage followed by one region of loops over U units that reads each product
+    only through slices [o:o+U] with o a multiple of U; else None."""
+    units = set(state_sizes.values())
+    if len(units) != 1 or len(program.forward) != 2:
+        return None
+    (U,) = units
+    products, elementwise = program.forward
+    plan = program.forward_plan
+    region = plan.regions.get(1)
+    if (U % panel or products.kind != "product" or elementwise.kind == "product"
+            or region is None):
+        return None
+    for loop in region.loops:
+        if (loop.row_level or loop.size.bind(sizes) != U
+                or not all(isinstance(w, Compute) for w in loop.work)):
+            return None
+    if any(n.op == Op.CONCAT or n.op in REDUCTIONS for n in region.nodes):
+        return None
+    region_ids = {n.id for n in region.nodes}
+    if any(r.node is None or r.node.id not in region_ids for r in plan.routes
+           if r.kind in ("state", "output")):
+        return None  # a new state is a leaf or a product: not made in the region
+    offsets: dict[int, set[int]] = {}
+    for node in products.nodes:
+        if node.op != Op.MATMUL or node.inputs[0].op not in _OPERANDS:
+            return None
+        offsets[node.id] = set()
+    for node in region.nodes:
+        for operand in node.inputs:
+            if operand.id not in offsets:
+                continue
+            if node.op == Op.SLICE:
+                offset = node.attr.offset.bind(sizes)
+            elif operand.size.bind(sizes) == U:
+                offset = 0
+            else:
+                return None
+            if offset % U:
+                return None
+            offsets[operand.id].add(offset)
+    return U, {node_id: sorted(found) for node_id, found in offsets.items()}
