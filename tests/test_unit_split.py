@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import SPEC_NAMES, compile_spec, random_extra_inputs, random_inputs, spec_path
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_random_cells import cells
 
 import lstmc
@@ -121,12 +122,43 @@ def test_lstm_split_by_units_matches_torch(monkeypatch, threaded, threads):
     assert threaded["jobs"] == 2  # the lean path, on the parked workers
 
 
-@settings(max_examples=10, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(cells())
-def test_random_cells_threaded_match_the_reference(monkeypatch, threaded, spec):
-    """Random cells at H = 32 (two panels): the threaded inference entry, split by units
-    where the cell allows it and stage by stage where not, against the reference."""
+@st.composite
+def unit_cells(draw):
+    """Cells whose step is unit by unit: gates act(W @ x + U @ state + b), then new
+    states drawn as random elementwise expressions of a gate, the gates and the states
+    (under an activation: a new state that is an old one as it is, h' = h, is no such
+    step)."""
+    states = ["h"] + (["c"] if draw(st.booleans()) else [])
+    gates = draw(st.integers(1, 4))
+    acts = ["sigmoid", "tanh", "relu", ""]
+    params, lines = [], []
+    for k in range(gates):
+        act = draw(st.sampled_from(acts))
+        operand = draw(st.sampled_from(states))
+        params += [f"W{k}: [H, I]", f"U{k}: [H, H]", f"b{k}: H"]
+        lines.append(f"g{k} = {act}(W{k} @ x + U{k} @ {operand} + b{k})")
+    leaves = [f"g{k}" for k in range(gates)] + states
+
+    def expression(depth: int) -> str:
+        if depth == 0 or draw(st.booleans()):
+            return draw(st.sampled_from(leaves))
+        if draw(st.booleans()):
+            return f"{draw(st.sampled_from(acts[:2]))}({expression(depth - 1)})"
+        op = draw(st.sampled_from(["*", "+", "-"]))
+        return f"({expression(depth - 1)} {op} {expression(depth - 1)})"
+
+    for name in reversed(states):  # c' first: h' may read it
+        gate = draw(st.sampled_from(leaves[:gates]))  # a product is read
+        op = draw(st.sampled_from(["*", "+", "-"]))
+        lines.append(f"{name}' = {draw(st.sampled_from(acts[:2]))}({gate} {op} "
+                     f"{expression(2)})")
+    state = "  state c: H\n" if "c" in states else ""
+    body = "\n  ".join(lines)
+    return (f"cell random(x: I) -> h: H {{\n{state}  param {', '.join(params)}\n"
+            f"  {body}\n}}\n")
+
+
+def run_threaded(monkeypatch, spec):
     monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
     reference = lstmc.compile(spec, input_size=2, hidden_size=32, dtype="float64")
     native = lstmc.compile(spec, input_size=2, hidden_size=32, dtype="float64", target="cpu")
@@ -138,7 +170,30 @@ def test_random_cells_threaded_match_the_reference(monkeypatch, threaded, spec):
     lengths = np.array([9, 6])
     y0, f0 = reference.forward(x, params, state, lengths=lengths, inputs=more)
     y1, f1 = native.forward(x, params, state, lengths=lengths, inputs=more)
-    assert threaded["entries"][-1:] == ["forward_mt"]
     np.testing.assert_allclose(y1, y0, **TOL, err_msg=spec)
     for n in f0:
         np.testing.assert_allclose(f1[n], f0[n], **TOL, err_msg=spec)
+    return reference
+
+
+SETTINGS = dict(deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(unit_cells())
+def test_random_unit_cells_split_by_units_match_the_reference(monkeypatch, threaded, spec):
+    """H = 32: two float64 panels, one per thread."""
+    reference = run_threaded(monkeypatch, spec)
+    assert threaded["entries"][-1:] == ["forward_mt"]
+    assert step_units(reference.program, reference.sizes, reference.state_sizes,
+                      PANEL) is not None, spec
+
+
+@settings(max_examples=6, **SETTINGS)
+@given(cells())
+def test_random_cells_threaded_match_the_reference(monkeypatch, threaded, spec):
+    """The general random cells (reductions, concats, products of computed values: the
+    stage-by-stage split) through the same threaded entry."""
+    run_threaded(monkeypatch, spec)
+    assert threaded["entries"][-1:] == ["forward_mt"]
