@@ -211,17 +211,32 @@ def dict_params_runner(T: int, B: int, H: int):
     return lambda: cell.forward(x, params)
 
 
+def bf16_runner(T: int, B: int, H: int):
+    """Inference with the weights packed once as bfloat16."""
+    cell = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu")
+    packed = cell.pack_params(cell.init_params(0), weights="bfloat16")
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    return lambda: cell.forward(x, packed)
+
+
 def latency(repeat: int) -> list[tuple[str, float, float, str]]:
     """Rows (case, lstmc ms, PyTorch ms, what PyTorch ran) of the small-batch table."""
     rows = []
-    T, B, H = 100, 1, 128
-    t = interleaved_medians({"packed": lstmc_runner("lstm", T, B, H, False),
-                             "dict": dict_params_runner(T, B, H),
-                             "nn.LSTM": torch_lstm_runner(T, B, H, False)}, repeat)
-    rows.append((f"forward ({T}, {B}, {H}), weights packed once", t["packed"], t["nn.LSTM"],
-                 "nn.LSTM"))
-    rows.append((f"forward ({T}, {B}, {H}), parameters as a dict", t["dict"], t["nn.LSTM"],
-                 "nn.LSTM"))
+    T, B = 100, 1
+    for H in (128, 256, 512):
+        runners = {"packed": lstmc_runner("lstm", T, B, H, False)}
+        if H == 128:
+            runners["dict"] = dict_params_runner(T, B, H)
+        runners["bf16"] = bf16_runner(T, B, H)
+        runners["nn.LSTM"] = torch_lstm_runner(T, B, H, False)
+        t = interleaved_medians(runners, repeat)
+        rows.append((f"forward ({T}, {B}, {H}), weights packed once", t["packed"],
+                     t["nn.LSTM"], "nn.LSTM"))
+        if "dict" in t:
+            rows.append((f"forward ({T}, {B}, {H}), parameters as a dict", t["dict"],
+                         t["nn.LSTM"], "nn.LSTM"))
+        rows.append((f"forward ({T}, {B}, {H}), bfloat16 weights packed once", t["bf16"],
+                     t["nn.LSTM"], "nn.LSTM"))
     for H in (32, 128, 512):
         t = interleaved_medians(one_step_runners(H), repeat)
         rows.append((f"one step (1, 1, {H}), state carried: forward", t["lstmc forward"],

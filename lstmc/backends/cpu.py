@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from lstmc_runtime.manifest import CONTRACT_SYMBOL, ENTRY_SYMBOLS, SCHEMA, contract_hash
+from lstmc_runtime.manifest import CONTRACT_SYMBOL, SCHEMA, contract_hash, entry_symbols
 from lstmc_runtime.workers import SYMBOLS as WORKERS
 
 from ..passes.pipeline import Program
@@ -16,7 +16,6 @@ from .llvm.smallgemm import panel_width
 from .llvm.toolchain import optimize
 
 LIBRARY = "cell.so"
-ENTRIES = ENTRY_SYMBOLS
 
 
 def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: ModuleBuilder,
@@ -45,7 +44,8 @@ def manifest_for(program: Program, sizes: dict[str, int], dtype: str, mb: Module
                     for h in program.hoisted],
         "products": [{"id": p.id, "packed": mb.packed_weight(p.segments).name,
                       "operand": f"saved:{p.inputs[0].id}"} for p in program.recurrent_products],
-        "entries": {name: mb.entries[symbol].to_json() for name, symbol in ENTRIES.items()},
+        "entries": {name: mb.entries[symbol].to_json()
+                    for name, symbol in entry_symbols(dtype).items()},
     }
 
 

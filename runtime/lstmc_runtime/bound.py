@@ -24,8 +24,11 @@ from . import buffers as names
 from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, ShapeError
+from .manifest import THREADED, single_threaded
 from .validate import check_array
 from .workers import barrier_words
+
+BF16_WEIGHTS = "bfloat16"  # pack_params(params, weights=...): the bf16 inference forward's
 
 if TYPE_CHECKING:
     from .native import NativeCell, PackedParams
@@ -57,9 +60,10 @@ class Plan:
                  "state_keys", "keep", "pooled", "threaded")
 
     def __init__(self, cell: NativeCell, entry: str, T: int, B: int):
-        self.kernel = cell._entries["forward"]
+        self.kernel = cell._entries[single_threaded(entry)]
         # forward_mt: the same buffers, run by the process's parked workers with the caller
-        self.threaded: Threaded | None = Threaded(cell, entry, B) if entry != "forward" else None
+        self.threaded: Threaded | None = (Threaded(cell, entry, B) if entry.endswith(THREADED)
+                                          else None)
         self.T, self.B, self.dtype = T, B, cell.dtype
         layout = cell._layout(entry)
         self.pointers = (ctypes.c_void_p * max(len(layout), 1))()
@@ -84,7 +88,7 @@ class Plan:
                 self.state_in.append((key, slot))
             elif kind == "state_out":
                 self.state_out.append((key, slot, shape))
-            elif kind in ("param", "panels", "panelsT"):
+            elif kind in ("param", "panels", "panelsT", "panelsT16"):
                 self.param_slots.append((name, slot))
             elif name == names.LENGTHS:
                 self._keep(slot, np.full(B, T, np.int64))
@@ -175,7 +179,7 @@ class Threaded:
     it and the one-thread kernel, by measurement (choice.FasterOf)."""
 
     def __init__(self, cell: NativeCell, entry: str, B: int):
-        if cell._layout(entry) != cell._layout("forward"):
+        if cell._layout(entry) != cell._layout(single_threaded(entry)):
             raise BackendError(f"internal: {entry} and forward take different buffers")
         self.threads = cell._threads()
         self.address = cell._functions[entry]
@@ -218,10 +222,10 @@ class Plans:
         self.forward_params = [names.parse(name)[1] for name, *_ in cell._layout("forward")
                                if names.parse(name)[0] == "param"]
 
-    def get(self, x: np.ndarray) -> Plan | None:
+    def get(self, x: np.ndarray, bf16: bool = False) -> Plan | None:
         """x's plan (the lock held), validating x in full the first time; None where the
-        lean call does not apply."""
-        key = (x.shape, x.strides, x.dtype)
+        lean call does not apply. `bf16`: of the forward on bfloat16 weights."""
+        key = (x.shape, x.strides, x.dtype, bf16)
         if key in self._plans:
             return self._plans[key]
         cell = self.cell
@@ -230,10 +234,11 @@ class Plans:
         if T < 1 or B < 1:
             raise ShapeError(f"x: expected at least one step and one batch row, got shape "
                              f"{tuple(x.shape)}")
-        entry, bounds = cell._forward_entry(T, B, train=False)
-        if len(bounds) == 2 and (entry == "forward_mt" or cell.may_thread(T, B)):
+        entry, bounds = cell._forward_entry(T, B, train=False, bf16=bf16)
+        if len(bounds) == 2 and (entry.endswith(THREADED) or cell.may_thread(T, B)):
             # either kernel, by measurement (see Threaded), where workers can run one
-            entry = "forward_mt" if cell.native_workers(cell._threads()) else "forward"
+            single = single_threaded(entry)
+            entry = single + THREADED if cell.native_workers(cell._threads()) else single
         plan = Plan(cell, entry, T, B) if len(bounds) == 2 else None
         if len(self._plans) >= MAX_PLANS:
             del self._plans[next(iter(self._plans))]
@@ -250,7 +255,7 @@ class Plans:
         if type(x) is not np.ndarray or cell.batch_first or not self.lock.acquire(False):
             return None
         try:
-            plan = self.get(x)
+            plan = self.get(x, getattr(params, "weights", None) == BF16_WEIGHTS)
             if plan is None:
                 return None
             if state is None:
@@ -307,7 +312,7 @@ class BoundCell:
                     or not plans.lock.acquire(False)):
                 return self._step_slow(x)
             try:
-                plan = plans.get(x)
+                plan = plans.get(x, self.params.weights == BF16_WEIGHTS)
                 if plan is not None and plan.B == self._batch:
                     plan.set_params(self.params)
                     parity = self._parity

@@ -30,6 +30,11 @@ def panels_t(packed: str) -> str:
     return f"panelsT:{packed}"
 
 
+def panels_t_bf16(packed: str) -> str:
+    """panels_t in bfloat16 (bfloat16.pack_panels_bf16): the bf16 inference forward's."""
+    return f"panelsT16:{packed}"
+
+
 def dpacked(packed: str) -> str:
     return f"dpacked:{packed}"
 

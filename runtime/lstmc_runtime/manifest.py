@@ -23,18 +23,27 @@ from . import buffers as names
 from .dtypes import DTYPES
 from .errors import ArtifactError
 
-SCHEMA = 3  # the manifest layout this runtime reads; older or newer ones are refused
+SCHEMA = 4  # the manifest layout this runtime reads; older or newer ones are refused
 # Each entry has a threaded twin ("_mt"): the same buffers, run by several threads at
 # once on one batch, sharing every step (the caller gives it barrier words and scratch).
 THREADED = "_mt"
 ENTRY_SYMBOLS = {name + suffix: "lstmc_" + name + suffix
                  for suffix in ("", THREADED)
                  for name in ("forward", "forward_train", "backward")}
+# float32 cells also have the inference forward on bfloat16 weights (and its twin).
+BF16 = "forward_bf16"
+BF16_DTYPES = ("float32",)
 CONTRACT_SYMBOL = "lstmc_contract_sha256"  # 64 hex characters in the library
 MAX_SIZE = 1 << 31  # any one dimension; far above any real cell, far below overflow
 ROLES = ("in", "out", "result", "work")
 # Fields outside what the library was built against: the checksums are computed after it.
 _UNHASHED = ("checksums", "manifest_sha256")
+
+
+def entry_symbols(dtype: str) -> dict[str, str]:
+    """The entry points of a CPU artifact of this dtype, by name, and their symbols."""
+    extra = {BF16 + s: "lstmc_" + BF16 + s for s in ("", THREADED)}
+    return ENTRY_SYMBOLS | (extra if dtype in BF16_DTYPES else {})
 
 
 def single_threaded(entry: str) -> str:
@@ -257,7 +266,7 @@ class BufferSpec:
     shape: tuple
     role: str   # "in": caller fills; "out": caller zero-fills, kernel adds; "result":
     #             kernel writes every element; "work": scratch the caller allocates
-    dtype: str  # "float" (the cell's dtype) or "int64"
+    dtype: str  # "float" (the cell's dtype), "int64", or "uint16" (bfloat16 bits)
 
     def to_json(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "role": self.role,
@@ -377,13 +386,13 @@ class CpuManifest:
             raise ArtifactError(f"{where}: {message}")
 
         cell = self.cell
-        if set(self.entries) != set(ENTRY_SYMBOLS):
-            fail(f"entry points must be exactly {', '.join(ENTRY_SYMBOLS)}; got "
+        symbols = entry_symbols(cell.dtype)
+        if set(self.entries) != set(symbols):
+            fail(f"entry points must be exactly {', '.join(symbols)}; got "
                  f"{', '.join(self.entries) or 'none'}")
         for name, entry in self.entries.items():
-            if entry.symbol != ENTRY_SYMBOLS[name]:
-                fail(f"entry '{name}' must be symbol {ENTRY_SYMBOLS[name]}, got "
-                     f"{entry.symbol!r}")
+            if entry.symbol != symbols[name]:
+                fail(f"entry '{name}' must be symbol {symbols[name]}, got {entry.symbol!r}")
         for packed in self.packed.values():
             for param, rows in packed.segments:
                 shape = cell.params.get(param, ParamSpec(())).shape
@@ -407,7 +416,7 @@ class CpuManifest:
                 fail(f"gradient alias {alias} -> {same} does not join two parameters of "
                      "one shape")
         saved: dict[str, tuple] = {}
-        for name in ENTRY_SYMBOLS:  # the training forward first: it defines the saved
+        for name in symbols:  # the training forward first: it defines the saved
             self._check_entry(name, self.entries[name], saved, fail)
             twin = single_threaded(name)
             if twin != name and self.entries[name].buffers != self.entries[twin].buffers:
@@ -451,11 +460,15 @@ class CpuManifest:
         if kind in ("state_in", "state_out", "dstate_in", "dstate_out") and key in cell.states:
             role = "in" if kind.endswith("_in") else "result"
             return ("B", cell.states[key]), role, "float"
-        if kind in ("panels", "panelsT", "dpacked") and key in self.packed:
+        bf16 = entry == BF16
+        if kind in ("panels", "panelsT", "dpacked", "panelsT16") and key in self.packed:
             p = self.packed[key]
             if kind == "dpacked":
                 return (p.rows, p.columns), "out", "float"
-            return (p.rows * p.columns,), "in", "float"
+            if (kind == "panelsT16") != bf16 or (bf16 and kind == "panels"):
+                raise ArtifactError(f"entry '{entry}' takes a buffer of other weights: "
+                                    f"{name!r}")
+            return (p.rows * p.columns,), "in", "uint16" if bf16 else "float"
         if kind in ("hoisted", "dhoisted") and key.isdigit() and int(key) in self.hoisted:
             rows = self.packed[self.hoisted[int(key)]].rows
             return ("T", "B", rows), "work", "float"
@@ -505,7 +518,7 @@ class CpuManifest:
                     "backward": ["dy", "dx", "lengths"]
                     + [names.dstate_in(s) for s in cell.states]
                     + [names.dstate_out(s) for s in cell.states]}
-        required["forward_train"] = required["forward"]
+        required["forward_train"] = required[BF16] = required["forward"]
         missing = [b for b in required[kind] if b not in seen]
         if missing:
             fail(f"entry '{name}' lacks the buffer{'s' if len(missing) > 1 else ''} "

@@ -27,12 +27,13 @@ import numpy as np
 
 from . import buffers as names
 from . import workspace as ws_layout
-from .bound import BoundCell, Plans
+from .bfloat16 import pack_panels_bf16
+from .bound import BF16_WEIGHTS, BoundCell, Plans
 from .bound import address as _address
 from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, UsageError
-from .manifest import THREADED, CpuManifest, single_threaded
+from .manifest import BF16, THREADED, CpuManifest, single_threaded
 from .openmp import map_slices, run_together
 from .packcache import PackCache, clear_all
 from .validate import check_array, check_names
@@ -285,10 +286,12 @@ class PackedParams(dict):
     read them by address), and changing an entry is a UsageError; to change a parameter,
     pack again."""
 
-    def __init__(self, plain: dict[str, np.ndarray], packs: dict[str, np.ndarray], owner):
+    def __init__(self, plain: dict[str, np.ndarray], packs: dict[str, np.ndarray], owner,
+                 weights: str = "float32"):
         super().__init__(plain)
         self._packs, self._owner = packs, owner
         self._addresses: dict[str, int] | None = None
+        self.weights = weights  # what the packs hold: the cell's dtype, or "bfloat16"
 
     @property
     def packs(self) -> dict[str, np.ndarray]:
@@ -364,14 +367,37 @@ class NativeCell(CellBase):
                     packs[name] = cache.get(name, parts, make) if cached else make()
         return packs
 
-    def pack_params(self, params: dict) -> PackedParams:
-        """Validate and pack parameters once, for many forward calls with them."""
+    def pack_params(self, params: dict, weights: str | None = None) -> PackedParams:
+        """Validate and pack parameters once, for many forward calls with them.
+        `weights="bfloat16"` (float32 cells): the packed weight matrices rounded to
+        bfloat16, half the bytes for inference to stream (lstmc_runtime.bfloat16);
+        training needs the cell's own dtype."""
+        weights = self._check_weights(weights)
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
         plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
         packs = self._packs(plain, cached=False)  # fresh arrays, referenced nowhere else
+        if weights == BF16_WEIGHTS:
+            packs = {n: v for n, v in packs.items() if names.parse(n)[0] == "panelsT"}
+            for p in self.contract.packed.values():
+                floats = packs.pop(names.panels_t(p.name))
+                packs[names.panels_t_bf16(p.name)] = pack_panels_bf16(
+                    floats, p.columns, p.rows, self.contract.panel_width,
+                    aligned_empty(floats.size, np.uint16))
         for array in packs.values():
             array.flags.writeable = False
-        return PackedParams(plain, packs, self)
+        return PackedParams(plain, packs, self, weights)
+
+    def _check_weights(self, weights: str | None) -> str:
+        """`weights` of pack_params, checked: None means the cell's dtype."""
+        if weights is None or weights == self.dtype.name:
+            return self.dtype.name
+        if weights != BF16_WEIGHTS:
+            raise UsageError(f"pack_params: weights must be {self.dtype.name!r} or "
+                             f"{BF16_WEIGHTS!r}, got {weights!r}")
+        if BF16 not in self._entries:
+            raise UsageError(f"pack_params: bfloat16 weights are for float32 cells; this "
+                             f"cell is {self.dtype.name}")
+        return weights
 
     def twin(self) -> NativeCell:
         """The same compiled cell as another object, with lean-call plans and packs of
@@ -397,6 +423,10 @@ class NativeCell(CellBase):
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
                 *args, **kwargs):
+        if train and getattr(params, "weights", None) == BF16_WEIGHTS:
+            raise UsageError("forward(train=True): these parameters were packed with "
+                             "bfloat16 weights, which are for inference; train with the "
+                             "parameters as a dict or packed in the cell's dtype")
         # Inference with packed parameters takes the bound path (checks cached by shape).
         if (not train and lengths is None and not self.extra_inputs
                 and not kwargs.get("inputs") and len(args) < 3):
@@ -602,12 +632,15 @@ class NativeCell(CellBase):
         given.update({names.state_in(n): v for n, v in state.items()})
         return given
 
-    def _forward_entry(self, T: int, B: int, train: bool) -> tuple[str, list[int]]:
-        """The forward entry point for a (T, B) call, and its batch slices."""
+    def _forward_entry(self, T: int, B: int, train: bool, bf16: bool = False
+                       ) -> tuple[str, list[int]]:
+        """The forward entry point for a (T, B) call (`bf16`: inference on bfloat16
+        weights), and its batch slices."""
         bounds = self._bounds(B)
+        entry = "forward_train" if train else BF16 if bf16 else "forward"
         if self._shares_steps(T, bounds, train):
-            return ("forward_train_mt" if train else "forward_mt"), bounds
-        return ("forward_train" if train else "forward"), bounds
+            return entry + THREADED, bounds
+        return entry, bounds
 
     def _shares_steps(self, T: int, bounds: list[int], train: bool) -> bool:
         """Whether a batch too small for slices runs on several threads sharing each
@@ -636,7 +669,8 @@ class NativeCell(CellBase):
 
     def _run_forward(self, x, params, state, train, lengths, seed=None, workspace=None):
         T, B, _ = x.shape
-        entry, bounds = self._forward_entry(T, B, train)
+        bf16 = getattr(params, "weights", None) == BF16_WEIGHTS
+        entry, bounds = self._forward_entry(T, B, train, bf16)
         given = self._inputs(x, params, state, lengths, self._packs(params, entry))
         per_slice = _rng_slices(seed, bounds)
         if workspace is not None:  # the kernels save straight into the caller's array

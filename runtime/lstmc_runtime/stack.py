@@ -115,16 +115,16 @@ class Stack:
                 params[self.prefix(l, d) + n] = v
         return params
 
-    def pack_params(self, params: dict) -> PackedStackParams:
+    def pack_params(self, params: dict, weights: str | None = None) -> PackedStackParams:
         """Validate and pack every layer's and direction's parameters once (cpu
         target), for many forward calls: pass the result to `forward` in place of the
-        dict, as `cell.pack_params` for one cell."""
+        dict, as `cell.pack_params` for one cell (`weights="bfloat16"` too)."""
         if not all(hasattr(c, "pack_params") for _, _, c in self._cells()):
             raise UsageError(f"pack_params: a stack on the {self.target} target takes its "
                              "parameters as a dict (only cpu cells pack weights)")
         self._check_params(params)
         per_cell = [[cell.pack_params({n: params[self.prefix(l, d) + n]  # type: ignore[attr-defined]
-                                       for n in cell.param_shapes})
+                                       for n in cell.param_shapes}, weights)
                      for d, cell in enumerate(cells)] for l, cells in enumerate(self.layers)]
         plain = {self.prefix(l, d) + n: v for l, cells in enumerate(per_cell)
                  for d, packed in enumerate(cells) for n, v in packed.items()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 from lstmc_runtime import buffers as names
 from lstmc_runtime import dtypes
-from lstmc_runtime.manifest import PackedSpec
+from lstmc_runtime.manifest import BF16_DTYPES, PackedSpec
 
 from ...ir import masks
 from ...ir.graph import LEAVES, PRODUCTS, Node, Op
@@ -31,7 +31,7 @@ from .irutil import I32, I64, PTR, element, float_type, for_range, i64, spin_unt
 from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
-from .smallgemm import NV, emit_small_gemm, vector_width
+from .smallgemm import I16, NV, emit_small_gemm, vector_width
 from .units import step_units
 
 
@@ -72,6 +72,10 @@ class ModuleBuilder:
         self.gradient_aliases: dict[str, str] = {}  # parameter -> one with the same gradient
         self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
         self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
+        # float32 cells also run inference on bfloat16 weights (lstmc_runtime.bfloat16)
+        self.bf16 = self.dtype.name in BF16_DTYPES
+        self.small_gemm_bf16 = (emit_small_gemm(self.module, self.ftype, accumulate=False,
+                                                bf16=True) if self.bf16 else None)
         self.malloc = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "malloc")
         self.free = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
         self.sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
@@ -92,6 +96,8 @@ class ModuleBuilder:
             _ForwardKernel(self, train=False, threaded=threaded).emit()
             _ForwardKernel(self, train=True, threaded=threaded).emit()
             _BackwardKernel(self, threaded=threaded).emit()
+            if self.bf16:
+                _ForwardKernel(self, train=False, threaded=threaded, bf16=True).emit()
         workers.emit(self.module)  # the parked threads that run the *_mt entries
         return self.module
 
@@ -106,6 +112,7 @@ class _Kernel:
         # A threaded kernel is run by several threads at once on the same buffers: each
         # computes a share of every product's columns; thread 0 does everything else.
         self.threaded = threaded
+        self.bf16 = False  # packed weights in bfloat16 (the inference forward's twin)
         extra = [I64, I64, PTR, PTR] if threaded else []  # tid, threads, sync, arena
         self.fn = ir.Function(mb.module, ir.FunctionType(I32, [I64, I64, PTR] + extra), symbol)
         self.T, self.B, self.bufs = self.fn.args[:3]
@@ -205,6 +212,8 @@ class _Kernel:
         else:
             bk, bp, bt = i64(ldb or n), i64(nr), i64(ldb or n)
         fn = self.mb.small_gemm_acc if accumulate else self.mb.small_gemm
+        if self.bf16 and layout == "panels":  # every panels operand is a packed weight
+            fn = self.mb.small_gemm_bf16
         self.b.call(fn, [as_i64(m), columns or i64(n), as_i64(k), a, as_i64(sam), as_i64(sak),
                          b_matrix, bk, bp, bt, c, i64(ldc)])
 
@@ -333,8 +342,21 @@ class _Kernel:
         k_value = k if isinstance(k, ir.Value) else i64(k)
         # panels: each panel is k x nr contiguous; rows: the first column is `column` on
         b_start = b.mul(column, k_value) if layout == "panels" else column
-        self.gemm(m, n, k, a, sam, sak, element(b, self.ftype, b_matrix, b_start), layout,
+        self.gemm(m, n, k, a, sam, sak, element(b, self.weight_type, b_matrix, b_start), layout,
                   element(b, self.ftype, c, column), ldc, accumulate, columns=width, ldb=ldb)
+
+    @property
+    def weight_type(self) -> ir.Type:
+        """Of a packed weight's elements."""
+        return I16 if self.bf16 else self.ftype
+
+    def forward_weights(self, weight: PackedSpec) -> ir.Value:
+        """The packed weight as the forward reads it: W^T in column panels (float, or
+        bfloat16 in the bf16 forward)."""
+        if self.bf16:
+            return self.buffer(names.panels_t_bf16(weight.name),
+                               [weight.rows * weight.columns], "in", "uint16")
+        return self.buffer(names.panels_t(weight.name), [weight.rows * weight.columns], "in")
 
     def product(self, node: Node, env: StepEnv) -> None:
         """One recurrent product for all rows: out (B, rows) = v (B, in) @ W^T, or its
@@ -352,7 +374,7 @@ class _Kernel:
         out = env.place(node)
         if node.op == Op.MATMUL:
             n_out, k = weight.rows, weight.columns
-            packed = self.buffer(f"panelsT:{weight.name}", [k * n_out], "in")
+            packed = self.forward_weights(weight)
         else:
             n_out, k = weight.columns, weight.rows
             packed = self.buffer(f"panels:{weight.name}", [k * n_out], "in")
@@ -418,10 +440,12 @@ class SequenceEnv(StepEnv):
 
 
 class _ForwardKernel(_Kernel):
-    def __init__(self, mb: ModuleBuilder, train: bool, threaded: bool = False):
-        symbol = "lstmc_forward_train" if train else "lstmc_forward"
+    def __init__(self, mb: ModuleBuilder, train: bool, threaded: bool = False,
+                 bf16: bool = False):
+        symbol = ("lstmc_forward_train" if train else "lstmc_forward") + (
+            "_bf16" if bf16 else "")
         super().__init__(mb, symbol + ("_mt" if threaded else ""), threaded)
-        self.train = train
+        self.train, self.bf16 = train, bf16
 
     def emit(self) -> None:
         mb, b, program = self.mb, self.b, self.mb.program
@@ -450,7 +474,7 @@ class _ForwardKernel(_Kernel):
                     offset, width = columns[h.operand]
                     operand, stride = element(b, self.ftype, x, i64(offset)), I
                 out = self.buffer(names.hoisted(h.index), ["T", "B", weight.rows], "work")
-                panels = self.buffer(names.panels_t(weight.name), [width * weight.rows], "in")
+                panels = self.forward_weights(weight)
                 self.gemm_share(b.mul(self.T, self.B), weight.rows, width, operand, stride, 1,
                                 panels, out, weight.rows)
                 hoisted[h.index] = (out, weight.rows)
@@ -555,11 +579,11 @@ class _ForwardKernel(_Kernel):
             weight = self.mb.packed_weight(node.attr.segments)
             operand, out = env.places[node.inputs[0].id], env.place(node)
             k = weight.columns
-            packed = self.buffer(f"panelsT:{weight.name}", [k * weight.rows], "in")
+            packed = self.forward_weights(weight)
             for offset in self.unit_slices[node.id]:
                 column = b.add(i64(offset), first)
                 self.gemm(self.B, weight.rows, k, operand.base, operand.stride, 1,
-                          element(b, self.ftype, packed, b.mul(column, i64(k))), "panels",
+                          element(b, self.weight_type, packed, b.mul(column, i64(k))), "panels",
                           element(b, self.ftype, out.base, column), out.stride,
                           columns=count)
         self.mb.regions.emit(b, program.forward_plan.regions[1], env, self.B, self.alloca,

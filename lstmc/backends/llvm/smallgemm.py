@@ -11,7 +11,13 @@ stride; a plain row-major B works too (bk = bt = ldb, bp = NR).
 Register tiles of MR rows x NR columns (NR = two 512-bit vectors) keep every accumulator
 in registers across the K loop: per k, two vector loads of B, MR broadcasts of A, 2*MR
 fused multiply-adds. Tiles with few rows (down to a matrix-vector product at batch 1)
-split K across several accumulator sets, so the adds do not wait on one another."""
+split K across several accumulator sets, so the adds do not wait on one another.
+
+`lstmc_small_gemm_bf16` (float32 cells' inference with bfloat16 weights) reads B as
+bfloat16 in the same panels, half the bytes: a panel row's 32 values as 16 32-bit lanes,
+lane i holding column i in its low half and column 16 + i in its high half, so one load,
+a shift and a mask give the row's two float32 vectors (a bfloat16 is the high half of a
+float32). Columns past the last panel are plain bfloat16."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -19,6 +25,8 @@ from lstmc_runtime import dtypes
 
 from .irutil import FLOAT_BYTES, I32, I64, PTR, carried_loop, element, for_range, i64
 from .mathlib import FAST
+
+I16 = ir.IntType(16)
 
 MR = 8  # rows of a register tile
 NV = 2  # vectors per tile row
@@ -46,13 +54,18 @@ KC = 256  # a block of K: one panel's block (KC x NR) stays in L1 across row til
 MC = 128  # a block of rows: A's block (MC x KC) stays in L2 across panels
 
 
-def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.Function:
+def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool,
+                    bf16: bool = False) -> ir.Function:
+    """lstmc_small_gemm(_acc), or with `bf16` (float32 only) lstmc_small_gemm_bf16."""
     vw = vector_width(ftype)
     nr = NV * vw
     vtype = ir.VectorType(ftype, vw)
-    suffix = "_acc" if accumulate else ""
-    store_tiles = _tiles(module, ftype, vtype, False)
-    add_tiles = _tiles(module, ftype, vtype, True)
+    if bf16 and (str(ftype) != "float" or NV != 2):
+        raise ValueError("bfloat16 weights are for float32 GEMMs")
+    wtype = I16 if bf16 else ftype  # of B's elements
+    suffix = ("_acc" if accumulate else "") + ("_bf16" if bf16 else "")
+    store_tiles = _tiles(module, ftype, vtype, False, bf16)
+    add_tiles = _tiles(module, ftype, vtype, True, bf16)
 
     fn = ir.Function(module, small_gemm_type(), f"lstmc_small_gemm{suffix}")
     fn.attributes.add("nounwind")
@@ -78,7 +91,7 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.F
             c_block = element(b, ftype, C, b.mul(mstart, ldc))
             with for_range(b, panels, "panel") as p:
                 n0 = b.mul(p, i64(nr))
-                panel = element(b, ftype, B, b.add(b.mul(p, bp), b.mul(k0, bk)))
+                panel = element(b, wtype, B, b.add(b.mul(p, bp), b.mul(k0, bk)))
                 full = b.sdiv(mc, i64(MR))
                 rest = b.srem(mc, i64(MR))
                 with b.if_else(overwrite) as (store, add):
@@ -94,9 +107,9 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.F
                                                panel, bk, c_block, ldc, ftype)
         # Columns past the last full panel.
         start = b.mul(panels, i64(nr))
-        tail = element(b, ftype, B, b.add(b.mul(panels, bp), b.mul(k0, bt)))
+        tail = element(b, wtype, B, b.add(b.mul(panels, bp), b.mul(k0, bt)))
         with for_range(b, b.sub(N, start), "ncol") as dn, for_range(b, M, "mrow") as m:
-            total = _scalar_dot(b, ftype, kc, a_k, sam, sak, m, tail, bt, dn)
+            total = _scalar_dot(b, ftype, kc, a_k, sam, sak, m, tail, bt, dn, bf16)
             c_ptr = element(b, ftype, C, b.add(b.mul(m, ldc), b.add(start, dn)))
             old = b.select(overwrite, ir.Constant(ftype, 0.0), b.load(c_ptr, typ=ftype))
             b.store(b.fadd(old, total), c_ptr)
@@ -104,12 +117,21 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool) -> ir.F
     return fn
 
 
-def _tiles(module, ftype, vtype, accumulate: bool) -> dict:
-    name = f"lstmc_gemm_tile{MR}{'_acc' if accumulate else ''}"
-    if name in module.globals:
-        return {mr: module.globals[f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}"]
+def _tile_name(mr: int, accumulate: bool, bf16: bool) -> str:
+    return f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}{'_bf16' if bf16 else ''}"
+
+
+def _tiles(module, ftype, vtype, accumulate: bool, bf16: bool) -> dict:
+    if _tile_name(MR, accumulate, bf16) in module.globals:
+        return {mr: module.globals[_tile_name(mr, accumulate, bf16)]
                 for mr in range(1, MR + 1)}
-    return {mr: _emit_tile(module, ftype, vtype, mr, accumulate) for mr in range(1, MR + 1)}
+    return {mr: _emit_tile(module, ftype, vtype, mr, accumulate, bf16)
+            for mr in range(1, MR + 1)}
+
+
+def widen_bf16(b: ir.IRBuilder, value: ir.Value, ftype: ir.Type) -> ir.Value:
+    """A bfloat16 (i16) as the float32 it is the high half of."""
+    return b.bitcast(b.shl(b.zext(value, I32), ir.Constant(I32, 16)), ftype)
 
 
 def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> None:
@@ -118,22 +140,26 @@ def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> Non
     b.call(tile, [K, a, sam, sak, panel, bk, c, ldc])
 
 
-def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n) -> ir.Value:
+def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n, bf16: bool = False) -> ir.Value:
     """sum_k A[m, k] * B[k, n]."""
     def body(k, carried):
         av = b.load(element(b, ftype, A, b.add(b.mul(m, sam), b.mul(k, sak))), typ=ftype)
-        bv = b.load(element(b, ftype, B, b.add(b.mul(k, ldb), n)), typ=ftype)
+        if bf16:
+            bv = widen_bf16(b, b.load(element(b, I16, B, b.add(b.mul(k, ldb), n)), typ=I16),
+                            ftype)
+        else:
+            bv = b.load(element(b, ftype, B, b.add(b.mul(k, ldb), n)), typ=ftype)
         return [b.fadd(carried[0], b.fmul(av, bv, flags=FAST), flags=FAST)]
 
     return carried_loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
 
 
-def _emit_tile(module, ftype, vtype, mr, accumulate) -> ir.Function:
+def _emit_tile(module, ftype, vtype, mr, accumulate, bf16) -> ir.Function:
     """C[0:mr, 0:NR] (+)= A[0:mr, :] . panel, row k of the panel at P + k*bk."""
     vw = vtype.count
     sets = {1: 4, 2: 2}.get(mr, 1)  # independent accumulator sets for short tiles
     fn_type = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, I64, PTR, I64, PTR, I64])
-    fn = ir.Function(module, fn_type, f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}")
+    fn = ir.Function(module, fn_type, _tile_name(mr, accumulate, bf16))
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     K, A, sam, sak, P, bk, C, ldc = fn.args
@@ -143,14 +169,22 @@ def _emit_tile(module, ftype, vtype, mr, accumulate) -> ir.Function:
     zero = ir.Constant(vtype, [0.0] * vw)
     splat_mask = ir.Constant(ir.VectorType(I32, vw), [0] * vw)
     undef = ir.Constant(vtype, ir.Undefined)
+    lane_type = ir.VectorType(I32, vw)
+    shift = ir.Constant(lane_type, [16] * vw)
+    high = ir.Constant(lane_type, [-65536] * vw)  # 0xffff0000
 
     def update(k, accs: list, which: int) -> list:
         """Add row k's contribution to accumulator set `which`; accs is flat
         [set][row][vector]."""
         accs = list(accs)
-        row = element(b, ftype, P, b.mul(k, bk))
-        bvecs = [b.load(element(b, ftype, row, i64(v * vw)), typ=vtype, align=4)
-                 for v in range(NV)]
+        if bf16:  # 16 lanes: columns i (low halves) and 16 + i (high halves)
+            lanes = b.load(element(b, I16, P, b.mul(k, bk)), typ=lane_type, align=4)
+            bvecs = [b.bitcast(b.shl(lanes, shift), vtype),
+                     b.bitcast(b.and_(lanes, high), vtype)]
+        else:
+            row = element(b, ftype, P, b.mul(k, bk))
+            bvecs = [b.load(element(b, ftype, row, i64(v * vw)), typ=vtype, align=4)
+                     for v in range(NV)]
         a_k = element(b, ftype, A, b.mul(k, sak))
         for i in range(mr):
             a = b.load(element(b, ftype, a_k, b.mul(i64(i), sam)), typ=ftype)
