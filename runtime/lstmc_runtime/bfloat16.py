@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+WEIGHTS = "bfloat16"  # pack_params(params, weights=WEIGHTS)
 HALF = 16  # a panel row of 32 columns is two float32 vectors of 16
 
 

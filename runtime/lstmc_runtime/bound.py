@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import buffers as names
+from .bfloat16 import WEIGHTS as BF16_WEIGHTS
 from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
 from .validate import check_array
 from .workers import barrier_words
-
-BF16_WEIGHTS = "bfloat16"  # pack_params(params, weights=...): the bf16 inference forward's
 
 if TYPE_CHECKING:
     from .native import NativeCell, PackedParams

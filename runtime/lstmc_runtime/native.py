@@ -27,8 +27,9 @@ import numpy as np
 
 from . import buffers as names
 from . import workspace as ws_layout
+from .bfloat16 import WEIGHTS as BF16_WEIGHTS
 from .bfloat16 import pack_panels_bf16
-from .bound import BF16_WEIGHTS, BoundCell, Plans
+from .bound import BoundCell, Plans
 from .bound import address as _address
 from .cellbase import CellBase
 from .choice import FasterOf
@@ -375,9 +376,10 @@ class NativeCell(CellBase):
         weights = self._check_weights(weights)
         self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
         plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
-        packs = self._packs(plain, cached=False)  # fresh arrays, referenced nowhere else
-        if weights == BF16_WEIGHTS:
-            packs = {n: v for n, v in packs.items() if names.parse(n)[0] == "panelsT"}
+        bf16 = weights == BF16_WEIGHTS  # from the forward's float packs, rounded
+        # fresh arrays, referenced nowhere else
+        packs = self._packs(plain, "forward" if bf16 else None, cached=False)
+        if bf16:
             for p in self.contract.packed.values():
                 floats = packs.pop(names.panels_t(p.name))
                 packs[names.panels_t_bf16(p.name)] = pack_panels_bf16(

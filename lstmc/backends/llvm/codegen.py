@@ -333,16 +333,28 @@ class _Kernel:
             self.gemm(m, n, k, a, sam, sak, b_matrix, layout, c, ldc, accumulate, ldb=ldb)
             return
         b, nr = self.b, self.mb.panel
-        count = i64(n // nr)
-        first = b.sdiv(b.mul(count, self.tid), self.threads)
-        end = b.sdiv(b.mul(count, b.add(self.tid, i64(1))), self.threads)
+        first, end = self.panel_share(n // nr)
         last = b.icmp_signed("==", self.tid, b.sub(self.threads, i64(1)))
         width = b.add(b.mul(b.sub(end, first), i64(nr)), b.select(last, i64(n % nr), i64(0)))
-        column = b.mul(first, i64(nr))
+        self.gemm_columns(m, n, k, a, sam, sak, b_matrix, c, ldc, b.mul(first, i64(nr)),
+                          width, layout, accumulate, ldb)
+
+    def panel_share(self, panels: int) -> tuple[ir.Value, ir.Value]:
+        """[first, end) of `panels` that are this thread's: contiguous, disjoint."""
+        b, count = self.b, i64(panels)
+        first = b.sdiv(b.mul(count, self.tid), self.threads)
+        return first, b.sdiv(b.mul(count, b.add(self.tid, i64(1))), self.threads)
+
+    def gemm_columns(self, m, n: int, k, a, sam, sak, b_matrix, c, ldc: int,
+                     column: ir.Value, width: ir.Value, layout: str = "panels",
+                     accumulate: bool = False, ldb: int | None = None) -> None:
+        """Columns [column, column + width) of a GEMM (`column` on a panel boundary)."""
+        b = self.b
         k_value = k if isinstance(k, ir.Value) else i64(k)
         # panels: each panel is k x nr contiguous; rows: the first column is `column` on
         b_start = b.mul(column, k_value) if layout == "panels" else column
-        self.gemm(m, n, k, a, sam, sak, element(b, self.weight_type, b_matrix, b_start), layout,
+        etype = self.weight_type if layout == "panels" else self.ftype
+        self.gemm(m, n, k, a, sam, sak, element(b, etype, b_matrix, b_start), layout,
                   element(b, self.ftype, c, column), ldc, accumulate, columns=width, ldb=ldb)
 
     @property
@@ -482,7 +494,9 @@ class _ForwardKernel(_Kernel):
 
         # Threaded inference of a cell whose step is unit by unit: each thread computes
         # its own units of everything, products included, and threads meet once a step.
-        units = self._unit_share(state_sizes) if self.threaded and not self.train else None
+        split = (step_units(program, mb.sizes, state_sizes, mb.panel)
+                 if self.threaded and not self.train else None)
+        units = None if split is None else self._unit_share(split[0])
         current = {}
         for s, n in state_sizes.items():
             current[s] = self.alloca(f"cur_{s}", PTR)
@@ -526,7 +540,7 @@ class _ForwardKernel(_Kernel):
                 self.run_stages(program.forward, plan, env)
                 first, count = i64(0), None  # every unit, by thread 0
             else:
-                self._units_step(units, env)
+                self._units_step(units, split[1], env)
                 first, count = units
 
             def part(base, row, n):  # this thread's units of a row
@@ -556,36 +570,27 @@ class _ForwardKernel(_Kernel):
                 self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
 
-    def _unit_share(self, state_sizes: dict[str, int]) -> tuple[ir.Value, ir.Value] | None:
-        """(first unit, unit count) of this thread where the step can be split by units
-        (step_units), in whole GEMM panels: the threads' shares are disjoint."""
-        split = step_units(self.mb.program, self.mb.sizes, state_sizes, self.mb.panel)
-        if split is None:
-            return None
-        self.unit_slices = split[1]
+    def _unit_share(self, units: int) -> tuple[ir.Value, ir.Value]:
+        """(first unit, unit count) of this thread's share of `units` (whole GEMM
+        panels, see step_units): the threads' shares are disjoint."""
         b, nr = self.b, self.mb.panel
-        panels = i64(split[0] // nr)
-        first = b.sdiv(b.mul(panels, self.tid), self.threads)
-        end = b.sdiv(b.mul(panels, b.add(self.tid, i64(1))), self.threads)
+        first, end = self.panel_share(units // nr)
         return b.mul(first, i64(nr)), b.mul(b.sub(end, first), i64(nr))
 
-    def _units_step(self, units, env: StepEnv) -> None:
+    def _units_step(self, units, offsets: dict[int, list[int]], env: StepEnv) -> None:
         """One step on this thread's units: of each product, the columns its units'
-        slices read (one GEMM share per slice offset), then the elementwise region."""
+        slices read (one GEMM share per slice offset in `offsets`), then the
+        elementwise region."""
         first, count = units
         program, b = self.mb.program, self.b
-        product_stage, region_stage = program.forward
-        for node in product_stage.nodes:
+        for node in program.forward[0].nodes:  # the product stage
             weight = self.mb.packed_weight(node.attr.segments)
             operand, out = env.places[node.inputs[0].id], env.place(node)
-            k = weight.columns
             packed = self.forward_weights(weight)
-            for offset in self.unit_slices[node.id]:
-                column = b.add(i64(offset), first)
-                self.gemm(self.B, weight.rows, k, operand.base, operand.stride, 1,
-                          element(b, self.weight_type, packed, b.mul(column, i64(k))), "panels",
-                          element(b, self.ftype, out.base, column), out.stride,
-                          columns=count)
+            for offset in offsets[node.id]:
+                self.gemm_columns(self.B, weight.rows, weight.columns, operand.base,
+                                  operand.stride, 1, packed, out.base, out.stride,
+                                  b.add(i64(offset), first), count)
         self.mb.regions.emit(b, program.forward_plan.regions[1], env, self.B, self.alloca,
                              units=units)
 
