@@ -207,7 +207,7 @@ def test_tape_from_another_cell_is_a_usage_error():
 def test_buffer_pool_limit_idle_release_and_release_memory(monkeypatch):
     import time
 
-    from lstmc_runtime.native import BufferPool
+    from lstmc_runtime.pool import BufferPool
 
     monkeypatch.setenv("LSTMC_POOL_BYTES", "0")
     pool = BufferPool()
@@ -232,7 +232,7 @@ def test_buffer_pool_limit_idle_release_and_release_memory(monkeypatch):
 
 
 def test_bad_pool_setting_warns_and_uses_the_default(monkeypatch):
-    from lstmc_runtime.native import DEFAULT_POOL_BYTES, BufferPool
+    from lstmc_runtime.pool import DEFAULT_POOL_BYTES, BufferPool
 
     monkeypatch.setenv("LSTMC_POOL_BYTES", "lots")
     with pytest.warns(RuntimeWarning, match="LSTMC_POOL_BYTES"):

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import compile_spec, random_inputs
-from lstmc_runtime.native import pack_panels, pack_stacked
+from lstmc_runtime.packing import pack_panels, pack_stacked
 
 import lstmc
 

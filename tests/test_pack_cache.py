@@ -17,12 +17,13 @@ def cells():
 
 
 def packs_made(monkeypatch) -> list:
-    import lstmc_runtime.native as native
+    from lstmc_runtime.packing import Packer
 
     made = []
-    original = native.pack_stacked
-    monkeypatch.setattr(native, "pack_stacked",
-                        lambda *a: made.append(a[2]) or original(*a))
+    original = Packer.stacked
+    monkeypatch.setattr(Packer, "stacked",
+                        lambda self, parts, transposed: made.append(transposed) or original(
+                            self, parts, transposed))
     return made
 
 

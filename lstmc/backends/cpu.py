@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from lstmc_runtime.manifest import CONTRACT_SYMBOL, SCHEMA, contract_hash, entry_symbols
-from lstmc_runtime.workers import SYMBOLS as WORKERS
+from lstmc_runtime.native import LIBRARY_HELPERS
 
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
@@ -67,7 +67,7 @@ def jit(program: Program, sizes: dict[str, int], dtype: str):
     ir_text, manifest = generate(program, sizes, dtype)
     engine = llvm.create_mcjit_compiler(optimize(ir_text), new_target_machine())
     engine.finalize_object()
-    symbols = [entry["symbol"] for entry in manifest["entries"].values()] + list(WORKERS)
+    symbols = [entry["symbol"] for entry in manifest["entries"].values()] + list(LIBRARY_HELPERS)
     functions = {symbol: engine.get_function_address(symbol) for symbol in symbols}
     return NativeCell(manifest, functions, keepalive=engine)
 

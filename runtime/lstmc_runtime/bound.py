@@ -26,6 +26,7 @@ from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
+from .pool import POOL
 from .validate import check_array
 from .workers import barrier_words
 
@@ -160,8 +161,6 @@ class Plan:
                                lambda: threaded.run(self.T, self.B, pointers))
 
     def _run_pooled(self, y: np.ndarray) -> np.ndarray:
-        from .native import POOL
-
         work = [POOL.get(shape, dtype, zero=False) for _, shape, dtype in self.pooled]
         for (slot, *_), array in zip(self.pooled, work):
             self.pointers[slot] = address(array)

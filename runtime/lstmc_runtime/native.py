@@ -13,10 +13,7 @@ import copy
 import ctypes
 import os
 import threading
-import time
-import warnings
 import weakref
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,9 +34,15 @@ from .errors import BackendError, UsageError
 from .manifest import BF16, THREADED, CpuManifest, single_threaded
 from .openmp import map_slices, run_together
 from .packcache import PackCache, clear_all
+from .packing import SYMBOLS as PACKING_SYMBOLS
+from .packing import Packer
+from .pool import POOL
 from .validate import check_array, check_names
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import barrier_words, workers
+
+# Functions of a cell library besides its entries; one built before them lacks them.
+LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -51,7 +54,6 @@ THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64
 # parameters to their addresses instead.
 Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
 MIN_ROWS_PER_THREAD = 8
-CACHE_LINE = 64
 THREADED_STEP_WEIGHTS = 1 << 18
 MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
 SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
@@ -105,105 +107,6 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-DEFAULT_POOL_BYTES = 1 << 28
-DEFAULT_POOL_IDLE_S = 5.0
-
-
-def _env_number(name: str, default: float, kind=int) -> float:
-    """A non-negative number from the environment; a bad value warns and is ignored."""
-    text = os.environ.get(name)
-    if text is None or not text.strip():
-        return default
-    try:
-        value = kind(text.strip())
-        if value < 0:
-            raise ValueError
-        return value
-    except ValueError:
-        warnings.warn(f"{name}={text!r} is not a non-negative {kind.__name__}; using "
-                      f"{default}", RuntimeWarning, stacklevel=3)
-        return default
-
-
-class BufferPool:
-    """Recycles large arrays between calls. A fresh allocation of tens of megabytes costs
-    a page fault per 4 KiB on first touch, every call; recycled ones are already mapped.
-
-    It keeps at most LSTMC_POOL_BYTES (default 256 MiB; 0 disables it), and gives
-    everything back once no call has used it for LSTMC_POOL_IDLE_S seconds (default 5),
-    or on `release()` (`lstmc.release_memory()`)."""
-
-    MIN_BYTES = 1 << 20  # smaller arrays are cheap to allocate
-
-    def __init__(self):
-        self._reset()
-        # After a fork, a lock another thread held is held forever: start afresh.
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
-        self._lock = threading.Lock()
-        self._bytes = 0
-        self._last_use = 0.0
-        self._reaper: threading.Thread | None = None
-        self.limit = int(_env_number("LSTMC_POOL_BYTES", DEFAULT_POOL_BYTES))
-        self.idle_seconds = float(_env_number("LSTMC_POOL_IDLE_S", DEFAULT_POOL_IDLE_S,
-                                              float))
-
-    @property
-    def held_bytes(self) -> int:
-        return self._bytes
-
-    def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
-        with self._lock:
-            free = self._free.get((shape, dtype))
-            array = free.pop() if free else None
-            if array is not None:
-                self._bytes -= array.nbytes
-        if array is None:
-            array = np.empty(shape, dtype)
-        if zero:  # and fresh memory touched here, not by the kernel's threads (below)
-            array.fill(0)
-        return array
-
-    def put(self, arrays) -> None:
-        kept = False
-        with self._lock:
-            for array in arrays:
-                if (array.nbytes >= self.MIN_BYTES and array.base is None
-                        and self._bytes + array.nbytes <= self.limit):
-                    self._free[(array.shape, array.dtype)].append(array)
-                    self._bytes += array.nbytes
-                    kept = True
-            self._last_use = time.monotonic()
-            if kept and self._reaper is None and self.idle_seconds > 0:
-                self._reaper = threading.Thread(target=self._reap, name="lstmc-pool-reaper",
-                                                daemon=True)
-                self._reaper.start()
-
-    def release(self) -> int:
-        """Give every pooled array back to the system; returns how many bytes."""
-        with self._lock:
-            freed, self._bytes = self._bytes, 0
-            self._free = defaultdict(list)
-        return freed
-
-    def _reap(self) -> None:
-        """Wakes now and then; empties the pool once it has been idle long enough, then
-        ends (the next `put` starts another)."""
-        while True:
-            with self._lock:
-                idle = time.monotonic() - self._last_use
-                if idle >= self.idle_seconds or not self._bytes:
-                    self._free = defaultdict(list)
-                    self._bytes = 0
-                    self._reaper = None
-                    return
-            time.sleep(max(self.idle_seconds - idle, 0.05))
-
-
-POOL = BufferPool()
 
 
 def release_memory() -> int:
@@ -211,63 +114,6 @@ def release_memory() -> int:
     weights packed for plain-dict calls); returns the bytes given back. Later calls
     allocate and pack afresh."""
     return POOL.release() + clear_all()
-
-
-def aligned_empty(count: int, dtype) -> np.ndarray:
-    """An uninitialized 1-D array whose data starts on a cache line: the kernels load a
-    panel row as one 64-byte vector, which costs two loads when it straddles two lines
-    (NumPy's large arrays start 16 bytes past a page boundary)."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(count * dtype.itemsize + CACHE_LINE, np.uint8)
-    skip = -raw.ctypes.data % CACHE_LINE
-    return raw[skip:skip + count * dtype.itemsize].view(dtype)
-
-
-def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
-    """A K x N matrix as lstmc_small_gemm reads it: column panels of `width`, each K x
-    width contiguous, then the remaining columns as one row-major block."""
-    K, N = matrix.shape
-    full = N // width
-    out = aligned_empty(K * N, matrix.dtype)
-    out[:full * width * K].reshape(full, K, width)[:] = matrix[:, :full * width].reshape(
-        K, full, width).transpose(1, 0, 2)
-    out[full * width * K:].reshape(K, N - full * width)[:] = matrix[:, full * width:]
-    return out
-
-
-def pack_stacked(parts: list[np.ndarray], width: int, transposed: bool) -> np.ndarray:
-    """pack_panels of the rows of `parts` stacked (transposed: of the stack's transpose),
-    written straight from the parts in one pass: no stacked or transposed copy first."""
-    N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
-    out = aligned_empty(N * K, parts[0].dtype)
-    if not transposed:  # panels over the K columns: each part fills its rows of each
-        full = K // width
-        head = out[:full * width * N].reshape(full, N, width)
-        tail = out[full * width * N:].reshape(N, K - full * width)
-        r0 = 0
-        for part in parts:
-            r1 = r0 + part.shape[0]
-            head[:, r0:r1] = part[:, :full * width].reshape(r1 - r0, full, width).transpose(
-                1, 0, 2)
-            tail[r0:r1] = part[:, full * width:]
-            r0 = r1
-        return out
-    # panels over the N stacked rows: part by part while each starts on a panel boundary
-    full = N // width
-    if any(sum(p.shape[0] for p in parts[:i]) % width for i in range(len(parts))):
-        return pack_panels(np.concatenate(parts, axis=0).T, width)
-    head = out[:full * width * K].reshape(full, K, width)
-    tail = out[full * width * K:].reshape(K, N - full * width)
-    r0 = 0
-    for part in parts:  # written in order, read transposed: twice as fast as the converse
-        r1 = r0 + part.shape[0]
-        whole = (min(r1, full * width) - r0) // width
-        head[r0 // width:r0 // width + whole] = part[:whole * width].reshape(
-            whole, width, K).transpose(0, 2, 1)
-        if r1 > full * width:  # the last part's rows past the last whole panel
-            tail[:] = part[whole * width:].T
-        r0 = r1
-    return out
 
 
 @dataclass
@@ -342,7 +188,8 @@ class NativeCell(CellBase):
             for name, entry in manifest.entries.items()}
         self._functions = {name: functions[entry.symbol]
                            for name, entry in manifest.entries.items()}
-        self._functions.update({s: functions[s] for s in WORKER_SYMBOLS if functions.get(s)})
+        self._functions.update({s: functions[s] for s in LIBRARY_HELPERS if functions.get(s)})
+        self._packer = Packer(manifest.panel_width, self.dtype, self._functions)
         self.plans = Plans(self)  # of the lean inference call, by input shape
         self._pack_cache = PackCache()  # plain-dict calls' packed weights, by their bytes
         self._faster: dict[tuple, FasterOf] = {}  # threaded entry or not, by (entry, B)
@@ -355,7 +202,6 @@ class NativeCell(CellBase):
         packs of an earlier call when the parameters hold the same bytes (PackCache)."""
         if isinstance(params, PackedParams):
             return params.packs
-        width = self.contract.panel_width
         wanted = None if entry is None else {name for name, *_ in self._layout(entry)}
         cache = self._pack_cache
         packs = {}
@@ -364,7 +210,7 @@ class NativeCell(CellBase):
             for name, transposed in ((names.panels_t(p.name), True),
                                      (names.panels(p.name), False)):
                 if wanted is None or name in wanted:
-                    make = partial(pack_stacked, parts, width, transposed)
+                    make = partial(self._packer.stacked, parts, transposed)
                     packs[name] = cache.get(name, parts, make) if cached else make()
         return packs
 
@@ -384,7 +230,7 @@ class NativeCell(CellBase):
                 floats = packs.pop(names.panels_t(p.name))
                 packs[names.panels_t_bf16(p.name)] = pack_panels_bf16(
                     floats, p.columns, p.rows, self.contract.panel_width,
-                    aligned_empty(floats.size, np.uint16))
+                    POOL.lease(floats.size, np.uint16))
         for array in packs.values():
             array.flags.writeable = False
         return PackedParams(plain, packs, self, weights)

@@ -13,8 +13,6 @@ shapes).
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from .buffers import is_saved
@@ -72,7 +70,4 @@ def read(widths, flat: np.ndarray, T: int, B: int) -> tuple[list[int], list[dict
 def allocate(pool, elements: int, dtype) -> np.ndarray:
     """A workspace array taken from `pool` (recycled memory: no page faults), given back
     to it when the returned array, and everything viewing it, is gone."""
-    base = pool.get((int(elements),), np.dtype(dtype), zero=False)
-    view = base[:]
-    weakref.finalize(view, pool.put, [base])
-    return view
+    return pool.lease(int(elements), dtype)

@@ -26,7 +26,7 @@ from ...ir.graph import LEAVES, PRODUCTS, Node, Op
 from ...ir.program import Program
 from ...ir.step_plan import StepPlan
 from .. import bind_packed, check_renderable
-from . import workers
+from . import packing, workers
 from .irutil import I32, I64, PTR, element, float_type, for_range, i64, spin_until
 from .mathlib import MathLib
 from .philox import emit_mask_fill
@@ -99,6 +99,7 @@ class ModuleBuilder:
             if self.bf16:
                 _ForwardKernel(self, train=False, threaded=threaded, bf16=True).emit()
         workers.emit(self.module)  # the parked threads that run the *_mt entries
+        packing.emit(self.module, self.ftype)  # for the runtime to pack weights with
         return self.module
 
 
