@@ -195,6 +195,27 @@ def test_packed_weights_follow_parameter_updates():
     torch.testing.assert_close(after, fresh(x)[0], rtol=0, atol=0)
 
 
+def test_training_keeps_one_pack_per_weight_set():
+    """Each step's training forward packs afresh; the packs of past steps are dropped
+    (they held megabytes each), not kept until the cache's limit."""
+    torch.manual_seed(0)
+    module = lnn.LSTM(5, 7, num_layers=2, bidirectional=True)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    x = torch.randn(T, B, 5)
+    for _ in range(6):
+        optimizer.zero_grad()
+        module(x)[0].sum().backward()
+        optimizer.step()
+    cells = [cell for cell in list(ops._packs.keys()) if cell.hidden_size == 7
+             and cell.input_size in (5, 14)]
+    held = [len(ops._packs[cell].entries) for cell in cells]
+    assert sum(held) == 4, held  # one per layer and direction
+    with torch.no_grad():  # the last step's weights: packed again once, then reused
+        first = module(x)[0]
+        assert sum(len(ops._packs[cell].entries) for cell in cells) == 4
+        torch.testing.assert_close(module(x)[0], first, rtol=0, atol=0)
+
+
 def test_recurrent_cell_steps_equal_the_sequence():
     torch.manual_seed(0)
     cell = lnn.RecurrentCell(PEEPHOLE, I, H, dtype=torch.float64)

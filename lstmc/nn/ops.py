@@ -98,27 +98,33 @@ def join_gradients(cell, grads: dict):
 
 
 class _PackCache:
-    """Packed weights of the last few weight sets of a cell. An entry is reused while the
-    same tensor objects hold the same storage at the same version (in-place updates such
-    as an optimizer step bump the version), so inference packs once and training once per
-    step (forward and backward share it)."""
+    """Packed weights of the last few weight sets of a cell, one pack per set: an entry
+    is reused while the same tensor objects hold the same storage at the same version
+    (in-place updates such as an optimizer step bump the version), so inference packs
+    once and training once per step (forward and backward share it). A new pack of a set
+    replaces its old one, which no call can match again: the packs of past steps are not
+    kept alive (their memory goes back to the runtime's pool while still in the caches,
+    for the next step's packs)."""
 
-    LIMIT = 16
+    LIMIT = 16  # weight sets (a stack's layers and directions share a cell)
 
     def __init__(self):
         self.entries: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
     def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True):
-        sig = tuple([(id(t), t.data_ptr(), t._version, t.shape) for t in weights])
+        ids = tuple(id(t) for t in weights)
+        sig = tuple([(t.data_ptr(), t._version, t.shape) for t in weights])
         with self.lock:
-            hit = self.entries.get(sig) if reuse else None
-            if hit is not None and all(r() is t for r, t in zip(hit[0], weights)):
-                self.entries.move_to_end(sig)
-                return hit[1]
+            hit = self.entries.get(ids) if reuse else None
+            if (hit is not None and hit[0] == sig
+                    and all(r() is t for r, t in zip(hit[1], weights))):
+                self.entries.move_to_end(ids)
+                return hit[2]
         value = build()
         with self.lock:
-            self.entries[sig] = ([weakref.ref(t) for t in weights], value)
+            self.entries[ids] = (sig, [weakref.ref(t) for t in weights], value)
+            self.entries.move_to_end(ids)
             while len(self.entries) > self.LIMIT:
                 self.entries.popitem(last=False)
         return value
