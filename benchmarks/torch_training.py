@@ -3,11 +3,14 @@
     python benchmarks/torch_training.py                # every table
     python benchmarks/torch_training.py --quick        # small sizes, few repeats
     python benchmarks/torch_training.py --no-compile   # skip torch.compile (slow to build)
+    python benchmarks/torch_training.py --small-batch  # table 1 at B = 1 and 4 only
 
 1. One training step (forward, MSE loss on a linear head, backward, Adam) of a 2-layer
    model at (T, B, H) = (100, 32, 256) and (100, 64, 512): lstmc.nn.LSTM against
    torch.nn.LSTM (oneDNN); lstmc.nn.Recurrent(peephole_lstm) against the same cell as an
-   eager PyTorch loop and that loop under torch.compile.
+   eager PyTorch loop and that loop under torch.compile. With --small-batch: (100, 1, 128),
+   (100, 1, 256) and (100, 4, 256) instead, where the module's per-call work (packing the
+   weights, PyTorch's custom-op dispatch) weighs most.
 2. Module overhead: lstmc.nn.LSTM's forward + backward against the raw lstmc calls
    (cell.forward(train=True) + tape.backward) for one layer at B=32, and the weight
    packing a forward does when the parameters changed.
@@ -169,10 +172,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--small-batch", action="store_true",
+                        help="only the training step, at B = 1 and 4")
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else 7
     sizes = [(20, 32, 128)] if args.quick else [(100, 32, 256), (100, 64, 512)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.small_batch:
+        table_training([(100, 1, 128), (100, 1, 256), (100, 4, 256)], repeat,
+                       not args.no_compile)
+        return
     table_training(sizes, repeat, not args.no_compile)
     table_overhead(128 if args.quick else 256, repeat)
     table_streaming(repeat * 3)
