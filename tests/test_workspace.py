@@ -116,3 +116,29 @@ def test_a_view_of_a_pooled_array_keeps_its_memory_out_of_the_pool():
     gc.collect()
     assert POOL.held_bytes >= 1 << 20
     POOL.release()
+
+
+def test_results_handed_out_return_to_the_pool_when_dropped():
+    """A kernel's large outputs (here y and the weight gradients) are leased: memory a
+    caller dropped, or a tensor made from it, serves the next call without page faults."""
+    from lstmc_runtime.pool import POOL
+
+    cell = compile_spec("lstm", target="cpu", dtype="float32", input_size=128,
+                        hidden_size=128)
+    x, params, state = random_inputs(cell, T=300, B=1)
+    y, _, tape = cell.forward(x, params, state, train=True)
+    grads = tape.backward(np.ones_like(y))
+    expected = grads["params"]["W_hi"].copy()
+    POOL.release()
+    assert y.nbytes >= 128 << 10 and grads["params"]["W_hi"].nbytes < 128 << 10
+    dx = torch.from_numpy(grads["x"])  # 150 KiB: pooled
+    del y, tape, grads
+    gc.collect()
+    held = POOL.held_bytes
+    assert held >= 150 << 10  # y, and what the tape saved
+    del dx
+    gc.collect()
+    assert POOL.held_bytes >= held + (150 << 10)
+    y, _, tape = cell.forward(x, params, state, train=True)
+    np.testing.assert_array_equal(tape.backward(np.ones_like(y))["params"]["W_hi"], expected)
+    POOL.release()

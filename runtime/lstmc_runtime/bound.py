@@ -165,7 +165,6 @@ class Plan:
         for (slot, *_), array in zip(self.pooled, work):
             self.pointers[slot] = address(array)
         status = self._kernel(self.pointers)
-        POOL.put(work)
         if status:
             raise BackendError(f"kernel forward failed with status {status}")
         return y

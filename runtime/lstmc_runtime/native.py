@@ -13,7 +13,6 @@ import copy
 import ctypes
 import os
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -379,24 +378,18 @@ class NativeCell(CellBase):
                 if (role == "in" and axis is not None and count > 1
                         and not (per_slice is not None and name in per_slice[c])):
                     del slices[c][name]
+        # Pooled buffers go back to the pool when the last reference to them is gone.
         out: dict = {"slices": slices}
-        spent = []
         for name, _dims, role, _dtype, axis in layout:
-            if role == "in":
+            if role not in ("out", "result"):
                 continue
             parts = [sl[name] for sl in slices]
-            if role == "work":
-                spent += parts
-            elif role in ("out", "result"):
-                if count == 1 or names.is_saved(name):  # saved: kept per slice
-                    out[name] = parts[0]
-                    continue
-                if axis is not None:
-                    out[name] = np.concatenate(parts, axis=axis)
-                else:
-                    out[name] = sum(parts[1:], parts[0])
-                spent += parts
-        POOL.put(spent)
+            if count == 1 or names.is_saved(name):  # saved: kept per slice
+                out[name] = parts[0]
+            elif axis is not None:
+                out[name] = np.concatenate(parts, axis=axis)
+            else:
+                out[name] = sum(parts[1:], parts[0])
         return out
 
     def _call_faster(self, entry: str, T: int, bounds: list[int], given: Inputs,
@@ -452,23 +445,19 @@ class NativeCell(CellBase):
         def run(tid: int) -> int:
             return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
 
-        try:
-            statuses = run_together(run, threads)
-            if statuses is not None:
-                return statuses
-            pool = self.native_workers(threads)
-            if pool is not None and pool.lock.acquire(False):  # else: busy, as below
-                try:
-                    if not pool.closed:
-                        return [pool.run(self._functions[entry], T, B,
-                                         ctypes.addressof(pointers), threads,
-                                         sync.ctypes.data, arena.ctypes.data)]
-                finally:
-                    pool.lock.release()
-            helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
-            return [run(0)] + [h.result() for h in helpers]
-        finally:
-            POOL.put([arena])
+        statuses = run_together(run, threads)
+        if statuses is not None:
+            return statuses
+        pool = self.native_workers(threads)
+        if pool is not None and pool.lock.acquire(False):  # else: busy, as below
+            try:
+                if not pool.closed:
+                    return [pool.run(self._functions[entry], T, B, ctypes.addressof(pointers),
+                                     threads, sync.ctypes.data, arena.ctypes.data)]
+            finally:
+                pool.lock.release()
+        helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
+        return [run(0)] + [h.result() for h in helpers]
 
     def _inputs(self, x, params, state, lengths, packs) -> Inputs:
         T, B, _ = x.shape
@@ -532,9 +521,6 @@ class NativeCell(CellBase):
             kept = [{k: v for k, v in sl.items() if names.is_saved(k)}
                     for sl in out["slices"]]
             saved = Saved(kept, bounds, x, given["lengths"], owner=self, seed=seed)
-            # The saved arrays go back to the pool when the tape is gone (views of a
-            # caller's workspace are not pooled).
-            weakref.finalize(saved, POOL.put, [a for sl in kept for a in sl.values()])
         return out["y"], final, saved
 
     def saved_from_workspace(self, flat: np.ndarray, x: np.ndarray, lengths: np.ndarray,

@@ -69,15 +69,16 @@ class BufferPool:
     def held_bytes(self) -> int:
         return self._bytes
 
-    def get(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
-        with self._lock:
-            free = self._free.get((shape, dtype))
-            array = free.pop() if free else None
-            if array is not None:
-                self._bytes -= array.nbytes
-        if array is None:
+    def get(self, shape: tuple, dtype, zero: bool) -> np.ndarray:
+        """An uninitialized (`zero`: zeroed) C-contiguous array; from MIN_BYTES up, a
+        lease (below), which needs no giving back."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * dtype.itemsize < self.MIN_BYTES:
             array = np.empty(shape, dtype)
-        if zero:  # and fresh memory touched here, not by the kernel's threads (below)
+        else:
+            array = self.lease(count, dtype).reshape(shape)
+        if zero:  # and fresh memory touched here, not by the kernel's threads
             array.fill(0)
         return array
 
@@ -85,18 +86,28 @@ class BufferPool:
         """An uninitialized 1-D array of `count` elements that starts on a cache line
         (the kernels load a panel row as one 64-byte vector: two loads when it straddles
         two lines), in recycled memory that comes back to the pool once the array and
-        every view of it are gone (they all hold the ctypes object over it)."""
+        every view of it are gone (they all hold the ctypes object over it), wherever
+        it went: a caller's result, a tensor made from it, a tape's saved values."""
         dtype = np.dtype(dtype)
         nbytes = count * dtype.itemsize
         if nbytes == 0:
             return np.empty(0, dtype)
-        raw = self.get((nbytes + CACHE_LINE,), np.dtype(np.uint8), zero=False)
+        key = ((nbytes + CACHE_LINE,), np.dtype(np.uint8))
+        with self._lock:
+            free = self._free.get(key)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._bytes -= raw.nbytes
+        if raw is None:
+            raw = np.empty(*key)
         skip = -raw.ctypes.data % CACHE_LINE
         holder = (ctypes.c_char * nbytes).from_buffer(raw, skip)
         weakref.finalize(holder, self.put, [raw])
         return np.frombuffer(holder, dtype)
 
     def put(self, arrays) -> None:
+        """Keep these arrays (memory that owns itself, nothing else refers to it) for
+        reuse, within the limit."""
         kept = False
         with self._lock:
             for array in arrays:
