@@ -170,7 +170,10 @@ def test_reproducible_on_cpu(small_study):
 
 def test_resume_after_sigkill(tmp_path):
     url = f"sqlite:///{tmp_path / 'lab.db'}"
-    config = config_file(tmp_path / "resume.toml", [LSTM, CIFG], trials=4, train=512,
+    # Enough trials that the poll below (every 50 ms, slower on a loaded machine) sees
+    # two complete long before the last: a run of 4 could finish between two polls.
+    trials = 10
+    config = config_file(tmp_path / "resume.toml", [LSTM, CIFG], trials=trials, train=512,
                          length=16)
     command = [sys.executable, "-m", "lstmc.cli", "experiment", "run", "--config", str(config),
                "--storage", url]
@@ -194,10 +197,10 @@ def test_resume_after_sigkill(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert complete >= 2, "the run did not complete two trials"
-    assert complete < 4, "the run finished before it could be killed"
+    assert complete < trials, "the run finished before it could be killed"
     again = lab("run", "--config", str(config), "--storage", url, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert_each_slot_once(url, "adding", 4)
+    assert_each_slot_once(url, "adding", trials)
 
 
 def test_two_workers_share_the_budget(tmp_path):
