@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import compile_spec, random_inputs
-from lstmc_runtime.packing import pack_panels, pack_stacked
+from lstmc_runtime.packing import Packer, pack_panels
 
 import lstmc
 
@@ -170,7 +170,8 @@ def test_packing_from_the_parts_matches_packing_the_stack(rows, columns, width):
     rng = np.random.default_rng(0)
     parts = [rng.standard_normal((r, columns)).astype(np.float32) for r in rows]
     stacked = np.concatenate(parts)
-    np.testing.assert_array_equal(pack_stacked(parts, width, transposed=True),
+    numpy_packer = Packer(width, np.float32)  # no library functions: NumPy alone
+    np.testing.assert_array_equal(numpy_packer.stacked(parts, transposed=True),
                                   pack_panels(stacked.T, width))
-    np.testing.assert_array_equal(pack_stacked(parts, width, transposed=False),
+    np.testing.assert_array_equal(numpy_packer.stacked(parts, transposed=False),
                                   pack_panels(stacked, width))

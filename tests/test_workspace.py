@@ -81,10 +81,9 @@ def test_gpu_target_cells_refuse_a_workspace():
 
 def test_pooled_workspace_memory_is_given_back():
     from lstmc_runtime.pool import POOL
-    from lstmc_runtime.workspace import allocate
 
     POOL.release()
-    array = allocate(POOL, 1 << 20, np.float32)  # 4 MiB
+    array = POOL.lease(1 << 20, np.float32)  # 4 MiB
     tensor = torch.from_numpy(array)
     del array
     gc.collect()
@@ -92,7 +91,7 @@ def test_pooled_workspace_memory_is_given_back():
     del tensor
     gc.collect()
     assert 4 << 20 <= POOL.held_bytes <= (4 << 20) + 64  # and a cache line to align it
-    again = allocate(POOL, 1 << 20, np.float32)
+    again = POOL.lease(1 << 20, np.float32)
     assert POOL.held_bytes == 0 and again.size == 1 << 20
     del again
     POOL.release()

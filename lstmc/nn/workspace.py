@@ -47,9 +47,8 @@ def allocate_native(cell, T: int, B: int) -> np.ndarray:
     """A workspace array for a (T, B) forward of a NativeCell, from the runtime's buffer
     pool (recycled memory, given back when the tensor made from it is gone)."""
     from lstmc_runtime.pool import POOL
-    from lstmc_runtime.workspace import allocate
 
-    return allocate(POOL, cell.workspace_size(T, B), cell.dtype)
+    return POOL.lease(int(cell.workspace_size(T, B)), cell.dtype)
 
 
 def unpack_native(cell, workspace: np.ndarray, x: np.ndarray, lengths: np.ndarray,

@@ -4,11 +4,11 @@ arrays hold the same bytes.
 A kernel reads each weight matrix in the panel layout of lstmc_small_gemm, so a call with
 a plain dict packs its weights first: about 50 µs for an LSTM at H=128 (natively;
 NumPy took 100), a fifth of a 100-step forward at B=1, and the packs are new memory that
-the kernel's threads then fetch from another core. The cache keeps, per packed weight, the packs of the last few
-parameter sets with a private copy of the arrays they were packed from; a call whose
-arrays are byte for byte those copies (memcmp: a few µs per 64 KiB, exact, NaNs and
-signed zeros included) reuses the pack, which is still warm in the caches of the cores
-that read it last. Any change to any byte, in place or not, packs again. Packs handed out
+the kernel's threads then fetch from another core. The cache keeps, per packed weight,
+the packs of the last few parameter sets with a private copy of the arrays they were
+packed from; a call whose arrays are byte for byte those copies (memcmp: a few µs per
+64 KiB, exact, NaNs and signed zeros included) reuses the pack, which is still warm in
+the caches of the cores that read it last. Any change to any byte, in place or not, packs again. Packs handed out
 are read-only and never written again (a new pack replaces an old one), so a call still
 running on an old pack is unaffected."""
 from __future__ import annotations

@@ -107,9 +107,3 @@ class Packer:
                 tail[:] = part[whole * width:].T
             r0 = r1
         return out
-
-
-def pack_stacked(parts: list[np.ndarray], width: int, transposed: bool) -> np.ndarray:
-    """pack_panels of the rows of `parts` stacked (transposed: of the stack's transpose),
-    by NumPy."""
-    return Packer(width, parts[0].dtype).stacked(parts, transposed)

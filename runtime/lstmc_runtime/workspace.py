@@ -66,8 +66,3 @@ def read(widths, flat: np.ndarray, T: int, B: int) -> tuple[list[int], list[dict
     bounds = [B * c // count for c in range(count + 1)]
     return bounds, views(widths, flat, T, bounds)
 
-
-def allocate(pool, elements: int, dtype) -> np.ndarray:
-    """A workspace array taken from `pool` (recycled memory: no page faults), given back
-    to it when the returned array, and everything viewing it, is gone."""
-    return pool.lease(int(elements), dtype)
