@@ -96,6 +96,14 @@ def _system_threads() -> int:
 _pool_pid = 0
 
 
+def _pooled_copy(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `array` in pooled memory (large ones: memory already
+    mapped, not faulted in anew each call)."""
+    copy = POOL.get(array.shape, array.dtype, zero=False)
+    np.copyto(copy, array)
+    return copy
+
+
 def _executor() -> ThreadPoolExecutor:
     """The worker threads; a process forked from one that had them gets its own (a fork
     copies the pool object but not its threads)."""
@@ -338,8 +346,8 @@ class NativeCell(CellBase):
                         array = per_slice[c][name]
                     else:
                         array = given[name]
-                        if axis is not None and count > 1:
-                            array = np.ascontiguousarray(
+                        if axis is not None and count > 1:  # rows b0..b1, copied
+                            array = _pooled_copy(
                                 array[(slice(None),) * axis + (slice(b0, b1),)])
                     if array.shape != shape or array.dtype != dtype or not (
                             array.flags.c_contiguous):
@@ -387,9 +395,14 @@ class NativeCell(CellBase):
             if count == 1 or names.is_saved(name):  # saved: kept per slice
                 out[name] = parts[0]
             elif axis is not None:
-                out[name] = np.concatenate(parts, axis=axis)
-            else:
-                out[name] = sum(parts[1:], parts[0])
+                shape = list(parts[0].shape)
+                shape[axis] = sum(part.shape[axis] for part in parts)
+                out[name] = np.concatenate(parts, axis=axis, out=POOL.get(
+                    tuple(shape), parts[0].dtype, zero=False))
+            else:  # the kernel's own arrays: summed in place
+                for part in parts[1:]:
+                    np.add(parts[0], part, out=parts[0])
+                out[name] = parts[0]
         return out
 
     def _call_faster(self, entry: str, T: int, bounds: list[int], given: Inputs,
