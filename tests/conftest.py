@@ -1,3 +1,4 @@
+import functools
 import os
 import pathlib
 import tempfile
@@ -14,6 +15,43 @@ SPEC_NAMES = sorted(str(p.relative_to(SPECS_DIR).with_suffix(""))
 # Sizes used across the tests: small, distinct, so a transposed matrix cannot pass.
 SIZES = {"input_size": 3, "hidden_size": 5}
 EXTRA_SIZES = {"lstmp": {"P": 4}}
+
+
+def needs_opencl() -> None:
+    """Skip the calling test (or module) where the GPU kernels cannot run as OpenCL:
+    no pyopencl, or an OpenCL compiler that cannot build even a one-line kernel here.
+    PoCL 3.0 (pyopencl's) does that on CPUs newer than its LLVM 14, such as AMD Zen 5:
+    it asks clang for the CPU 'generic', which clang 14 rejects."""
+    pytest.importorskip("pyopencl")
+    reason = _opencl_unusable()
+    if reason is not None:
+        pytest.skip(reason, allow_module_level=True)
+
+
+def opencl_usable() -> bool:
+    """Whether needs_opencl() would let a test run (for tests that skip a part only)."""
+    try:
+        import pyopencl  # noqa: F401
+    except ImportError:
+        return False
+    return _opencl_unusable() is None
+
+
+@functools.cache
+def _opencl_unusable() -> str | None:
+    import pyopencl as cl
+
+    try:
+        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+        device = devices[int(os.environ.get("LSTMC_OPENCL_DEVICE") or 0)]
+        program = cl.Program(cl.Context([device]), "__kernel void probe(__global float *a)"
+                             " { a[get_global_id(0)] = 1.0f; }")
+        program.build()
+    except Exception as error:  # any failure to build this is the machine's, not lstmc's
+        lines = [line for line in str(error).splitlines() if "error:" in line]
+        return ("OpenCL cannot build a kernel on this machine: "
+                + (lines[0].strip() if lines else f"{type(error).__name__}: {error}"))
+    return None
 
 
 def spec_path(name: str) -> str:

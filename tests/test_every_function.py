@@ -5,6 +5,7 @@ steps (floor, mod, comparisons, where) and outside the domains' edges (log, sqrt
 finite differences are a sound oracle."""
 import numpy as np
 import pytest
+from conftest import needs_opencl
 
 import lstmc
 from lstmc.gradcheck import gradcheck
@@ -75,7 +76,7 @@ def _assert_same(expected, actual, **close):
 @pytest.mark.parametrize("persistent", [False, True])
 def test_gpu_kernels_of_every_function(persistent):
     """The GPU kernels (as OpenCL on PoCL, float32) against the float64 reference."""
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     reference = lstmc.compile(SPEC, input_size=3, hidden_size=4, dtype="float64")
     gpu = lstmc.compile(SPEC, input_size=3, hidden_size=4, target="opencl")
     gpu.persistent = persistent

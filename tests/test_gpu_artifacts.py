@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, spec_path
+from conftest import ROOT, needs_opencl, spec_path
 
 from lstmc.backends.gpu import nvrtc
 
@@ -71,7 +71,7 @@ def test_gpu_target_rejects_float64_cleanly(tmp_path):
 
 
 def test_opencl_stack_artifact(tmp_path):
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     import lstmc_runtime
     import numpy as np
 
@@ -117,7 +117,7 @@ def _resealed(directory, edit):
     lambda m: m.update(states={k: 1 for k in m["states"]}),
 ], ids=["buffer width", "threads", "state sizes"])
 def test_an_edited_gpu_plan_is_refused(tmp_path, edit):
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     import lstmc_runtime
     from lstmc_runtime.errors import ArtifactError
 
@@ -128,3 +128,25 @@ def test_an_edited_gpu_plan_is_refused(tmp_path, edit):
     _resealed(tmp_path, edit)
     with pytest.raises(ArtifactError, match="launch plan is not the one"):
         lstmc_runtime.load(str(tmp_path))
+
+
+def test_an_opencl_compiler_too_old_for_the_cpu_is_named(monkeypatch):
+    """PoCL 3.0 (LLVM 14) on a newer CPU fails every build with clang's "unknown target
+    CPU": the error says that, not that lstmc's kernels were rejected."""
+    cl = pytest.importorskip("pyopencl")
+    import lstmc as lstmc_api
+    from lstmc.errors import BackendError
+
+    class TooOld:
+        def __init__(self, context, source):
+            pass
+
+        def build(self, options=()):
+            raise cl.RuntimeError("clBuildProgram failed: BUILD_PROGRAM_FAILURE\n"
+                                  "error: unknown target CPU 'generic'")
+
+    monkeypatch.setattr(cl, "Program", TooOld)
+    with pytest.raises(BackendError, match="cannot build for this CPU") as raised:
+        lstmc_api.compile(spec_path("lstm"), 3, 5, target="opencl")
+    assert "LSTMC_OPENCL_DEVICE" in str(raised.value)
+    assert "rejected the kernels" not in str(raised.value)

@@ -4,10 +4,10 @@ stacks, directions, lengths, artifacts and bad inputs."""
 
 import numpy as np
 import pytest
-from conftest import SPEC_NAMES, compile_spec, random_inputs, spec_path
+from conftest import SPEC_NAMES, compile_spec, needs_opencl, random_inputs, spec_path
 from gpu_common import assert_close, compare_spec, flatten, gpu_cell, run_both
 
-pytest.importorskip("pyopencl")
+needs_opencl()
 
 import lstmc  # noqa: E402
 from lstmc.errors import BackendError, CompileError, ShapeError  # noqa: E402

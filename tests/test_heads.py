@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import spec_path
+from conftest import needs_opencl, spec_path
 
 import lstmc
 from lstmc.errors import CompileError, SpecError
@@ -46,7 +46,7 @@ def host(a):
 @pytest.mark.parametrize("target, dtype", TARGETS)
 def test_slstm_matches_pytorch(heads, target, dtype):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     cell = lstmc.compile(SLSTM, 3, 8, target=target, dtype=dtype, NH=heads)
     assert cell.param_shapes["R_z"] == (heads, 8 // heads, 8 // heads)
     rng = np.random.default_rng(heads)

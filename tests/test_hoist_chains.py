@@ -5,7 +5,7 @@ The printed program says so; the hoisted program computes what the unhoisted one
 cpu target (one thread, batch slices, threads sharing a step, lengths) and ONNX."""
 import numpy as np
 import pytest
-from conftest import central_difference, spec_path
+from conftest import central_difference, needs_opencl, spec_path
 
 import lstmc
 from lstmc.api import lower_bound
@@ -196,7 +196,7 @@ def test_onnx_export_computes_the_prologues_before_the_scan(name):
 def test_opencl_runs_the_prologues_as_the_reference(monkeypatch, name, persistent):
     """The GPU kernels (through pyopencl, where it has a device): the prologue's region
     kernels over all T*B rows, before the step kernels or the persistent kernel."""
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     monkeypatch.setenv("LSTMC_PERSISTENT", persistent)
     gpu = cell(name, target="opencl", dtype="float32")
     assert gpu.plan.prologues and any(h.level for h in gpu.plan.hoisted)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import central_difference, spec_path
+from conftest import central_difference, needs_opencl, spec_path
 from lstmc_runtime.errors import UsageError
 
 import lstmc
@@ -20,7 +20,7 @@ TOLERANCE = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=2e-4, 
 
 
 def _opencl():
-    pytest.importorskip("pyopencl")
+    needs_opencl()
 
 
 TARGETS = [

@@ -2,7 +2,7 @@
 its initial state; a reverse-only direction matches a NumPy oracle."""
 import numpy as np
 import pytest
-from conftest import spec_path
+from conftest import needs_opencl, spec_path
 from oracles import lstm as lstm_step
 
 import lstmc
@@ -34,7 +34,7 @@ def host(a):
 
 def _compile(name, target, dtype, **options):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     return lstmc.compile(spec_path(name), 3, 4, target=target, dtype=dtype, **options)
 
 

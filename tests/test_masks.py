@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import central_difference, spec_path
+from conftest import central_difference, needs_opencl, spec_path
 from lstmc_runtime.errors import UsageError
 
 import lstmc
@@ -43,7 +43,7 @@ cell masks(x: H) -> h: H {
 
 def compile_source(source, target, dtype, tmp_path, I=6, H=6, **kw):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     path = tmp_path / "cell.lstm"
     path.write_text(source)
     return lstmc.compile(str(path), I, H, target=target, dtype=dtype, **kw)
@@ -314,7 +314,7 @@ def torch_awd_lstm(P, x, h, c, seed):
 @pytest.mark.parametrize("train", [True, False])
 def test_shipped_specs_match_pytorch(name, oracle, target, dtype, train):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     cell = lstmc.compile(spec_path(name), 3, 5, target=target, dtype=dtype)
     rng = np.random.default_rng(4)
     T, B, seed = 6, 9, 31337

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import needs_opencl
 
 import lstmc
 from lstmc.ir import ops
@@ -191,7 +192,7 @@ def test_every_registered_op_has_an_oracle_here():
 @pytest.mark.parametrize("target,dtype", BACKENDS)
 def test_edge_values_against_torch(target, dtype):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     names = sorted(SPEC_FORM)
     values = edge_values(dtype)
     n = len(values)
@@ -223,7 +224,7 @@ def test_log_sigmoid_down_to_minus_1000(target, dtype):
     """Finite and right where torch's is, -inf exactly where torch's is; the gradient
     likewise (finite wherever torch's is)."""
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     z = np.linspace(-1000.0, 30.0, 2062).astype(dtype).reshape(1, 2, 1031)
     cell = lstmc.compile(LOG_SIGMOID, input_size=1031, hidden_size=1031, target=target,
                          dtype=dtype)
@@ -247,7 +248,7 @@ def test_softplus_and_logsigmoid_never_overflow(target, dtype):
     """From -1000 to 1000: finite everywhere, as torch's, values and gradients (the
     naive log(1 + exp(z)) is inf above 88.7 in float32)."""
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     z = np.linspace(-1000.0, 1000.0, 2062).astype(dtype).reshape(1, 2, 1031)
     cell = lstmc.compile(STABLE, input_size=1031, hidden_size=1031, target=target, dtype=dtype)
     zero = np.zeros((2, 1031), dtype)

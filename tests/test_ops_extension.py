@@ -4,6 +4,7 @@ accepts it, autodiff differentiates it, and the reference, cpu and opencl target
 Oracles: a NumPy cell written here, and float64 finite differences."""
 import numpy as np
 import pytest
+from conftest import needs_opencl
 
 import lstmc
 from lstmc.errors import SpecError
@@ -69,7 +70,7 @@ def test_registered_op_is_checked_differentiated_and_run_by_the_reference(cube):
 @pytest.mark.parametrize("target", ["cpu", "opencl"])
 def test_registered_op_runs_on_compiled_targets(cube, target):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     reference = lstmc.compile(SPEC, input_size=3, hidden_size=5, dtype="float32")
     compiled = lstmc.compile(SPEC, input_size=3, hidden_size=5, dtype="float32",
                              target=target)

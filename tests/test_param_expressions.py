@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import central_difference, spec_path
+from conftest import central_difference, needs_opencl, spec_path
 
 import lstmc
 from lstmc.errors import SpecError
@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 def compile_text(text, tmp_path, target="reference", dtype="float64", I=3, H=4):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     path = tmp_path / "cell.lstm"
     path.write_text(text)
     return lstmc.compile(str(path), I, H, target=target, dtype=dtype)
@@ -44,7 +44,7 @@ def torch_antisymmetric(P, x, h):
 @pytest.mark.parametrize("target, dtype", TARGETS)
 def test_antisymmetric_rnn_matches_pytorch(target, dtype):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     cell = lstmc.compile(spec_path("antisymmetric_rnn"), 3, 5, target=target, dtype=dtype)
     assert sorted(cell.param_shapes) == ["V", "W", "b"]  # the derived matrix is not passed
     rng = np.random.default_rng(0)

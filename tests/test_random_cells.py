@@ -12,6 +12,7 @@ import itertools
 import os
 
 import numpy as np
+from conftest import needs_opencl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,8 +155,7 @@ def test_generated_native_code_matches_the_reference_executor(spec):
 def test_generated_gpu_kernels_match_the_reference_executor(spec, persistent):
     """The same random cells through the GPU kernels, run as OpenCL on PoCL (float32),
     step by step or persistent, against the float64 reference executor."""
-    import pytest
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     reference = lstmc.compile(spec, input_size=2, hidden_size=3, dtype="float64")
     gpu = lstmc.compile(spec, input_size=2, hidden_size=3, target="opencl")
     gpu.persistent = persistent

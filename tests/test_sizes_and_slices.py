@@ -4,7 +4,7 @@ against torch.nn.LSTM itself, and a cell of overlapping slices against a NumPy s
 written here, on every target, values and every gradient."""
 import numpy as np
 import pytest
-from conftest import spec_path
+from conftest import needs_opencl, opencl_usable, spec_path
 
 import lstmc
 from lstmc.gradcheck import gradcheck
@@ -17,7 +17,7 @@ TARGETS = [("reference", "float64", 1e-10), ("cpu", "float64", 1e-10), ("cpu", "
 
 def _needs(target):
     if target == "opencl":
-        pytest.importorskip("pyopencl")
+        needs_opencl()
 
 
 @pytest.mark.parametrize("target,dtype,tol", TARGETS)
@@ -100,7 +100,7 @@ def test_overlapping_slices_gradients():
     assert gradcheck(cell, steps=4, batch=2, seed=2).passed(1e-7)
     reference_grads = _grads(cell)
     for target, dtype, tol in TARGETS[1:]:
-        if target == "opencl" and not _has_opencl():
+        if target == "opencl" and not opencl_usable():
             continue
         grads = _grads(lstmc.compile(SLICED, 3, 4, target=target, dtype=dtype))
         for key in ("x",):
@@ -109,14 +109,6 @@ def test_overlapping_slices_gradients():
             for name, value in reference_grads[group].items():
                 np.testing.assert_allclose(grads[group][name], value, rtol=tol * 10,
                                            atol=tol * 10, err_msg=f"{target} {dtype} {name}")
-
-
-def _has_opencl() -> bool:
-    try:
-        import pyopencl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _grads(cell):

@@ -5,6 +5,7 @@ every read, whether the value read is ready there and in the place it is read fr
 import glob
 
 import pytest
+from conftest import needs_opencl
 from hypothesis import HealthCheck, given, settings
 from test_random_cells import cells
 
@@ -167,7 +168,7 @@ def test_concats_with_row_level_parts_run_on_every_native_target(target):
     from lstmc.gradcheck import gradcheck
 
     if target.startswith("opencl"):
-        pytest.importorskip("pyopencl")
+        needs_opencl()
     spec = """cell e(x: I) -> h: H {
       param W: [H, I], g: H, U: [H, H]
       z = W @ x + U @ h

@@ -6,7 +6,7 @@ import gc
 import numpy as np
 import pytest
 import torch
-from conftest import compile_spec, random_inputs, spec_path
+from conftest import compile_spec, needs_opencl, random_inputs, spec_path
 from lstmc_runtime.errors import ShapeError, UsageError
 
 import lstmc
@@ -72,7 +72,7 @@ def test_bad_workspaces_are_named():
 
 
 def test_gpu_target_cells_refuse_a_workspace():
-    pytest.importorskip("pyopencl")
+    needs_opencl()
     cell = compile_spec("lstm", target="opencl", dtype="float32")
     x, params, _ = random_inputs(cell, T=3, B=2)
     with pytest.raises(UsageError, match="cpu target"):

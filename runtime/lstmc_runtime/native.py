@@ -96,7 +96,7 @@ def _system_threads() -> int:
 _pool_pid = 0
 
 
-def _pooled_copy(array: np.ndarray) -> np.ndarray:
+def _pooled_copy(array) -> np.ndarray:
     """A C-contiguous copy of `array` in pooled memory (large ones: memory already
     mapped, not faulted in anew each call)."""
     copy = POOL.get(array.shape, array.dtype, zero=False)
@@ -328,6 +328,20 @@ class NativeCell(CellBase):
                 for b in self.contract.entries[entry].buffers]
         return cache[entry]
 
+    def _shaped(self, entry: str, T: int, rows: int) -> list[tuple]:
+        """An entry's buffers as (name, shape, role, dtype, batch axis or None) for a
+        slice of `rows` rows and T steps; kept for the next calls of these sizes."""
+        cache = self.__dict__.setdefault("_shaped_cache", {})
+        found = cache.get((entry, T, rows))
+        if found is None:
+            if len(cache) >= 256:  # many lengths: start over
+                cache.clear()
+            found = cache[entry, T, rows] = [
+                (name, tuple(T if d == "T" else rows if d == "B" else d for d in dims),
+                 role, dtype, axis)
+                for name, dims, role, dtype, axis in self._layout(entry)]
+        return found
+
     def _call(self, entry: str, T: int, bounds: list[int], given: Inputs,
               per_slice: list[dict] | None = None) -> dict:
         """Run an entry point on each batch slice [bounds[c], bounds[c+1]). Arrays with a
@@ -338,9 +352,7 @@ class NativeCell(CellBase):
         slices: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
         for c in range(count):
             b0, b1 = bounds[c], bounds[c + 1]
-            rows = b1 - b0
-            for name, dims, role, dtype, axis in layout:
-                shape = tuple(T if d == "T" else rows if d == "B" else d for d in dims)
+            for name, shape, role, dtype, axis in self._shaped(entry, T, b1 - b0):
                 if role == "in":
                     if per_slice is not None and name in per_slice[c]:
                         array = per_slice[c][name]

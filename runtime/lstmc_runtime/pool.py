@@ -8,6 +8,7 @@ in pooled memory on a 2-core VM. Pooled arrays are already mapped."""
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 import time
@@ -73,7 +74,7 @@ class BufferPool:
         """An uninitialized (`zero`: zeroed) C-contiguous array; from MIN_BYTES up, a
         lease (below), which needs no giving back."""
         dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: np.prod costs ~5 µs a call
         if count * dtype.itemsize < self.MIN_BYTES:
             array = np.empty(shape, dtype)
         else:

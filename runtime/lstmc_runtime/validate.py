@@ -13,6 +13,13 @@ def _describe(shape) -> str:
 
 def check_array(name: str, value, shape: tuple, dtype: np.dtype, xp=np) -> np.ndarray:
     """`value` as an array of exactly `shape` (None: any size) and `dtype`."""
+    if getattr(value, "dtype", None) == dtype:  # the common case, first and cheaply
+        got = value.shape
+        if got == shape or (len(got) == len(shape) and all(
+                want is None or size == want for size, want in zip(got, shape))):
+            flags = getattr(value, "flags", None)
+            if flags is None or flags.c_contiguous:
+                return value
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
         raise ShapeError(f"{name}: expected an array of shape {_describe_pattern(shape)} "
                          f"and dtype {dtype}, got {type(value).__name__}")

@@ -43,6 +43,13 @@ class OpenCLDevice:
         try:
             self.program = cl.Program(self.cl_context, source).build(options=["-cl-std=CL1.2"])
         except cl.RuntimeError as error:
+            if "unknown target CPU" in str(error):  # not the kernels: the compiler's LLVM
+                raise BackendError(
+                    f"target 'opencl': the OpenCL compiler of '{self.device.name.strip()}' "
+                    "cannot build for this CPU (its LLVM is older than the CPU: PoCL 3.0, "
+                    "pyopencl's, knows no CPU newer than LLVM 14 does, e.g. not AMD Zen 5); "
+                    "use a newer PoCL or another OpenCL device (LSTMC_OPENCL_DEVICE=N)"
+                ) from error
             raise BackendError(f"the OpenCL compiler rejected the kernels: {error}") from error
         self.kernels = {k.function_name: k for k in self.program.all_kernels()}
         self.compute_units = self.device.max_compute_units
