@@ -337,3 +337,31 @@ def test_streaming_inference_takes_the_fast_path_and_checks_its_input(monkeypatc
         strided = torch.randn(I, B).t()
         torch.testing.assert_close(ours(strided)[0], ours(strided.contiguous())[0])
         torch.testing.assert_close(ours(x.double())[0], ours(x)[0])
+
+
+def test_accumulated_micro_batches_pack_once_and_a_data_write_packs_again(monkeypatch):
+    """Training forwards compare the weights' bytes with the last pack's copies: between
+    the micro-batches of accumulated gradients nothing changed (one pack), while a write
+    through .data (no version bump) changes bytes and packs again, and the gradients are
+    those of the weights as they are."""
+    torch.manual_seed(0)
+    module = lnn.LSTM(5, 7).double()
+    x = torch.randn(T, B, 5, dtype=torch.float64)
+    packed = []
+    from lstmc_runtime.native import NativeCell
+
+    original = NativeCell.pack_params
+    monkeypatch.setattr(NativeCell, "pack_params",
+                        lambda self, *a, **k: packed.append(self) or original(self, *a, **k))
+    for _ in range(3):
+        module(x)[0].sum().backward()
+    assert len(packed) == 1
+    reference = torch.nn.LSTM(5, 7).double()
+    reference.load_state_dict(module.state_dict())
+    module.weight_hh_l0.data.mul_(0.5)  # no version bump
+    reference.weight_hh_l0.data.mul_(0.5)
+    module.zero_grad()
+    module(x)[0].sum().backward()
+    assert len(packed) == 2
+    reference(x)[0].sum().backward()
+    torch.testing.assert_close(module.weight_hh_l0.grad, reference.weight_hh_l0.grad)

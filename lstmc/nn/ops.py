@@ -36,6 +36,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from lstmc_runtime.packcache import same_bytes
 from torch import Tensor
 
 from ..errors import LstmcError, ShapeError
@@ -112,16 +113,23 @@ class _PackCache:
         self.entries: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True):
+    def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True,
+            unchanged=None):
+        """The remembered pack of these tensors, else `build()`. Without `reuse`, or at
+        another version, `unchanged(pack)` (if given) may still vouch for it."""
         ids = tuple(id(t) for t in weights)
         sig = tuple([(t.data_ptr(), t._version, t.shape) for t in weights])
         with self.lock:
-            hit = self.entries.get(ids) if reuse else None
-            if (hit is not None and hit[0] == sig
-                    and all(r() is t for r, t in zip(hit[1], weights))):
+            hit = self.entries.get(ids)
+            if hit is not None and not all(r() is t for r, t in zip(hit[1], weights)):
+                hit = None
+            if hit is not None and reuse and hit[0] == sig:
                 self.entries.move_to_end(ids)
                 return hit[2]
-        value = build()
+        if hit is not None and unchanged is not None and unchanged(hit[2]):
+            value = hit[2]
+        else:
+            value = build()
         with self.lock:
             self.entries[ids] = (sig, [weakref.ref(t) for t in weights], value)
             self.entries.move_to_end(ids)
@@ -164,17 +172,26 @@ def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
     """Parameters of a CPU-target cell, validated and packed. Every pack is remembered;
     with `reuse`, a remembered pack of the same weight versions is taken instead.
     Writes through `.data` do not bump a tensor's version, so a training forward
-    (`reuse=False`) always packs afresh; its backward and inference calls reuse."""
+    (`reuse=False`) compares the weights' bytes with the copies the last pack holds
+    (after an optimizer step the first bytes differ: it packs afresh at once; between
+    the micro-batches of accumulated gradients nothing differs: the pack is reused);
+    its backward and inference calls reuse."""
+    def params():
+        return spec_params(cell, key, weights, _host)
+
     def build():
-        params = spec_params(cell, key, weights, _host)
-        return cell.pack_params(params) if hasattr(cell, "pack_params") else params
+        return cell.pack_params(params()) if hasattr(cell, "pack_params") else params()
+
+    def unchanged(packed) -> bool:
+        return all(array.flags.c_contiguous and same_bytes(array, packed[name])
+                   for name, array in params().items())
 
     if not hasattr(cell, "pack_params"):
         return build()
     cache = _packs.get(cell)
     if cache is None:
         cache = _packs.setdefault(cell, _PackCache())
-    return cache.get(cell, key, weights, build, reuse)
+    return cache.get(cell, key, weights, build, reuse, unchanged)
 
 
 def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tensor):
