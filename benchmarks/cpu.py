@@ -257,6 +257,11 @@ def latency(repeat: int) -> list[tuple[str, float, float, str]]:
                                  "eager": eager_peephole_runner(100, 1, 128, backward)}, repeat)
         rows.append((f"peephole {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
                      t["lstmc"], t["eager"], "eager cell loop"))
+    # A call's overhead: a training step of a cell too small for its math to count.
+    t = interleaved_medians({"lstmc": lstmc_runner("lstm", 1, 1, 8, True),
+                             "nn.LSTM": torch_lstm_runner(1, 1, 8, True)}, repeat)
+    rows.append(("call overhead: fwd+bwd (1, 1, 8), parameters as a dict", t["lstmc"],
+                 t["nn.LSTM"], "nn.LSTM"))
     for B, H in ((1, 128), (1, 256), (1, 512), (2, 256), (4, 256), (8, 256)):
         t = interleaved_medians({"lstmc": lstmc_runner("lstm", 100, B, H, True),
                                  "nn.LSTM": torch_lstm_runner(100, B, H, True)}, repeat)
