@@ -22,7 +22,6 @@ def needs_opencl() -> None:
     no pyopencl, or an OpenCL compiler that cannot build even a one-line kernel here.
     PoCL 3.0 (pyopencl's) does that on CPUs newer than its LLVM 14, such as AMD Zen 5:
     it asks clang for the CPU 'generic', which clang 14 rejects."""
-    pytest.importorskip("pyopencl")
     reason = _opencl_unusable()
     if reason is not None:
         pytest.skip(reason, allow_module_level=True)
@@ -30,17 +29,15 @@ def needs_opencl() -> None:
 
 def opencl_usable() -> bool:
     """Whether needs_opencl() would let a test run (for tests that skip a part only)."""
-    try:
-        import pyopencl  # noqa: F401
-    except ImportError:
-        return False
     return _opencl_unusable() is None
 
 
 @functools.cache
 def _opencl_unusable() -> str | None:
-    import pyopencl as cl
-
+    try:
+        import pyopencl as cl
+    except ImportError as error:
+        return f"could not import 'pyopencl': {error}"
     try:
         devices = [d for p in cl.get_platforms() for d in p.get_devices()]
         device = devices[int(os.environ.get("LSTMC_OPENCL_DEVICE") or 0)]

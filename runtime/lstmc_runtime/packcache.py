@@ -8,9 +8,9 @@ the kernel's threads then fetch from another core. The cache keeps, per packed w
 the packs of the last few parameter sets with a private copy of the arrays they were
 packed from; a call whose arrays are byte for byte those copies (memcmp: a few µs per
 64 KiB, exact, NaNs and signed zeros included) reuses the pack, which is still warm in
-the caches of the cores that read it last. Any change to any byte, in place or not, packs again. Packs handed out
-are read-only and never written again (a new pack replaces an old one), so a call still
-running on an old pack is unaffected."""
+the caches of the cores that read it last. Any change to any byte, in place or not,
+packs again. Packs handed out are read-only and never written again (a new pack replaces
+an old one), so a call still running on an old pack is unaffected."""
 from __future__ import annotations
 
 import ctypes

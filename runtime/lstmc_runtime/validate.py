@@ -13,22 +13,16 @@ def _describe(shape) -> str:
 
 def check_array(name: str, value, shape: tuple, dtype: np.dtype, xp=np) -> np.ndarray:
     """`value` as an array of exactly `shape` (None: any size) and `dtype`."""
-    if getattr(value, "dtype", None) == dtype:  # the common case, first and cheaply
-        got = value.shape
-        if got == shape or (len(got) == len(shape) and all(
-                want is None or size == want for size, want in zip(got, shape))):
-            flags = getattr(value, "flags", None)
-            if flags is None or flags.c_contiguous:
-                return value
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
         raise ShapeError(f"{name}: expected an array of shape {_describe_pattern(shape)} "
                          f"and dtype {dtype}, got {type(value).__name__}")
     if value.dtype != dtype:
         raise ShapeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
-    if len(value.shape) != len(shape) or any(
-            want is not None and got != want for got, want in zip(value.shape, shape)):
+    got = value.shape
+    if got != shape and (len(got) != len(shape) or any(  # equal tuples: the common case
+            want is not None and size != want for size, want in zip(got, shape))):
         raise ShapeError(f"{name}: expected shape {_describe_pattern(shape)}, "
-                         f"got {_describe(value.shape)}")
+                         f"got {_describe(got)}")
     flags = getattr(value, "flags", None)
     if flags is not None and not flags.c_contiguous:
         raise ShapeError(f"{name}: expected a C-contiguous array, got strides "

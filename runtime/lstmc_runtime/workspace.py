@@ -65,4 +65,3 @@ def read(widths, flat: np.ndarray, T: int, B: int) -> tuple[list[int], list[dict
                            "this cell's forward?")
     bounds = [B * c // count for c in range(count + 1)]
     return bounds, views(widths, flat, T, bounds)
-
