@@ -132,6 +132,29 @@ def test_long_sequences_take_work_buffers_from_the_pool():
     assert plan.pooled and all(array.nbytes <= 1 << 20 for array in plan.keep)
 
 
+def test_a_plan_is_made_for_the_threads_a_call_may_use():
+    """A call inside threads_limited(1) (a stack's direction run beside the other) gets
+    a plan of its own, without the threaded kernel; the same shape with every core
+    keeps its own plan, which may measure the threaded kernel."""
+    from lstmc_runtime.threads import thread_count, threads_limited
+
+    reference, native = both("lstm", input_size=64, hidden_size=64)
+    x, params, state = random_inputs(reference, T=3, B=1)
+    y0, _ = reference.forward(x, params, state)
+    with threads_limited(1):
+        y1, _ = native.forward(x, params, state)
+    y2, _ = native.forward(x, params, state)
+    for y in (y1, y2):
+        np.testing.assert_allclose(y, y0, **TOL)
+    plans = native.plans._plans
+    limited = [plan for key, plan in plans.items() if key[-1] == 1]
+    assert len(limited) == 1 and limited[0].threaded is None
+    if thread_count() > 1:
+        assert len(plans) == 2
+        everything = [plan for key, plan in plans.items() if key[-1] == thread_count()]
+        assert everything[0].threaded is not None
+
+
 def test_calls_from_several_threads_at_once():
     """One caller at a time takes the lean path; the others run the ordinary way."""
     reference, native = both("lstm", hidden_size=16)

@@ -114,7 +114,7 @@ def test_a_layers_two_directions_run_at_once_on_half_the_cores_each():
     """Native cells: direction 1 on the stack's own thread while the caller runs
     direction 0, each limited to half the cores; an error in either reaches the caller,
     and the caller's own limit is as before afterwards."""
-    from lstmc_runtime.native import thread_count
+    from lstmc_runtime.threads import thread_count
 
     stack = lstmc.compile(spec_path("lstm"), 3, 4, target="cpu", bidirectional=True)
     cores = thread_count()

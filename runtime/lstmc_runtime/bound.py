@@ -27,6 +27,7 @@ from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
 from .pool import POOL
+from .threads import thread_count
 from .validate import check_array
 from .workers import barrier_words
 
@@ -222,7 +223,8 @@ class Plans:
     def get(self, x: np.ndarray, bf16: bool = False) -> Plan | None:
         """x's plan (the lock held), validating x in full the first time; None where the
         lean call does not apply. `bf16`: of the forward on bfloat16 weights."""
-        key = (x.shape, x.strides, x.dtype, bf16)
+        # the plan depends on the threads this call may use (threads_limited)
+        key = (x.shape, x.strides, x.dtype, bf16, thread_count())
         if key in self._plans:
             return self._plans[key]
         cell = self.cell

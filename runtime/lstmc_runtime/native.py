@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeAlias
@@ -36,6 +34,7 @@ from .packcache import PackCache, clear_all
 from .packing import SYMBOLS as PACKING_SYMBOLS
 from .packing import Packer
 from .pool import POOL
+from .threads import system_threads, thread_count
 from .validate import check_array, check_names
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import barrier_words, workers
@@ -59,40 +58,6 @@ SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=12
 _pool: ThreadPoolExecutor | None = None
 
 
-_budget = threading.local()  # this thread's share of the cores (threads_limited)
-
-
-def thread_count() -> int:
-    """Threads one call may use: LSTMC_NUM_THREADS, else the cores this process may run
-    on; inside `threads_limited(n)`, at most n."""
-    limit = getattr(_budget, "threads", None)
-    if limit is not None:
-        return limit
-    return _system_threads()
-
-
-@contextmanager
-def threads_limited(count: int):
-    """Calls on this thread use at most `count` threads (a stack running its two
-    directions at once gives each half the cores)."""
-    before = getattr(_budget, "threads", None)
-    _budget.threads = max(1, min(count, _system_threads()))
-    try:
-        yield
-    finally:
-        _budget.threads = before
-
-
-def _system_threads() -> int:
-    env = os.environ.get("LSTMC_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 _pool_pid = 0
 
 
@@ -109,7 +74,7 @@ def _executor() -> ThreadPoolExecutor:
     copies the pool object but not its threads)."""
     global _pool, _pool_pid
     if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(max_workers=_system_threads(), thread_name_prefix="lstmc")
+        _pool = ThreadPoolExecutor(max_workers=system_threads(), thread_name_prefix="lstmc")
         _pool_pid = os.getpid()
     return _pool
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
 from .errors import ShapeError, UsageError
+from .threads import thread_count, threads_limited
 from .validate import check_array, check_names
 
 
@@ -79,7 +80,7 @@ class Stack:
         Used for inference (1.1-1.6x on 2 cores, B=1 to 32 at H=256); training keeps
         the directions one after the other, each on every core, which measured faster
         (its weight gradients are large GEMMs that use both cores well)."""
-        from .native import NativeCell, thread_count, threads_limited
+        from .native import NativeCell
 
         share = thread_count() // 2
         if count != 2 or share < 1 or not all(isinstance(c, NativeCell)

@@ -1,0 +1,41 @@
+"""How many threads one call may use: the process's cores (or LSTMC_NUM_THREADS), or
+less inside `threads_limited` (a stack running a layer's two directions at once gives
+each half the cores). Per thread, so each direction's calls see their own share."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+
+_budget = threading.local()  # this thread's share of the cores (threads_limited)
+
+
+def thread_count() -> int:
+    """Threads one call may use: LSTMC_NUM_THREADS, else the cores this process may run
+    on; inside `threads_limited(n)`, at most n."""
+    limit = getattr(_budget, "threads", None)
+    if limit is not None:
+        return limit
+    return system_threads()
+
+
+@contextmanager
+def threads_limited(count: int):
+    """Calls on this thread use at most `count` threads (a stack running its two
+    directions at once gives each half the cores)."""
+    before = getattr(_budget, "threads", None)
+    _budget.threads = max(1, min(count, system_threads()))
+    try:
+        yield
+    finally:
+        _budget.threads = before
+
+
+def system_threads() -> int:
+    env = os.environ.get("LSTMC_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
