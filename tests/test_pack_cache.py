@@ -62,7 +62,7 @@ def test_any_changed_byte_packs_again(monkeypatch, cells, change):
     y = native.forward(x, params, state)[0]
     assert len(made) == (0 if change == "nan" else 1)
     if change == "signed zero":
-        assert np.signbit(native._pack_cache._slots["panelsT:1"].popitem()[1][0][1][1, 1])
+        assert np.signbit(native._pack_cache._slots["panelsT:1"].popitem()[1][0][1].array[1, 1])
     if change != "nan":
         np.testing.assert_allclose(y, reference.forward(x, params, state)[0], **TOL)
 

@@ -216,9 +216,9 @@ class Plans:
         self.cell = cell
         self._plans: dict[tuple, Plan | None] = {}
         self.lock = threading.Lock()
-        # the parameters the forward entry reads as given (not packed), by their names
-        self.forward_params = [names.parse(name)[1] for name, *_ in cell._layout("forward")
-                               if names.parse(name)[0] == "param"]
+        # the parameters the forward entry reads as given (not packed): (buffer, name)
+        self.forward_slots = [(name, names.parse(name)[1]) for name, *_ in cell._layout("forward")
+                              if names.parse(name)[0] == "param"]
 
     def get(self, x: np.ndarray, bf16: bool = False) -> Plan | None:
         """x's plan (the lock held), validating x in full the first time; None where the

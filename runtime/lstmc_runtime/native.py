@@ -174,17 +174,27 @@ class NativeCell(CellBase):
         packs of an earlier call when the parameters hold the same bytes (PackCache)."""
         if isinstance(params, PackedParams):
             return params.packs
-        wanted = None if entry is None else {name for name, *_ in self._layout(entry)}
         cache = self._pack_cache
         packs = {}
-        for p in self.contract.packed.values():
-            parts = [np.ascontiguousarray(params[name]) for name, _ in p.segments]
-            for name, transposed in ((names.panels_t(p.name), True),
-                                     (names.panels(p.name), False)):
-                if wanted is None or name in wanted:
-                    make = partial(self._packer.stacked, parts, transposed)
-                    packs[name] = cache.get(name, parts, make) if cached else make()
+        for name, transposed, segments in self._packs_read(entry):
+            parts = [np.ascontiguousarray(params[n]) for n in segments]
+            make = partial(self._packer.stacked, parts, transposed)
+            packs[name] = cache.get(name, parts, make) if cached else make()
         return packs
+
+    def _packs_read(self, entry: str | None) -> list[tuple[str, bool, list[str]]]:
+        """The packs `entry` reads (None: all of them) as (buffer name, transposed, the
+        parameters stacked in it), once per entry."""
+        cache = self.__dict__.setdefault("_packs_by_entry", {})
+        if entry not in cache:
+            wanted = None if entry is None else {name for name, *_ in self._layout(entry)}
+            cache[entry] = [
+                (name, transposed, [n for n, _ in p.segments])
+                for p in self.contract.packed.values()
+                for name, transposed in ((names.panels_t(p.name), True),
+                                         (names.panels(p.name), False))
+                if wanted is None or name in wanted]
+        return cache[entry]
 
     def pack_params(self, params: dict, weights: str | None = None) -> PackedParams:
         """Validate and pack parameters once, for many forward calls with them.
@@ -271,8 +281,8 @@ class NativeCell(CellBase):
                     or not value.flags.c_contiguous):  # the full check says what is wrong
                 check_array(f"params['{name}']", value, shape, dtype)
         packs = self._packs(params, "forward")
-        read = self.plans.forward_params  # vectors the kernel reads as given
-        return ({names.param(n): _address(params[n]) for n in read}
+        read = self.plans.forward_slots  # vectors the kernel reads as given
+        return ({slot: _address(params[n]) for slot, n in read}
                 | {n: _address(v) for n, v in packs.items()}), packs
 
     forward.__doc__ = CellBase.forward.__doc__

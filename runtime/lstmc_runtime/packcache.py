@@ -49,6 +49,31 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))
 
 
+class _Copy:
+    """A private copy of a part, with what comparing a part with it needs at hand."""
+
+    __slots__ = ("array", "shape", "dtype", "address", "nbytes")
+
+    def __init__(self, part: np.ndarray):
+        self.array = part.copy()
+        self.shape, self.dtype, self.nbytes = part.shape, part.dtype, part.nbytes
+        self.address = address(self.array)
+
+
+def _same(parts: list[np.ndarray], copies: list[_Copy]) -> bool:
+    """Whether each part has its copy's shape, dtype and bytes."""
+    memcmp = _memcmp
+    for part, copy in zip(parts, copies):
+        if part.shape != copy.shape or part.dtype != copy.dtype:
+            return False
+        if memcmp is None:
+            if not same_bytes(part, copy.array):
+                return False
+        elif memcmp(address(part), copy.address, copy.nbytes):
+            return False
+    return True
+
+
 class PackCache:
     """One cell's packs, by packed weight, with the bytes each was packed from."""
 
@@ -63,21 +88,23 @@ class PackCache:
         before, else `make()` (kept for the next calls). The slot packed from these very
         arrays is compared first; another parameter set differs in its first bytes, so
         comparing with it costs little."""
-        key = tuple(id(p) for p in parts)
+        key = tuple(map(id, parts))
         with self._lock:
             slots = self._slots.setdefault(name, OrderedDict())
-            candidates = sorted(slots.items(), key=lambda item: item[0] != key)
-        for slot, (copies, pack) in candidates:
-            if all(same_bytes(p, c) for p, c in zip(parts, copies)):
-                if slot != key:
-                    with self._lock:  # known by these arrays from now on
-                        slots.pop(slot, None)
-                        slots[key] = (copies, pack)
+            own = slots.get(key)
+            others = [item for item in slots.items() if item[0] != key]
+        if own is not None and _same(parts, own[0]):
+            return own[1]
+        for slot, (copies, pack) in others:
+            if _same(parts, copies):
+                with self._lock:  # known by these arrays from now on
+                    slots.pop(slot, None)
+                    slots[key] = (copies, pack)
                 return pack
         pack = make()
         if sum(p.size for p in parts) <= MAX_ELEMENTS:
             pack.flags.writeable = False
-            copies = [p.copy() for p in parts]
+            copies = [_Copy(p) for p in parts]
             with self._lock:
                 slots[key] = (copies, pack)
                 slots.move_to_end(key)
@@ -88,7 +115,7 @@ class PackCache:
     def clear(self) -> int:
         """Forget every pack; returns the bytes they and their copies held."""
         with self._lock:
-            held = sum(pack.nbytes + sum(c.nbytes for c in copies)
+            held = sum(pack.nbytes + sum(c.array.nbytes for c in copies)
                        for slots in self._slots.values() for copies, pack in slots.values())
             self._slots.clear()
         return held
