@@ -3,6 +3,7 @@ inference and reinforcement learning loops that feed one step at a time."""
 from __future__ import annotations
 
 import torch
+from lstmc_runtime.threads import thread_limit
 from torch import Tensor
 
 from ..errors import ShapeError
@@ -34,10 +35,11 @@ class RecurrentCell(Recurrent):
 
     def _stream_step(self, input, state: dict | None):
         """Eager inference of a CPU cell with inputs already in the cell's layout: the
-        native cell's lean call on NumPy views of the tensors, weights packed once while
-        they do not change. None: anything else (the ordinary path checks and converts)."""
+        native cell's lean plan run on the tensors' own memory (their addresses; the
+        outputs are fresh tensors), weights packed once while they do not change. None:
+        anything else (the ordinary path checks and converts)."""
         weights = self._weights(0, 0)
-        if (type(input) is not Tensor or input.device.type != "cpu" or not weights
+        if (type(input) is not Tensor or not input.is_cpu or not weights
                 or input.dtype != weights[0].dtype or not input.is_contiguous()
                 or input.dim() not in (1, 2) or input.shape[-1] != self.input_size):
             return None
@@ -48,30 +50,47 @@ class RecurrentCell(Recurrent):
             if not hasattr(cell, "plans"):  # not a native cell (OpenCL)
                 return None
             packed = ops.host_params(cell, self._keys[0], weights, reuse=True)
-            stream = self._stream = (signature, cell, packed)
-        cell, packed = stream[1], stream[2]
+            stream = self._stream = (signature, cell, packed, {})
+        cell, packed, plans = stream[1], stream[2], stream[3]
         unbatched = input.dim() == 1
         batch = 1 if unbatched else input.shape[0]
-        x = input.detach().numpy().reshape(1, batch, self.input_size)
-        arrays = None
+        shape = (batch,) if not unbatched else ()
+        sizes = self.state_sizes
+        given = []
         if state is not None:
-            if type(state) is not dict or len(state) != len(self.state_sizes):
+            if type(state) is not dict or len(state) != len(sizes):
                 return None
-            arrays = {}
-            for name in self.state_sizes:
+            for name, size in sizes.items():
                 s = state.get(name)
-                if (type(s) is not Tensor or s.device.type != "cpu" or s.dtype != input.dtype
-                        or s.dim() != input.dim()):
+                if (type(s) is not Tensor or not s.is_cpu or s.dtype != input.dtype
+                        or s.shape != (*shape, size) or not s.is_contiguous()):
                     return None
-                arrays[name] = s.detach().numpy().reshape(batch, -1)
-        done = cell.plans.forward(x, packed, None, arrays)
-        if done is None:  # a shape or layout the lean call does not take: checked below
+                given.append(s.data_ptr())
+        lean = cell.plans
+        if not lean.lock.acquire(False):  # another caller is in the lean path
             return None
-        y, final = done
-        out = torch.from_numpy(y[0, 0] if unbatched else y[0])
-        finals = {n: torch.from_numpy(final[n][0] if unbatched else final[n])
-                  for n in self.state_sizes}
-        return out, finals
+        try:
+            key = (batch, thread_limit())
+            found = plans.get(key)
+            if found is None:  # this batch's plan, checked the ordinary way once
+                plan = lean.get(input.detach().numpy().reshape(1, batch, self.input_size))
+                if plan is None:
+                    return None
+                order = list(sizes)  # the kernel's states, as indices in that order
+                zeros = [plan.zero_state[n].ctypes.data for n in sizes]
+                found = plans[key] = (plan, [order.index(n) for n, _ in plan.state_in],
+                                      [order.index(n) for n, *_ in plan.state_out], zeros)
+            plan, ins, outs, zeros = found
+            if state is None:
+                given = zeros
+            out = torch.empty((*shape, plan.y_shape[-1]), dtype=input.dtype)
+            finals = [torch.empty((*shape, size), dtype=input.dtype) for size in sizes.values()]
+            plan.set_params(packed)
+            plan.call(input.data_ptr(), out.data_ptr(), [given[i] for i in ins],
+                      [finals[i].data_ptr() for i in outs])
+        finally:
+            lean.lock.release()
+        return out, dict(zip(sizes, finals))
 
     def _step(self, input: Tensor, state: dict | None = None, **inputs):
         if not isinstance(input, Tensor) or input.dim() not in (1, 2) or (

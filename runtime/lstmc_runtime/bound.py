@@ -27,7 +27,7 @@ from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
 from .pool import POOL
-from .threads import thread_count
+from .threads import thread_limit
 from .validate import check_array
 from .workers import barrier_words
 
@@ -139,20 +139,30 @@ class Plan:
     def run(self, x: np.ndarray, state_in: dict[str, int], state_out: dict[str, int]
             ) -> np.ndarray:
         """y for x, reading and writing the states at these addresses, by name."""
-        pointers = self.pointers
-        for name, slot in self.state_in:
-            pointers[slot] = state_in[name]
-        for name, slot, _shape in self.state_out:
-            pointers[slot] = state_out[name]
         y = np.empty(self.y_shape, self.dtype)
-        pointers[self.x_slot] = address(x)
-        pointers[self.y_slot] = _addressof(_char_at(y))  # type: ignore[arg-type]
+        self.call(address(x), _addressof(_char_at(y)),  # type: ignore[arg-type]
+                  [state_in[name] for name, _ in self.state_in],
+                  [state_out[name] for name, *_ in self.state_out])
+        return y
+
+    def call(self, x: int, y: int, state_in: list[int], state_out: list[int]) -> None:
+        """The kernel on arrays at these addresses, each of this plan's shape: x, y, and
+        the states in the order of `state_in` and `state_out` (by the caller's checks:
+        the addresses are all the kernel knows)."""
+        pointers = self.pointers
+        for (_, slot), at in zip(self.state_in, state_in):
+            pointers[slot] = at
+        for (_, slot, _), at in zip(self.state_out, state_out):
+            pointers[slot] = at
+        pointers[self.x_slot] = x
+        pointers[self.y_slot] = y
         if self.pooled:
-            return self._run_pooled(y)
+            work = [POOL.get(shape, dtype, zero=False) for _, shape, dtype in self.pooled]
+            for (slot, *_), array in zip(self.pooled, work):
+                pointers[slot] = address(array)
         status = self._kernel(pointers)
         if status:
             raise BackendError(f"kernel forward failed with status {status}")
-        return y
 
     def _kernel(self, pointers) -> int:
         threaded = self.threaded
@@ -160,15 +170,6 @@ class Plan:
             return self.kernel(self.T, self.B, pointers)
         return threaded.choose(lambda: self.kernel(self.T, self.B, pointers),
                                lambda: threaded.run(self.T, self.B, pointers))
-
-    def _run_pooled(self, y: np.ndarray) -> np.ndarray:
-        work = [POOL.get(shape, dtype, zero=False) for _, shape, dtype in self.pooled]
-        for (slot, *_), array in zip(self.pooled, work):
-            self.pointers[slot] = address(array)
-        status = self._kernel(self.pointers)
-        if status:
-            raise BackendError(f"kernel forward failed with status {status}")
-        return y
 
 
 class Threaded:
@@ -224,7 +225,7 @@ class Plans:
         """x's plan (the lock held), validating x in full the first time; None where the
         lean call does not apply. `bf16`: of the forward on bfloat16 weights."""
         # the plan depends on the threads this call may use (threads_limited)
-        key = (x.shape, x.strides, x.dtype, bf16, thread_count())
+        key = (x.shape, x.strides, x.dtype, bf16, thread_limit())
         if key in self._plans:
             return self._plans[key]
         cell = self.cell

@@ -10,6 +10,11 @@ from contextlib import contextmanager
 _budget = threading.local()  # this thread's share of the cores (threads_limited)
 
 
+def thread_limit() -> int | None:
+    """This thread's limit from `threads_limited`, or None (cheap: no system call)."""
+    return getattr(_budget, "threads", None)
+
+
 def thread_count() -> int:
     """Threads one call may use: LSTMC_NUM_THREADS, else the cores this process may run
     on; inside `threads_limited(n)`, at most n."""
