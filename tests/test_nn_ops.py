@@ -339,6 +339,75 @@ def test_streaming_inference_takes_the_fast_path_and_checks_its_input(monkeypatc
         torch.testing.assert_close(ours(x.double())[0], ours(x)[0])
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_eager_inference_takes_the_lean_call_and_equals_torch(monkeypatch, bidirectional):
+    """No-grad forwards of lstmc.nn.LSTM run the kernels on the tensors' memory (no op
+    call) and equal nn.LSTM's: 2 layers, with and without hx, unbatched, then after an
+    in-place weight update and after a parameter's storage is replaced. A deep copy and
+    a pickle of the module, made after such calls, compute the same."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H, num_layers=2, bidirectional=bidirectional).double()
+    ours = lnn.LSTM(I, H, num_layers=2, bidirectional=bidirectional).double()
+    ours.load_state_dict(theirs.state_dict())
+    count = 2 * (2 if bidirectional else 1)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hc = (torch.randn(count, B, H, dtype=torch.float64),
+          torch.randn(count, B, H, dtype=torch.float64))
+
+    def check():
+        for args in ((x,), (x, hc), (x[:, 0], (hc[0][:, 0], hc[1][:, 0]))):
+            got, (h, c) = ours(*args)
+            want, (h0, c0) = theirs(*args)
+            torch.testing.assert_close(got, want)
+            torch.testing.assert_close(h, h0)
+            torch.testing.assert_close(c, c0)
+
+    with torch.no_grad():
+        check()  # compiles, packs, makes the plans
+        monkeypatch.setattr(lnn.recurrent, "call_forward",
+                            lambda *a, **k: pytest.fail("the op ran"))
+        check()
+        ours.weight_hh_l1.mul_(0.5)
+        theirs.weight_hh_l1.mul_(0.5)
+        check()
+        ours.weight_ih_l0 = torch.nn.Parameter(ours.weight_ih_l0 * 2)
+        theirs.weight_ih_l0 = torch.nn.Parameter(theirs.weight_ih_l0 * 2)
+        check()
+        buffer = io.BytesIO()
+        torch.save(ours, buffer)
+        buffer.seek(0)
+        for other in (copy.deepcopy(ours), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(other(x, hc)[0], theirs(x, hc)[0])
+
+
+def test_eager_inference_from_two_threads_at_once_is_right():
+    """A second caller inside the same cell's lean call takes the op instead."""
+    import threading
+
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H).double()
+    ours = lnn.LSTM(I, H).double()
+    ours.load_state_dict(theirs.state_dict())
+    xs = torch.randn(8, 40, B, I, dtype=torch.float64)
+    wrong = []
+
+    def run(rows):
+        with torch.no_grad():
+            for x in xs[rows]:
+                if not torch.allclose(ours(x)[0], theirs(x)[0]):
+                    wrong.append(x)
+
+    threads = [threading.Thread(target=run, args=(slice(k, 8, 2),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
 def test_accumulated_micro_batches_pack_once_and_a_data_write_packs_again(monkeypatch):
     """Training forwards compare the weights' bytes with the last pack's copies: between
     the micro-batches of accumulated gradients nothing changed (one pack), while a write

@@ -3,11 +3,9 @@ inference and reinforcement learning loops that feed one step at a time."""
 from __future__ import annotations
 
 import torch
-from lstmc_runtime.threads import thread_limit
 from torch import Tensor
 
 from ..errors import ShapeError
-from . import ops
 from .recurrent import Recurrent, call_forward
 
 
@@ -23,8 +21,6 @@ class RecurrentCell(Recurrent):
     def __init__(self, spec, input_size: int, hidden_size: int | None, cell: str | None = None,
                  **options):
         super().__init__(spec, input_size, hidden_size, cell=cell, **options)
-        # The streaming fast path's (weights' versions and storage, native cell, packs).
-        self._stream: tuple | None = None
 
     def forward(self, input: Tensor, state: dict | None = None, **inputs):
         if not inputs and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
@@ -35,62 +31,28 @@ class RecurrentCell(Recurrent):
 
     def _stream_step(self, input, state: dict | None):
         """Eager inference of a CPU cell with inputs already in the cell's layout: the
-        native cell's lean plan run on the tensors' own memory (their addresses; the
-        outputs are fresh tensors), weights packed once while they do not change. None:
-        anything else (the ordinary path checks and converts)."""
-        weights = self._weights(0, 0)
-        if (type(input) is not Tensor or not input.is_cpu or not weights
-                or input.dtype != weights[0].dtype or not input.is_contiguous()
-                or input.dim() not in (1, 2) or input.shape[-1] != self.input_size):
+        lean call (lean.py) with the input as one step. None: anything else (the
+        ordinary path checks and converts)."""
+        if (type(input) is not Tensor or input.dim() not in (1, 2)
+                or input.shape[-1] != self.input_size):
             return None
-        signature = tuple([(t._version, t.data_ptr()) for t in weights])
-        stream = self._stream
-        if stream is None or stream[0] != signature:
-            cell = ops.cell_for(self._keys[0], input)
-            if not hasattr(cell, "plans"):  # not a native cell (OpenCL)
-                return None
-            packed = ops.host_params(cell, self._keys[0], weights, reuse=True)
-            stream = self._stream = (signature, cell, packed, {})
-        cell, packed, plans = stream[1], stream[2], stream[3]
         unbatched = input.dim() == 1
-        batch = 1 if unbatched else input.shape[0]
-        shape = (batch,) if not unbatched else ()
-        sizes = self.state_sizes
-        given = []
+        lead = () if unbatched else (input.shape[0],)
+        init = None
         if state is not None:
-            if type(state) is not dict or len(state) != len(sizes):
+            if type(state) is not dict or len(state) != len(self.state_sizes):
                 return None
-            for name, size in sizes.items():
+            init = []
+            for name, size in self.state_sizes.items():
                 s = state.get(name)
-                if (type(s) is not Tensor or not s.is_cpu or s.dtype != input.dtype
-                        or s.shape != (*shape, size) or not s.is_contiguous()):
+                if type(s) is not Tensor or s.shape != (*lead, size):
                     return None
-                given.append(s.data_ptr())
-        lean = cell.plans
-        if not lean.lock.acquire(False):  # another caller is in the lean path
+                init.append(s)
+        done = self._lean_calls().forward(self._keys[0], (0, 0), input, self._weights(0, 0),
+                                          init, 1, 1 if unbatched else lead[0], lead, lead)
+        if done is None:
             return None
-        try:
-            key = (batch, thread_limit())
-            found = plans.get(key)
-            if found is None:  # this batch's plan, checked the ordinary way once
-                plan = lean.get(input.detach().numpy().reshape(1, batch, self.input_size))
-                if plan is None:
-                    return None
-                order = list(sizes)  # the kernel's states, as indices in that order
-                zeros = [plan.zero_state[n].ctypes.data for n in sizes]
-                found = plans[key] = (plan, [order.index(n) for n, _ in plan.state_in],
-                                      [order.index(n) for n, *_ in plan.state_out], zeros)
-            plan, ins, outs, zeros = found
-            if state is None:
-                given = zeros
-            out = torch.empty((*shape, plan.y_shape[-1]), dtype=input.dtype)
-            finals = [torch.empty((*shape, size), dtype=input.dtype) for size in sizes.values()]
-            plan.set_params(packed)
-            plan.call(input.data_ptr(), out.data_ptr(), [given[i] for i in ins],
-                      [finals[i].data_ptr() for i in outs])
-        finally:
-            lean.lock.release()
-        return out, dict(zip(sizes, finals))
+        return done[0], dict(zip(self.state_sizes, done[1]))
 
     def _step(self, input: Tensor, state: dict | None = None, **inputs):
         if not isinstance(input, Tensor) or input.dim() not in (1, 2) or (

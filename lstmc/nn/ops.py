@@ -30,7 +30,6 @@ OpenCL kernels.
 """
 # No `from __future__ import annotations` here: torch.library reads the ops' annotations
 # at run time to infer their schemas.
-import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -177,9 +176,12 @@ def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
     (after an optimizer step the first bytes differ: it packs afresh at once; between
     the micro-batches of accumulated gradients nothing differs: the pack is reused);
     its backward and inference calls reuse."""
-    @functools.cache  # once per call, for the comparison and the pack alike
-    def params():
-        return spec_params(cell, key, weights, _host)
+    made: list[dict] = []  # built once per call, for the comparison and the pack alike
+
+    def params() -> dict:
+        if not made:
+            made.append(spec_params(cell, key, weights, _host))
+        return made[0]
 
     def build():
         return cell.pack_params(params()) if hasattr(cell, "pack_params") else params()

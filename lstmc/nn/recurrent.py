@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..errors import CompileError, ShapeError
 from ..frontend.source import read_source
 from . import ops
+from .lean import LeanCalls
 from .registry import TARGETS, CellKey, compiled
 from .sequence import check_lengths, repack, reverse, unpack
 
@@ -74,8 +75,16 @@ class SequenceModule(nn.Module):
 
     # -- the computation -------------------------------------------------------------------
 
+    def _lean_calls(self) -> LeanCalls:
+        """This module's lean inference calls (made on first use)."""
+        calls = self.__dict__.get("_lean")
+        if calls is None:
+            calls = self.__dict__["_lean"] = LeanCalls()
+        return calls
+
     def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The parameters' dtype (every one is registered on this module itself)."""
+        return next(iter(self._parameters.values())).dtype
 
     def _run(self, x: Tensor, state: dict | None, lengths: Tensor | None,
              extras: list[Tensor] | None = None):
@@ -91,6 +100,11 @@ class SequenceModule(nn.Module):
             or (state is not None and any(s.requires_grad for s in state.values())))
         names = list(self.state_sizes)
         finals: dict[str, list[Tensor]] = {n: [] for n in names}
+        # eager inference: the lean call on the tensors' memory where it applies
+        lean = (not grad and lengths is None and not extras
+                and not (self.training and (self.weight_dropout or any(
+                    self._draws_masks(l) for l in range(self.num_layers))))
+                and not torch.compiler.is_compiling())
         layer_input = x
         for layer in range(self.num_layers):
             key = self._keys[layer]
@@ -113,7 +127,10 @@ class SequenceModule(nn.Module):
                 # generator (torch.manual_seed reproduces them); expectations in eval
                 seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
                         if self.training and self._draws_masks(layer) else None)
-                y, final = call_forward(key, seq, weights, init, lengths, grad, seed)
+                done = (self._lean_calls().forward(
+                    key, (layer, d), seq, weights, init or None, seq.shape[0], seq.shape[1],
+                    seq.shape[:2], seq.shape[1:2]) if lean and seq.dim() == 3 else None)
+                y, final = done or call_forward(key, seq, weights, init, lengths, grad, seed)
                 outputs.append(y if d == 0 else reverse(y, lengths))
                 for n, f in zip(names, final):
                     finals[n].append(f)

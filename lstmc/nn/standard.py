@@ -105,7 +105,8 @@ class _TorchRNN(SequenceModule):
         """Nothing to do (PyTorch's cuDNN weight flattening); kept for drop-in use."""
 
     def _weights(self, layer: int, direction: int) -> list[Tensor]:
-        return [getattr(self, self._name(e, layer, direction)) for e in self._entries]
+        params = self._parameters  # registered here: no __getattr__ per weight
+        return [params[self._name(e, layer, direction)] for e in self._entries]
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
