@@ -383,6 +383,27 @@ def test_eager_inference_takes_the_lean_call_and_equals_torch(monkeypatch, bidir
             torch.testing.assert_close(other(x, hc)[0], theirs(x, hc)[0])
 
 
+def test_a_module_made_in_inference_mode_runs_and_sees_in_place_changes():
+    """Parameters made under torch.inference_mode have no version counter: their packs
+    are vouched for by their bytes, so an in-place change is still seen."""
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H).double()
+    state = theirs.state_dict()
+    with torch.inference_mode():
+        ours = lnn.LSTM(I, H).double()
+        ours.load_state_dict(state)
+        x = torch.randn(T, B, I, dtype=torch.float64)
+        for _ in range(2):
+            torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+            ours.weight_hh_l0.mul_(0.5)
+            with torch.no_grad():
+                theirs.weight_hh_l0.mul_(0.5)
+        cell = lnn.RecurrentCell(lnn.specs.SPECS["lstm"], I, H, dtype=torch.float64)
+        out, _ = cell(x[0])
+        cell.W_ii.zero_()  # h starts at zero: the input weights count
+        assert not torch.equal(cell(x[0])[0], out)
+
+
 def test_eager_inference_from_two_threads_at_once_is_right():
     """A second caller inside the same cell's lean call takes the op instead."""
     import threading

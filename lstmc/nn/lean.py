@@ -48,7 +48,7 @@ class LeanCalls:
         if (not weights or not x.is_cpu or x.dtype != weights[0].dtype
                 or not x.is_contiguous()):
             return None
-        signature = tuple([(w._version, w.data_ptr()) for w in weights])
+        signature = tuple([(ops.version(w), w.data_ptr()) for w in weights])
         held = self._weights.get(slot)
         if held is None or held[0] != signature:
             cell = ops.cell_for(key, x)

@@ -98,6 +98,13 @@ def join_gradients(cell, grads: dict):
                           axis=-1)
 
 
+def version(t: Tensor) -> object:
+    """The tensor's version counter; an inference tensor (made in torch.inference_mode)
+    has none and may change in place unseen, so it gets a value equal to nothing: its
+    pack is vouched for by comparing bytes."""
+    return object() if t.is_inference() else t._version
+
+
 class _PackCache:
     """Packed weights of the last few weight sets of a cell, one pack per set: an entry
     is reused while the same tensor objects hold the same storage at the same version
@@ -118,7 +125,7 @@ class _PackCache:
         """The remembered pack of these tensors, else `build()`. Without `reuse`, or at
         another version, `unchanged(pack)` (if given) may still vouch for it."""
         ids = tuple(id(t) for t in weights)
-        sig = tuple([(t.data_ptr(), t._version, t.shape) for t in weights])
+        sig = tuple([(t.data_ptr(), version(t), t.shape) for t in weights])
         with self.lock:
             hit = self.entries.get(ids)
             if hit is not None and not all(r() is t for r, t in zip(hit[1], weights)):
