@@ -128,6 +128,19 @@ def watchdog():
     faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture(autouse=True)
+def small_batches_sliced(request, monkeypatch):
+    """Tests run a cut batch on the tiny sizes they use, which in use would run uncut
+    (native.MIN_SLICED_WORK): the slices stay tested. A test marked `default_slicing`
+    keeps the thresholds."""
+    if request.node.get_closest_marker("default_slicing") is None:
+        from lstmc_runtime import native
+
+        monkeypatch.setattr(native, "MIN_SLICED_WORK", 0)
+        monkeypatch.setattr(native, "MIN_SLICED_TRAINING_WORK", 0)
+    yield
+
+
 @pytest.fixture
 def cache_calls(monkeypatch, tmp_path):
     """A private compile cache under tmp_path/cache; the returned list records, per cache

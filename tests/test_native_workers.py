@@ -198,3 +198,30 @@ def test_workers_outlive_the_objects_of_an_ending_interpreter(tmp_path):
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.default_slicing
+def test_a_batch_is_cut_only_where_the_work_repays_it(monkeypatch):
+    """Batch slices need MIN_ROWS_PER_THREAD rows each and, per call, T x B x the step's
+    recurrent weights of at least MIN_SLICED_WORK (training: MIN_SLICED_TRAINING_WORK);
+    an uncut call of a batch that large computes the same."""
+    from lstmc_runtime import native
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    reference, cell = (compile_spec("lstm", input_size=64, hidden_size=64, target=t)
+                       for t in ("reference", "cpu"))
+    weights = cell.contract.step_weight_elements
+    assert weights == 4 * 64 * 64
+    rows_for = {train: -(-least // (10 * weights)) for train, least in
+                ((False, native.MIN_SLICED_WORK), (True, native.MIN_SLICED_TRAINING_WORK))}
+    for train in (False, True):
+        B = rows_for[train]
+        assert cell._bounds(10, B, train) == [0, B // 2, B]
+        assert cell._bounds(10, B - 2, train) == [0, B - 2]
+    assert cell._bounds(10 ** 6, 8, False) == [0, 8]  # too few rows for two slices
+    x, params, state = random_inputs(reference, T=10, B=64)
+    y0, f0 = reference.forward(x, params, state)
+    y, final = cell.forward(x, params, state)
+    assert cell._bounds(10, 64, False) == [0, 64]
+    np.testing.assert_allclose(y, y0, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(final["c"], f0["c"], rtol=1e-10, atol=1e-12)
