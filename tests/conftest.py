@@ -111,10 +111,19 @@ def spec_name(request):
     return request.param
 
 
+_SLICING_DEFAULTS: dict[str, int] = {}
+
+
 def pytest_configure(config):
     # Compiled cells go to a cache private to this test session.
     if "LSTMC_CACHE_DIR" not in os.environ:
         os.environ["LSTMC_CACHE_DIR"] = tempfile.mkdtemp(prefix="lstmc-test-cache-")
+    # Every call of the session, module fixtures' included, cuts batches the same way.
+    from lstmc_runtime import native
+
+    for name in ("MIN_SLICED_WORK", "MIN_SLICED_TRAINING_WORK"):
+        _SLICING_DEFAULTS[name] = getattr(native, name)
+        setattr(native, name, 0)
 
 
 @pytest.fixture(autouse=True)
@@ -129,15 +138,15 @@ def watchdog():
 
 
 @pytest.fixture(autouse=True)
-def small_batches_sliced(request, monkeypatch):
-    """Tests run a cut batch on the tiny sizes they use, which in use would run uncut
-    (native.MIN_SLICED_WORK): the slices stay tested. A test marked `default_slicing`
-    keeps the thresholds."""
-    if request.node.get_closest_marker("default_slicing") is None:
+def default_slicing(request, monkeypatch):
+    """The test session cuts even tiny batches into slices (pytest_configure), which in
+    use would run uncut (native.MIN_SLICED_WORK), so the slices stay tested; a test
+    marked `default_slicing` has the thresholds of use."""
+    if request.node.get_closest_marker("default_slicing") is not None:
         from lstmc_runtime import native
 
-        monkeypatch.setattr(native, "MIN_SLICED_WORK", 0)
-        monkeypatch.setattr(native, "MIN_SLICED_TRAINING_WORK", 0)
+        for name, value in _SLICING_DEFAULTS.items():
+            monkeypatch.setattr(native, name, value)
     yield
 
 
