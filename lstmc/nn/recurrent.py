@@ -129,7 +129,7 @@ class SequenceModule(nn.Module):
                         if self.training and self._draws_masks(layer) else None)
                 done = (self._lean_calls().forward(
                     key, (layer, d), seq, weights, init or None, seq.shape[0], seq.shape[1],
-                    seq.shape[:2], seq.shape[1:2]) if lean and seq.dim() == 3 else None)
+                    seq.shape[:2], seq.shape[1:2]) if lean else None)
                 y, final = done or call_forward(key, seq, weights, init, lengths, grad, seed)
                 outputs.append(y if d == 0 else reverse(y, lengths))
                 for n, f in zip(names, final):

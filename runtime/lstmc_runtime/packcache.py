@@ -50,26 +50,25 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 class _Copy:
-    """A private copy of a part, with what comparing a part with it needs at hand."""
+    """A private copy of a part, and its address (compared on every call)."""
 
-    __slots__ = ("array", "shape", "dtype", "address", "nbytes")
+    __slots__ = ("array", "address")
 
     def __init__(self, part: np.ndarray):
         self.array = part.copy()
-        self.shape, self.dtype, self.nbytes = part.shape, part.dtype, part.nbytes
         self.address = address(self.array)
 
 
 def _same(parts: list[np.ndarray], copies: list[_Copy]) -> bool:
     """Whether each part has its copy's shape, dtype and bytes."""
-    memcmp = _memcmp
     for part, copy in zip(parts, copies):
-        if part.shape != copy.shape or part.dtype != copy.dtype:
+        kept = copy.array
+        if part.shape != kept.shape or part.dtype != kept.dtype:
             return False
-        if memcmp is None:
-            if not same_bytes(part, copy.array):
+        if _memcmp is None:
+            if not same_bytes(part, kept):
                 return False
-        elif memcmp(address(part), copy.address, copy.nbytes):
+        elif _memcmp(address(part), copy.address, kept.nbytes):
             return False
     return True
 

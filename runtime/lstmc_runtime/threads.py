@@ -18,17 +18,15 @@ def thread_limit() -> int | None:
 def thread_count() -> int:
     """Threads one call may use: LSTMC_NUM_THREADS, else the cores this process may run
     on; inside `threads_limited(n)`, at most n."""
-    limit = getattr(_budget, "threads", None)
-    if limit is not None:
-        return limit
-    return system_threads()
+    limit = thread_limit()
+    return system_threads() if limit is None else limit
 
 
 @contextmanager
 def threads_limited(count: int):
     """Calls on this thread use at most `count` threads (a stack running its two
     directions at once gives each half the cores)."""
-    before = getattr(_budget, "threads", None)
+    before = thread_limit()
     _budget.threads = max(1, min(count, system_threads()))
     try:
         yield
