@@ -3,7 +3,8 @@ forward and backward entries (forward_train_mt, backward_mt), where every step's
 and the weight-gradient GEMMs after the loop are shared out by columns and thread 0 runs
 the elementwise code. Values and every gradient against the reference executor, for
 every spec (masks, extra inputs, prologues, multi-stage steps), any thread count, on the
-parked native workers, on PyTorch's OpenMP team and on Python's threads."""
+parked native workers, on PyTorch's OpenMP team and on Python's threads; and where a
+step is unit by unit (units.py), the same entries split by units."""
 import os
 import subprocess
 import sys
@@ -12,7 +13,11 @@ import numpy as np
 import pytest
 from conftest import SPEC_NAMES, compile_spec, has_masks, random_extra_inputs, random_inputs
 
+from lstmc.backends.llvm.smallgemm import panel_width
+from lstmc.backends.llvm.units import backward_units, step_units, trains_by_units
+
 TOL = dict(rtol=1e-9, atol=1e-11)
+PANEL = panel_width("float64")  # 16 columns
 
 
 @pytest.fixture
@@ -62,11 +67,12 @@ def assert_same(got, expected):
                                        err_msg=f"{group} {n}")
 
 
-def check_spec(name: str, B: int, lengths) -> list:
-    """Native threaded training against the reference, H = 37 (column shares that divide
-    neither by the threads nor by panels), T = 9, masks drawn from one seed."""
-    reference = compile_spec(name, hidden_size=37)
-    native = compile_spec(name, hidden_size=37, target="cpu")
+def check_spec(name: str, B: int, lengths, hidden_size: int = 37) -> list:
+    """Native threaded training against the reference, H = 37 by default (column shares
+    that divide neither by the threads nor by panels: no split by units), T = 9, masks
+    drawn from one seed."""
+    reference = compile_spec(name, hidden_size=hidden_size)
+    native = compile_spec(name, hidden_size=hidden_size, target="cpu")
     x, params, state = random_inputs(reference, T=9, B=B, seed=3)
     inputs = random_extra_inputs(reference, T=9, B=B) or None
     seed = 11 if has_masks(reference) else None
@@ -94,6 +100,45 @@ def test_threads_and_runners(monkeypatch, shared, runner, threads, name):
     monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
     use_runner(monkeypatch, runner)
     check_spec(name, B=1, lengths=None)
+    assert shared == ["forward_train_mt", "backward_mt"]
+
+
+def training_split(name: str, hidden_size: int = 64) -> tuple[bool, bool]:
+    """Whether the training forward and the backward of a spec split by units."""
+    cell = compile_spec(name, hidden_size=hidden_size)
+    program, sizes, states = cell.program, cell.sizes, cell.state_sizes
+    forward = step_units(program, sizes, states, PANEL) is not None and trains_by_units(
+        program)
+    return forward, backward_units(program, sizes, states, PANEL) is not None
+
+
+def test_which_training_steps_split_by_units():
+    for name in ("lstm", "gru", "peephole_lstm", "minimal_rnn", "rnn_tanh", "greff/cifg"):
+        assert training_split(name) == (True, True), name
+    for name in ("gru_cho", "mgu", "indrnn"):  # staged forward, a backward by units
+        assert training_split(name) == (False, True), name
+    assert training_split("zoneout_lstm") == (False, False)  # masks
+    assert training_split("layernorm_lstm") == (False, False)  # reductions
+    assert training_split("lstmp") == (False, False)  # states of two sizes
+    assert training_split("lstm", 40) == (False, False)  # units are not whole panels
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_every_spec_trains_split_by_units_as_the_reference(monkeypatch, shared, name):
+    """H = 64: four panels of units, three threads split them unevenly; lengths."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "3")
+    use_runner(monkeypatch, "workers")
+    check_spec(name, B=3, lengths=[9, 2, 5], hidden_size=64)
+    assert shared == ["forward_train_mt", "backward_mt"]
+
+
+@pytest.mark.parametrize("threads", ["2", "5"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "indrnn", "peephole_lstm"])
+def test_training_split_by_units_with_any_thread_count(monkeypatch, shared, name, threads):
+    """Two threads (one meeting per backward step), and five: one thread has no units."""
+    monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
+    use_runner(monkeypatch, "workers")
+    check_spec(name, B=1, lengths=None, hidden_size=64)
     assert shared == ["forward_train_mt", "backward_mt"]
 
 

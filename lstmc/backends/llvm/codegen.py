@@ -32,7 +32,7 @@ from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import Place, RegionEmitter, StepEnv
 from .smallgemm import I16, NV, emit_small_gemm, vector_width
-from .units import step_units
+from .units import backward_units, step_units, trains_by_units
 
 
 @dataclass
@@ -402,24 +402,53 @@ class _Kernel:
         else:
             env.role(node).stores.append((target, 0))
 
-    def role_copies(self, node: Node, env: StepEnv) -> None:
+    def role_copies(self, node: Node, env: StepEnv,
+                    units: tuple[ir.Value, ir.Value] | None = None) -> None:
         """Stores and accumulations of a value that no elementwise loop computes (a
-        product's result, a leaf): a copy loop per row."""
+        product's result, a leaf): a copy loop per row; with `units` (first, count),
+        only those units of a value of U units."""
         roles = env.roles.get(node.id)
         if not roles:
             return
-        b, n, src = self.b, self.mb.size(node), env.places[node.id]
+        b, src = self.b, env.places[node.id]
+        first, n = units if units is not None else (i64(0), i64(self.mb.size(node)))
         with for_range(b, self.B, "rrow") as row:
-            src_row = element(b, self.ftype, src.base, b.mul(row, i64(src.stride)))
+            src_row = element(b, self.ftype, src.base,
+                              b.add(b.mul(row, i64(src.stride)), first))
             for place, offset in roles.stores:
-                dst = element(b, self.ftype, place.base,
-                              b.add(b.mul(row, i64(place.stride)), i64(offset)))
-                self.copy(src_row, dst, i64(n))
+                dst = element(b, self.ftype, place.base, b.add(
+                    b.add(b.mul(row, i64(place.stride)), i64(offset)), first))
+                self.copy(src_row, dst, n)
             for place in roles.accumulate:
-                with for_range(b, i64(n), "acc") as j:
-                    ptr = element(b, self.ftype, place.base, j)
+                place_row = element(b, self.ftype, place.base, first)
+                with for_range(b, n, "acc") as j:
+                    ptr = element(b, self.ftype, place_row, j)
                     value = b.load(element(b, self.ftype, src_row, j), typ=self.ftype)
                     b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
+
+    def leaf_copies(self, nodes: list[Node], env: StepEnv,
+                    split: tuple[int, tuple[ir.Value, ir.Value]] | None = None) -> None:
+        """The stores of leaves handed out as they are (saved, or a state's output):
+        by thread 0; with `split` (U, this thread's units), a leaf of U units by every
+        thread, its own units."""
+        leaves = [n for n in nodes
+                  if n.op in LEAVES and n.op != Op.CONST and env.roles.get(n.id)]
+        shared = {n.id for n in leaves if split is not None and self.mb.size(n) == split[0]}
+        for node in leaves:
+            if node.id in shared:
+                self.role_copies(node, env, split[1])
+        with self.leader_only():
+            for node in leaves:
+                if node.id not in shared:
+                    self.role_copies(node, env)
+
+    def unit_share(self, units: int) -> tuple[ir.Value, ir.Value]:
+        """(first unit, unit count) of this thread's share of `units` (whole GEMM
+        panels, see units.py): the threads' shares are disjoint, and a thread's units
+        are the columns gemm_share gives it of a product with `units` columns."""
+        b, nr = self.b, self.mb.panel
+        first, end = self.panel_share(units // nr)
+        return b.mul(first, i64(nr)), b.mul(b.sub(end, first), i64(nr))
 
 
 def derived_buffer(program: Program, name: str, train: bool) -> str:
@@ -495,9 +524,10 @@ class _ForwardKernel(_Kernel):
 
         # Threaded inference of a cell whose step is unit by unit: each thread computes
         # its own units of everything, products included, and threads meet once a step.
-        split = (step_units(program, mb.sizes, state_sizes, mb.panel)
-                 if self.threaded and not self.train else None)
-        units = None if split is None else self._unit_share(split[0])
+        split = step_units(program, mb.sizes, state_sizes, mb.panel) if self.threaded else None
+        if split is not None and self.train and not trains_by_units(program):
+            split = None
+        units = None if split is None else self.unit_share(split[0])
         current = {}
         for s, n in state_sizes.items():
             current[s] = self.alloca(f"cur_{s}", PTR)
@@ -532,10 +562,7 @@ class _ForwardKernel(_Kernel):
                     env.pin(node, home)
             for route in plan.routes_of("state"):  # the output is y[t] = h', below
                 self.route_to(route.node, Place(nxt[route.key], state_sizes[route.key]), env)
-            with self.leader_only():  # leaves saved or output as they are
-                for node in nodes:
-                    if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):
-                        self.role_copies(node, env)
+            self.leaf_copies(nodes, env, None if split is None else (split[0], units))
             out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
             if units is None:
                 self.run_stages(program.forward, plan, env)
@@ -570,13 +597,6 @@ class _ForwardKernel(_Kernel):
                 out = self.buffer(f"state_out:{s}", ["B", n], "result")
                 self.copy(b.load(current[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self.finish()
-
-    def _unit_share(self, units: int) -> tuple[ir.Value, ir.Value]:
-        """(first unit, unit count) of this thread's share of `units` (whole GEMM
-        panels, see step_units): the threads' shares are disjoint."""
-        b, nr = self.b, self.mb.panel
-        first, end = self.panel_share(units // nr)
-        return b.mul(first, i64(nr)), b.mul(b.sub(end, first), i64(nr))
 
     def _units_step(self, units, offsets: dict[int, list[int]], env: StepEnv) -> None:
         """One step on this thread's units: of each product, the columns its units'
@@ -686,6 +706,13 @@ class _BackwardKernel(_Kernel):
                     self.fill(d_hoisted[h.index],
                               b.mul(b.mul(self.T, self.B), i64(mb.size(h.rows))), 0.0)
 
+        # Threaded, a step split by units (units.py): every thread makes its units of
+        # the step's gradients; threads meet before each product stage only (when the
+        # products' operands are per-step rows, which the next step never overwrites).
+        split = (backward_units(program, mb.sizes, state_sizes, mb.panel)
+                 if self.threaded else None)
+        units = None if split is None else self.unit_share(split)
+        meets_after_step = True
         with for_range(b, self.T, "i") as i:
             t = b.sub(b.sub(self.T, i64(1)), i)
             env = StepEnv(self, mb.sizes)
@@ -700,11 +727,15 @@ class _BackwardKernel(_Kernel):
                     shape = [mb.size(node)]
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.ADJOINT:
-                    with self.leader_only():
-                        self._adjoint(node, env, cur, dy, t, info.output)
+                    if units is not None:
+                        self._adjoint(node, env, cur, dy, t, info.output, units)
+                    else:
+                        with self.leader_only():
+                            self._adjoint(node, env, cur, dy, t, info.output)
                 elif node.op == Op.MASK:  # drawn again, as the forward drew it
                     env.places[node.id] = self.mask(node, t, draw=True)
             stored: set[int] = set()  # shared gradients already given their store
+            per_step: set[int] = set()  # nodes that live in this step's row of a sequence
             for route in plan.routes:
                 node, key = route.node, route.key
                 if node is None:  # a state nothing flows back into: zero-filled below
@@ -719,6 +750,10 @@ class _BackwardKernel(_Kernel):
                         stored.add(node.id)
                     seq = d_products[key] if route.kind == "product" else d_hoisted[key]
                     target = Place(self.seq_row(seq, t, n), n)
+                    self.route_to(node, target, env)
+                    if env.places.get(node.id) is target:
+                        per_step.add(node.id)
+                    continue
                 elif route.kind == "input":
                     target = Place(element(b, self.ftype, self.seq_row(dx, t, I),
                                            i64(columns[key][0])), I)
@@ -737,24 +772,42 @@ class _BackwardKernel(_Kernel):
                 for node in saved:  # gradients that are saved forward values, as they are
                     if env.roles.get(node.id):
                         self.role_copies(node, env)
-            if program.backward and program.backward[0].kind == "product":
-                self.barrier()  # the products read what thread 0 has just written
-            self.run_stages(program.backward, plan, env)
+            if units is not None:
+                self._units_step(units, plan, env)
+                first, count = units
+                meets_after_step = not all(
+                    node.inputs[0].id in per_step
+                    for stage in program.backward if stage.kind == "product"
+                    for node in stage.nodes)
+            else:
+                if program.backward and program.backward[0].kind == "product":
+                    self.barrier()  # the products read what thread 0 has just written
+                self.run_stages(program.backward, plan, env)
+                first, count = i64(0), None  # every unit, by thread 0
+
+            def part(base, row, n):  # this thread's units of a row
+                return element(b, self.ftype, self.row(base, row, n), first)
 
             def active(row):  # states nothing flows back into get a zero gradient
                 for s, n in state_sizes.items():
                     if s not in has_grad:
-                        self.fill(self.row(nxt[s], row, n), i64(n), 0.0)
+                        self.fill(part(nxt[s], row, n), count or i64(n), 0.0)
 
             def finished(row):  # past its length: the gradient passes through
                 for s, n in state_sizes.items():
-                    self.copy(self.row(cur[s], row, n), self.row(nxt[s], row, n), i64(n))
+                    self.copy(part(cur[s], row, n), part(nxt[s], row, n), count or i64(n))
 
-            with self.leader_only():
+            if units is None:
+                with self.leader_only():
+                    self.rows_by_length(t, active, finished)
+            else:
                 self.rows_by_length(t, active, finished)
-            self.barrier()  # the carried gradients are complete before the next step
+            if meets_after_step:
+                self.barrier()  # the carried gradients are complete before the next step
             for s in state_sizes:
                 b.store(nxt[s], carry[s])
+        if not meets_after_step:
+            self.barrier()  # every thread's last step is done (the copies and GEMMs below)
 
         with self.leader_only():
             for s, n in state_sizes.items():
@@ -762,6 +815,20 @@ class _BackwardKernel(_Kernel):
                 self.copy(b.load(carry[s], typ=PTR), out, b.mul(self.B, i64(n)))
         self._weight_gradients(I, columns, dx, d_products, d_hoisted)
         self.finish()
+
+    def _units_step(self, units, plan: StepPlan, env: StepEnv) -> None:
+        """One backward step on this thread's units (backward_units): each region on
+        them; each product stage after a meeting (it reads every unit of its operand),
+        its products' columns of these units and their stores."""
+        for index, stage in enumerate(self.mb.program.backward):
+            if stage.kind == "product":
+                self.barrier()
+                for node in stage.nodes:
+                    self.product(node, env)
+                    self.role_copies(node, env, units)
+            else:
+                self.mb.regions.emit(self.b, plan.regions[index], env, self.B, self.alloca,
+                                     units=units)
 
     def _prologue_backward(self, level: int, I: int, columns, dx, d_hoisted) -> None:
         """Prologue `level` backward over all T*B rows: its derived values' gradients in;
@@ -819,24 +886,26 @@ class _BackwardKernel(_Kernel):
                     value = b.load(element(b, self.ftype, src, j), typ=self.ftype)
                     b.store(b.fadd(b.load(ptr, typ=self.ftype), value), ptr)
 
-    def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str) -> None:
+    def _adjoint(self, node: Node, env: StepEnv, cur, dy, t, output: str,
+                 units: tuple[ir.Value, ir.Value] | None = None) -> None:
         """The incoming gradient of a new state: the carried one, plus dy for the output;
         zero for rows past their length (the backward step is linear in it, so all they
-        would contribute is zero)."""
+        would contribute is zero). With `units` (first, count): only those units."""
         b, n, s = self.b, self.mb.size(node), node.attr
         place = env.place(node)
         dy_t = self.seq_row(dy, t, n)
+        first, count = units if units is not None else (i64(0), i64(n))
 
         def active(row):
-            with for_range(b, i64(n), "adj") as j:
-                k = b.add(b.mul(row, i64(n)), j)
+            with for_range(b, count, "adj") as j:
+                k = b.add(b.add(b.mul(row, i64(n)), first), j)
                 value = b.load(element(b, self.ftype, cur[s], k), typ=self.ftype)
                 if s == output:
                     value = b.fadd(value, b.load(element(b, self.ftype, dy_t, k), typ=self.ftype))
                 b.store(value, element(b, self.ftype, place.base, k))
 
-        self.rows_by_length(t, active, lambda row: self.fill(self.row(place.base, row, n),
-                                                              i64(n), 0.0))
+        self.rows_by_length(t, active, lambda row: self.fill(
+            element(b, self.ftype, self.row(place.base, row, n), first), count, 0.0))
 
     def _weight_gradients(self, I, columns, dx, d_products, d_hoisted) -> None:
         """Deferred to after the loop: one GEMM over all T*B rows per product; the
