@@ -142,8 +142,10 @@ def test_training_split_by_units_with_any_thread_count(monkeypatch, shared, name
     assert shared == ["forward_train_mt", "backward_mt"]
 
 
-def test_a_stack_trains_threaded_as_the_reference(monkeypatch, shared):
-    """Two bidirectional layers at B=1: each direction of each layer threaded."""
+@pytest.mark.parametrize("hidden", [37, 64])
+def test_a_stack_trains_threaded_as_the_reference(monkeypatch, shared, hidden):
+    """Two bidirectional layers at B=1: each direction of each layer threaded (H = 64:
+    split by units)."""
     from conftest import spec_path
 
     import lstmc
@@ -151,12 +153,12 @@ def test_a_stack_trains_threaded_as_the_reference(monkeypatch, shared):
     monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
     use_runner(monkeypatch, "workers")
     options = dict(num_layers=2, bidirectional=True, dtype="float64")
-    reference = lstmc.compile(spec_path("lstm"), 4, 37, **options)
-    native = lstmc.compile(spec_path("lstm"), 4, 37, target="cpu", **options)
+    reference = lstmc.compile(spec_path("lstm"), 4, hidden, **options)
+    native = lstmc.compile(spec_path("lstm"), 4, hidden, target="cpu", **options)
     params = reference.init_params(seed=2)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((10, 1, 4))
-    dy = rng.standard_normal((10, 1, 74))
+    dy = rng.standard_normal((10, 1, 2 * hidden))
     assert_same(train(native, x, params, None, None, None, None, dy),
                 train(reference, x, params, None, None, None, None, dy))
     assert shared.count("forward_train_mt") == 4 and shared.count("backward_mt") == 4
