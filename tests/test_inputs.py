@@ -437,6 +437,25 @@ def test_nn_recurrent_takes_inputs_by_keyword(options):
         module(lay(x), ts=lay(ts)[:2])
 
 
+def test_nn_packed_inputs_must_share_the_input_lengths():
+    """A packed extra input is read at the input's steps: one of other lengths (rows
+    with fewer steps than the input) is refused, naming both."""
+    from torch.nn.utils.rnn import pack_padded_sequence as pack
+
+    import lstmc.nn as lnn
+
+    module = lnn.Recurrent(PHASED, I, H, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ts = torch.cumsum(torch.rand(T, B, 1, dtype=torch.float64), 0)
+    lengths = torch.tensor([T, 2, 3])
+    y, _ = module(pack(x, lengths, enforce_sorted=False),
+                  ts=pack(ts, lengths, enforce_sorted=False))
+    with pytest.raises(ShapeError, match=r"ts: a PackedSequence of the input's lengths "
+                                         rf"\[{T}, 2, 3\] expected, got lengths \[{T}, 1, 1\]"):
+        module(pack(x, lengths, enforce_sorted=False),
+               ts=pack(ts, torch.tensor([T, 1, 1]), enforce_sorted=False))
+
+
 def test_nn_unbatched_and_gradcheck():
     import lstmc.nn as lnn
 

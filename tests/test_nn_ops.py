@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 import torch
+from torch.nn.utils import parametrize, prune
+from torch.nn.utils.parametrizations import weight_norm
 
 import lstmc
 import lstmc.nn as lnn
@@ -455,3 +457,121 @@ def test_accumulated_micro_batches_pack_once_and_a_data_write_packs_again(monkey
     assert len(packed) == 2
     reference(x)[0].sum().backward()
     torch.testing.assert_close(module.weight_hh_l0.grad, reference.weight_hh_l0.grad)
+
+
+def test_a_replaced_parameter_is_never_served_the_old_ones_pack():
+    """Eager inference keeps packed weights while the same tensors keep their storage and
+    version: a parameter replaced by a new tensor (which may get the old one's freed
+    memory, at the same version) is packed again. Against torch.nn.LSTM each time."""
+    torch.manual_seed(0)
+    ours, theirs = lnn.LSTM(I, H), torch.nn.LSTM(I, H)
+    x = torch.randn(T, B, I)
+    with torch.no_grad():
+        for _ in range(40):
+            ours.weight_hh_l0 = torch.nn.Parameter(torch.randn(4 * H, H))
+            ours(x)
+            ours.weight_hh_l0 = torch.nn.Parameter(torch.randn(4 * H, H))
+            ours.weight_hh_l0 = torch.nn.Parameter(torch.randn(4 * H, H))
+            theirs.load_state_dict(ours.state_dict())
+            torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def _half(module, name):
+    class Half(torch.nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+    parametrize.register_parametrization(module, name, Half())
+
+
+@pytest.mark.parametrize("apply", [
+    _half,
+    lambda m, name: weight_norm(m, name),
+    lambda m, name: prune.l1_unstructured(m, name, 0.5)],
+    ids=["parametrize", "weight_norm", "prune"])
+def test_parametrized_weights_as_torch(apply):
+    """torch.nn.utils.parametrize, weight_norm and prune compute a weight on access (it
+    leaves _parameters): outputs and gradients as torch.nn.LSTM's under the same
+    parametrization, and eager inference after its parameters change in place."""
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H, num_layers=2, dtype=torch.float64)
+    ours = lnn.LSTM(I, H, num_layers=2, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    for module in (theirs, ours):
+        apply(module, "weight_hh_l1")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    (y0, _), (y1, _) = theirs(x), ours(x)
+    torch.testing.assert_close(y1, y0)
+    y0.square().sum().backward()
+    y1.square().sum().backward()
+    for (name, p0), p1 in zip(theirs.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(p1.grad, p0.grad, msg=name)
+    with torch.no_grad():
+        for module in (theirs, ours):
+            for p in module.parameters():
+                p.mul_(1.5)
+        torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+
+
+def test_recurrent_cell_draws_its_masks_in_training_mode():
+    """Zoneout in training: each unit of the new c and h is its old value (a hit, with
+    p 0.15 and 0.05) or the plain LSTM's new value (nn.LSTMCell with the same weights);
+    hits differ from call to call and follow torch's generator; eval gives the
+    expectation, as the sequence module does."""
+    spec = str(ROOT / "specs" / "zoneout_lstm.lstm")
+    torch.manual_seed(0)
+    cell = lnn.RecurrentCell(spec, I, 32, dtype=torch.float64).train()
+    plain = torch.nn.LSTMCell(I, 32, dtype=torch.float64)
+    with torch.no_grad():
+        plain.weight_ih.copy_(torch.cat([getattr(cell, f"W_i{g}") for g in "ifgo"]))
+        plain.weight_hh.copy_(torch.cat([getattr(cell, f"W_h{g}") for g in "ifgo"]))
+        plain.bias_ih.copy_(torch.cat([getattr(cell, f"b_{g}") for g in "ifgo"]))
+        plain.bias_hh.zero_()
+    x = torch.randn(8, I, dtype=torch.float64)
+    state = {"h": torch.randn(8, 32, dtype=torch.float64),
+             "c": torch.randn(8, 32, dtype=torch.float64)}
+    h_new, c_new = plain(x, (state["h"], state["c"]))
+    hits = []
+    for grad in (True, False, False):
+        with torch.set_grad_enabled(grad):
+            _, out = cell(x, state)
+        for name, new in (("h", h_new), ("c", c_new)):
+            kept = torch.isclose(out[name], state[name], rtol=0, atol=1e-12)
+            fresh = torch.isclose(out[name], new.detach(), rtol=0, atol=1e-12)
+            assert bool((kept | fresh).all()), name
+            hits.append(kept & ~fresh)
+    assert all(0 < int(h.sum()) < h.numel() for h in hits)
+    assert not torch.equal(hits[2], hits[4]) and not torch.equal(hits[3], hits[5])
+    torch.manual_seed(7)
+    first = cell(x, state)[1]["c"]
+    torch.manual_seed(7)
+    torch.testing.assert_close(cell(x, state)[1]["c"], first)
+    sequence = lnn.Recurrent(spec, I, 32, dtype=torch.float64).eval()
+    sequence.load_state_dict(cell.state_dict())
+    cell.eval()
+    expected = sequence(x[None], {n: s[None] for n, s in state.items()})[1]
+    for name, value in cell(x, state)[1].items():
+        torch.testing.assert_close(value, expected[name][0])
+
+
+def test_recurrent_cell_refuses_what_one_step_cannot_do():
+    with pytest.raises(TypeError, match="num_layers is an option of lstmc.nn.Recurrent"):
+        lnn.RecurrentCell(PEEPHOLE, I, H, num_layers=2)
+    with pytest.raises(TypeError, match="weight_dropout"):
+        lnn.RecurrentCell(PEEPHOLE, I, H, weight_dropout=0.5)
+    variational = lnn.RecurrentCell(str(ROOT / "specs" / "awd_lstm.lstm"), I, H)
+    with pytest.raises(lstmc.LstmcError, match="per-sequence .variational. mask"):
+        variational(torch.randn(B, I))
+    assert variational.eval()(torch.randn(B, I))[0].shape == (B, H)
+    with pytest.raises(lstmc.ShapeError, match=r"at least one batch row, got shape \(0, 3\)"):
+        lnn.RecurrentCell(PEEPHOLE, I, H)(torch.randn(0, I))
+
+
+def test_standard_modules_name_hx_as_torch_does():
+    with pytest.raises(lstmc.ShapeError, match=r"hx\[1\]: expected shape \(1, 3, 5\), "
+                                               r"got \(2, 3, 5\)"):
+        lnn.LSTM(I, H)(torch.randn(T, B, I), (torch.randn(1, B, H), torch.randn(2, B, H)))
+    with pytest.raises(lstmc.ShapeError, match=r"hx: expected shape \(1, 3, 5\) \(a 3-D "
+                                               r"tensor for batched input\), got \(3, 5\)"):
+        lnn.GRU(I, H)(torch.randn(T, B, I), torch.randn(B, H))
+    with pytest.raises(lstmc.ShapeError, match=r"one batch row, got shape \(3, 0, 3\)"):
+        lnn.GRU(I, H, batch_first=True)(torch.randn(B, 0, I))

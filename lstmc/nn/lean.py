@@ -4,12 +4,14 @@
 A module's inference call through the op converts every tensor to a NumPy view, looks
 its packed weights up and builds dicts of states: about 50 µs per call, more than the
 kernel itself takes for a short sequence at B=1 (an H=128 LSTM step: 5 µs). Here each
-(layer, direction) keeps its native cell and packed weights while the weight tensors
+(layer, direction) keeps its native cell and packed weights while the same weight tensors
 keep their storage and version, and each input shape its plan; a call checks the
 tensors it is given, allocates the outputs as fresh tensors and hands the kernel their
 addresses. Anything this does not cover (another device or dtype, a strided tensor, a
 non-native cell, another caller inside the same cell) answers None: the op runs."""
 from __future__ import annotations
+
+import weakref
 
 import torch
 from lstmc_runtime.threads import thread_limit
@@ -25,7 +27,8 @@ class LeanCalls:
     one (it holds native cells, which are found again on the first call)."""
 
     def __init__(self) -> None:
-        self._weights: dict[tuple, tuple] = {}  # (layer, direction) -> (signature, cell, pack)
+        # (layer, direction) -> (signature, cell, pack, weak references to the weights)
+        self._weights: dict[tuple, tuple] = {}
         self._plans: dict[tuple, tuple] = {}  # (cell, x shape, thread limit) -> plan, ...
 
     def __deepcopy__(self, memo) -> LeanCalls:
@@ -50,12 +53,17 @@ class LeanCalls:
             return None
         signature = tuple([(ops.version(w), w.data_ptr()) for w in weights])
         held = self._weights.get(slot)
-        if held is None or held[0] != signature:
+        # The very tensors too: a parameter replaced by a new tensor may get the freed
+        # memory of the old one at the same version (and a parametrized weight is a new
+        # tensor every call).
+        if (held is None or held[0] != signature
+                or not all(r() is w for r, w in zip(held[3], weights))):
             cell = ops.cell_for(key, x)
             if not hasattr(cell, "plans"):  # not a native CPU cell (OpenCL)
                 return None
             held = self._weights[slot] = (signature, cell,
-                                          ops.host_params(cell, key, weights, reuse=True))
+                                          ops.host_params(cell, key, weights, reuse=True),
+                                          [weakref.ref(w) for w in weights])
         cell, packed = held[1], held[2]
         width = x.shape[-1]
         if x.numel() != steps * rows * width:

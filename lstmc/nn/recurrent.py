@@ -83,8 +83,21 @@ class SequenceModule(nn.Module):
         return calls
 
     def _dtype(self) -> torch.dtype:
-        """The parameters' dtype (every one is registered on this module itself)."""
-        return next(iter(self._parameters.values())).dtype
+        """The parameters' dtype (registered on this module itself, unless parametrized)."""
+        for p in self._parameters.values():
+            return p.dtype
+        return next(self.parameters()).dtype
+
+    def _tensors(self, names: list[str]) -> list[Tensor]:
+        """The weights by attribute name: registered parameters straight from
+        `_parameters` (no nn.Module.__getattr__ per weight), else as attributes (a
+        weight under torch.nn.utils.parametrize, weight_norm or prune is computed on
+        access)."""
+        params = self._parameters
+        try:
+            return [params[n] for n in names]
+        except KeyError:
+            return [getattr(self, n) for n in names]
 
     def _run(self, x: Tensor, state: dict | None, lengths: Tensor | None,
              extras: list[Tensor] | None = None):
@@ -164,7 +177,7 @@ class SequenceModule(nn.Module):
                              f"{tuple(input.shape if packed is None else x.shape)}")
         if x.shape[0] < 1 or x.shape[1] < 1:
             raise ShapeError(f"input: expected at least one step and one batch row, got "
-                             f"shape {tuple(x.shape)}")
+                             f"shape {tuple(input.shape if packed is None else x.shape)}")
         # autocast and mixed inputs: the cell computes in its parameters' dtype
         x = x.to(self._dtype()).contiguous()
         lengths = check_lengths(lengths, x.shape[0], x.shape[1])
@@ -172,7 +185,8 @@ class SequenceModule(nn.Module):
             lengths = lengths.reshape(1)
         return x, lengths, packed, unbatched
 
-    def _extra_inputs(self, inputs: dict, x: Tensor, packed, unbatched: bool) -> list[Tensor]:
+    def _extra_inputs(self, inputs: dict, x: Tensor, packed, unbatched: bool,
+                      lengths: Tensor | None = None) -> list[Tensor]:
         """The cell's inputs after the first, passed by keyword, as (T, B, n) tensors in
         declared order; each given as the sequence input is (same layout, batch first,
         unbatched, or a PackedSequence of the same lengths)."""
@@ -193,7 +207,11 @@ class SequenceModule(nn.Module):
                 if not isinstance(value, PackedSequence):
                     raise ShapeError(f"{name}: the input is a PackedSequence, so {name} "
                                      f"must be one too, got {type(value).__name__}")
-                value, _ = unpack(value)
+                value, given_lengths = unpack(value)
+                if lengths is not None and not torch.equal(given_lengths, lengths):
+                    raise ShapeError(f"{name}: a PackedSequence of the input's lengths "
+                                     f"{lengths.tolist()} expected, got lengths "
+                                     f"{given_lengths.tolist()}")
             elif not isinstance(value, Tensor):
                 raise ShapeError(f"{name}: expected a Tensor, got {type(value).__name__}")
             elif unbatched:
@@ -209,7 +227,10 @@ class SequenceModule(nn.Module):
             out.append(value.to(x.dtype).contiguous())
         return out
 
-    def _check_state(self, state: dict, batch: int, unbatched: bool) -> dict:
+    def _check_state(self, state: dict, batch: int, unbatched: bool,
+                     labels: dict[str, str] | None = None) -> dict:
+        """The states {name: (L*D, B, n)}, checked; `labels` names each as the caller
+        passed it (nn.LSTM's hx[0], hx[1]), else state['name']."""
         if not isinstance(state, dict):
             raise ShapeError(f"state: expected a dict {{name: tensor}} with the states "
                              f"{', '.join(self.state_sizes)}, got {type(state).__name__}")
@@ -227,7 +248,12 @@ class SequenceModule(nn.Module):
             want = (count, n) if unbatched else (count, batch, n)
             if not isinstance(s, Tensor) or tuple(s.shape) != want:
                 got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-                raise ShapeError(f"state['{name}']: expected shape {want}, got {got}")
+                label = (labels or {}).get(name, f"state['{name}']")
+                hint = ""
+                if isinstance(s, Tensor) and s.dim() != len(want):
+                    hint = (f" (a {len(want)}-D tensor for "
+                            f"{'unbatched' if unbatched else 'batched'} input)")
+                raise ShapeError(f"{label}: expected shape {want}{hint}, got {got}")
             s = s.to(self._dtype())
             out[name] = (s.unsqueeze(1) if unbatched else s).contiguous()
         return out
@@ -338,8 +364,8 @@ class Recurrent(SequenceModule):
                             p.fill_(init)
 
     def _weights(self, layer: int, direction: int) -> list[Tensor]:
-        prefix, params = self._prefix(layer, direction), self._parameters  # no __getattr__
-        return [params[prefix + n] for n in self._cells[layer].param_shapes]
+        prefix = self._prefix(layer, direction)
+        return self._tensors([prefix + n for n in self._cells[layer].param_shapes])
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
@@ -351,7 +377,7 @@ class Recurrent(SequenceModule):
         """`inputs`: the spec's inputs after the first, by name (`ts=` for
         specs/phased_lstm.lstm), each laid out as `input` is."""
         x, lengths, packed, unbatched = self._prepare(input, lengths)
-        extras = self._extra_inputs(inputs, x, packed, unbatched)
+        extras = self._extra_inputs(inputs, x, packed, unbatched, lengths)
         if state is not None:
             state = self._check_state(state, x.shape[1], unbatched)
         y, finals = self._run(x, state, lengths, extras)

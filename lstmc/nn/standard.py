@@ -105,8 +105,7 @@ class _TorchRNN(SequenceModule):
         """Nothing to do (PyTorch's cuDNN weight flattening); kept for drop-in use."""
 
     def _weights(self, layer: int, direction: int) -> list[Tensor]:
-        params = self._parameters  # registered here: no __getattr__ per weight
-        return [params[self._name(e, layer, direction)] for e in self._entries]
+        return self._tensors([self._name(e, layer, direction) for e in self._entries])
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
@@ -116,10 +115,10 @@ class _TorchRNN(SequenceModule):
         return [self._weights(l, d) for l in range(self.num_layers)
                 for d in range(self.num_directions)]
 
-    def _run_torch_style(self, input, hx: dict | None):
+    def _run_torch_style(self, input, hx: dict | None, labels: dict[str, str]):
         x, lengths, packed, unbatched = self._prepare(input, None)
         if hx is not None:
-            hx = self._check_state(hx, x.shape[1], unbatched)
+            hx = self._check_state(hx, x.shape[1], unbatched, labels)
         y, finals = self._run(x, hx, lengths)
         return self._finish(y, finals, packed, lengths, unbatched)
 
@@ -160,7 +159,7 @@ class LSTM(_TorchRNN):
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ShapeError("hx: nn.LSTM takes a tuple (h_0, c_0)")
             state = {"h": hx[0], "c": hx[1]}
-        y, finals = self._run_torch_style(input, state)
+        y, finals = self._run_torch_style(input, state, {"h": "hx[0]", "c": "hx[1]"})
         return y, (finals["h"], finals["c"])
 
 
@@ -175,7 +174,8 @@ class GRU(_TorchRNN):
                          dropout, bidirectional, 0, device, dtype, **options)
 
     def forward(self, input, hx: Tensor | None = None):
-        y, finals = self._run_torch_style(input, None if hx is None else {"h": hx})
+        y, finals = self._run_torch_style(input, None if hx is None else {"h": hx},
+                                          {"h": "hx"})
         return y, finals["h"]
 
 
@@ -195,5 +195,6 @@ class RNN(_TorchRNN):
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx: Tensor | None = None):
-        y, finals = self._run_torch_style(input, None if hx is None else {"h": hx})
+        y, finals = self._run_torch_style(input, None if hx is None else {"h": hx},
+                                          {"h": "hx"})
         return y, finals["h"]
