@@ -189,6 +189,48 @@ def test_packed_params_are_an_immutable_snapshot():
         value[...] = 0
     np.testing.assert_array_equal(cell.forward(x, packed)[0], before)
     assert dict(packed).keys() == packed.keys()
+    # its packs and their addresses too: the kernels read them sized by the cell, so a
+    # swapped array would be read past its end
+    name = next(iter(packed.packs))
+    for table, value in ((packed.packs, np.zeros(1, np.float32)), (packed.addresses, 0)):
+        with pytest.raises(TypeError):
+            table[name] = value
+    np.testing.assert_array_equal(cell.forward(x, packed)[0], before)
+
+
+def test_the_native_forward_takes_the_arguments_of_every_cell():
+    """Inference's fast path once took any keyword: a misspelt one ran without it, and a
+    workspace (training only) was ignored."""
+    cell = lstmc.compile(spec_path("rnn_tanh"), 3, 4, target="cpu")
+    params = cell.init_params()
+    x = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(TypeError, match="lenghts"):
+        cell.forward(x, params, lenghts=[1, 2])
+    with pytest.raises(UsageError, match="workspace= is for a training forward"):
+        cell.forward(x, params, workspace=np.zeros(cell.workspace_size(4, 2), np.float32))
+
+
+def test_array_likes_and_damaged_workspaces_are_named_errors():
+    """Objects with a shape and a dtype but no memory of their own (an h5py dataset, say)
+    are refused by name, as is a workspace whose first element is not a slice count,
+    and a state of the wrong rank given to a bound cell."""
+    class Dataset:
+        shape, dtype = (4, 2, 3), np.dtype(np.float32)
+
+    cell = lstmc.compile(spec_path("rnn_tanh"), 3, 4, target="cpu")
+    params = cell.init_params()
+    x = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(lstmc.ShapeError, match=r"x: expected an array .*got Dataset "
+                                               r"\(a NumPy array: np.asarray makes one\)"):
+        cell.forward(Dataset(), params)
+    with pytest.raises(lstmc.ShapeError, match=r"params\['b_ih'\]: expected an array.*Dataset"):
+        cell.forward(x, dict(params, b_ih=Dataset()))
+    workspace = np.full(cell.workspace_size(4, 2), np.nan, np.float32)
+    with pytest.raises(lstmc.BackendError, match="nan batch slices for batch 2"):
+        cell.saved_from_workspace(workspace, x, np.full(2, 4))
+    with pytest.raises(lstmc.ShapeError, match=r"state\['h'\]: expected shape \(B, 4\), "
+                                               r"got \(4,\)"):
+        cell.bind(params).reset({"h": np.zeros(4, np.float32)})
 
 
 def test_tape_from_another_cell_is_a_usage_error():

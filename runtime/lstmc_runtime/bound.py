@@ -346,6 +346,12 @@ class BoundCell:
                 self._states, self._carried, self._parity = [], None, 0
                 return
             cell = self.cell
+            if isinstance(state, dict):
+                for name, value in state.items():  # each (B, n): B is read from them
+                    size = cell.state_sizes.get(name)
+                    if size is not None and len(getattr(value, "shape", (0, 0))) != 2:
+                        raise ShapeError(f"state['{name}']: expected shape (B, {size}), got "
+                                         f"{tuple(value.shape)}")
             batch = next((v.shape[0] for v in state.values() if getattr(v, "shape", ())),
                          1) if isinstance(state, dict) else 1
             x = np.zeros((1, batch, cell.input_size), cell.dtype)

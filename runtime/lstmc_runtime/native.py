@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from types import MappingProxyType
 from typing import TypeAlias
 
 import numpy as np
@@ -50,7 +52,7 @@ THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64
                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 # An entry point's arguments by buffer name; "addresses", when present, maps packed
 # parameters to their addresses instead.
-Inputs: TypeAlias = dict[str, np.ndarray | dict[str, int]]
+Inputs: TypeAlias = dict[str, np.ndarray | Mapping[str, int]]
 MIN_ROWS_PER_THREAD = 8
 # A batch is cut into slices (one per thread) only when a call has at least this much
 # recurrent product work (T x B x the step's recurrent weights, multiply-adds): handing
@@ -117,23 +119,26 @@ class PackedParams(dict):
                  weights: str = "float32"):
         super().__init__(plain)
         self._packs, self._owner = packs, owner
-        self._addresses: dict[str, int] | None = None
+        self._addresses: Mapping[str, int] | None = None
         self.weights = weights  # what the packs hold: the cell's dtype, or "bfloat16"
 
     @property
-    def packs(self) -> dict[str, np.ndarray]:
-        return self._packs
+    def packs(self) -> Mapping[str, np.ndarray]:
+        """The packed weights by buffer name, read-only (the kernels read them by
+        address, sized by the cell: a swapped array would be read past its end)."""
+        return MappingProxyType(self._packs)
 
     @property
     def validated_for(self):
         return self._owner
 
     @property
-    def addresses(self) -> dict[str, int]:
+    def addresses(self) -> Mapping[str, int]:
         """Addresses of the owned arrays, by buffer name; stable: nothing can replace them."""
         if self._addresses is None:
             arrays = {names.param(n): v for n, v in self.items()} | self._packs
-            self._addresses = {name: _address(a) for name, a in arrays.items()}
+            self._addresses = MappingProxyType(
+                {name: _address(a) for name, a in arrays.items()})
         return self._addresses
 
     def _immutable(self, *args, **kwargs):
@@ -177,7 +182,7 @@ class NativeCell(CellBase):
     # -- weights ------------------------------------------------------------------------
 
     def _packs(self, params: dict, entry: str | None = None, cached: bool = True
-               ) -> dict[str, np.ndarray]:
+               ) -> Mapping[str, np.ndarray]:
         """The packed weights, all of them or those `entry` reads; with `cached`, the
         packs of an earlier call when the parameters hold the same bytes (PackCache)."""
         if isinstance(params, PackedParams):
@@ -214,7 +219,7 @@ class NativeCell(CellBase):
         plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
         bf16 = weights == BF16_WEIGHTS  # from the forward's float packs, rounded
         # fresh arrays, referenced nowhere else
-        packs = self._packs(plain, "forward" if bf16 else None, cached=False)
+        packs = dict(self._packs(plain, "forward" if bf16 else None, cached=False))
         if bf16:
             for p in self.contract.packed.values():
                 floats = packs.pop(names.panels_t(p.name))
@@ -260,14 +265,14 @@ class NativeCell(CellBase):
     # -- calls --------------------------------------------------------------------------
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
-                *args, **kwargs):
+                seed: int | None = None, masks: bool = True, inputs=None, workspace=None):
         if train and getattr(params, "weights", None) == BF16_WEIGHTS:
             raise UsageError("forward(train=True): these parameters were packed with "
                              "bfloat16 weights, which are for inference; train with the "
                              "parameters as a dict or packed in the cell's dtype")
         # Inference with packed parameters takes the bound path (checks cached by shape).
-        if (not train and lengths is None and not self.extra_inputs
-                and not kwargs.get("inputs") and len(args) < 3):
+        if (not train and lengths is None and not self.extra_inputs and inputs is None
+                and workspace is None):
             done = None
             if type(params) is PackedParams and params.validated_for is self:
                 done = self.plans.forward(x, params, None, state)
@@ -275,9 +280,10 @@ class NativeCell(CellBase):
                 done = self.plans.forward(x, params, lambda: self._addresses(params), state)
             if done is not None:
                 return done
-        return super().forward(x, params, state, train, lengths, *args, **kwargs)
+        return super().forward(x, params, state, train, lengths, seed, masks, inputs,
+                               workspace)
 
-    def _addresses(self, params: dict) -> tuple[dict[str, int], dict]:
+    def _addresses(self, params: dict) -> tuple[dict[str, int], Mapping]:
         """Plain parameters validated, the packed weights the forward entry reads, and
         the addresses of both by buffer name (the packs must outlive the call)."""
         shapes, dtype = self.param_shapes, self.dtype
@@ -365,7 +371,7 @@ class NativeCell(CellBase):
                 slices[c][name] = array
 
         known = given.get("addresses", {})  # of packed parameters, computed once
-        assert isinstance(known, dict)  # the one entry of `given` that is not an array
+        assert isinstance(known, Mapping)  # the one entry of `given` that is not an array
 
         def run(c: int) -> int:
             arrays = slices[c]

@@ -13,9 +13,11 @@ def _describe(shape) -> str:
 
 def check_array(name: str, value, shape: tuple, dtype: np.dtype, xp=np) -> np.ndarray:
     """`value` as an array of exactly `shape` (None: any size) and `dtype`."""
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    if not hasattr(value, "shape") or not hasattr(value, "dtype") or (
+            xp is np and not isinstance(value, np.ndarray)):  # array-likes: no memory of theirs
+        hint = " (a NumPy array: np.asarray makes one)" if hasattr(value, "shape") else ""
         raise ShapeError(f"{name}: expected an array of shape {_describe_pattern(shape)} "
-                         f"and dtype {dtype}, got {type(value).__name__}")
+                         f"and dtype {dtype}, got {type(value).__name__}{hint}")
     if value.dtype != dtype:
         raise ShapeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     got = value.shape

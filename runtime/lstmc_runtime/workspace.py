@@ -59,9 +59,10 @@ def views(widths, flat: np.ndarray, T: int, bounds: list[int]) -> list[dict[str,
 def read(widths, flat: np.ndarray, T: int, B: int) -> tuple[list[int], list[dict]]:
     """(bounds, per-slice views) of a workspace a forward filled (its slicing is read
     from element 0)."""
-    count = int(flat[0]) if flat.size else 0
+    first = flat[0] if flat.size else 0
+    count = int(first) if np.isfinite(first) and first == int(first) else 0
     if count < 1 or count > max(B, 1):
-        raise BackendError(f"workspace: {count} batch slices for batch {B}; was it made by "
+        raise BackendError(f"workspace: {first} batch slices for batch {B}; was it made by "
                            "this cell's forward?")
     bounds = [B * c // count for c in range(count + 1)]
     return bounds, views(widths, flat, T, bounds)
