@@ -1,11 +1,12 @@
 """Compiled artifacts on disk: a directory with manifest.json and the files it names.
 
 Before anything of an artifact runs, `read_manifest` checks the manifest's schema
-version, its checksum of itself, and the SHA-256 of every file it names; a CPU artifact's
-manifest is then read into a `CpuManifest` (every field typed and recomputed, see
-manifest.py) and its library must embed the hash of exactly this manifest; a GPU
-artifact's kernel source ends with that hash, and its manifest is read into a
-`GpuManifest` (gpu/plan.py). A damaged, half-written or edited artifact is an
+version, its nesting, its checksum of itself, and the SHA-256 of every file it names; a
+CPU artifact's manifest is then read into a `CpuManifest` (every field typed and
+recomputed, see manifest.py), its library's ELF layout must lie within the file (elf.py:
+dlopen would die of SIGBUS otherwise) and the library must embed the hash of exactly this
+manifest; a GPU artifact's kernel source ends with that hash, and its manifest is read
+into a `GpuManifest` (gpu/plan.py). A damaged, half-written or edited artifact is an
 ArtifactError naming what is wrong, never a crash."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import os
 import tempfile
 
+from .elf import check_elf
 from .errors import ArtifactError, BackendError
 from .manifest import (
     CONTRACT_SYMBOL,
@@ -30,6 +32,9 @@ from .native import LIBRARY_HELPERS, NativeCell
 
 FORMAT = SCHEMA
 MANIFEST = "manifest.json"
+# lstmc writes manifests a few levels deep; deeper ones are refused before anything
+# walks them (hashing one near Python's recursion limit raises RecursionError).
+MAX_DEPTH = 32
 
 
 def sha256(path: str) -> str:
@@ -49,6 +54,32 @@ def _plain_name(directory: str, name) -> str:
     return os.path.join(directory, name)
 
 
+def file_name(directory: str, name, checksums: dict, what: str) -> str:
+    """The path of a file a manifest names as `what` (a library, a kernel source): a
+    plain file name in the artifact's own directory, covered by a checksum."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
+            or "\\" in name or "\0" in name):
+        raise ArtifactError(f"{directory}: the manifest's {what} must be a file name in the "
+                            f"artifact, got {name!r}")
+    if name not in checksums:
+        raise ArtifactError(f"{directory}: the manifest has no checksum for its {what} "
+                            f"{name}")
+    return os.path.join(directory, name)
+
+
+def _nesting_depth(value) -> int:
+    """How deeply JSON arrays and objects nest in `value`; counted without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                pending.extend((v, depth + 1)
+                               for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_manifest(directory: str) -> dict:
     """The manifest of an artifact directory, once its schema, its own checksum and the
     checksums of the files it names have been verified."""
@@ -58,10 +89,13 @@ def read_manifest(directory: str) -> dict:
             manifest = json.load(f)
     except FileNotFoundError:
         raise ArtifactError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: unreadable manifest (not a JSON object)")
+    if _nesting_depth(manifest) > MAX_DEPTH:
+        raise ArtifactError(f"{path}: unreadable manifest (nested deeper than {MAX_DEPTH} "
+                            "levels)")
     check_schema(manifest, path)
     if manifest.get("manifest_sha256") != self_checksum(manifest):
         raise ArtifactError(f"{path}: the manifest does not match its own checksum (edited "
@@ -121,9 +155,24 @@ def _load_gpu_cell(directory: str, manifest: dict):
     from .gpu.executor import GpuCell
     from .gpu.plan import GpuManifest
 
-    path = _plain_name(directory, manifest.get("source"))
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    checksums = manifest.get("checksums")
+    checksums = checksums if isinstance(checksums, dict) else {}  # read_manifest checks it
+    name = manifest.get("source")
+    path = file_name(directory, name, checksums, "kernel source")
+    # The very bytes whose checksum is verified are compiled (as for a CPU library).
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read the kernel source ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != checksums[name]:
+        raise ArtifactError(f"{directory}: {name} does not match its checksum "
+                            "(damaged or partially written); recompile it")
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: the kernel source is not UTF-8 text ({exc.reason} at "
+                            f"byte {exc.start}); recompile the artifact") from None
     last = source.rstrip("\n").rpartition("\n")[2]
     # First, and of the JSON as read: an edit is named as one, whatever field it touched.
     if last != f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest)} */":
@@ -131,7 +180,8 @@ def _load_gpu_cell(directory: str, manifest: dict):
                             "source was generated with (the manifest was edited, or the source "
                             "swapped); recompile the artifact")
     typed = GpuManifest.from_json(manifest, os.path.join(directory, MANIFEST))
-    binaries = {arch: _plain_name(directory, b.cubin) for arch, b in typed.binaries.items()}
+    binaries = {arch: file_name(directory, b.cubin, checksums, f"{arch} binary")
+                for arch, b in typed.binaries.items()}
     return GpuCell(typed, source, binaries=binaries)
 
 
@@ -167,8 +217,8 @@ def _load_private_copy(directory: str, manifest: CpuManifest) -> ctypes.CDLL:
     rebuilt at the same path without touching the mapped code (a truncated mapped file
     would crash the process) and without dlopen handing back a stale handle."""
     name = manifest.library
-    path = _plain_name(directory, name)
-    assert name is not None  # load_cell checked it, and _plain_name rejects a non-string
+    assert name is not None  # load_cell checked it
+    path = file_name(directory, name, manifest.checksums, "library")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -178,6 +228,7 @@ def _load_private_copy(directory: str, manifest: CpuManifest) -> ctypes.CDLL:
     if expected is None or hashlib.sha256(data).hexdigest() != expected:
         raise ArtifactError(f"{directory}: {name} does not match its checksum "
                             "(damaged or partially written); recompile it")
+    check_elf(data, path)  # a truncated library would crash dlopen (SIGBUS): see elf.py
     errors = []
     for place in (None, directory):
         try:

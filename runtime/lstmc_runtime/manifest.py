@@ -558,6 +558,65 @@ def _buffer(value, where: str) -> BufferSpec:
                                                        default="float"))
 
 
+# A stack artifact's cells, by what `lstmc compile` names them: the first layer's, and
+# (for two layers or more) the one every upper layer runs.
+STACK_CELLS = ("layer0", "upper")
+MAX_LAYERS = 1 << 12  # far above any real stack; a loader builds one entry per layer
+
+
+@dataclass(frozen=True)
+class StackManifest:
+    """The top-level manifest of a stack artifact (`lstmc compile --num-layers L` or
+    `--bidirectional`): the layout, and the directory of each cell's own artifact. What
+    it says of the cells (cell, target, dtype) is compared with the cells once loaded
+    (stack.py `load_stack`)."""
+
+    cell: str
+    target: str
+    dtype: str
+    num_layers: int
+    bidirectional: bool
+    batch_first: bool
+    cells: dict[str, str]  # "layer0" (and "upper") -> its subdirectory
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @classmethod
+    def from_json(cls, data, where: str = "manifest") -> StackManifest:
+        """The manifest, every field typed and in range; ArtifactError names the field."""
+        check_schema(data, where)
+        r = _Reader(data, where)
+        dtype = r.string("dtype")
+        if dtype not in DTYPES:
+            r.fail("dtype", f"names no supported dtype: {dtype!r} "
+                            f"(supported: {', '.join(DTYPES)})")
+        layers = _Reader(r.get("layers", dict), f"{where}: layers")
+        unknown = sorted(set(layers.data) - {"num_layers", "bidirectional", "batch_first"})
+        if unknown:
+            r.fail("layers", f"has unknown field(s) {', '.join(map(repr, unknown))}")
+        num_layers = layers.get("num_layers", int)
+        if not 1 <= num_layers <= MAX_LAYERS:
+            layers.fail("num_layers", f"must be in 1..{MAX_LAYERS}, got {num_layers}")
+        expected = STACK_CELLS if num_layers > 1 else STACK_CELLS[:1]
+        cells = r.get("cells", dict)
+        if sorted(cells) != sorted(expected):
+            r.fail("cells", f"must name the cells {', '.join(expected)} of a stack of "
+                            f"{num_layers} layer(s), got {sorted(cells)!r}")
+        checksums = r.get("checksums", dict)
+        for name, sub in cells.items():
+            if (not isinstance(sub, str) or sub in ("", ".", "..") or "/" in sub
+                    or "\\" in sub or "\0" in sub):
+                r.fail("cells", f"must give each cell a directory in the artifact, got "
+                                f"{name}: {sub!r}")
+            if f"{sub}/manifest.json" not in checksums:
+                r.fail("checksums", f"has no checksum for {sub}/manifest.json (cell {name})")
+        return cls(r.string("cell"), r.string("target"), dtype, num_layers,
+                   layers.get("bidirectional", bool), layers.get("batch_first", bool),
+                   dict(cells))
+
+
 def check_schema(data: dict, where: str) -> None:
     """Refuse a manifest of another schema, saying which and what to do."""
     version = data.get("format") if isinstance(data, dict) else None

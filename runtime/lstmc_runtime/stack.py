@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
-from .errors import ShapeError, UsageError
+from .errors import ArtifactError, ShapeError, UsageError
 from .threads import thread_count, threads_limited
 from .validate import check_array, check_names
 
@@ -346,11 +346,45 @@ def _check_layout(layers: list[list[CellBase]], directions) -> tuple[str, ...]:
 
 
 def load_stack(directory: str, manifest: dict) -> Stack:
-    from .artifact import load_cell
+    """A stack artifact (its manifest read and checksummed by `read_manifest`): the
+    layout checked field by field, then against the cells it names, which must be of its
+    cell, target and dtype, run time-major (the stack transposes for batch_first), and
+    chain: an upper layer reads every direction of the layer below."""
+    from .artifact import MANIFEST, load_cell
+    from .manifest import StackManifest
 
-    cells = {name: load_cell(os.path.join(directory, sub)) for name, sub in manifest["cells"].items()}
-    layers = manifest["layers"]
-    D = 2 if layers["bidirectional"] else 1
-    grid = [[cells["layer0" if l == 0 else "upper"] for _ in range(D)]
-            for l in range(layers["num_layers"])]
-    return Stack(grid, layers["batch_first"])
+    where = os.path.join(directory, MANIFEST)
+    layout = StackManifest.from_json(manifest, where)
+    cells = {name: load_cell(os.path.join(directory, sub))
+             for name, sub in layout.cells.items()}
+
+    def fail(field: str, message: str):
+        raise ArtifactError(f"{where}: field '{field}' {message}")
+
+    for name, cell in cells.items():
+        theirs = f"but cell {name} ({os.path.join(directory, layout.cells[name])}) is"
+        for field, value in (("cell", cell.name), ("target", cell.target),
+                             ("dtype", cell.description.dtype)):
+            if getattr(layout, field) != value:
+                fail(field, f"is {getattr(layout, field)!r}, {theirs} {value!r}")
+        if cell.batch_first:
+            fail("cells", f"names a cell that is not time-major: {name}")
+    first = cells["layer0"]
+    width = layout.num_directions * first.state_sizes[first.output]
+    upper = cells.get("upper")
+    if upper is not None and upper.input_size != width:
+        fail("layers", f"gives {layout.num_directions} direction(s), so layer0 outputs "
+                       f"{width} units, but cell upper takes inputs of size "
+                       f"{upper.input_size}")
+    if upper is not None and (upper.state_sizes != first.state_sizes
+                              or upper.output != first.output
+                              or upper.extra_inputs != first.extra_inputs):
+        fail("cells", f"names cells of different states or inputs: layer0 has states "
+                      f"{first.state_sizes} and inputs {first.extra_inputs} after the "
+                      f"first, upper {upper.state_sizes} and {upper.extra_inputs}")
+    grid = [[cells["layer0" if l == 0 else "upper"] for _ in range(layout.num_directions)]
+            for l in range(layout.num_layers)]
+    try:
+        return Stack(grid, layout.batch_first)
+    except ShapeError as exc:  # what the checks above missed is still the artifact's fault
+        raise ArtifactError(f"{where}: the cells do not stack: {exc}") from None
