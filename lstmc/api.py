@@ -11,12 +11,13 @@ import numpy as np
 from lstmc_runtime import dtypes
 from lstmc_runtime.cellbase import CellBase, Tape
 from lstmc_runtime.errors import UsageError
+from lstmc_runtime.manifest import MAX_SIZE as MAX_BUFFER_ELEMENTS
 from lstmc_runtime.manifest import CellDescription
 from lstmc_runtime.stack import Stack
 
 from .backends.reference import ReferenceExecutor
 from .driver import lower_spec
-from .errors import CompileError
+from .errors import CompileError, output_error
 from .frontend.source import read_source
 from .ir.size import Size
 from .passes.pipeline import Program
@@ -73,7 +74,48 @@ def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[s
         asks = ", ".join(hint.get(n, f"{n}=") + "..." for n in missing)
         raise CompileError(f"no value for size{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(missing)}: pass {asks}")
-    return {name: int(value) for name, value in given.items()}
+    bound = {name: int(value) for name, value in given.items()}
+    check_buffer_sizes(program, bound)
+    return bound
+
+
+def check_buffer_sizes(program: Program, sizes: dict[str, int]) -> None:
+    """Refuse, before any code is generated, a cell the runtime would refuse to load: a
+    per-step buffer or a weight (a parameter, a stack of them packed for a product) of
+    MAX_BUFFER_ELEMENTS elements or more (lstmc_runtime.manifest's limit on any one
+    dimension; a packed weight is one dimension). Named sizes are each at most MAX_SIZE,
+    but their products and multiples (4*H x H) are not."""
+    info = program.info
+    counts: list[tuple[str, int]] = [(f"the input {info.input[0]} (size {info.input[1]})",
+                                      info.input[1].bind(sizes))]
+    counts += [(f"the input {n} (size {s})", s.bind(sizes))
+               for n, s in info.extra_inputs.items()]
+    counts += [(f"the state {n} (size {s})", s.bind(sizes)) for n, s in info.states.items()]
+    for name, spec in info.param_specs(sizes).items():
+        shape = " x ".join(str(d) for d in info.param_shape(name))
+        counts.append((f"the parameter {name} ({shape} = {' x '.join(map(str, spec.shape))})",
+                       _product(spec.shape)))
+    for part in (program, *program.prologues):
+        for weight in part.packed_weights:
+            names = ", ".join(p for p, _ in weight.segments)
+            rows, columns = weight.rows.bind(sizes), weight.columns.bind(sizes)
+            counts.append((f"the packed weight [{names}] ({weight.rows} x {weight.columns} = "
+                           f"{rows} x {columns})", rows * columns))
+        counts += [(f"a value of the step (size {node.size})", node.size.bind(sizes))
+                   for node in part.graph.nodes]
+    for what, count in counts:
+        if count >= MAX_BUFFER_ELEMENTS:
+            bound = ", ".join(f"{k}={v}" for k, v in sizes.items())
+            raise CompileError(
+                f"cell {info.name} ({bound}) is too large: {what} would have {count} "
+                f"elements, and the runtime's buffers hold fewer than {MAX_BUFFER_ELEMENTS}")
+
+
+def _product(shape) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count
 
 
 def _size_names(program: Program) -> set[str]:
@@ -97,6 +139,7 @@ def lower_bound(source, cell, input_size, hidden_size, sizes, hoist_chains: bool
     bound = bind_sizes(program, input_size, hidden_size, sizes)
     if program.info.has_heads:
         program = lower_spec(source, cell, bound, hoist_chains=hoist_chains)
+        check_buffer_sizes(program, bound)
     return program, bound
 
 
@@ -127,6 +170,9 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     kinds = _directions(direction, bidirectional, reverse_spec, reverse_cell)
+    # Sizes key the disk cache as JSON: a NumPy integer (np.int64(16)) as the int it is.
+    input_size, hidden_size = _plain_size(input_size), _plain_size(hidden_size)
+    sizes = {name: _plain_size(value) for name, value in sizes.items()}
     source = read_source(spec)
     # (source, cell name) per direction; one compiled cell serves both when they are alike
     choices = {"forward": (source, cell)}
@@ -158,6 +204,11 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
                 f"they are, but their sizes follow the first input's ({first[0].extra_inputs} "
                 f"in layer 0, {upper} above it): give them sizes of their own")
     return Stack(layers, batch_first=bool(batch_first), directions=kinds)
+
+
+def _plain_size(value):
+    """A NumPy integer as a Python int; anything else as given (bind_sizes judges it)."""
+    return int(value) if isinstance(value, np.integer) else value
 
 
 def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[str, ...]:
@@ -236,14 +287,17 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     backend.check(dtype, cpu)
 
     def write_artifact(directory, program, sizes, dtype, emit, batch_first=False, cpu="host"):
-        backend.write_artifact(directory, program, sizes, dtype, emit, batch_first, cpu)
+        try:
+            backend.write_artifact(directory, program, sizes, dtype, emit, batch_first, cpu)
+        except OSError as exc:  # e.g. a directory where cell.so or manifest.json goes
+            raise output_error(exc) from None
 
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
     source = read_source(spec)
     program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
-    _make_output_directory(directory)
     if num_layers == 1 and not bidirectional:
+        _make_output_directory(directory)
         write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
                        cpu=cpu)
         return
@@ -255,16 +309,23 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
         if input_name is None:
             raise CompileError("a stack needs a named input size: the spec fixes it")
         parts["upper"] = dict(bound, **{input_name: out * directions})
-    for name, part_sizes in parts.items():
+    programs = {name: lower_spec(source, cell, part_sizes) if program.info.has_heads
+                else program for name, part_sizes in parts.items()}
+    for name, part in programs.items():  # every part, before anything is written
+        check_buffer_sizes(part, parts[name])  # the upper layers' input is D*H wide
+    _make_output_directory(directory)
+    for name, part in programs.items():
         sub = os.path.join(directory, name)
-        os.makedirs(sub, exist_ok=True)
-        part = lower_spec(source, cell, part_sizes) if program.info.has_heads else program
-        write_artifact(sub, part, part_sizes, dtype, emit, cpu=cpu)
+        _make_output_directory(sub)
+        write_artifact(sub, part, parts[name], dtype, emit, cpu=cpu)
     manifest = {"target": target, "cell": program.info.name, "dtype": dtype,
                 "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
                            "batch_first": bool(batch_first)},
                 "cells": {name: name for name in parts}}
-    write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
+    try:
+        write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
+    except OSError as exc:
+        raise output_error(exc) from None
 
 
 def _make_output_directory(directory: str) -> None:

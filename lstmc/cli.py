@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import pathlib
 import sys
@@ -37,6 +38,31 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
     if not 1 <= value <= MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_COUNT}, got {value}")
+    return value
+
+
+MAX_SEED = (1 << 64) - 1  # mask seeds are 64-bit (README, "Dropout and zoneout")
+
+
+def _seed(text: str) -> int:
+    """An argparse type: an integer in 0..MAX_SEED."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..2**64-1, got {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    """An argparse type: a finite positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got '{text}'")
     return value
 
 
@@ -120,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_options(grad, default_sizes=True)
     grad.add_argument("--steps", type=_positive_int, default=4, help="sequence length (default: 4)")
     grad.add_argument("--batch", type=_positive_int, default=2, help="batch size (default: 2)")
-    grad.add_argument("--seed", type=int, default=0)
-    grad.add_argument("--tolerance", type=float, default=1e-6,
+    grad.add_argument("--seed", type=_seed, default=0,
+                      help="seed of the random inputs, parameters and masks, in 0..2**64-1 "
+                           "(default: 0)")
+    grad.add_argument("--tolerance", type=_tolerance, default=1e-6,
                       help="largest relative error accepted (default: 1e-6)")
     grad.add_argument("--target", default="reference",
                       choices=[n for n, t in TARGETS.items() if "float64" in t.dtypes],
@@ -252,18 +280,23 @@ def _report_cuda_artifact(directory: str) -> None:
 def _default_sizes(args) -> tuple[int | None, int | None]:
     """(input_size, hidden_size) with the defaults filled in where the user gave neither.
     An input of size H (`cell sru(x: H)`) has no size of its own: --input-size then sets H,
-    and only H gets a default."""
+    and only H gets a default. A size given with --size (`--size H=8`, `--size I=5`) gets
+    no default either."""
     from .driver import lower_spec
 
     input_size, hidden_size = args.input_size, args.hidden_size
+    given = {name for name, _ in args.size}
     info = lower_spec(pathlib.Path(args.spec), args.cell).info
-    if "H" in info.input[1].names:
-        if input_size is None and hidden_size is None:
+    input_names = info.input[1].names
+    if "H" in input_names:
+        if input_size is None and hidden_size is None and "H" not in given:
             hidden_size = DEFAULT_HIDDEN_SIZE
         return input_size, hidden_size
-    if input_size is None and info.input[1].names:
+    if input_size is None and input_names and not input_names & given:
         input_size = DEFAULT_INPUT_SIZE
-    return input_size, DEFAULT_HIDDEN_SIZE if hidden_size is None else hidden_size
+    if hidden_size is None and "H" not in given:
+        hidden_size = DEFAULT_HIDDEN_SIZE
+    return input_size, hidden_size
 
 
 def cmd_gradcheck(args) -> int:

@@ -13,6 +13,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "SpecSyntaxError",
+    "output_error",
 ]
 
 
@@ -72,3 +73,12 @@ class CompileError(LstmcError):
     def __init__(self, message: str, cli: str | None = None):
         super().__init__(message)
         self.cli_message = cli or message
+
+
+def output_error(exc: OSError, path: str | None = None) -> CompileError:
+    """A CompileError for an output that could not be written (`lstmc compile -o`): the
+    path (`path`, else the one the OS names: a rename's destination) and the OS's reason."""
+    where = path or exc.filename2 or exc.filename
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return CompileError(f"cannot write {where}: {reason}" if where is not None
+                        else f"cannot write the output: {reason}")

@@ -27,6 +27,8 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
     `max_entries` checks a random subset of each array's entries."""
     if cell.dtype != np.float64:
         raise ValueError("gradcheck needs a float64 cell: compile with dtype='float64'")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"gradcheck's seed must be an integer in [0, 2**64), got {seed}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((steps, batch, cell.input_size))
     inputs = {n: 2.0 * rng.standard_normal((steps, batch, size))  # the inputs after x
@@ -35,7 +37,7 @@ def gradcheck(cell, steps: int = 4, batch: int = 2, seed: int = 0, eps: float = 
     state = {n: 0.5 * rng.standard_normal((batch, s)) for n, s in cell.state_sizes.items()}
     # Dropout and zoneout: every evaluation draws the same masks, so the differences
     # check the gradient through those masks, as training computes it.
-    masks = 0x5EED + seed
+    masks = (0x5EED + seed) % (1 << 64)  # a mask seed is 64-bit, as `seed` may be
     y, final, tape = cell.forward(x, params, state, train=True, seed=masks, inputs=inputs)
     dy = rng.standard_normal(y.shape)
     dstate = {n: rng.standard_normal(v.shape) for n, v in final.items()}

@@ -117,3 +117,47 @@ def test_bad_backward_arrays_are_named():
         tape.backward(y, {"z": final["h"]})
     with pytest.raises(lstmc.ShapeError, match=r"dstate\['c'\]: expected dtype float32"):
         tape.backward(y, {"c": final["c"].astype(np.float64)})
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_numpy_integer_sizes_are_sizes(target):
+    """Sizes that come out of NumPy (np.int64(16), a shape's entry) are accepted as the
+    ints they hold, on every target (the cpu target keys its disk cache by them)."""
+    cell = lstmc.compile(spec_path("lstmp"), np.int32(3), np.int64(6), target=target,
+                         P=np.int64(2))
+    plain = lstmc.compile(spec_path("lstmp"), 3, 6, target=target, P=2)
+    assert cell.state_sizes == plain.state_sizes and cell.param_shapes == plain.param_shapes
+    assert all(type(v) is int for v in cell.state_sizes.values())
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_cell_too_large_for_the_runtime_is_refused_before_code_generation(
+        target, monkeypatch):
+    """H=32768 is a valid size, but the LSTM's stacked recurrent weights (4H x H) would
+    have 2^32 elements, beyond what the runtime's buffers take: a CompileError naming the
+    weight and the runtime's limit, raised before any code is generated."""
+    from lstmc_runtime.manifest import MAX_SIZE
+
+    import lstmc.backends.cpu
+
+    def no_codegen(*args, **kwargs):
+        raise AssertionError("code was generated for a cell too large to run")
+
+    monkeypatch.setattr(lstmc.backends.cpu, "generate", no_codegen)
+    with pytest.raises(lstmc.CompileError) as info:
+        lstmc.compile(spec_path("lstm"), 8, 32768, target=target)
+    message = str(info.value)
+    assert "too large" in message and "W_hi" in message
+    assert str(4 * 32768 * 32768) in message and str(MAX_SIZE) in message
+
+
+def test_a_stack_whose_upper_layers_are_too_large_is_refused(tmp_path):
+    """The upper layers of a bidirectional stack read 2H units: their input weights may
+    pass the limit where the first layer's do not. `lstmc compile -o` refuses such a stack
+    before it writes anything, the first layer included."""
+    from lstmc.api import write_artifact_dir
+
+    with pytest.raises(lstmc.CompileError, match="too large"):
+        write_artifact_dir(spec_path("rnn_tanh"), str(tmp_path / "a"), 1, 40000,
+                           num_layers=2, bidirectional=True)
+    assert not (tmp_path / "a").exists()

@@ -49,7 +49,7 @@ def test_gradcheck_passes(name, target):
 
 
 def test_gradcheck_fails_on_a_tolerance_nothing_can_meet():
-    result = lstmc("gradcheck", spec_path("rnn_tanh"), "--tolerance", "0")
+    result = lstmc("gradcheck", spec_path("rnn_tanh"), "--tolerance", "1e-300")
     assert result.returncode == 1
     assert "FAILED" in result.stdout
 
@@ -184,3 +184,93 @@ def test_a_closed_pipe_ends_quietly():
     assert b"cell lstm(" in first
     assert stderr == "", stderr
     assert status in (0, 141)
+
+
+# (what stands in the artifact's way, relative to the output directory, is it a directory,
+#  the options that make lstmc write there)
+CONFLICTS = [
+    ("cell.so", True, []),
+    ("manifest.json", True, []),
+    ("layer0", False, ["--num-layers", "2"]),
+    ("layer0/manifest.json", True, ["--num-layers", "2"]),
+    ("cell.ll", True, ["--emit", "llvm"]),
+]
+
+
+@pytest.mark.parametrize("entry,is_directory,options", CONFLICTS,
+                         ids=[c[0] for c in CONFLICTS])
+def test_compile_names_an_entry_of_the_output_directory_it_cannot_write(
+        tmp_path, entry, is_directory, options):
+    """`lstmc compile -o DIR` where DIR already holds something in the way of the artifact
+    (a directory where a file goes, a file where a directory goes): an error naming that
+    path, never an internal error."""
+    output = tmp_path / "out"
+    conflict = output / entry
+    if is_directory:
+        conflict.mkdir(parents=True)
+    else:
+        conflict.parent.mkdir(parents=True, exist_ok=True)
+        conflict.touch()
+    result = lstmc("compile", spec_path("lstm"), "-o", str(output), "--input-size", "3",
+                   "--hidden-size", "4", *options)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("lstmc: error: cannot write "), result.stderr
+    assert str(conflict) in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--seed", "-1"), ("--seed", str(1 << 64)), ("--seed", "one"),
+    ("--tolerance", "nan"), ("--tolerance", "inf"), ("--tolerance", "-1"),
+    ("--tolerance", "0"), ("--tolerance", "tight"),
+])
+def test_gradcheck_refuses_a_bad_seed_or_tolerance_as_usage(option, value):
+    """A seed outside [0, 2**64) and a tolerance that is not a finite positive number are
+    usage errors naming the option, before anything is compiled."""
+    result = lstmc("gradcheck", spec_path("lstm"), option, value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: lstmc gradcheck" in result.stderr
+    assert f"argument {option}: " in result.stderr and value in result.stderr
+    assert "internal error" not in result.stderr and "FAILED" not in result.stdout
+
+
+def test_gradcheck_takes_the_largest_seed():
+    result = lstmc("gradcheck", spec_path("rnn_tanh"), "--seed", str((1 << 64) - 1))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ": ok" in result.stdout
+
+
+@pytest.mark.parametrize("args,sizes", [
+    (["--size", "H=8"], {"I=3", "H=8"}), (["--size", "I=5"], {"I=5", "H=4"}),
+    (["--size", "I=5", "--size", "H=6"], {"I=5", "H=6"}),
+])
+def test_gradcheck_size_option_replaces_the_default(args, sizes):
+    """`--size H=8` is the one value of H: gradcheck's default (4) gives way to it, as it
+    does to --hidden-size, instead of making H "given twice"."""
+    result = lstmc("gradcheck", spec_path("rnn_tanh"), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = result.stdout.split("cell rnn_tanh (", 1)[1].split("): worst relative error")[0]
+    assert set(shown.split(", ")) == sizes
+
+
+def test_gradcheck_size_h_replaces_the_default_of_an_input_of_size_h(tmp_path):
+    spec = tmp_path / "two.lstm"
+    spec.write_text(SEVERAL)
+    result = lstmc("gradcheck", str(spec), "--cell", "sru", "--size", "H=6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cell sru (H=6): worst relative error" in result.stdout
+
+
+def test_a_size_too_large_for_the_runtime_is_a_spec_error_everywhere(tmp_path):
+    """A size literal beyond what the runtime takes is refused by `check` itself, at the
+    literal, and by every command that reads the spec: no internal error downstream."""
+    spec = tmp_path / "big.lstm"
+    spec.write_text("cell a(x: I) -> h: H {\n  state c: 99999999999999999999*H\n"
+                    "  param W, U\n  c' = U @ x\n  h' = tanh(W @ x)\n}\n")
+    for command in (["check"], ["gradcheck"], ["compile", "--input-size", "3",
+                                                "--hidden-size", "4", "--emit", "llvm"]):
+        result = lstmc(*command, str(spec))
+        assert result.returncode == 1, (command, result.stdout)
+        assert result.stderr.startswith(f"{spec}:2:12: error: size 99999999999999999999*H "
+                                        "is too large"), result.stderr
+        assert "internal error" not in result.stderr

@@ -108,6 +108,17 @@ BAD_SPECS = [
      SpecSyntaxError, "a size must be a name or a positive integer, not 0 (or a sum", 2, 13),
     (HEADER + "  state c: 2*H\n  param W\n  c' = W @ x\n  h' = c\n}\n",
      SpecError, "size mismatch: state h has size H, but its new value has size 2*H", 5, 8),
+    (HEADER + "  state c: 99999999999999999999*H\n  param W, U\n  c' = U @ x\n"
+              "  h' = tanh(W @ x)\n}\n",
+     SpecError, "size 99999999999999999999*H is too large", 2, 12),
+    ("cell a(x: 99999999999999999999) -> h: H {\n  param W\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "size 99999999999999999999 is too large", 1, 11),
+    (HEADER + "  param W: [H, 2000000000*I + 2000000000]\n  h' = tanh(W @ x)\n}\n",
+     SpecError, "size 2000000000*I+2000000000 is too large", 2, 31),
+    (HEADER + "  param W\n  h' = tanh((W @ x)[0:99999999999999999999])\n}\n",
+     SpecError, "size 99999999999999999999 is too large", 3, 23),
+    (HEADER + "  param W\n  h' = tanh((W - eye(1e15)) @ h)\n}\n",
+     SpecError, "size 1000000000000000 is too large", 3, 22),
 ]
 
 
@@ -131,6 +142,23 @@ def test_bad_spec_is_diagnosed_at_its_position(tmp_path, text, kind, message, li
 
 def test_there_are_at_least_fifteen_distinct_bad_specs():
     assert len({m for _, _, m, _, _ in BAD_SPECS}) >= 15
+
+
+def test_a_size_beyond_the_runtime_limit_is_refused_and_one_below_it_is_not():
+    """The checker's bound on a size is the runtime's on a buffer dimension (one number,
+    lstmc_runtime.manifest.MAX_SIZE): the largest size below it passes the check, the
+    limit itself is a SpecError (not a syntax error) at the literal."""
+    from lstmc_runtime.manifest import MAX_SIZE
+
+    def spec(size: int) -> str:
+        return HEADER + f"  state c: {size}\n  param W, U\n  c' = U @ x\n  h' = tanh(W @ x)\n}}\n"
+
+    assert lstmc.check_spec(spec(MAX_SIZE - 1))
+    with pytest.raises(SpecError) as info:
+        lstmc.check_spec(spec(MAX_SIZE))
+    assert type(info.value) is SpecError
+    assert (info.value.location.line, info.value.location.column) == (2, 12)
+    assert str(MAX_SIZE) in info.value.message
 
 
 def test_empty_file(tmp_path):

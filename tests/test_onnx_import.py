@@ -114,3 +114,36 @@ def test_refusals_name_the_attribute():
     model, _ = random_model(rng, "RNN", {"direction": "sideways"})
     with pytest.raises(OnnxError, match="direction"):
         load(model, target="reference")
+
+
+@pytest.mark.parametrize("dims", [[1, 33, 4], [2, 16, 3]])
+def test_an_initializer_whose_dims_disagree_with_its_data_is_named(dims):
+    """An initializer whose dims promise more (or other) values than its data holds is
+    refused as an OnnxError naming the initializer and its dims."""
+    model, _ = random_model(np.random.default_rng(0), "LSTM", {})
+    weight = next(t for t in model.graph.initializer if t.name == "W")
+    del weight.dims[:]
+    weight.dims.extend(dims)
+    with pytest.raises(OnnxError, match=r"initializer 'W'") as info:
+        load(model, target="reference")
+    assert str(dims) in str(info.value)
+
+
+def test_a_model_with_a_damaged_initializer_is_an_error_on_the_command_line(tmp_path):
+    """`lstmc import-onnx` on such a model: `lstmc: error:` naming the initializer, not an
+    internal error."""
+    import subprocess
+    import sys
+
+    model, _ = random_model(np.random.default_rng(0), "LSTM", {})
+    weight = next(t for t in model.graph.initializer if t.name == "R")
+    del weight.dims[:]
+    weight.dims.extend([1, 33, 4])
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, str(path))
+    result = subprocess.run([sys.executable, "-m", "lstmc.cli", "import-onnx", str(path),
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("lstmc: error: initializer 'R'"), result.stderr
+    assert "internal error" not in result.stderr

@@ -8,7 +8,10 @@ Parameter shapes are inferred from use by unification.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
+
+from lstmc_runtime.manifest import MAX_SIZE as MAX_DIMENSION
 
 from ..errors import Location, SpecError
 from ..ir.size import Size
@@ -18,6 +21,16 @@ from .functions import all_functions, lookup
 # A named size (H), an integer (1 is a per-row scalar), or a compound size (4*H: a Size,
 # never equal to a name or an integer, so that equal sizes have one form).
 SizeAtom = str | int | Size
+
+
+def check_size_range(size: Size, loc: Location) -> None:
+    """Refuse a size the runtime could never take: MAX_DIMENSION (lstmc_runtime.manifest's
+    limit on any one buffer dimension) or more at its smallest, every name 1."""
+    smallest = size.bind_all(1)
+    if smallest >= MAX_DIMENSION:
+        least = f" (at least {smallest})" if size.names else ""
+        raise SpecError(f"size {size} is too large{least}: the runtime takes sizes below "
+                        f"{MAX_DIMENSION}", loc)
 
 
 @dataclass(frozen=True)
@@ -352,6 +365,7 @@ class _Checker:
                     "cannot concatenate a value whose size is not known yet", arg.loc,
                     hint="declare the shapes of the parameters it comes from (`param W: [H, I]`)")
             total = total + Size.of(known)
+        check_size_range(total, expr.loc)
         return self.sizes.new(total.atom)
 
     def _param_use(self, name: str, rank: int, loc: Location) -> tuple[int, ...]:
@@ -479,7 +493,9 @@ class _Checker:
 
     def _eye_size(self, call: ast.Call) -> int:
         arg = call.args[0] if len(call.args) == 1 else None
-        if isinstance(arg, ast.Number) and arg.value == int(arg.value) and arg.value > 0:
+        if isinstance(arg, ast.Number) and math.isfinite(arg.value) \
+                and arg.value == int(arg.value) and arg.value > 0:
+            check_size_range(Size.of(int(arg.value)), arg.loc)
             return self.sizes.new(int(arg.value))
         if isinstance(arg, ast.Var) and not arg.primed and arg.name not in self.kinds \
                 and (arg.name, False) not in self.definition:

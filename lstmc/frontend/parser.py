@@ -8,9 +8,10 @@ from importlib import resources
 import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 
-from ..errors import SpecSyntaxError
+from ..errors import SpecError, SpecSyntaxError
 from ..ir.size import Size
 from . import ast
+from .checker import check_size_range
 from .source import Source
 
 # How terminals matched by a regular expression are named in messages.
@@ -49,7 +50,7 @@ def parse(source: Source) -> list[ast.CellDecl]:
     try:
         return _ToAst(source).transform(tree)
     except lark.exceptions.VisitError as exc:  # a check made while building the AST
-        if isinstance(exc.orig_exc, SpecSyntaxError):
+        if isinstance(exc.orig_exc, SpecError):
             raise exc.orig_exc from None
         raise
 
@@ -175,6 +176,7 @@ class _ToAst(Transformer_NonRecursive):
                     raise SpecSyntaxError(message.format(number.value), self._loc(number))
                 count = int(number.value)
             total = total + (Size.of(str(name)).scaled(count) if name is not None else count)
+            check_size_range(total, self._loc(number if number is not None else name))
         return total
 
     def size_term(self, meta, children):

@@ -96,7 +96,6 @@ def load(model, target: str = "cpu", dtype: str = "float32",
     onnx.ModelProto), in graph order. Weights (W, R, B, P) come from initializers or
     Constant nodes, or from `inputs` for weights the model takes as graph inputs."""
     import onnx
-    from onnx import numpy_helper
 
     if isinstance(model, (str, os.PathLike)):
         try:
@@ -106,18 +105,33 @@ def load(model, target: str = "cpu", dtype: str = "float32",
         except Exception as exc:  # protobuf's DecodeError and relatives: not a model
             raise OnnxError(f"{os.fspath(model)}: not an ONNX model ({exc})") from None
     graph = model.graph
-    known = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    known = {t.name: _tensor_value(t, f"initializer '{t.name}'") for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             attr = node.attribute[0]
             if attr.name == "value":
-                known[node.output[0]] = numpy_helper.to_array(attr.t)
+                known[node.output[0]] = _tensor_value(
+                    attr.t, f"Constant node '{node.name or node.output[0]}'")
     known.update(inputs or {})
     nodes = [n for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")]
     if not nodes:
         raise OnnxError("the model has no LSTM, GRU or RNN node")
     return [import_node(n, known, target, dtype, index)
             for index, n in enumerate(nodes)]
+
+
+def _tensor_value(tensor, where: str) -> np.ndarray:
+    """The array a TensorProto holds; one whose dims disagree with its data (or that the
+    onnx package cannot read) is an OnnxError naming it."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(tensor)
+    except KeyError:  # the onnx package's tables have no such data type
+        raise OnnxError(f"{where}: unknown tensor data type {tensor.data_type}") from None
+    except (ValueError, TypeError) as exc:  # dims that disagree with the data, say
+        raise OnnxError(f"{where}: its data does not fit its dims {list(tensor.dims)} "
+                        f"({exc})") from None
 
 
 def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,

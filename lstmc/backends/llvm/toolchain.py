@@ -130,10 +130,16 @@ def find_linker() -> str:
 
 
 def link_shared(obj: bytes, path: str) -> None:
-    """Turn an object file into a shared library at `path` (written atomically)."""
+    """Turn an object file into a shared library at `path` (written atomically). A failure
+    to write stays an OSError (the disk cache falls back on it), naming `path` or its
+    directory rather than the temporary files in between."""
     linker = find_linker()
     directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.path.dirname(path) or ".") from None
+    with scratch as tmp:
         obj_path = os.path.join(tmp, "cell.o")
         lib_path = os.path.join(tmp, "cell.so")
         with open(obj_path, "wb") as f:
@@ -142,4 +148,7 @@ def link_shared(obj: bytes, path: str) -> None:
                                 check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise BackendError(f"linking with {linker} failed: {result.stderr.strip()}")
-        os.replace(lib_path, path)
+        try:
+            os.replace(lib_path, path)
+        except OSError as exc:  # e.g. a directory at `path`: name it, not the temporary
+            raise OSError(exc.errno, exc.strerror, path) from None
