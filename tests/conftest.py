@@ -121,9 +121,11 @@ def pytest_configure(config):
     # Every call of the session, module fixtures' included, cuts batches the same way.
     from lstmc_runtime import native
 
-    for name in ("MIN_SLICED_WORK", "MIN_SLICED_TRAINING_WORK"):
+    session = {"MIN_SLICED_WORK": 0, "MIN_SLICED_TRAINING_WORK": 0,
+               "MIN_TRAINING_ROWS_PER_SLICE": native.MIN_ROWS_PER_THREAD}
+    for name, value in session.items():
         _SLICING_DEFAULTS[name] = getattr(native, name)
-        setattr(native, name, 0)
+        setattr(native, name, value)
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +142,8 @@ def watchdog():
 @pytest.fixture(autouse=True)
 def default_slicing(request, monkeypatch):
     """The test session cuts even tiny batches into slices (pytest_configure), which in
-    use would run uncut (native.MIN_SLICED_WORK), so the slices stay tested; a test
+    use would run uncut (native.MIN_SLICED_WORK; in training, batches of fewer than 32
+    rows), so the slices stay tested; a test
     marked `default_slicing` has the thresholds of use."""
     if request.node.get_closest_marker("default_slicing") is not None:
         from lstmc_runtime import native

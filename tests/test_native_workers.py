@@ -202,9 +202,9 @@ def test_workers_outlive_the_objects_of_an_ending_interpreter(tmp_path):
 
 @pytest.mark.default_slicing
 def test_a_batch_is_cut_only_where_the_work_repays_it(monkeypatch):
-    """Batch slices need MIN_ROWS_PER_THREAD rows each and, per call, T x B x the step's
-    recurrent weights of at least MIN_SLICED_WORK (training: MIN_SLICED_TRAINING_WORK);
-    an uncut call of a batch that large computes the same."""
+    """Batch slices need MIN_ROWS_PER_THREAD rows each (training: 16) and, per call,
+    T x B x the step's recurrent weights of at least MIN_SLICED_WORK (training:
+    MIN_SLICED_TRAINING_WORK); an uncut call of a batch that large computes the same."""
     from lstmc_runtime import native
 
     monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
@@ -219,6 +219,8 @@ def test_a_batch_is_cut_only_where_the_work_repays_it(monkeypatch):
         assert cell._bounds(10, B, train) == [0, B // 2, B]
         assert cell._bounds(10, B - 2, train) == [0, B - 2]
     assert cell._bounds(10 ** 6, 8, False) == [0, 8]  # too few rows for two slices
+    assert cell._bounds(10 ** 6, 16, True) == [0, 16]  # training: 16 rows a slice
+    assert cell._bounds(10 ** 6, 32, True) == [0, 16, 32]
     x, params, state = random_inputs(reference, T=10, B=64)
     y0, f0 = reference.forward(x, params, state)
     y, final = cell.forward(x, params, state)
