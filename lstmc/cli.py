@@ -30,29 +30,22 @@ def _size_assignment(text: str) -> tuple[str, int]:
 MAX_COUNT = 1 << 24  # steps, batch rows, sizes, layers: far above use, far below overflow
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer in 1..MAX_COUNT."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if not 1 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_COUNT}, got {value}")
-    return value
+def _int_in(low: int, high: int, kind: str, bounds: str):
+    """An argparse type: an integer in low..high; `kind` and `bounds` word its errors."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got '{text}'") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {bounds}, got {value}")
+        return value
+    return parse
 
 
 MAX_SEED = (1 << 64) - 1  # mask seeds are 64-bit (README, "Dropout and zoneout")
-
-
-def _seed(text: str) -> int:
-    """An argparse type: an integer in 0..MAX_SEED."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..2**64-1, got {value}")
-    return value
+_positive_int = _int_in(1, MAX_COUNT, "a positive integer", f"1..{MAX_COUNT}")
+_seed = _int_in(0, MAX_SEED, "an integer", "0..2**64-1")
 
 
 def _tolerance(text: str) -> float:
