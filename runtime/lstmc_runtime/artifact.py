@@ -26,6 +26,7 @@ from .manifest import (
     check_schema,
     contract_hash,
     gpu_contract_hash,
+    is_file_name,
     self_checksum,
 )
 from .native import LIBRARY_HELPERS, NativeCell
@@ -57,8 +58,7 @@ def _plain_name(directory: str, name) -> str:
 def file_name(directory: str, name, checksums: dict, what: str) -> str:
     """The path of a file a manifest names as `what` (a library, a kernel source): a
     plain file name in the artifact's own directory, covered by a checksum."""
-    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
-            or "\\" in name or "\0" in name):
+    if not is_file_name(name):
         raise ArtifactError(f"{directory}: the manifest's {what} must be a file name in the "
                             f"artifact, got {name!r}")
     if name not in checksums:

@@ -558,6 +558,13 @@ def _buffer(value, where: str) -> BufferSpec:
                                                        default="float"))
 
 
+def is_file_name(name) -> bool:
+    """Whether a manifest's `name` is one entry of the artifact's own directory: a
+    string, not empty, `.` or `..`, with no path separator or NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(c in name for c in "/\\\0"))
+
+
 # A stack artifact's cells, by what `lstmc compile` names them: the first layer's, and
 # (for two layers or more) the one every upper layer runs.
 STACK_CELLS = ("layer0", "upper")
@@ -606,8 +613,7 @@ class StackManifest:
                             f"{num_layers} layer(s), got {sorted(cells)!r}")
         checksums = r.get("checksums", dict)
         for name, sub in cells.items():
-            if (not isinstance(sub, str) or sub in ("", ".", "..") or "/" in sub
-                    or "\\" in sub or "\0" in sub):
+            if not is_file_name(sub):
                 r.fail("cells", f"must give each cell a directory in the artifact, got "
                                 f"{name}: {sub!r}")
             if f"{sub}/manifest.json" not in checksums:

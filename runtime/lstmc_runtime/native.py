@@ -123,6 +123,7 @@ class PackedParams(dict):
                  weights: str = "float32"):
         super().__init__(plain)
         self._packs, self._owner = packs, owner
+        self._packs_view = MappingProxyType(packs)  # what `packs` hands out: read-only
         self._addresses: Mapping[str, int] | None = None
         self.weights = weights  # what the packs hold: the cell's dtype, or "bfloat16"
 
@@ -130,7 +131,7 @@ class PackedParams(dict):
     def packs(self) -> Mapping[str, np.ndarray]:
         """The packed weights by buffer name, read-only (the kernels read them by
         address, sized by the cell: a swapped array would be read past its end)."""
-        return MappingProxyType(self._packs)
+        return self._packs_view
 
     @property
     def validated_for(self):
