@@ -255,15 +255,21 @@ class _Kernel:
     def row(self, base: ir.Value, row: ir.Value, n: int) -> ir.Value:
         return element(self.b, self.ftype, base, self.b.mul(row, i64(n)))
 
+    def units_of_row(self, base: ir.Value, row: ir.Value, n: int, first: ir.Value
+                     ) -> ir.Value:
+        """Unit `first` of row `row` of a (B, n) buffer (a thread's units start there)."""
+        return element(self.b, self.ftype, self.row(base, row, n), first)
+
     def fill(self, dst: ir.Value, count: ir.Value, value: float) -> None:
         b = self.b
         with for_range(b, count, "fill") as i:
             b.store(self.math.const(value), element(b, self.ftype, dst, i))
 
     @contextmanager
-    def leader_only(self):
-        """Code only thread 0 runs in a threaded kernel (all of it, otherwise)."""
-        if not self.threaded:
+    def leader_only(self, alone: bool = True):
+        """Code only thread 0 runs in a threaded kernel (all of it, otherwise); with
+        `alone` false, code every thread runs (on its own units)."""
+        if not self.threaded or not alone:
             yield
             return
         with self.b.if_then(self.leader):
@@ -572,7 +578,7 @@ class _ForwardKernel(_Kernel):
                 first, count = units
 
             def part(base, row, n):  # this thread's units of a row
-                return element(b, self.ftype, self.row(base, row, n), first)
+                return self.units_of_row(base, row, n, first)
 
             def active(row):  # y[t] = h'; the row goes on
                 self.copy(part(nxt[info.output], row, out_n), part(y_t, row, out_n),
@@ -583,10 +589,7 @@ class _ForwardKernel(_Kernel):
                 for s, n in state_sizes.items():
                     self.copy(part(cur[s], row, n), part(nxt[s], row, n), count or i64(n))
 
-            if units is None:
-                with self.leader_only():
-                    self.rows_by_length(t, active, finished)
-            else:
+            with self.leader_only(alone=units is None):
                 self.rows_by_length(t, active, finished)
             self.barrier()  # the new states are complete before the next step reads them
             for s in state_sizes:
@@ -727,11 +730,8 @@ class _BackwardKernel(_Kernel):
                     shape = [mb.size(node)]
                     env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
                 elif node.op == Op.ADJOINT:
-                    if units is not None:
+                    with self.leader_only(alone=units is None):
                         self._adjoint(node, env, cur, dy, t, info.output, units)
-                    else:
-                        with self.leader_only():
-                            self._adjoint(node, env, cur, dy, t, info.output)
                 elif node.op == Op.MASK:  # drawn again, as the forward drew it
                     env.places[node.id] = self.mask(node, t, draw=True)
             stored: set[int] = set()  # shared gradients already given their store
@@ -786,7 +786,7 @@ class _BackwardKernel(_Kernel):
                 first, count = i64(0), None  # every unit, by thread 0
 
             def part(base, row, n):  # this thread's units of a row
-                return element(b, self.ftype, self.row(base, row, n), first)
+                return self.units_of_row(base, row, n, first)
 
             def active(row):  # states nothing flows back into get a zero gradient
                 for s, n in state_sizes.items():
@@ -797,10 +797,7 @@ class _BackwardKernel(_Kernel):
                 for s, n in state_sizes.items():
                     self.copy(part(cur[s], row, n), part(nxt[s], row, n), count or i64(n))
 
-            if units is None:
-                with self.leader_only():
-                    self.rows_by_length(t, active, finished)
-            else:
+            with self.leader_only(alone=units is None):
                 self.rows_by_length(t, active, finished)
             if meets_after_step:
                 self.barrier()  # the carried gradients are complete before the next step
@@ -905,7 +902,7 @@ class _BackwardKernel(_Kernel):
                 b.store(value, element(b, self.ftype, place.base, k))
 
         self.rows_by_length(t, active, lambda row: self.fill(
-            element(b, self.ftype, self.row(place.base, row, n), first), count, 0.0))
+            self.units_of_row(place.base, row, n, first), count, 0.0))
 
     def _weight_gradients(self, I, columns, dx, d_products, d_hoisted) -> None:
         """Deferred to after the loop: one GEMM over all T*B rows per product; the
