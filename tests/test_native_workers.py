@@ -169,6 +169,51 @@ def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
     assert choice.best is False and ran[-5:] == ["alone"] * 5
 
 
+def test_a_chosen_kernel_that_slows_down_is_measured_again_at_once(monkeypatch):
+    """Another process taking a core makes a threaded kernel several times slower: the
+    choice follows within two windows of WATCH calls, not after RECHECK, and comes back
+    RETRY calls later; noise, and calls run alone because the workers were busy, do not
+    send it back to measuring."""
+    clock = [0.0]
+    monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: clock[0])
+    choice = FasterOf()
+    cost = {"alone": 2.0, "together": 1.0}
+    ran = []
+
+    def kernel(name, busy=False):
+        def run():
+            if busy:
+                return None
+            ran.append(name)
+            clock[0] += cost[name]
+            return 0
+        return run
+
+    for _ in range(2 * FasterOf.PROBES):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is True
+    ran.clear()
+    for i in range(10 * FasterOf.WATCH):  # noise within SLOWER, and busy workers
+        cost["together"] = (1.0, 1.4)[i % 2]
+        choice.choose(kernel("alone"), kernel("together", busy=i % 3 == 0))
+    assert choice.best is True and ran.count("together") == sum(i % 3 != 0 for i in range(
+        10 * FasterOf.WATCH))
+    cost["together"] = 5.0  # a background process took the other core
+    ran.clear()
+    for _ in range(2 * FasterOf.WATCH + 2 * FasterOf.PROBES):  # a window may have begun
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is False
+    ran.clear()
+    for _ in range(20):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert ran == ["alone"] * 20
+    cost["together"] = 1.0  # the other process ended: threads are measured again soon
+    for _ in range(FasterOf.RETRY + 2 * FasterOf.PROBES):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is True
+    assert choice.period == 2 * FasterOf.RETRY  # then less often, up to RECHECK
+
+
 def test_workers_outlive_the_objects_of_an_ending_interpreter(tmp_path):
     """Idle workers spin on their shared state until the process ends: its memory must
     stay theirs after the interpreter freed the pool (it would read a job in reused memory

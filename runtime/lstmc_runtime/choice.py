@@ -4,8 +4,13 @@ twin), by measurement.
 Whether threads pay depends on the machine and on what else runs on it: a threaded step
 meets at barriers, and a barrier waits for a descheduled thread (on a busy machine, a
 whole time slice). So the first calls of a kind (PROBES each, in turn) are timed, and
-the one with the lower median runs from then on; every RECHECK calls it measures again,
-so a machine that gets busier or quieter is followed."""
+the one with the lower median runs from then on. The machine is followed two ways:
+- the calls of the chosen way stay timed, and when WATCH of them in a row have a median
+  SLOWER times their probes', both are measured again (another process took a core:
+  measured on a 2-core VM, a threaded B=1 forward's calls then took 2-5x longer on
+  average, one thread's 2x);
+- every RECHECK calls both are measured anyway (a machine that got quieter), and sooner
+  after a slowdown: RETRY calls after it, then twice as many each time, up to RECHECK."""
 from __future__ import annotations
 
 import statistics
@@ -19,11 +24,17 @@ T = TypeVar("T")
 class FasterOf:
     PROBES = 5
     RECHECK = 4096
+    RETRY = 64
+    WATCH = 16
+    SLOWER = 1.5
 
     def __init__(self) -> None:
         self.times: tuple[list[float], list[float]] = ([], [])  # one thread, threads
         self.best: bool | None = None  # threads faster? (None: measuring)
         self.calls = 0
+        self.period = self.RECHECK  # calls of the chosen way before measuring again
+        self.expected = 0.0  # the chosen way's probe median (per unit of work)
+        self.recent: list[float] = []  # its times since, WATCH at most
 
     def choose(self, alone: Callable[[], T], together: Callable[[], T | None],
                work: float = 1.0) -> T:
@@ -31,12 +42,19 @@ class FasterOf:
         None (its threads are busy with another call): `alone` runs instead. Times are
         compared per unit of `work` (calls of one kind may differ in length)."""
         best = self.best
-        if best is not None and self.calls < self.RECHECK:
+        if best is not None and self.calls < self.period:
             self.calls += 1
-            result = together() if best else None
-            return alone() if result is None else result
+            start = time.perf_counter()
+            if best:
+                chosen = together()
+                if chosen is None:  # its threads are busy with another call
+                    return alone()
+            else:
+                chosen = alone()
+            self._watch((time.perf_counter() - start) / work)
+            return chosen
         if best is not None:  # time to measure again
-            self.best, self.times = None, ([], [])
+            self._measure_again(slowed=False)
         times = self.times
         threads = len(times[1]) <= len(times[0])
         start = time.perf_counter()
@@ -46,6 +64,25 @@ class FasterOf:
             result = alone()
         times[threads].append((time.perf_counter() - start) / work)
         if min(len(times[0]), len(times[1])) >= self.PROBES:
-            self.best = statistics.median(times[1]) < statistics.median(times[0])
+            medians = [statistics.median(times[0]), statistics.median(times[1])]
+            self.best = medians[1] < medians[0]
+            self.expected = medians[self.best]
             self.calls = 0
+            self.recent = []
         return result
+
+    def _measure_again(self, slowed: bool) -> None:
+        self.best, self.times = None, ([], [])
+        self.period = self.RETRY if slowed else min(2 * self.period, self.RECHECK)
+
+    def _watch(self, seconds: float) -> None:
+        """Measure both ways again when the chosen one's last WATCH calls have slowed
+        down SLOWER times from its probes'."""
+        recent = self.recent
+        recent.append(seconds)
+        if len(recent) < self.WATCH:
+            return
+        slowed = statistics.median(recent) > self.SLOWER * self.expected
+        recent.clear()
+        if slowed:
+            self._measure_again(slowed=True)
