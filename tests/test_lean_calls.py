@@ -60,6 +60,20 @@ def test_steps_carry_the_state_as_one_long_forward(name):
                                **TOL)
 
 
+def test_a_reset_between_steps_of_one_shape_is_seen():
+    """A step's fast path keeps the carried states' addresses per plan: a reset (new
+    state buffers) between steps of the same shape must not run on the old ones."""
+    reference, native = both("lstm")
+    x, params, state = random_inputs(reference, T=3, B=2)
+    y0, _ = reference.forward(x, params, state)
+    bound = native.bind(params)
+    for start in (state, {n: v + 0.5 for n, v in state.items()}, state):
+        bound.reset(start)
+        y = np.concatenate([bound.step(x[t:t + 1]) for t in range(3)])
+        expected = y0 if start is state else reference.forward(x, params, start)[0]
+        np.testing.assert_allclose(y, expected, **TOL)
+
+
 def test_a_step_with_another_batch_asks_for_reset():
     native = compile_spec("lstm", target="cpu")
     x, params, _ = random_inputs(native, T=2, B=3)

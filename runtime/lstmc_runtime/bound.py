@@ -139,10 +139,18 @@ class Plan:
     def run(self, x: np.ndarray, state_in: dict[str, int], state_out: dict[str, int]
             ) -> np.ndarray:
         """y for x, reading and writing the states at these addresses, by name."""
+        return self.run_ordered(x, self.ordered(state_in, state_out))
+
+    def ordered(self, state_in: dict[str, int], state_out: dict[str, int]
+                ) -> tuple[list[int], list[int]]:
+        """The states' addresses, by name, in the order `call` takes them."""
+        return ([state_in[name] for name, _ in self.state_in],
+                [state_out[name] for name, *_ in self.state_out])
+
+    def run_ordered(self, x: np.ndarray, states: tuple[list[int], list[int]]) -> np.ndarray:
+        """y for x, with the states' addresses in `ordered`'s order."""
         y = np.empty(self.y_shape, self.dtype)
-        self.call(address(x), _addressof(_char_at(y)),  # type: ignore[arg-type]
-                  [state_in[name] for name, _ in self.state_in],
-                  [state_out[name] for name, *_ in self.state_out])
+        self.call(address(x), _addressof(_char_at(y)), *states)  # type: ignore[arg-type]
         return y
 
     def call(self, x: int, y: int, state_in: list[int], state_out: list[int]) -> None:
@@ -295,6 +303,9 @@ class BoundCell:
         self._states: list[dict[str, np.ndarray]] = []
         self._carried: list[dict[str, int]] | None = None
         self._parity, self._batch = 0, 0
+        # the carried states' addresses in a plan's order, per parity, and that plan
+        self._ordered: list[tuple[list[int], list[int]]] = []
+        self._ordered_for: Plan | None = None
         self._lock = threading.Lock()  # one step at a time: the carried state is shared
 
     def __repr__(self) -> str:
@@ -318,7 +329,11 @@ class BoundCell:
                 if plan is not None and plan.B == self._batch:
                     plan.set_params(self.params)
                     parity = self._parity
-                    y = plan.run(x, carried[parity], carried[1 - parity])
+                    if self._ordered_for is not plan:  # the states' addresses, its order
+                        self._ordered = [plan.ordered(carried[p], carried[1 - p])
+                                         for p in (0, 1)]
+                        self._ordered_for = plan
+                    y = plan.run_ordered(x, self._ordered[parity])
                     self._parity = 1 - parity
                     return y
             finally:
@@ -344,6 +359,7 @@ class BoundCell:
         with self._lock:
             if state is None:
                 self._states, self._carried, self._parity = [], None, 0
+                self._ordered_for = None
                 return
             cell = self.cell
             if isinstance(state, dict):
@@ -361,6 +377,7 @@ class BoundCell:
         self._states = [{n: np.array(v, order="C", copy=True) for n, v in state.items()},
                         {n: np.empty_like(v, order="C") for n, v in state.items()}]
         self._carried = [addresses_of(s) for s in self._states]
+        self._ordered_for = None
         self._parity, self._batch = 0, self._states[0][self.cell.output].shape[0]
 
     @property

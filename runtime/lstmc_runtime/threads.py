@@ -7,12 +7,18 @@ import os
 import threading
 from contextlib import contextmanager
 
-_budget = threading.local()  # this thread's share of the cores (threads_limited)
+
+class _Budget(threading.local):
+    threads: int | None = None  # (a class default: read without a failed lookup)
+
+
+_budget = _Budget()  # this thread's share of the cores (threads_limited)
 
 
 def thread_limit() -> int | None:
-    """This thread's limit from `threads_limited`, or None (cheap: no system call)."""
-    return getattr(_budget, "threads", None)
+    """This thread's limit from `threads_limited`, or None (cheap: no system call, and
+    read on every lean call)."""
+    return _budget.threads
 
 
 def thread_count() -> int:
