@@ -315,7 +315,8 @@ class Recurrent(SequenceModule):
                                f"{', '.join(TARGETS)})")
         source = read_source(spec).text
         self.input_size, self.hidden_size, self.target = input_size, hidden_size, target
-        self._keys, self._names, self._cells, self._recurrent = [], [], [], []
+        self._keys, self._cells, self._recurrent = [], [], []
+        self._names: dict[tuple[int, int], list[str]] = {}  # weights' attribute names
         self._masked: list[bool] = []
         for layer in range(num_layers):
             size = input_size if layer == 0 else self.num_directions * self._out
@@ -331,6 +332,7 @@ class Recurrent(SequenceModule):
             self._out = meta.state_sizes[meta.output]
             for d in range(self.num_directions):
                 prefix = self._prefix(layer, d)
+                self._names[layer, d] = [prefix + name for name in meta.param_shapes]
                 for name, shape in meta.param_shapes.items():
                     self.register_parameter(prefix + name, nn.Parameter(
                         torch.empty(shape, device=device, dtype=dtype or torch.float32)))
@@ -364,8 +366,7 @@ class Recurrent(SequenceModule):
                             p.fill_(init)
 
     def _weights(self, layer: int, direction: int) -> list[Tensor]:
-        prefix = self._prefix(layer, direction)
-        return self._tensors([prefix + n for n in self._cells[layer].param_shapes])
+        return self._tensors(self._names[layer, direction])
 
     def _recurrent_indices(self, layer: int) -> set[int]:
         return self._recurrent[layer]
