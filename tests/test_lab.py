@@ -251,6 +251,82 @@ def test_bad_definitions_are_named(tmp_path, capsys):
     assert "holds no study" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("keys, message", [
+    ({"seed": -1}, "'seed' must be an integer >= 0, got -1"),  # SeedSequence refuses it
+    ({"seed": 1.5}, "'seed' must be an integer >= 0"),
+    ({"max_retry": "x"}, "'max_retry' must be an integer >= 0"),
+    ({"clip": "x"}, "'clip' must be a positive number, got 'x'"),
+    ({"trials": True}, "'trials' must be a positive integer, got True"),
+    ({"task": ["adding"]}, "'task' must be a task's name"),
+    ({"preset": ["greff"]}, "'preset' must be a preset's name"),
+    ({"variants": [1, 2]}, "'variants' must be a list of spec paths"),
+    ({"task_options": 5}, "'task_options' must be a table"),
+    ({"task_options": {"seed": -3}}, "option 'seed' must be at least 0, got -3"),
+    ({"space": 5}, "'space' must be a table"),
+    ({"space": {"learning_rate": float("nan")}}, "learning_rate': expected a finite number"),
+    ({"space": {"input_noise": float("inf")}}, "input_noise': expected a finite number"),
+    ({"space": {"learning_rate": {"low": 1e-3, "high": 1e-2, "log": "no"}}},
+     "log must be true or false, got 'no'"),  # "no" once read as true
+])
+def test_bad_values_in_a_definition_are_named(keys, message):
+    with pytest.raises(ExperimentError, match=message.replace("(", r"\(")):
+        define({"task": "adding", "variants": [LSTM], **keys})
+
+
+def test_a_bad_seed_stores_no_study(tmp_path, capsys):
+    """A negative seed is refused before the study is created: nothing is stored that a
+    corrected rerun would find to be 'a different experiment'."""
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    config = config_file(tmp_path / "seed.toml", [LSTM], trials=1, extra="seed = -1")
+    assert main(["experiment", "run", "--config", str(config), "--storage", url]) == 1
+    assert "'seed' must be an integer >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the flag: a usage error
+        main(["experiment", "run", LSTM, "--task", "adding", "--seed", "-1", "--storage", url])
+    assert exit_info.value.code == 2
+    assert "expected an integer in 0..2**64-1, got -1" in capsys.readouterr().err
+    assert optuna.get_all_study_summaries(url) == []
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    path = tmp_path / "lab.toml"
+    path.write_bytes(b'task = "adding"\n\xff\n')
+    assert main(["experiment", "run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lstmc: error: {path}: not valid TOML: not UTF-8 text"), err
+
+
+def test_report_of_a_study_whose_trials_all_failed_says_why(tmp_path, capsys):
+    """Not 'run it first': running again fails the same way. The first failure is shown."""
+    broken = tmp_path / "broken.lstm"
+    broken.write_text("cell broken(x: I) -> h: H {\n  param W\n  h' = W @ x +\n}\n")
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    config = config_file(tmp_path / "lab.toml", [str(broken)], trials=1, epochs=1)
+    assert main(["experiment", "run", "--config", str(config), "--storage", url]) == 0
+    capsys.readouterr()
+    assert main(["experiment", "report", "--storage", url, "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "all 1 trial(s) failed" in err and "SpecSyntaxError" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_resumed_run_cannot_lower_the_budget(tmp_path):
+    """Six trials queued, resumed with --trials 2: refused, and the stored definition
+    keeps its budget of six (all six would run under a budget that said two)."""
+    from lstmc.lab.study import create_or_resume, read_experiment
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    create_or_resume(url, "adding", define({"task": "adding", "variants": [LSTM],
+                                            "trials": 6}))
+    lower = define({"task": "adding", "variants": [LSTM], "trials": 2})
+    with pytest.raises(ExperimentError, match="already holds 6 trials.*not lower it to 2"):
+        create_or_resume(url, "adding", lower)
+    assert read_experiment(url, "adding").trials == 6
+    assert len(trials_of(url, "adding")) == 6
+    more = define({"task": "adding", "variants": [LSTM], "trials": 8})
+    assert create_or_resume(url, "adding", more).trials == 8  # raising it still works
+    assert len(trials_of(url, "adding")) == 8
+
+
 def test_tasks_command_lists_every_task(capsys):
     from lstmc.lab.tasks import TASKS
 
@@ -402,10 +478,48 @@ def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_goes_stale(tmp_pat
 
     storage.set_trial_state_values = dies_after_writing
     with pytest.raises(Killed):
-        claim(study)
+        claim(study, url)
     storage.set_trial_state_values = real
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     assert len(running) == 1
     time.sleep(3 * experiment.heartbeat + 1.5)  # the grace period: three missed beats
     optuna.storages.fail_stale_trials(study)
     assert study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) == []
+
+
+def _claim_all(url: str, name: str, out: str) -> None:
+    """A worker process's loop of claims, without running anything: the ids it took."""
+    from lstmc.lab.study import claim, load_study
+
+    experiment = define({"task": "adding", "variants": [LSTM], "trials": 1})
+    study = load_study(url, name, experiment)
+    taken = []
+    while (trial_id := claim(study, url)) is not None:
+        taken.append(trial_id)
+    Path(out).write_text(" ".join(map(str, taken)))
+
+
+def test_workers_racing_on_an_sqlite_study_never_take_one_trial_twice(tmp_path):
+    """SQLite ignores the SELECT ... FOR UPDATE that makes Optuna's WAITING -> RUNNING
+    update atomic (optuna issues 4002, 4621): without a lock of the lab's own, two
+    processes claiming at once both took trial 0 (seen in test_two_workers_share_the_budget
+    as an UpdateFinishedTrialError)."""
+    import multiprocessing
+
+    from lstmc.lab.study import create_or_resume
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    trials = 48
+    create_or_resume(url, "race", define({"task": "adding", "variants": [LSTM],
+                                          "trials": trials}))
+    context = multiprocessing.get_context("spawn")
+    outs = [tmp_path / f"taken{i}.txt" for i in range(4)]
+    workers = [context.Process(target=_claim_all, args=(url, "race", str(out)))
+               for out in outs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    taken = [int(t) for out in outs for t in out.read_text().split()]
+    assert len(taken) == trials and len(set(taken)) == trials

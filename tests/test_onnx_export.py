@@ -365,9 +365,13 @@ def test_cli_bad_input(tmp_path, capsys):
         status, out, err = cli(capsys, *args)
         assert status == 1 and message in err and "Traceback" not in err, (args, err)
         assert err.startswith("lstmc: error: ")
-    with pytest.raises(SystemExit) as exit_info:  # usage errors: argparse's status 2
-        cli(capsys, "export", spec_path("lstm"))
-    assert exit_info.value.code == 2
+    for args in (["export", spec_path("lstm")],  # usage errors: argparse's status 2
+                 ["export", spec_path("lstm"), "-o", tmp_path / "m.onnx", "--input-size", I,
+                  "--hidden-size", H, "--seed", -1]):  # init_params takes 0..2**64-1
+        with pytest.raises(SystemExit) as exit_info:
+            cli(capsys, *args)
+        assert exit_info.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
 
 
 def test_cli_without_onnx_says_what_to_install(tmp_path, capsys, monkeypatch):

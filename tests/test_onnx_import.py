@@ -80,6 +80,7 @@ RANDOM_NODES = [
     ("RNN", {"activations": ["Softplus"], "direction": "reverse"}, False),
     ("RNN", {"activations": ["ThresholdedRelu"]}, False),  # onnxruntime: alpha 0
     ("RNN", {"activations": ["ThresholdedRelu"], "activation_alpha": [-0.3]}, False),
+    ("LSTM", {"clip": float("inf")}, True),  # onnxruntime: bounds nothing
 ]
 
 
@@ -147,3 +148,99 @@ def test_a_model_with_a_damaged_initializer_is_an_error_on_the_command_line(tmp_
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("lstmc: error: initializer 'R'"), result.stderr
     assert "internal error" not in result.stderr
+
+
+def import_on_the_command_line(capsys, tmp_path, model):
+    from lstmc.cli import main
+
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    status = main(["import-onnx", str(path), "-o", str(tmp_path / "out")])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, value, declared", [
+    ("activation_alpha", 0.5, "FLOATS"),  # one float, where the operator takes a list
+    ("clip", [1, 2], "FLOAT"),
+    ("layout", "batch", "INT"),
+    ("direction", 1, "STRING"),
+    ("activations", "Tanh", "STRINGS"),  # a string is not a list of one name
+])
+def test_an_attribute_of_the_wrong_type_is_named(capsys, tmp_path, name, value, declared):
+    model, _ = random_model(np.random.default_rng(0), "RNN", {})
+    node = model.graph.node[0]
+    node.attribute.append(helper.make_attribute(name, value))
+    status, err = import_on_the_command_line(capsys, tmp_path, model)
+    assert status == 1, err
+    assert err.startswith(f"lstmc: error: RNN node 'rnn0': attribute {name} must be of type "
+                          f"{declared}"), err
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"activations": ["LeakyRelu"], "activation_alpha": [float("nan")]},
+     "attribute activation_alpha gives LeakyRelu the value nan"),
+    ({"activations": ["Affine"], "activation_alpha": [1.0], "activation_beta": [float("-inf")]},
+     "attribute activation_beta gives Affine the value -inf"),
+    ({"activations": [b"\xff"]}, "unknown activation"),  # not UTF-8
+])
+def test_unusable_attribute_values_are_named(capsys, tmp_path, attrs, message):
+    model, _ = random_model(np.random.default_rng(0), "RNN", attrs)
+    status, err = import_on_the_command_line(capsys, tmp_path, model)
+    assert status == 1, err
+    assert err.startswith(f"lstmc: error: RNN node 'rnn0': {message}"), err
+
+
+def test_weights_that_are_not_numbers_are_named(capsys, tmp_path):
+    model, _ = random_model(np.random.default_rng(0), "GRU", {})
+    weight = next(t for t in model.graph.initializer if t.name == "R")
+    weight.CopyFrom(helper.make_tensor("R", TensorProto.STRING, [1], [b"x"]))
+    status, err = import_on_the_command_line(capsys, tmp_path, model)
+    assert status == 1, err
+    assert err.startswith("lstmc: error: GRU node 'gru0': input R ('R') holds object"), err
+
+
+def test_weights_from_a_constant_of_plain_numbers_are_read():
+    """A Constant node's `value_floats` (not only its `value` tensor) is a constant: B of
+    the wrong rank is then named as such, not as an input that is no constant."""
+    model, _ = random_model(np.random.default_rng(0), "RNN", {})
+    bias = next(t for t in model.graph.initializer if t.name == "B")
+    values = numpy_helper.to_array(bias).ravel().tolist()
+    model.graph.initializer.remove(bias)
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["B"], value_floats=values))
+    with pytest.raises(OnnxError, match=r"input B must have shape \(1, 8\), got \(8,\)"):
+        load(model, target="reference")
+
+
+@pytest.mark.parametrize("model", [123, b"\x08\x07"])
+def test_load_names_what_it_takes(model):
+    with pytest.raises(OnnxError, match="a path or an onnx.ModelProto, got"):
+        load(model, target="reference")
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_initial_states_and_lengths_held_by_the_model_are_run_defaults(op, capsys, tmp_path):
+    """sequence_lens, initial_h and initial_c as initializers of the model: run(X) alone
+    computes what onnxruntime computes, and import-onnx says they are not carried."""
+    rng = np.random.default_rng(3)
+    model, D = random_model(rng, op, {"direction": "bidirectional"})
+    T, B = 5, 3
+    held = {"sequence_lens": np.array([5, 0, 2], np.int32),
+            "initial_h": rng.standard_normal((D, B, 4)).astype(np.float32)}
+    if op == "LSTM":
+        held["initial_c"] = rng.standard_normal((D, B, 4)).astype(np.float32)
+    inputs = [i for i in model.graph.input if i.name not in held]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in held.items())
+    X = rng.standard_normal((T, B, 3)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"X": X})
+    got = load(model, target="reference", dtype="float64")[0].run(X)
+    for value, want in zip(got, expected):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+    from lstmc.cli import main
+
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    assert main(["import-onnx", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "o")]) == 0
+    assert f"holds the node's {', '.join(held)} as constants" in capsys.readouterr().out

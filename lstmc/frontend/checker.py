@@ -454,9 +454,10 @@ class _Checker:
         transpose) or eye(N) times a number, sized together; one derived matrix per
         distinct expression (the runtime computes it once per call)."""
         text = matrix_text(expr.matrix)
-        if text in self.derived:
-            return
-        rows, cols = self.sizes.new(), self.sizes.new()
+        # A matrix met before is checked again against its shape: its name does not hold
+        # the size of eye(N), so `(W + eye(H))` and `(W + eye(3))` share one
+        known = self.derived.get(text)
+        rows, cols = (known[0], known[1]) if known else (self.sizes.new(), self.sizes.new())
         terms = []
         for coef, item in _linear_terms(expr.matrix):
             if isinstance(item, ast.Call):  # eye(N)
@@ -489,7 +490,8 @@ class _Checker:
         if all(term[1] is None for term in terms):
             raise SpecError(f"the matrix {text} holds no parameter: a product with a constant "
                             "matrix is a scaled vector (`0.5 * h`)", expr.loc)
-        self.derived[text] = (rows, cols, tuple(terms), expr.loc)
+        if known is None:
+            self.derived[text] = (rows, cols, tuple(terms), expr.loc)
 
     def _eye_size(self, call: ast.Call) -> int:
         arg = call.args[0] if len(call.args) == 1 else None
@@ -651,12 +653,19 @@ def matrix_text(matrix) -> str:
                 f"{item.name}.T" if isinstance(item, ast.Transpose) else item.name)
         sign = "-" if coef < 0 else "+"
         size = abs(coef)
-        body = name if size == 1 else f"{size:g}*{name}"
+        body = name if size == 1 else f"{_exact(size)}*{name}"
         parts.append((sign, body))
     text = ("-" if parts[0][0] == "-" else "") + parts[0][1]
     for sign, body in parts[1:]:
         text += f" {sign} {body}"
     return text if len(parts) == 1 else f"({text})"
+
+
+def _exact(value: float) -> str:
+    """A coefficient as text that reads back as the same float: the text names the
+    derived matrix, so two matrices whose coefficients differ must get different names."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _suggested_shape(sizes: _SizeVars, dims: tuple[int, ...]) -> str:

@@ -38,6 +38,7 @@ def _positive(kind):
 
 
 def register(commands) -> None:
+    from ..cli import _seed  # numpy's SeedSequence, which every trial draws from: >= 0
     exp = commands.add_parser(
         "experiment", help="the variant lab: train cell variants on tasks, search their "
                            "hyperparameters, report which wins",
@@ -71,7 +72,8 @@ def register(commands) -> None:
     run.add_argument("--seeds", type=_positive(int),
                      help="training runs per configuration (default 1)")
     run.add_argument("--sampler", choices=["random", "tpe"], help="default: random")
-    run.add_argument("--seed", type=int, help="the experiment's seed (default 0)")
+    run.add_argument("--seed", type=_seed, help="the experiment's seed, in 0..2**64-1 "
+                                                "(default 0)")
     run.add_argument("--layers", type=_positive(int), help="recurrent layers (default 1)")
     run.add_argument("--jobs", type=_positive(int), default=1,
                      help="local worker processes (default 1)")

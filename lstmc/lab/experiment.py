@@ -118,17 +118,37 @@ class Experiment:
                                   "spec file a distinct name")
         for key in ("epochs", "seeds", "layers", "patience", "heartbeat"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ExperimentError(f"'{key}' must be a positive integer, got {value!r}")
-        if self.trials is not None and (not isinstance(self.trials, int) or self.trials < 1):
+        if self.trials is not None and (not _is_int(self.trials) or self.trials < 1):
             raise ExperimentError(f"'trials' must be a positive integer, got {self.trials!r}")
+        # the seeds of numpy's SeedSequence, which every trial draws from, and the retry
+        # budget: refused here, before a study is stored with them
+        for key in ("seed", "max_retry"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 0:
+                raise ExperimentError(f"'{key}' must be an integer >= 0, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise ExperimentError(f"unknown sampler '{self.sampler}' (known: "
                                   f"{', '.join(SAMPLERS)})")
-        if not self.clip > 0:
-            raise ExperimentError(f"'clip' must be positive, got {self.clip!r}")
+        if not _is_number(self.clip) or not self.clip > 0:
+            raise ExperimentError(f"'clip' must be a positive number, got {self.clip!r}")
+        if not isinstance(self.task_options, dict):
+            raise ExperimentError(f"'task_options' must be a table of options, got "
+                                  f"{self.task_options!r}")
+        if not isinstance(self.space, dict):
+            raise ExperimentError(f"'space' must be a table of search space entries, got "
+                                  f"{self.space!r}")
         self.make_task()  # checks the task's options
         self.space = search_space.resolve(self.task, self.space)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def specs_dir() -> Path:
@@ -199,6 +219,9 @@ def read_toml(path: str) -> dict:
         raise ExperimentError(f"cannot read the config {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text
+        raise ExperimentError(f"{path}: not valid TOML: not UTF-8 text (byte "
+                              f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
 
 
 CONFIG_KEYS = {"task", "variants", "preset", "task_options", "space", "epochs", "seeds",
@@ -215,9 +238,16 @@ def define(config: dict, where: str = "the command line") -> Experiment:
     if not config.get("task"):
         raise ExperimentError(f"{where}: no task (choose one with --task; "
                               "`lstmc experiment tasks` lists them)")
+    if not isinstance(config["task"], str):
+        raise ExperimentError(f"{where}: 'task' must be a task's name, got {config['task']!r}")
+    preset = config.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ExperimentError(f"{where}: 'preset' must be a preset's name, got {preset!r}")
     variants = config.get("variants") or []
-    if isinstance(variants, str) or not isinstance(variants, list):
-        raise ExperimentError(f"{where}: 'variants' must be a list of spec paths")
+    if isinstance(variants, str) or not isinstance(variants, list) or not all(
+            isinstance(v, str) for v in variants):
+        raise ExperimentError(f"{where}: 'variants' must be a list of spec paths, got "
+                              f"{variants!r}")
     settings = {k: v for k, v in config.items()
                 if k not in ("variants", "preset") and v is not None}
     experiment = Experiment(variants=load_variants(variants, config.get("preset")), **settings)

@@ -23,6 +23,18 @@ from .summary import COLUMNS, TrialRecord, collect, format_table, summarize
 FANOVA_MIN_TRIALS = 4
 
 
+def _nothing_to_report(url: str, name: str, records) -> ExperimentError:
+    """Why a study without a completed trial has no report: none ran yet (run on), or
+    every one failed (running again would fail the same way: say with what)."""
+    failed = [r for r in records if r.state == "failed"]
+    if failed and len(failed) == len(records):
+        return ExperimentError(f"study '{name}' in {url}: all {len(failed)} trial(s) failed, "
+                               f"so there is nothing to report; the first failed with: "
+                               f"{failed[0].error}")
+    return ExperimentError(f"study '{name}' in {url} has no completed trial yet: nothing "
+                           "to report (run `lstmc experiment run` or a worker first)")
+
+
 def write_report(url: str, name: str, out: str | os.PathLike) -> dict:
     """Write the report of study `name` to `out`; returns {"rows", "files", "notes"}."""
     experiment = read_experiment(url, name)
@@ -31,8 +43,7 @@ def write_report(url: str, name: str, out: str | os.PathLike) -> dict:
     records = collect(study)
     rows = summarize(experiment, records, task.lower_is_better)
     if not any(row["trials"] for row in rows):
-        raise ExperimentError(f"study '{name}' in {url} has no completed trial yet: nothing "
-                              "to report (run `lstmc experiment run` or a worker first)")
+        raise _nothing_to_report(url, name, records)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ entries by name.
 """
 from __future__ import annotations
 
+import math
+
 from .errors import ExperimentError
 
 NAMES = ("learning_rate", "optimizer", "momentum", "hidden_size", "batch_size", "input_noise",
@@ -89,6 +91,8 @@ def check_entry(name: str, entry) -> None:
         if set(entry) - {"low", "high", "log"} or not {"low", "high"} <= set(entry):
             raise ExperimentError(f"{where}: expected {{low, high[, log]}} or "
                                   f"{{choices}}, got {entry!r}")
+        if not isinstance(entry.get("log", False), bool):  # "no" would read as true
+            raise ExperimentError(f"{where}: log must be true or false, got {entry['log']!r}")
         low, high = entry["low"], entry["high"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
             raise ExperimentError(f"{where}: low and high must be numbers, got {entry!r}")
@@ -109,6 +113,8 @@ def check_value(name: str, value) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ExperimentError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):  # TOML writes nan and inf; no hyperparameter takes them
+        raise ExperimentError(f"{where}: expected a finite number, got {value!r}")
     if name in ("hidden_size", "batch_size") and (not isinstance(value, int) or value < 1):
         raise ExperimentError(f"{where}: expected a positive integer, got {value!r}")
     if name == "learning_rate" and value <= 0:

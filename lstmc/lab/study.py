@@ -4,8 +4,9 @@ trials.
 One study per experiment, in any SQLAlchemy URL (SQLite file by default, PostgreSQL for
 many machines). The resolved `Experiment` is stored as a study attribute. The budget is
 queued up front as WAITING trials, one variant each, round-robin; workers claim a waiting
-trial atomically (the storage's WAITING -> RUNNING update succeeds for one worker only),
-so no trial runs twice. A running trial records a heartbeat; when a worker dies, its trial
+trial atomically (the storage's WAITING -> RUNNING update succeeds for one worker only;
+on SQLite, which ignores the SELECT ... FOR UPDATE that makes it so elsewhere, only
+under a lock file beside the database: `claims_locked`), so no trial runs twice. A running trial records a heartbeat; when a worker dies, its trial
 goes stale and the next worker to look fails it and queues a retry with the same variant,
 hyperparameters and seed (Optuna's RetryFailedTrialCallback).
 """
@@ -14,6 +15,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ExperimentError, require
 from .experiment import Experiment
@@ -121,6 +129,13 @@ def create_or_resume(url: str, name: str, experiment: Experiment | None) -> Expe
                 f"study '{name}' in {url} holds a different experiment (task "
                 f"{previous.task}, variants {', '.join(previous.variant_names)}, ...); resume "
                 "it with the same settings, or name a new study with --study")
+        queued = sum(1 for t in study.get_trials(deepcopy=False) if is_original(t))
+        if experiment.trials is not None and experiment.trials < queued:
+            # its queued trials would run all the same, under a stored budget that says less
+            raise ExperimentError(
+                f"study '{name}' in {url} already holds {queued} trials: a resumed run can "
+                f"raise its budget, not lower it to {experiment.trials} (resume it with "
+                f"--trials {queued} or more, or with --study {name} alone)")
         if experiment.trials != previous.trials:
             study.set_user_attr(EXPERIMENT_ATTR, experiment.to_json())
     queue_budget(study, experiment)
@@ -145,8 +160,43 @@ def queue_budget(study, experiment: Experiment, rounds: int = 0) -> None:
         study.enqueue_trial({"variant": names[index % len(names)]}, user_attrs={"slot": index})
 
 
-def claim(study) -> int | None:
-    """Atomically take a WAITING trial (its id), or None when none is left."""
+@contextmanager
+def claims_locked(url: str) -> Iterator[None]:
+    """Hold the study's claim lock, where its storage needs one: SQLite ignores the
+    SELECT ... FOR UPDATE that makes Optuna's WAITING -> RUNNING update atomic on other
+    databases (optuna issues 4002, 4621), so two processes could both take one trial.
+    On an SQLite file, claims (and the failing and retrying of stale trials) take turns
+    on an exclusive lock of the file `<database>.claims` beside it."""
+    path = _sqlite_file(url)
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path + ".claims", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite URL; None for other databases or in memory."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
+def claim(study, url: str) -> int | None:
+    """Atomically take a WAITING trial of the study at `url` (its id), or None when none
+    is left."""
+    with claims_locked(url):
+        return _claim(study)
+
+
+def _claim(study) -> int | None:
     optuna = require("optuna")
     from optuna.storages._heartbeat import is_heartbeat_enabled
 

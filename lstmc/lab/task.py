@@ -84,6 +84,9 @@ class Task(ABC):
                     f"task '{self.name}' option '{key}' must be "
                     f"{_KINDS.get(type(default), type(default).__name__)}, got {value!r}")
             self.config[key] = value
+        if self.config.get("seed", 0) < 0:  # numpy's generators take seeds >= 0 only
+            raise ExperimentError(f"task '{self.name}' option 'seed' must be at least 0, "
+                                  f"got {self.config['seed']}")
         self.check_options()
         self._splits: dict[str, Split] | None = None
 

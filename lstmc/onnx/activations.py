@@ -9,6 +9,7 @@ default is 1), as checked against onnxruntime in tests/test_onnx_import.py.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import OnnxError
@@ -80,6 +81,10 @@ def bind(names: list[str], alphas: list[float], betas: list[float],
         act = ACTIVATIONS[key]
         alpha = (alphas.pop(0) if alphas else act.alpha) if act.alpha is not None else None
         beta = (betas.pop(0) if betas else act.beta) if act.beta is not None else None
+        for label, value in (("activation_alpha", alpha), ("activation_beta", beta)):
+            if value is not None and not math.isfinite(value):
+                raise OnnxError(f"{where}: attribute {label} gives {act.name} the value "
+                                f"{value}: a finite number is needed")
         bound.append(BoundActivation(act, alpha, beta))
     if alphas or betas:
         raise OnnxError(f"{where}: {len(alphas)} activation_alpha and {len(betas)} "

@@ -21,7 +21,7 @@ def _opset(text: str) -> int:
 
 
 def register(commands) -> None:
-    from ..cli import _add_size_options, _positive_int
+    from ..cli import _add_size_options, _positive_int, _seed
     from .exporter import DEFAULT_OPSET, MIN_OPSET
 
     exp = commands.add_parser(
@@ -46,8 +46,9 @@ def register(commands) -> None:
                      help="the parameters, one array per name (lstmc's names; l0., "
                           "l0_reverse., l1. ... prefixes for stacks); default: "
                           "lstmc's initialization with --seed")
-    exp.add_argument("--seed", type=int, default=0,
-                     help="seed of the initial parameters without --params (default 0)")
+    exp.add_argument("--seed", type=_seed, default=0,
+                     help="seed of the initial parameters without --params, in 0..2**64-1 "
+                          "(default 0)")
     exp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     exp.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
                      help=f"the ONNX opset ({MIN_OPSET} or newer; default {DEFAULT_OPSET})")
@@ -162,4 +163,8 @@ def cmd_import(args) -> int:
         print(f"{node.op} node '{node.name}': wrote {spec_file} and {params_file} "
               f"(lstmc export {spec_file} {' '.join(flags)} --params {params_file} "
               f"-o model.onnx)")
+        if node.constants:  # not parameters: the exported model takes them as inputs
+            print(f"  note: the model holds the node's {', '.join(node.constants)} as "
+                  "constants, which the spec and parameters do not carry: feed them to "
+                  "the exported model's inputs of the same names (states as (D, B, H))")
     return 0

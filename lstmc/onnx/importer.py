@@ -7,13 +7,13 @@ returns arrays in ONNX's shapes and layout, so a node's test data goes in and ou
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from lstmc_runtime.stack import Stack
 
 from .errors import OnnxError
-from .nodespec import GATES, NodeForm, node_form, spec_text, split_weights
+from .nodespec import ATTRIBUTE_TYPES, GATES, NodeForm, node_form, spec_text, split_weights
 
 OPS = ("LSTM", "GRU", "RNN")
 # The node's inputs by position, as the operator documentation lists them.
@@ -29,6 +29,9 @@ class ImportedNode:
     spec: str
     params: dict[str, np.ndarray]
     cell: Stack
+    # the node's sequence_lens, initial_h and initial_c where the model holds them as
+    # constants: run's defaults, so the node computes what the model does
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def op(self) -> str:
@@ -41,8 +44,13 @@ class ImportedNode:
     def run(self, X, sequence_lens=None, initial_h=None, initial_c=None):
         """(Y, Y_h, Y_c) as the ONNX operator computes them, in its shapes: with layout 0
         X (T, B, I), Y (T, D, B, H), Y_h and Y_c (D, B, H); with layout 1 X (B, T, I),
-        Y (B, T, D, H), Y_h and Y_c (B, D, H). Y_c is None for GRU and RNN."""
+        Y (B, T, D, H), Y_h and Y_c (B, D, H). Y_c is None for GRU and RNN. Left out,
+        sequence_lens, initial_h and initial_c are the model's constants for them, if it
+        holds any, else full lengths and zeros."""
         form, dtype = self.form, self.cell.dtype
+        given = {"sequence_lens": sequence_lens, "initial_h": initial_h, "initial_c": initial_c}
+        sequence_lens, initial_h, initial_c = (
+            self.constants.get(k) if v is None else v for k, v in given.items())
         X = np.asarray(X)
         if X.ndim != 3:
             raise OnnxError(f"{form.where}: X must be 3-D, got shape {X.shape}")
@@ -104,20 +112,32 @@ def load(model, target: str = "cpu", dtype: str = "float32",
             raise OnnxError(f"{os.fspath(model)}: cannot read an ONNX model: {exc}") from None
         except Exception as exc:  # protobuf's DecodeError and relatives: not a model
             raise OnnxError(f"{os.fspath(model)}: not an ONNX model ({exc})") from None
+    if not isinstance(model, onnx.ModelProto):
+        raise OnnxError(f"load takes a path or an onnx.ModelProto, got {type(model).__name__}")
     graph = model.graph
     known = {t.name: _tensor_value(t, f"initializer '{t.name}'") for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                known[node.output[0]] = _tensor_value(
-                    attr.t, f"Constant node '{node.name or node.output[0]}'")
+            known[node.output[0]] = _constant_value(node)
     known.update(inputs or {})
     nodes = [n for n in graph.node if n.op_type in OPS and n.domain in ("", "ai.onnx")]
     if not nodes:
         raise OnnxError("the model has no LSTM, GRU or RNN node")
     return [import_node(n, known, target, dtype, index)
             for index, n in enumerate(nodes)]
+
+
+def _constant_value(node) -> np.ndarray:
+    """The array a Constant node holds, whichever of its value attributes it uses
+    (`value`, a tensor; `value_floats`, `value_int` ...: plain numbers)."""
+    from onnx import helper
+
+    attr = node.attribute[0]
+    where = f"Constant node '{node.name or node.output[0]}'"
+    if attr.name == "value":
+        return _tensor_value(attr.t, where)
+    value = helper.get_attribute_value(attr)
+    return np.asarray(value, dtype=np.float32 if "float" in attr.name else None)
 
 
 def _tensor_value(tensor, where: str) -> np.ndarray:
@@ -134,11 +154,24 @@ def _tensor_value(tensor, where: str) -> np.ndarray:
                         f"({exc})") from None
 
 
+def _attributes(node, where: str) -> dict:
+    """The node's attributes by name; a known one of another type than the operator
+    declares (a single float for activation_alpha, a string for layout) is an error."""
+    from onnx import AttributeProto, helper
+
+    out = {}
+    for a in node.attribute:
+        want = ATTRIBUTE_TYPES.get(a.name)
+        got = AttributeProto.AttributeType.Name(a.type)
+        if want is not None and got != want:
+            raise OnnxError(f"{where}: attribute {a.name} must be of type {want}, got {got}")
+        out[a.name] = helper.get_attribute_value(a)
+    return out
+
+
 def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
                 index: int = 0) -> ImportedNode:
     """Spec, parameters and compiled cell of one node."""
-    from onnx import helper
-
     import lstmc
 
     op = node.op_type
@@ -158,8 +191,12 @@ def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
         if source not in known:
             raise OnnxError(f"{where}: input {key} ('{source}') is neither an initializer "
                             f"nor a constant: pass its value in inputs={{'{source}': ...}}")
-        weights[key] = np.asarray(known[source], dtype=np.float64)
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        value = np.asarray(known[source])
+        if value.dtype.kind not in "fiu":
+            raise OnnxError(f"{where}: input {key} ('{source}') holds {value.dtype}, not "
+                            "numbers")
+        weights[key] = value.astype(np.float64)
+    attributes = _attributes(node, where)
     form = node_form(op, name, attributes, {k: weights[k].shape for k in ("W", "R")},
                      weights.get("P") is not None)
     D, H = len(form.directions), form.hidden_size
@@ -185,4 +222,6 @@ def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
     for d in range(D):
         for pname, value in split_weights(form, weights, d).items():
             params[compiled.prefix(0, d) + pname] = np.ascontiguousarray(value, dtype=dtype)
-    return ImportedNode(form, text, params, compiled)
+    constants = {key: known[names[key]] for key in ("sequence_lens", "initial_h", "initial_c")
+                 if names[key] in known}
+    return ImportedNode(form, text, params, compiled, constants)

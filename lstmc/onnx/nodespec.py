@@ -9,6 +9,7 @@ does what onnxruntime does:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +21,12 @@ GATES = {"LSTM": ("i", "o", "f", "c"), "GRU": ("z", "r", "h"), "RNN": ("",)}
 PEEPHOLES = ("i", "o", "f")
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
                        "RNN": ["Tanh"]}
-KNOWN_ATTRIBUTES = {"activation_alpha", "activation_beta", "activations", "clip",
-                    "direction", "hidden_size", "layout", "input_forget",
-                    "linear_before_reset"}
+# Each attribute's type, as the operator documentation declares it (AttributeProto names).
+ATTRIBUTE_TYPES = {"activation_alpha": "FLOATS", "activation_beta": "FLOATS",
+                   "activations": "STRINGS", "clip": "FLOAT", "direction": "STRING",
+                   "hidden_size": "INT", "layout": "INT", "input_forget": "INT",
+                   "linear_before_reset": "INT"}
+KNOWN_ATTRIBUTES = set(ATTRIBUTE_TYPES)
 
 
 @dataclass
@@ -160,6 +164,12 @@ def join_weights(op: str, per_direction: list[dict[str, np.ndarray]],
     return out
 
 
+def _text(value) -> str:
+    """A string attribute's bytes as text; bytes that are not UTF-8 are replaced, so the
+    error that names the value can still be written."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def node_form(op: str, name: str, attributes: dict, shapes: dict[str, tuple],
               has_peepholes: bool) -> NodeForm:
     """Read and check a node's attributes; `shapes` holds W's and R's shapes."""
@@ -167,8 +177,7 @@ def node_form(op: str, name: str, attributes: dict, shapes: dict[str, tuple],
     unknown = sorted(set(attributes) - KNOWN_ATTRIBUTES)
     if unknown:
         raise OnnxError(f"{where}: unknown attribute(s) {', '.join(unknown)}")
-    direction = attributes.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    direction = _text(attributes.get("direction", b"forward"))
     directions = {"forward": ("forward",), "reverse": ("reverse",),
                   "bidirectional": ("forward", "reverse")}.get(direction)
     if directions is None:
@@ -186,8 +195,7 @@ def node_form(op: str, name: str, attributes: dict, shapes: dict[str, tuple],
     layout = int(attributes.get("layout", 0))
     if layout not in (0, 1):
         raise OnnxError(f"{where}: attribute layout={layout} is not 0 or 1")
-    names = [n.decode() if isinstance(n, bytes) else n
-             for n in attributes.get("activations", [])]
+    names = [_text(n) for n in attributes.get("activations", [])]
     per = len(DEFAULT_ACTIVATIONS[op])
     if not names:
         names = DEFAULT_ACTIVATIONS[op] * D
@@ -200,6 +208,8 @@ def node_form(op: str, name: str, attributes: dict, shapes: dict[str, tuple],
     clip = attributes.get("clip")
     if clip is not None and not float(clip) > 0:
         raise OnnxError(f"{where}: attribute clip={clip} must be positive")
+    if clip is not None and math.isinf(clip):  # bounds nothing, as in onnxruntime
+        clip = None
     input_forget = bool(attributes.get("input_forget", 0))
     if input_forget and op != "LSTM":
         raise OnnxError(f"{where}: attribute input_forget belongs to LSTM")
