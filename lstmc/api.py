@@ -70,10 +70,14 @@ def bind_sizes(program: Program, input_size, hidden_size, sizes: dict) -> dict[s
             raise CompileError(f"size {name}={value} is too large (at most {MAX_SIZE})")
     missing = sorted(names - set(given))
     if missing:
-        hint = {"H": "hidden_size=", next(iter(input_atom.names), None): "input_size="}
-        asks = ", ".join(hint.get(n, f"{n}=") + "..." for n in missing)
-        raise CompileError(f"no value for size{'s' if len(missing) > 1 else ''} "
-                           f"{', '.join(missing)}: pass {asks}")
+        input_name = next(iter(input_atom.names), None)
+        hint = {"H": "hidden_size=", input_name: "input_size="}
+        flag = {"H": "--hidden-size ", input_name: "--input-size "}
+        what = f"no value for size{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        raise CompileError(
+            f"{what}: pass " + ", ".join(hint.get(n, f"{n}=") + "..." for n in missing),
+            cli=f"{what}: give " + ", ".join(flag.get(n, f"--size {n}=") + "N"
+                                              for n in missing))
     bound = {name: int(value) for name, value in given.items()}
     check_buffer_sizes(program, bound)
     return bound

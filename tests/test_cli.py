@@ -74,7 +74,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_missing_size_is_an_error_not_a_traceback():
     result = lstmc("gradcheck", spec_path("lstmp"))
     assert result.returncode == 1
-    assert result.stderr.strip() == "lstmc: error: no value for size P: pass P=..."
+    assert result.stderr.strip() == "lstmc: error: no value for size P: give --size P=N"
 
 
 def test_bad_size_option_is_a_usage_error():
@@ -110,7 +110,8 @@ def test_compile_to_a_directory_and_errors(tmp_path):
     assert {"manifest.json", "cell.so", "cell.ir"} <= {p.name for p in (tmp_path / "a").iterdir()}
     missing = lstmc("compile", spec_path("mgu"), "-o", str(tmp_path / "b"))
     assert missing.returncode == 1
-    assert "no value for sizes H, I: pass hidden_size=..., input_size=..." in missing.stderr
+    assert ("no value for sizes H, I: give --hidden-size N, --input-size N"
+            in missing.stderr)  # the command line's options, not the API's arguments
     bad_stage = lstmc("compile", spec_path("mgu"), "--emit", "ir,wasm")
     assert bad_stage.returncode == 2 and "unknown stage wasm" in bad_stage.stderr
 
