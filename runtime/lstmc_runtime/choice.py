@@ -10,7 +10,10 @@ the one with the lower median runs from then on. The machine is followed two way
   measured on a 2-core VM, a threaded B=1 forward's calls then took 2-5x longer on
   average, one thread's 2x);
 - every RECHECK calls both are measured anyway (a machine that got quieter), and sooner
-  after a slowdown: RETRY calls after it, then twice as many each time, up to RECHECK."""
+  at first and after a slowdown: RETRY calls after it, then twice as many each time, up
+  to RECHECK. (A process's first calls are often its noisiest: PyTorch's OpenMP threads
+  spin for milliseconds after each torch op, and a threaded kernel's first probes, run
+  beside them, measured 3.5 ms against 0.3 ms; the choice they made is checked soon.)"""
 from __future__ import annotations
 
 import statistics
@@ -32,7 +35,7 @@ class FasterOf:
         self.times: tuple[list[float], list[float]] = ([], [])  # one thread, threads
         self.best: bool | None = None  # threads faster? (None: measuring)
         self.calls = 0
-        self.period = self.RECHECK  # calls of the chosen way before measuring again
+        self.period = min(self.RETRY, self.RECHECK)  # chosen calls before measuring again
         self.expected = 0.0  # the chosen way's probe median (per unit of work)
         self.recent: list[float] = []  # its times since, WATCH at most
 
