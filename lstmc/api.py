@@ -11,8 +11,8 @@ import numpy as np
 from lstmc_runtime import dtypes
 from lstmc_runtime.cellbase import CellBase, Tape
 from lstmc_runtime.errors import UsageError
+from lstmc_runtime.manifest import MAX_LAYERS, CellDescription
 from lstmc_runtime.manifest import MAX_SIZE as MAX_BUFFER_ELEMENTS
-from lstmc_runtime.manifest import CellDescription
 from lstmc_runtime.stack import Stack
 
 from .backends.reference import ReferenceExecutor
@@ -171,8 +171,7 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
     backend = get_target(target)
     dtype_name = _dtype_name(dtype)
     backend.check(dtype_name)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    _check_num_layers(num_layers)
     kinds = _directions(direction, bidirectional, reverse_spec, reverse_cell)
     # Sizes key the disk cache as JSON: a NumPy integer (np.int64(16)) as the int it is.
     input_size, hidden_size = _plain_size(input_size), _plain_size(hidden_size)
@@ -213,6 +212,14 @@ def compile(spec: str | os.PathLike[str], input_size: int | None = None,
 def _plain_size(value):
     """A NumPy integer as a Python int; anything else as given (bind_sizes judges it)."""
     return int(value) if isinstance(value, np.integer) else value
+
+
+def _check_num_layers(num_layers) -> None:
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if num_layers > MAX_LAYERS:  # the runtime would refuse to load such a stack
+        raise CompileError(f"num_layers={num_layers} is more than a stack may have "
+                           f"({MAX_LAYERS})")
 
 
 def _directions(direction, bidirectional, reverse_spec, reverse_cell) -> tuple[str, ...]:
@@ -296,8 +303,7 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
         except OSError as exc:  # e.g. a directory where cell.so or manifest.json goes
             raise output_error(exc) from None
 
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise CompileError(f"num_layers must be a positive integer, got {num_layers!r}")
+    _check_num_layers(num_layers)
     source = read_source(spec)
     program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
     if num_layers == 1 and not bidirectional:

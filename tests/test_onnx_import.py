@@ -211,6 +211,17 @@ def test_weights_from_a_constant_of_plain_numbers_are_read():
         load(model, target="reference")
 
 
+def test_run_refuses_inputs_that_are_not_real_numbers():
+    """A complex X (or state) would lose its imaginary part in the cast, silently."""
+    model, _ = random_model(np.random.default_rng(0), "LSTM", {})
+    node = load(model, target="reference")[0]
+    X = np.ones((2, 1, 3))
+    with pytest.raises(OnnxError, match="X holds complex128, not real numbers"):
+        node.run(X + 1j)
+    with pytest.raises(OnnxError, match="initial_h holds <U1, not real numbers"):
+        node.run(X, initial_h=np.full((1, 1, 4), "a"))
+
+
 @pytest.mark.parametrize("model", [123, b"\x08\x07"])
 def test_load_names_what_it_takes(model):
     with pytest.raises(OnnxError, match="a path or an onnx.ModelProto, got"):

@@ -9,6 +9,7 @@ from conftest import spec_path
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstmc
+from lstmc.api import write_artifact_dir
 
 T, B, I, H = 6, 4, 3, 5
 LENGTHS = np.array([6, 3, 5, 1])
@@ -87,7 +88,7 @@ def test_stack_parameter_names_and_shapes():
     assert set(stack.init_params()) == set(stack.param_shapes)
 
 
-def test_stack_bad_inputs():
+def test_stack_bad_inputs(tmp_path):
     stack = lstmc.compile(spec_path("gru"), I, H, num_layers=2)
     params = stack.init_params()
     x = np.zeros((T, B, I), np.float32)
@@ -99,6 +100,13 @@ def test_stack_bad_inputs():
         stack.forward(x, params, lengths=[1, 2, 7, 1])
     with pytest.raises(lstmc.CompileError, match="num_layers must be a positive integer"):
         lstmc.compile(spec_path("gru"), I, H, num_layers=0)
+    # more layers than the runtime loads: refused when compiled, not when loaded
+    for make in (lambda n: lstmc.compile(spec_path("gru"), I, H, num_layers=n),
+                 lambda n: write_artifact_dir(spec_path("gru"), tmp_path / "a", I, H,
+                                              num_layers=n)):
+        with pytest.raises(lstmc.CompileError, match="num_layers=4097 is more than a stack"):
+            make(4097)
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("layers", [1, 2])

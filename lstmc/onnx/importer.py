@@ -51,7 +51,7 @@ class ImportedNode:
         given = {"sequence_lens": sequence_lens, "initial_h": initial_h, "initial_c": initial_c}
         sequence_lens, initial_h, initial_c = (
             self.constants.get(k) if v is None else v for k, v in given.items())
-        X = np.asarray(X)
+        X = _real(form, "X", X)
         if X.ndim != 3:
             raise OnnxError(f"{form.where}: X must be 3-D, got shape {X.shape}")
         if form.layout == 1:
@@ -68,7 +68,7 @@ class ImportedNode:
             if given is None:
                 state[name] = np.zeros((D, B, H), dtype)
                 continue
-            given = np.asarray(given)
+            given = _real(form, f"initial_{name}", given)
             if form.layout == 1 and given.ndim == 3:
                 given = given.transpose(1, 0, 2)
             if given.shape != (D, B, H):
@@ -96,6 +96,15 @@ class ImportedNode:
             Y_c = None if Y_c is None else Y_c.transpose(1, 0, 2)
         return (np.ascontiguousarray(Y), np.ascontiguousarray(Y_h),
                 None if Y_c is None else np.ascontiguousarray(Y_c))
+
+
+def _real(form: NodeForm, name: str, value) -> np.ndarray:
+    """`value` as an array of real numbers (a complex or string one would be cast with its
+    imaginary part dropped, or fail inside NumPy)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise OnnxError(f"{form.where}: {name} holds {array.dtype}, not real numbers")
+    return array
 
 
 def load(model, target: str = "cpu", dtype: str = "float32",
