@@ -134,24 +134,32 @@ def _forward_in_child():
     return y, int(pool.state[0])  # the generation: jobs the child's pool ran
 
 
-def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
-    """FasterOf (the choice of a Threaded plan and of training's threaded entries) on a
-    fake clock: each kernel advances it by its own cost."""
-    clock = [0.0]
-    monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: clock[0])
-    monkeypatch.setattr(FasterOf, "RECHECK", 20)
-    choice = FasterOf()
-    cost = {"alone": 2.0, "together": 1.0}
-    ran = []
+class FakeKernels:
+    """Kernels for FasterOf on a fake clock: each call advances it by its kernel's cost
+    and is recorded in `ran`; a busy one runs nothing (its workers are taken)."""
 
-    def kernel(name, busy=False):
+    def __init__(self, monkeypatch, alone: float, together: float):
+        self.clock = 0.0
+        monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: self.clock)
+        self.cost = {"alone": alone, "together": together}
+        self.ran: list[str] = []
+
+    def kernel(self, name: str, busy: bool = False):
         def run():
             if busy:
                 return None
-            ran.append(name)
-            clock[0] += cost[name]
+            self.ran.append(name)
+            self.clock += self.cost[name]
             return 0
         return run
+
+
+def test_the_measured_faster_kernel_runs_and_is_measured_again(monkeypatch):
+    """FasterOf (the choice of a Threaded plan and of training's threaded entries) on a
+    fake clock: each kernel advances it by its own cost."""
+    monkeypatch.setattr(FasterOf, "RECHECK", 20)
+    fake = FakeKernels(monkeypatch, alone=2.0, together=1.0)
+    choice, cost, ran, kernel = FasterOf(), fake.cost, fake.ran, fake.kernel
 
     for _ in range(2 * FasterOf.PROBES):  # measuring: in turn
         choice.choose(kernel("alone"), kernel("together"))
@@ -174,21 +182,9 @@ def test_a_chosen_kernel_that_slows_down_is_measured_again_at_once(monkeypatch):
     choice follows within two windows of WATCH calls, not after RECHECK, and comes back
     RETRY calls later; noise, and calls run alone because the workers were busy, do not
     send it back to measuring."""
-    clock = [0.0]
-    monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: clock[0])
     monkeypatch.setattr(FasterOf, "RETRY", 1000)  # no scheduled measuring meanwhile
-    choice = FasterOf()
-    cost = {"alone": 2.0, "together": 1.0}
-    ran = []
-
-    def kernel(name, busy=False):
-        def run():
-            if busy:
-                return None
-            ran.append(name)
-            clock[0] += cost[name]
-            return 0
-        return run
+    fake = FakeKernels(monkeypatch, alone=2.0, together=1.0)
+    choice, cost, ran, kernel = FasterOf(), fake.cost, fake.ran, fake.kernel
 
     for _ in range(2 * FasterOf.PROBES):
         choice.choose(kernel("alone"), kernel("together"))
@@ -219,18 +215,8 @@ def test_a_first_choice_made_in_a_noisy_moment_is_checked_soon(monkeypatch):
     """The first probes of a threaded kernel, run while PyTorch's OpenMP threads still
     spin after a torch op, measured it ten times slower than it is: the choice they make
     is measured again RETRY calls later, not RECHECK."""
-    clock = [0.0]
-    monkeypatch.setattr("lstmc_runtime.choice.time.perf_counter", lambda: clock[0])
-    choice = FasterOf()
-    cost = {"alone": 2.0, "together": 10.0}
-    ran = []
-
-    def kernel(name):
-        def run():
-            ran.append(name)
-            clock[0] += cost[name]
-            return 0
-        return run
+    fake = FakeKernels(monkeypatch, alone=2.0, together=10.0)
+    choice, cost, ran, kernel = FasterOf(), fake.cost, fake.ran, fake.kernel
 
     for _ in range(2 * FasterOf.PROBES):
         choice.choose(kernel("alone"), kernel("together"))
