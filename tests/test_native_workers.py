@@ -231,6 +231,29 @@ def test_a_first_choice_made_in_a_noisy_moment_is_checked_soon(monkeypatch):
     assert ran == ["together"] * (2 * FasterOf.RETRY)
 
 
+def test_a_choice_whose_workers_stay_busy_keeps_no_growing_record(monkeypatch):
+    """Workers busy with another caller on every call: each call runs alone, and the
+    probes kept stay at most PROBES (no list growing for the life of the process)."""
+    fake = FakeKernels(monkeypatch, alone=2.0, together=1.0)
+    choice = FasterOf()
+    for _ in range(1000):
+        choice.choose(fake.kernel("alone"), fake.kernel("together", busy=True))
+    assert fake.ran == ["alone"] * 1000 and choice.best is None
+    assert len(choice.times[0]) == FasterOf.PROBES and choice.times[1] == []
+
+
+def test_after_a_slowdown_the_next_measure_is_no_later_than_recheck(monkeypatch):
+    monkeypatch.setattr(FasterOf, "RECHECK", 20)  # below RETRY
+    fake = FakeKernels(monkeypatch, alone=2.0, together=1.0)
+    choice = FasterOf()
+    for _ in range(2 * FasterOf.PROBES):
+        choice.choose(fake.kernel("alone"), fake.kernel("together"))
+    fake.cost["together"] = 5.0
+    for _ in range(FasterOf.WATCH):
+        choice.choose(fake.kernel("alone"), fake.kernel("together"))
+    assert choice.best is None and choice.period == 20
+
+
 def test_workers_outlive_the_objects_of_an_ending_interpreter(tmp_path):
     """Idle workers spin on their shared state until the process ends: its memory must
     stay theirs after the interpreter freed the pool (it would read a job in reused memory

@@ -455,7 +455,7 @@ class _Checker:
         distinct expression (the runtime computes it once per call)."""
         text = matrix_text(expr.matrix)
         # A matrix met before is checked again against its shape: its name does not hold
-        # the size of eye(N), so `(W + eye(H))` and `(W + eye(3))` share one
+        # the size of eye(N), so `(W + eye(H))` and `(W + eye(3))` share one name
         known = self.derived.get(text)
         rows, cols = (known[0], known[1]) if known else (self.sizes.new(), self.sizes.new())
         terms = []

@@ -118,20 +118,20 @@ class Experiment:
                                   "spec file a distinct name")
         for key in ("epochs", "seeds", "layers", "patience", "heartbeat"):
             value = getattr(self, key)
-            if not _is_int(value) or value < 1:
+            if not search_space.is_int(value) or value < 1:
                 raise ExperimentError(f"'{key}' must be a positive integer, got {value!r}")
-        if self.trials is not None and (not _is_int(self.trials) or self.trials < 1):
+        if self.trials is not None and (not search_space.is_int(self.trials) or self.trials < 1):
             raise ExperimentError(f"'trials' must be a positive integer, got {self.trials!r}")
         # the seeds of numpy's SeedSequence, which every trial draws from, and the retry
         # budget: refused here, before a study is stored with them
         for key in ("seed", "max_retry"):
             value = getattr(self, key)
-            if not _is_int(value) or value < 0:
+            if not search_space.is_int(value) or value < 0:
                 raise ExperimentError(f"'{key}' must be an integer >= 0, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise ExperimentError(f"unknown sampler '{self.sampler}' (known: "
                                   f"{', '.join(SAMPLERS)})")
-        if not _is_number(self.clip) or not self.clip > 0:
+        if not search_space.is_number(self.clip) or not self.clip > 0:
             raise ExperimentError(f"'clip' must be a positive number, got {self.clip!r}")
         if not isinstance(self.task_options, dict):
             raise ExperimentError(f"'task_options' must be a table of options, got "
@@ -141,14 +141,6 @@ class Experiment:
                                   f"{self.space!r}")
         self.make_task()  # checks the task's options
         self.space = search_space.resolve(self.task, self.space)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def specs_dir() -> Path:

@@ -77,6 +77,15 @@ def resolve(task: str, overrides: dict | None) -> dict:
     return space
 
 
+def is_int(value) -> bool:
+    """An integer as TOML and JSON give it (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_entry(name: str, entry) -> None:
     where = f"search space entry '{name}'"
     if isinstance(entry, dict):
@@ -94,7 +103,7 @@ def check_entry(name: str, entry) -> None:
         if not isinstance(entry.get("log", False), bool):  # "no" would read as true
             raise ExperimentError(f"{where}: log must be true or false, got {entry['log']!r}")
         low, high = entry["low"], entry["high"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        if not all(is_number(v) for v in (low, high)):
             raise ExperimentError(f"{where}: low and high must be numbers, got {entry!r}")
         if not low <= high or (entry.get("log") and low <= 0):
             raise ExperimentError(f"{where}: need low <= high (and low > 0 when log), "
@@ -111,7 +120,7 @@ def check_value(name: str, value) -> None:
         if value not in ("adam", "momentum"):
             raise ExperimentError(f"{where}: 'adam' or 'momentum', got {value!r}")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise ExperimentError(f"{where}: expected a number, got {value!r}")
     if not math.isfinite(value):  # TOML writes nan and inf; no hyperparameter takes them
         raise ExperimentError(f"{where}: expected a finite number, got {value!r}")

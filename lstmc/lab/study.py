@@ -6,9 +6,10 @@ many machines). The resolved `Experiment` is stored as a study attribute. The bu
 queued up front as WAITING trials, one variant each, round-robin; workers claim a waiting
 trial atomically (the storage's WAITING -> RUNNING update succeeds for one worker only;
 on SQLite, which ignores the SELECT ... FOR UPDATE that makes it so elsewhere, only
-under a lock file beside the database: `claims_locked`), so no trial runs twice. A running trial records a heartbeat; when a worker dies, its trial
-goes stale and the next worker to look fails it and queues a retry with the same variant,
-hyperparameters and seed (Optuna's RetryFailedTrialCallback).
+under a lock file beside the database: `claims_locked`), so no trial runs twice. A
+running trial records a heartbeat; when a worker dies, its trial goes stale and the next
+worker to look fails it and queues a retry with the same variant, hyperparameters and
+seed (Optuna's RetryFailedTrialCallback).
 """
 from __future__ import annotations
 
@@ -186,17 +187,19 @@ def _sqlite_file(url: str) -> str | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    return os.path.abspath(parsed.database)
+    return os.path.realpath(parsed.database)  # one lock whatever name reaches it
 
 
 def claim(study, url: str) -> int | None:
     """Atomically take a WAITING trial of the study at `url` (its id), or None when none
     is left."""
     with claims_locked(url):
-        return _claim(study)
+        return take_waiting(study)
 
 
-def _claim(study) -> int | None:
+def take_waiting(study) -> int | None:
+    """`claim` for a caller that holds `claims_locked` already (the lock is not
+    reentrant: an flock of a second open file waits for the first)."""
     optuna = require("optuna")
     from optuna.storages._heartbeat import is_heartbeat_enabled
 

@@ -17,7 +17,7 @@ from .errors import ExperimentError, require
 from .experiment import Experiment
 from .progress import Progress
 from .runner import run_trial
-from .study import claim, claims_locked, is_original, load_study, queue_budget
+from .study import claims_locked, is_original, load_study, queue_budget, take_waiting
 
 
 def finished(study, max_retry: int = 3) -> int:
@@ -54,12 +54,14 @@ def work(url: str, name: str, experiment: Experiment, *, deadline: float | None 
     ran = 0
     try:
         while deadline is None or time.time() < deadline:
-            with claims_locked(url):  # a stale trial is failed, and retried, once
+            # One worker at a time fails (and retries) stale trials, queues and claims:
+            # each stale trial is retried once, each round queued once.
+            with claims_locked(url):
                 optuna.storages.fail_stale_trials(study)
-            trial_id = claim(study, url)
-            if trial_id is None and experiment.trials is None:
-                queue_budget(study, experiment, rounds=1)  # no budget: one more round
-                trial_id = claim(study, url)
+                trial_id = take_waiting(study)
+                if trial_id is None and experiment.trials is None:
+                    queue_budget(study, experiment, rounds=1)  # no budget: one more round
+                    trial_id = take_waiting(study)
             if trial_id is None:
                 running = study.get_trials(deepcopy=False,
                                            states=(optuna.trial.TrialState.RUNNING,))

@@ -51,10 +51,7 @@ class LeanCalls:
         if (not weights or not x.is_cpu or x.dtype != weights[0].dtype
                 or not x.is_contiguous()):
             return None
-        try:
-            signature = tuple([(w._version, w.data_ptr()) for w in weights])
-        except RuntimeError:  # an inference tensor: no version counter (ops.version)
-            signature = tuple([(ops.version(w), w.data_ptr()) for w in weights])
+        signature = ops.signature(weights)
         held = self._weights.get(slot)
         # The very tensors too: a parameter replaced by a new tensor may get the freed
         # memory of the old one at the same version (and a parametrized weight is a new

@@ -105,6 +105,16 @@ def version(t: Tensor) -> object:
     return object() if t.is_inference() else t._version
 
 
+def signature(weights: list[Tensor]) -> tuple:
+    """(version, address) of each weight: equal while none was changed in place or
+    moved (read on every eager call: `_version` straight, and `version` only where an
+    inference tensor makes it raise)."""
+    try:
+        return tuple([(w._version, w.data_ptr()) for w in weights])
+    except RuntimeError:  # an inference tensor: no version counter
+        return tuple([(version(w), w.data_ptr()) for w in weights])
+
+
 class _PackCache:
     """Packed weights of the last few weight sets of a cell, one pack per set: an entry
     is reused while the same tensor objects hold the same storage at the same version

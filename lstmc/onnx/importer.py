@@ -232,5 +232,5 @@ def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
         for pname, value in split_weights(form, weights, d).items():
             params[compiled.prefix(0, d) + pname] = np.ascontiguousarray(value, dtype=dtype)
     constants = {key: known[names[key]] for key in ("sequence_lens", "initial_h", "initial_c")
-                 if names[key] in known}
+                 if names[key] and names[key] in known}  # "": an input left out
     return ImportedNode(form, text, params, compiled, constants)

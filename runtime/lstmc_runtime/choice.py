@@ -65,18 +65,20 @@ class FasterOf:
         if result is None:
             threads = False
             result = alone()
-        times[threads].append((time.perf_counter() - start) / work)
+        if len(times[threads]) < self.PROBES:  # (while the workers stay busy: alone)
+            times[threads].append((time.perf_counter() - start) / work)
         if min(len(times[0]), len(times[1])) >= self.PROBES:
+            # Several threads may share this choice (a stack's two directions): `best`
+            # is published last, with what its readers need already set.
             medians = [statistics.median(times[0]), statistics.median(times[1])]
-            self.best = medians[1] < medians[0]
-            self.expected = medians[self.best]
-            self.calls = 0
-            self.recent = []
+            best = medians[1] < medians[0]
+            self.expected, self.calls, self.recent = medians[best], 0, []
+            self.best = best
         return result
 
     def _measure_again(self, slowed: bool) -> None:
         self.best, self.times = None, ([], [])
-        self.period = self.RETRY if slowed else min(2 * self.period, self.RECHECK)
+        self.period = min(self.RETRY if slowed else 2 * self.period, self.RECHECK)
 
     def _watch(self, seconds: float) -> None:
         """Measure both ways again when the chosen one's last WATCH calls have slowed
@@ -85,7 +87,6 @@ class FasterOf:
         recent.append(seconds)
         if len(recent) < self.WATCH:
             return
-        slowed = statistics.median(recent) > self.SLOWER * self.expected
-        recent.clear()
-        if slowed:
+        self.recent = []  # a new window (not cleared in place: another thread may read it)
+        if statistics.median(recent) > self.SLOWER * self.expected:
             self._measure_again(slowed=True)

@@ -1,5 +1,6 @@
-"""Render a Program as an LLVM module with three entry points, each running the time loop
-of a whole sequence (for a slice of the batch) in one call:
+"""Render a Program as an LLVM module with three kinds of entry point (each also as a
+threaded twin, `*_mt`; float32 inference also on bfloat16 weights, `*_bf16`), each
+running the time loop of a whole sequence (for a slice of the batch) in one call:
 
     int32 lstmc_forward(int64 T, int64 B, void **buffers)
     int32 lstmc_forward_train(...)      # also saves what the backward pass reads

@@ -300,7 +300,8 @@ class Kernel:
         """Columns [column, column + width) of a GEMM (`column` on a panel boundary)."""
         b = self.b
         k_value = k if isinstance(k, ir.Value) else i64(k)
-        # panels: each panel is k x nr contiguous; rows: the first column is `column` on
+        # panels: each panel is k x nr contiguous, so panel p starts at p*nr*k elements
+        # (column*k); rows (a row-major matrix): its first column starts at `column`
         b_start = b.mul(column, k_value) if layout == "panels" else column
         etype = self.weight_type if layout == "panels" else self.ftype
         self.gemm(m, n, k, a, sam, sak, element(b, etype, b_matrix, b_start), layout,
