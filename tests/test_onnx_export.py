@@ -357,7 +357,7 @@ def test_cli_bad_input(tmp_path, capsys):
         (["export", spec_path("lstm"), "-o", tmp_path / "m.onnx", "--input-size", I,
           "--hidden-size", H, "--params", tmp_path / "nope.npz"], "cannot read it"),
         (["export", spec_path("lstm"), "-o", tmp_path / "m.onnx", "--hidden-size", H],
-         "input_size="),
+         "no value for size I: give --input-size N"),
         (["export", spec_path("lstm"), "-o", tmp_path / "m.onnx", "--input-size", I,
           "--hidden-size", H, "--opset", 7], "opset must be"),
     ]
