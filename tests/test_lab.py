@@ -460,7 +460,7 @@ def test_shipped_specs_are_found_by_name():
 def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_goes_stale(tmp_path):
     """The claim's state write done, the worker dies before anything else: the trial it
     took must still turn stale (it has a heartbeat), or a resumed run waits for ever."""
-    from lstmc.lab.study import claim, create_or_resume, load_study
+    from lstmc.lab.study import claim, claims_locked, create_or_resume, load_study
 
     url = f"sqlite:///{tmp_path / 'lab.db'}"
     experiment = define({"task": "adding", "variants": [LSTM], "trials": 2, "heartbeat": 1})
@@ -477,8 +477,8 @@ def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_goes_stale(tmp_pat
         raise Killed
 
     storage.set_trial_state_values = dies_after_writing
-    with pytest.raises(Killed):
-        claim(study, url)
+    with pytest.raises(Killed), claims_locked(url):
+        claim(study)
     storage.set_trial_state_values = real
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     assert len(running) == 1
@@ -489,12 +489,16 @@ def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_goes_stale(tmp_pat
 
 def _claim_all(url: str, name: str, out: str) -> None:
     """A worker process's loop of claims, without running anything: the ids it took."""
-    from lstmc.lab.study import claim, load_study
+    from lstmc.lab.study import claim, claims_locked, load_study
 
     experiment = define({"task": "adding", "variants": [LSTM], "trials": 1})
     study = load_study(url, name, experiment)
     taken = []
-    while (trial_id := claim(study, url)) is not None:
+    while True:
+        with claims_locked(url):
+            trial_id = claim(study)
+        if trial_id is None:
+            break
         taken.append(trial_id)
     Path(out).write_text(" ".join(map(str, taken)))
 

@@ -130,7 +130,7 @@ def create_or_resume(url: str, name: str, experiment: Experiment | None) -> Expe
                 f"study '{name}' in {url} holds a different experiment (task "
                 f"{previous.task}, variants {', '.join(previous.variant_names)}, ...); resume "
                 "it with the same settings, or name a new study with --study")
-        queued = sum(1 for t in study.get_trials(deepcopy=False) if is_original(t))
+        queued = first_attempts(study)
         if experiment.trials is not None and experiment.trials < queued:
             # its queued trials would run all the same, under a stored budget that says less
             raise ExperimentError(
@@ -143,6 +143,11 @@ def create_or_resume(url: str, name: str, experiment: Experiment | None) -> Expe
     return experiment
 
 
+def first_attempts(study) -> int:
+    """Trials queued as first attempts (retries of interrupted ones not counted)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if is_original(t))
+
+
 def is_original(trial) -> bool:
     """A first attempt (not a retry of an interrupted trial)."""
     return "failed_trial" not in trial.system_attrs
@@ -151,7 +156,7 @@ def is_original(trial) -> bool:
 def queue_budget(study, experiment: Experiment, rounds: int = 0) -> None:
     """Queue WAITING trials until the study holds `experiment.trials` first attempts (or,
     without a trial budget, `rounds` more rounds of one trial per variant)."""
-    queued = sum(1 for t in study.get_trials(deepcopy=False) if is_original(t))
+    queued = first_attempts(study)
     target = experiment.trials if experiment.trials is not None else queued + rounds * len(
         experiment.variants)
     names = experiment.variant_names
@@ -190,16 +195,10 @@ def _sqlite_file(url: str) -> str | None:
     return os.path.realpath(parsed.database)  # one lock whatever name reaches it
 
 
-def claim(study, url: str) -> int | None:
-    """Atomically take a WAITING trial of the study at `url` (its id), or None when none
-    is left."""
-    with claims_locked(url):
-        return take_waiting(study)
-
-
-def take_waiting(study) -> int | None:
-    """`claim` for a caller that holds `claims_locked` already (the lock is not
-    reentrant: an flock of a second open file waits for the first)."""
+def claim(study) -> int | None:
+    """Atomically take a WAITING trial (its id), or None when none is left; the caller
+    holds `claims_locked` (not reentrant: an flock of a second open file waits for the
+    first)."""
     optuna = require("optuna")
     from optuna.storages._heartbeat import is_heartbeat_enabled
 

@@ -17,7 +17,7 @@ from .errors import ExperimentError, require
 from .experiment import Experiment
 from .progress import Progress
 from .runner import run_trial
-from .study import claims_locked, is_original, load_study, queue_budget, take_waiting
+from .study import claim, claims_locked, is_original, load_study, queue_budget
 
 
 def finished(study, max_retry: int = 3) -> int:
@@ -58,10 +58,10 @@ def work(url: str, name: str, experiment: Experiment, *, deadline: float | None 
             # each stale trial is retried once, each round queued once.
             with claims_locked(url):
                 optuna.storages.fail_stale_trials(study)
-                trial_id = take_waiting(study)
+                trial_id = claim(study)
                 if trial_id is None and experiment.trials is None:
                     queue_budget(study, experiment, rounds=1)  # no budget: one more round
-                    trial_id = take_waiting(study)
+                    trial_id = claim(study)
             if trial_id is None:
                 running = study.get_trials(deepcopy=False,
                                            states=(optuna.trial.TrialState.RUNNING,))
