@@ -312,3 +312,40 @@ def test_a_batch_is_cut_only_where_the_work_repays_it(monkeypatch):
     assert cell._bounds(10, 64, False) == [0, 64]
     np.testing.assert_allclose(y, y0, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(final["c"], f0["c"], rtol=1e-10, atol=1e-12)
+
+
+def test_a_stack_and_a_call_with_lengths_measure_threads_as_a_lone_cell_does(monkeypatch):
+    """Inference measures the threaded kernel against one thread from
+    MIN_THREADED_WEIGHTS on every path, not only the lean one: a layer of a stack and a
+    call with lengths (the general path) offer the threaded entry to FasterOf too (they
+    ran one thread below 256K weights: a 2-layer stack at H=128, B=1 took 1.0 ms where
+    its layers called alone took 0.3 ms each). Results as the reference's."""
+    from lstmc_runtime import native
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    monkeypatch.setattr("lstmc_runtime.native.run_together", lambda run, count: None)
+    offered = []
+    original = FasterOf.choose
+    monkeypatch.setattr(FasterOf, "choose", lambda self, alone, together, work=1.0: (
+        offered.append(True), original(self, alone, together, work))[1])
+    H = 64  # 4H x H = MIN_THREADED_WEIGHTS: the least that measures threads
+    reference, cell = (compile_spec("lstm", input_size=H, hidden_size=H, num_layers=2,
+                                    target=t) for t in ("reference", "cpu"))
+    assert cell.layers[1][0].contract.step_weight_elements == native.MIN_THREADED_WEIGHTS
+    assert native.MIN_THREADED_WEIGHTS < native.THREADED_STEP_WEIGHTS
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 1, H))
+    params = {n: rng.uniform(-0.5, 0.5, s) for n, s in reference.param_shapes.items()}
+    for lengths in (None, np.array([7])):
+        offered.clear()
+        for _ in range(2 * FasterOf.PROBES + 2):  # both kernels measured, then the faster
+            y, final = cell.forward(x, params, lengths=lengths)
+        assert len(offered) == 2 * (2 * FasterOf.PROBES + 2)  # every call of both layers
+        y0, f0 = reference.forward(x, params, lengths=lengths)
+        np.testing.assert_allclose(y, y0, **TOL)
+        np.testing.assert_allclose(final["c"], f0["c"], **TOL)
+    small = compile_spec("lstm", input_size=8, hidden_size=8, target="cpu")
+    offered.clear()
+    small.forward(np.ascontiguousarray(x[:, :, :8]), small.init_params(0),
+                  lengths=np.array([5]))
+    assert not offered  # below MIN_THREADED_WEIGHTS a barrier costs more than a share

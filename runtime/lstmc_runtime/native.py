@@ -66,7 +66,7 @@ MIN_TRAINING_ROWS_PER_SLICE = 16
 # the work: uncut 1.3-2.1x faster at 2.6M, 0.9x at 10.5M.
 MIN_SLICED_WORK = 1 << 24
 MIN_SLICED_TRAINING_WORK = 1 << 23
-THREADED_STEP_WEIGHTS = 1 << 18
+THREADED_STEP_WEIGHTS = 1 << 18  # a thread per half of this (tests set 0: always threaded)
 MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
 SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
 _pool: ThreadPoolExecutor | None = None
@@ -509,15 +509,20 @@ class NativeCell(CellBase):
         """Whether a batch too small for slices runs on several threads sharing each
         step (the threaded entries; in training also the weight gradients after the
         loop): when a step has enough product work to repay waking threads and meeting
-        at barriers. Measured (LSTM, T=100, 2 cores, float32): inference wins from about
-        4H x H = 256K weights, loses at 64K (the lean path measures both from 16K);
-        training, whose backward's weight-gradient GEMMs split too, loses at 16K (H=64:
-        0.7-0.9x at B=1..4), wins from 64K (H=128: 1.06-1.5x) to 1.6-1.8x at H=512 for
-        the forward and the backward alike, and beats cutting B=4..16 into slices of
-        rows (1.05-1.6x)."""
-        least = SHARED_TRAINING_WEIGHTS if train else THREADED_STEP_WEIGHTS
-        return (len(bounds) == 2 and thread_count() > 1 and T >= 8
-                and self.contract.step_weight_elements >= least)
+        at barriers. Inference measures the threaded kernel against its one-thread twin
+        (choice.FasterOf) from MIN_THREADED_WEIGHTS, as the lean path does: a layer of a
+        stack, or a call with lengths, is the same kernel (before, these ran one thread
+        below 256K weights: a 2-layer stack at H=128, B=1 took 1.0 ms where its layers
+        alone took 0.29 + 0.30 ms). Training, whose backward's weight-gradient GEMMs
+        split too, loses at 16K (H=64: 0.7-0.9x at B=1..4), wins from 64K (H=128:
+        1.06-1.5x) to 1.6-1.8x at H=512 for the forward and the backward alike, and
+        beats cutting B=4..16 into slices of rows (1.05-1.6x)."""
+        if len(bounds) != 2 or thread_count() < 2:
+            return False
+        weights = self.contract.step_weight_elements
+        if not train:
+            return weights >= min(MIN_THREADED_WEIGHTS, THREADED_STEP_WEIGHTS)
+        return T >= 8 and weights >= SHARED_TRAINING_WEIGHTS
 
     def workspace_size(self, T: int, B: int) -> int:
         """Elements of the `workspace` a (T, B) training forward can save into."""

@@ -186,7 +186,7 @@ class Stack:
                         for n, v in extra.items()}
                 result = cell.forward(seq, sub, init, train=train, lengths=lengths,
                                       seed=None if seed is None else layer_seed(seed, k),
-                                      masks=seed is not None, inputs=more)
+                                      masks=seed is not None, inputs=more or None)
                 y = reverse_in_place_of_length(result[0], lengths, xp) if back else result[0]
                 for n in self.state_sizes:
                     final[n][k] = result[1][n]
