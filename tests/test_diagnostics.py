@@ -9,6 +9,10 @@ HEADER = "cell a(x: I) -> h: H {\n"
 
 # (spec text, error type, message fragment, line, column)
 BAD_SPECS = [
+    (HEADER + "  param W\n  h' = tanh(W @ x) + 1e400 * h\n}\n",
+     SpecSyntaxError, "the number 1e400 is too large: its float64 value would be infinite", 3, 22),
+    (HEADER + "  param W, b = -2e308\n  h' = tanh(W @ x + b)\n}\n",
+     SpecSyntaxError, "the number 2e308 is too large", 2, 17),
     (HEADER + "  param W\n  h' = tanh(W @ x\n}\n",
      SpecSyntaxError, "unexpected '}'; expected one of ')', ','", 4, 1),
     (HEADER + "  param W\n  h' = tanh(W @ x) $ 2\n}\n",

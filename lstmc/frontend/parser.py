@@ -2,6 +2,7 @@
 `path:line:col` diagnostics that say what was expected."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from importlib import resources
 
@@ -219,7 +220,8 @@ class _ToAst(Transformer_NonRecursive):
 
     def signed_number(self, meta, children):
         sign, number = children
-        return -float(number) if sign is not None else float(number)
+        value = self._finite(number)
+        return -value if sign is not None else value
 
     def assign(self, meta, children):
         (name, primed), value = children
@@ -230,7 +232,17 @@ class _ToAst(Transformer_NonRecursive):
         return (str(name), prime is not None)
 
     def number(self, meta, children):
-        return ast.Number(float(children[0]), self._loc(meta))
+        return ast.Number(self._finite(children[0]), self._loc(meta))
+
+    def _finite(self, number) -> float:
+        """A NUMBER token's value; one past float64's range (`1e400`) would silently be
+        infinity."""
+        value = float(number)
+        if math.isinf(value):
+            raise SpecSyntaxError(f"the number {number.value} is too large: its float64 "
+                                  f"value would be infinite (the largest is about 1.8e308)",
+                                  self._loc(number))
+        return value
 
     def var(self, meta, children):
         name, prime = children
