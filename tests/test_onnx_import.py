@@ -255,3 +255,29 @@ def test_initial_states_and_lengths_held_by_the_model_are_run_defaults(op, capsy
     onnx.save(model, str(tmp_path / "model.onnx"))
     assert main(["import-onnx", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "o")]) == 0
     assert f"holds the node's {', '.join(held)} as constants" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("opset,message", [
+    (1, "opset is 1; lstmc reads opsets 7 to"),
+    (6, "convert it first with onnx.version_converter.convert_version(model, 7)"),
+    (onnx.defs.onnx_opset_version() + 1, "newer than this onnx package knows"),
+    (None, "imports no ai.onnx opset")])
+def test_a_model_of_an_opset_lstmc_does_not_read_is_refused(opset, message):
+    """Before opset 7 LSTM/GRU/RNN had other attributes and outputs; a later opset than
+    the onnx package knows may change them (onnxruntime refuses those as well)."""
+    model, _ = random_model(np.random.default_rng(0), "LSTM", {})
+    del model.opset_import[:]
+    if opset is not None:
+        model.opset_import.append(helper.make_opsetid("", opset))
+    else:
+        model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(OnnxError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(model, target="reference")
+
+
+@pytest.mark.parametrize("opset", [7, 14, 22])
+def test_models_of_opsets_7_to_the_newest_are_read(opset):
+    model, _ = random_model(np.random.default_rng(0), "LSTM", {})
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("ai.onnx", opset))
+    assert len(load(model, target="reference")) == 1

@@ -123,6 +123,7 @@ def load(model, target: str = "cpu", dtype: str = "float32",
             raise OnnxError(f"{os.fspath(model)}: not an ONNX model ({exc})") from None
     if not isinstance(model, onnx.ModelProto):
         raise OnnxError(f"load takes a path or an onnx.ModelProto, got {type(model).__name__}")
+    _check_opset(model)
     graph = model.graph
     known = {t.name: _tensor_value(t, f"initializer '{t.name}'") for t in graph.initializer}
     for node in graph.node:
@@ -134,6 +135,31 @@ def load(model, target: str = "cpu", dtype: str = "float32",
         raise OnnxError("the model has no LSTM, GRU or RNN node")
     return [import_node(n, known, target, dtype, index)
             for index, n in enumerate(nodes)]
+
+
+OLDEST_OPSET = 7  # LSTM, GRU and RNN as of opset 7 (before: output_sequence, other outputs)
+
+
+def _check_opset(model) -> None:
+    """The model's ai.onnx opset is one whose LSTM, GRU and RNN lstmc reads: 7 or newer
+    (the operators' equations have not changed since), and no newer than this onnx
+    package knows (a later opset may change them; onnxruntime refuses those too)."""
+    import onnx
+
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    newest = onnx.defs.onnx_opset_version()
+    if not versions:
+        raise OnnxError("the model imports no ai.onnx opset (its opset_import names "
+                        "none), so its LSTM, GRU and RNN nodes have no defined meaning")
+    version = versions[0]
+    if version < OLDEST_OPSET:
+        raise OnnxError(f"the model's ai.onnx opset is {version}; lstmc reads opsets "
+                        f"{OLDEST_OPSET} to {newest}: convert it first with onnx."
+                        f"version_converter.convert_version(model, {OLDEST_OPSET})")
+    if version > newest:
+        raise OnnxError(f"the model's ai.onnx opset is {version}, newer than this onnx "
+                        f"package knows ({newest}): upgrade onnx, or export the model at "
+                        f"opset {newest} or older")
 
 
 def _constant_value(node) -> np.ndarray:
