@@ -155,21 +155,37 @@ def walk(root: Expr):
         stack.extend(reversed(children(expr)))
 
 
+def number_of(expr: Expr, args: list[float | None]) -> float | None:
+    """The value of one node of numbers only, given its operands' values (None: not a
+    number), with IEEE float64 results; None if it reads anything else."""
+    if isinstance(expr, Number):
+        return expr.value
+    if None in args or not isinstance(expr, (Neg, BinOp)):
+        return None
+    if isinstance(expr, Neg):
+        return -args[0]  # type: ignore[operator]
+    a, b = args
+    with np.errstate(all="ignore"):
+        x, y = np.float64(a), np.float64(b)
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y,
+                 "**": np.power(x, y)}.get(expr.op)
+    return None if value is None else float(value)
+
+
+def constant_values(root: Expr) -> dict[int, float | None]:
+    """constant_value of every node of `root`, by the node's id, in one fold (a caller
+    asking node by node down a chain would fold each link's operand again)."""
+    values: dict[int, float | None] = {}
+
+    def visit(expr: Expr, args: list[float | None]) -> float | None:
+        values[id(expr)] = value = number_of(expr, args)
+        return value
+    fold(root, visit)
+    return values
+
+
 def constant_value(root: Expr) -> float | None:
     """The value of an expression of numbers only (`2`, `-0.5`, `1/3`, `2 ** -1`), with
     IEEE float64 results; None if it reads anything else. Where the language wants a
     number (an exponent, elu's alpha), any such expression is one."""
-    def visit(expr: Expr, args: list[float | None]) -> float | None:
-        if isinstance(expr, Number):
-            return expr.value
-        if None in args or not isinstance(expr, (Neg, BinOp)):
-            return None
-        if isinstance(expr, Neg):
-            return -args[0]
-        a, b = args
-        with np.errstate(all="ignore"):
-            x, y = np.float64(a), np.float64(b)
-            value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y,
-                     "**": np.power(x, y)}.get(expr.op)
-        return None if value is None else float(value)
-    return fold(root, visit)
+    return fold(root, number_of)

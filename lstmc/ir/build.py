@@ -101,12 +101,23 @@ class _Builder:
     def __init__(self, info: CellInfo, graph: Graph):
         self.info, self.g = info, graph
         self.locals: dict[str, Node] = {}
+        # ast.constant_value of each node folded, kept as the fold goes up: a chain of
+        # `**` or of functions that take numbers folds each operand once, not again
+        # per link (quadratic: `x ** 1 ** 1 ...` 2,000 long took 10 s).
+        self.numbers: dict[int, float | None] = {}
 
     def expr(self, e: ast.Expr) -> Node:
         return ast.fold(e, self._node)
 
+    def _number(self, e: ast.Expr) -> float:
+        value = self.numbers[id(e)]
+        if value is None:
+            raise TypeError(f"expected a constant expression, got {e!r}")
+        return value
+
     def _node(self, e: ast.Expr, args: list[Node]) -> Node:
         g = self.g
+        self.numbers[id(e)] = ast.number_of(e, [self.numbers[id(c)] for c in ast.children(e)])
         if isinstance(e, ast.Number):
             return g.const(e.value)
         if isinstance(e, ast.Var):
@@ -120,7 +131,7 @@ class _Builder:
             return g.node(Op.SLICE, args, width, SliceAttr(e.start, width))
         if isinstance(e, ast.BinOp):
             if e.op == "**":  # the checker saw a constant exponent
-                return g.binary(ops.POW, args[0], g.const(_number(e.right)))
+                return g.binary(ops.POW, args[0], g.const(self._number(e.right)))
             if e.op in _COMPARISON:
                 op, swap = _COMPARISON[e.op]
                 return g.binary(op, *(reversed(args) if swap else args))
@@ -136,7 +147,7 @@ class _Builder:
             func = lookup(e.func)
             if func is None:
                 raise TypeError(f"no lowering for function {e.func}")
-            numbers = [ast.constant_value(a) for a in e.args]
+            numbers = [self.numbers[id(a)] for a in e.args]
             return func.lower(g, args, numbers)
         raise TypeError(f"unknown expression {e!r}")
 
@@ -196,13 +207,6 @@ def _concrete_params(params: dict[str, ParamInfo], sizes: dict[str, int]
                 block_name(name, k), (shape[0] // heads, shape[1] // heads), None, p.loc,
                 derived=((1.0, name, False, k),))
     return out
-
-
-def _number(e: ast.Expr) -> float:
-    value = ast.constant_value(e)
-    if value is None:
-        raise TypeError(f"expected a constant expression, got {e!r}")
-    return value
 
 
 __all__ = ["SCALAR", "CellInfo", "build_step_graph"]
