@@ -92,12 +92,8 @@ class RecurrentCell(Recurrent):
         weights = self._weights(0, 0)
         x = input.reshape(1, 1 if unbatched else input.shape[0], self.input_size)
         x = x.to(weights[0].dtype).contiguous()
-        steps = {}
-        for name, value in inputs.items():  # one step of each: (B, n) or (n,)
-            if isinstance(value, Tensor) and value.dim() == (1 if unbatched else 2):
-                value = value.reshape(1, x.shape[1], -1)
-            steps[name] = value
-        extras = self._extra_inputs(steps, x, None, False)
+        extras = self._extra_inputs(self._one_step(inputs, x.shape[1], unbatched), x, None,
+                                    False)
         if extras:
             x = torch.cat([x, *extras], dim=-1)
         init = []
@@ -113,6 +109,22 @@ class RecurrentCell(Recurrent):
         out = y[0, 0] if unbatched else y[0]
         finals = {n: (f[0] if unbatched else f) for n, f in zip(self.state_sizes, final)}
         return out, finals
+
+    def _one_step(self, inputs: dict, batch: int, unbatched: bool) -> dict:
+        """The inputs after the first, each one step ((B, n), or (n,) unbatched), as the
+        one-step sequences (1, B, n) Recurrent takes; checked here so that an error names
+        the shape this call takes (names and types: `_extra_inputs` reports)."""
+        steps = {}
+        for name, value in inputs.items():
+            n = self.extra_inputs.get(name)
+            if n is not None and isinstance(value, Tensor):
+                want = (n,) if unbatched else (batch, n)
+                if tuple(value.shape) != want:
+                    raise ShapeError(f"{name}: expected shape {want} (one step, as the "
+                                     f"input), got {tuple(value.shape)}")
+                value = value.reshape(1, batch, n)
+            steps[name] = value
+        return steps
 
     def _step_state(self, state: dict, batch: int, unbatched: bool, dtype) -> list[Tensor]:
         if not isinstance(state, dict) or set(state) != set(self.state_sizes):

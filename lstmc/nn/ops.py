@@ -177,6 +177,9 @@ def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
             params[name] = _zeros[zkey]
             continue
         index, r0, r1 = entry
+        if index >= len(arrays):  # the op is public: name the argument, not an IndexError
+            raise ShapeError(f"weights: the key's layout reads weights[{index}] for "
+                             f"parameter {name}, got {len(arrays)} weight tensors")
         array = arrays[index] if r0 is None else arrays[index][r0:r1]
         if tuple(array.shape) != tuple(shape):
             raise ShapeError(f"weights[{index}] rows {r0}:{r1} for parameter {name}: "

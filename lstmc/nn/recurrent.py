@@ -18,7 +18,7 @@ from ..errors import CompileError, ShapeError
 from ..frontend.source import read_source
 from . import ops
 from .lean import LeanCalls
-from .registry import TARGETS, CellKey, compiled
+from .registry import TARGETS, CellKey, compiled, key_of
 from .sequence import check_lengths, repack, reverse, unpack
 
 
@@ -29,6 +29,12 @@ def describe(source: str, cell: str | None, input_size: int, hidden_size: int | 
     draft = CellKey(source, cell, input_size, hidden_size, tuple(sorted(sizes.items())),
                     "auto", ())
     return compiled(draft.text(), "float32", "reference")
+
+
+def describe_key(key: str):
+    """`describe` of the cell an op key names."""
+    k = key_of(key)
+    return describe(k.source, k.cell, k.input_size, k.hidden_size, dict(k.sizes))
 
 
 def recurrent_param_names(meta) -> set[str]:
@@ -343,6 +349,17 @@ class Recurrent(SequenceModule):
         self.output_name = first.output
         self.output_size = self._out * self.num_directions
         self.reset_parameters()
+
+    def __getstate__(self) -> dict:
+        # The cells' metadata holds functions pickle cannot name (torch.save(model),
+        # spawned workers); each layer's op key describes its cell again.
+        state = super().__getstate__()
+        state.pop("_cells", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._cells = [describe_key(key) for key in self._keys]
 
     def _prefix(self, layer: int, direction: int) -> str:
         if self.num_layers == 1 and self.num_directions == 1:

@@ -141,6 +141,15 @@ class _TorchRNN(SequenceModule):
         return text
 
 
+def _no_projection(options: dict) -> int:
+    """GRU and RNN have no proj_size: refuse one by name (as torch does), not with a
+    TypeError about a duplicate argument of a private class."""
+    if "proj_size" in options:
+        raise CompileError(f"proj_size={options['proj_size']!r}: proj_size is an LSTM "
+                           "option (nn.GRU and nn.RNN have none)")
+    return 0
+
+
 class LSTM(_TorchRNN):
     """torch.nn.LSTM computed by lstmc: `forward(input, hx=None)` returns
     `(output, (h_n, c_n))`. Extra keyword options: `weight_dropout` (DropConnect on
@@ -171,7 +180,8 @@ class GRU(_TorchRNN):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, **options):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype, **options)
+                         dropout, bidirectional, _no_projection(options), device, dtype,
+                         **options)
 
     def forward(self, input, hx: Tensor | None = None):
         y, finals = self._run_torch_style(input, None if hx is None else {"h": hx},
@@ -190,8 +200,8 @@ class RNN(_TorchRNN):
         if nonlinearity not in ("tanh", "relu"):
             raise CompileError(f"unknown nonlinearity '{nonlinearity}' (tanh or relu)")
         super().__init__(f"RNN_{nonlinearity.upper()}", input_size, hidden_size, num_layers,
-                         bias, batch_first, dropout, bidirectional, 0, device, dtype,
-                         **options)
+                         bias, batch_first, dropout, bidirectional, _no_projection(options),
+                         device, dtype, **options)
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx: Tensor | None = None):
