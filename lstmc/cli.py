@@ -71,6 +71,30 @@ def _stage_list(text: str) -> list[str]:
     return stages
 
 
+def _directory(text: str) -> str:
+    """An argparse type: a directory path; an empty one would silently mean "no -o"."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a directory, got ''")
+    return text
+
+
+# The stages an artifact of each target holds beside its own files (the GPU kernels are
+# its kernel source); others would be dropped without a word, so asking is an error.
+ARTIFACT_STAGES = {"cpu": {"ir", "ir-backward", "llvm", "asm"},
+                   "cuda": {"ir", "ir-backward", "cuda"},
+                   "opencl": {"ir", "ir-backward", "cuda"}}
+
+
+def _check_artifact_stages(parser: argparse.ArgumentParser, args) -> None:
+    if args.output is None or not args.emit:
+        return
+    held = ARTIFACT_STAGES.get(args.target, set(STAGES))
+    unwritten = [s for s in args.emit if s not in held]
+    if unwritten:
+        parser.error(f"argument --emit: a {args.target} artifact cannot hold stage "
+                     f"{', '.join(unwritten)} (with -o: {', '.join(sorted(held))})")
+
+
 DEFAULT_INPUT_SIZE, DEFAULT_HIDDEN_SIZE = 3, 4  # gradcheck's, where the user gives none
 
 
@@ -109,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the fused IR). With -o DIR, write an artifact that "
                     "lstmc_runtime.load(DIR) runs, plus the stages named by --emit.")
     comp.add_argument("spec", metavar="SPEC")
-    comp.add_argument("-o", "--output", metavar="DIR", help="write the artifact to DIR")
+    comp.add_argument("-o", "--output", type=_directory, metavar="DIR",
+                      help="write the artifact to DIR")
     comp.add_argument("--target", default="cpu", choices=list(artifact_targets()),
                       help="what the artifact runs on (default: cpu); cuda writes the "
                            "kernels as a .cu file, plus cubin and PTX for sm_80 and sm_90 "
@@ -130,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_options(comp, default_sizes=False)
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                       help="show tracebacks of errors")
+    comp.set_defaults(check_options=lambda args: _check_artifact_stages(comp, args))
 
     grad = commands.add_parser(
         "gradcheck", help="check the generated backward pass by finite differences",
@@ -203,8 +229,8 @@ def cmd_compile(args) -> int:
     from .ir.graph import format_node
     from .passes.pipeline import format_program, lower, unfused_graph
 
-    stages = args.emit or (["ir"] if not args.output else [])
-    if args.output:
+    stages = args.emit or (["ir"] if args.output is None else [])
+    if args.output is not None:
         write_artifact_dir(pathlib.Path(args.spec), args.output, args.input_size, args.hidden_size,
                            target=args.target, dtype=args.dtype, cell=args.cell,
                            num_layers=args.num_layers, bidirectional=args.bidirectional,
@@ -270,7 +296,7 @@ def _report_cuda_artifact(directory: str) -> None:
                   + (f"SPILLS in {', '.join(spilled)}" if spilled else "no spills"))
 
 
-def _default_sizes(args) -> tuple[int | None, int | None]:
+def _default_sizes(args, source) -> tuple[int | None, int | None]:
     """(input_size, hidden_size) with the defaults filled in where the user gave neither.
     An input of size H (`cell sru(x: H)`) has no size of its own: --input-size then sets H,
     and only H gets a default. A size given with --size (`--size H=8`, `--size I=5`) gets
@@ -279,7 +305,7 @@ def _default_sizes(args) -> tuple[int | None, int | None]:
 
     input_size, hidden_size = args.input_size, args.hidden_size
     given = {name for name, _ in args.size}
-    info = lower_spec(pathlib.Path(args.spec), args.cell).info
+    info = lower_spec(source, args.cell).info
     input_names = info.input[1].names
     if "H" in input_names:
         if input_size is None and hidden_size is None and "H" not in given:
@@ -294,10 +320,13 @@ def _default_sizes(args) -> tuple[int | None, int | None]:
 
 def cmd_gradcheck(args) -> int:
     from .api import compile
+    from .frontend.source import read_source
     from .gradcheck import gradcheck
 
-    input_size, hidden_size = _default_sizes(args)
-    cell = compile(pathlib.Path(args.spec), input_size, hidden_size, dtype="float64",
+    # Read once: a second read of a pipe (/dev/stdin) is empty, of an edited file another spec.
+    source = read_source(pathlib.Path(args.spec))
+    input_size, hidden_size = _default_sizes(args, source)
+    cell = compile(source, input_size, hidden_size, dtype="float64",
                    cell=args.cell, target=args.target, **_sizes(args))
     result = gradcheck(cell, steps=args.steps, batch=args.batch, seed=args.seed)
     ok = result.passed(args.tolerance)
@@ -320,13 +349,63 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradche
 EXTENSION_MODULES: list[str] = ["lstmc.lab.cli", "lstmc.onnx.cli"]
 
 
+class OutputError(LstmcError):
+    """Standard output cannot be written (a full disk, a closed descriptor)."""
+
+
+class _CheckedOutput:
+    """sys.stdout while a command runs: a failure to write it is the user's output lost,
+    said so, not a compiler bug (a closed pipe stays a BrokenPipeError: see main)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, method: str, *args):
+        if self._stream is None:  # started with stdout closed (`lstmc ... >&-`)
+            raise OutputError("cannot write to standard output: it is closed")
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a stream closed meanwhile
+            reason = getattr(exc, "strerror", None) or exc
+            raise OutputError(f"cannot write to standard output: {reason}") from None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _run(args) -> int:
+    check_options = getattr(args, "check_options", None)
+    if check_options is not None:  # option combinations argparse cannot see (exit 2)
+        check_options(args)
+    handler = getattr(args, "handler", None) or COMMANDS[args.command]
+    stdout = sys.stdout
+    sys.stdout = _CheckedOutput(stdout)  # type: ignore[assignment]
+    try:
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe or a full disk is found here, not at exit
+        return status
+    finally:
+        sys.stdout = stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        status = handler(args)
-        sys.stdout.flush()  # a closed pipe is found here, not at exit
-        return status
+        return _run(args)
+    except OutputError as exc:
+        if args.debug:
+            traceback.print_exc()
+        _silence_stdout()  # the interpreter's flush at exit would fail again
+        print(f"lstmc: error: {exc}", file=sys.stderr)
+        return 1
     except LstmcError as exc:
         if args.debug:
             traceback.print_exc()

@@ -14,6 +14,8 @@ import ctypes
 import hashlib
 import json
 import os
+import secrets
+import stat
 import tempfile
 
 from .elf import check_elf
@@ -36,6 +38,9 @@ MANIFEST = "manifest.json"
 # lstmc writes manifests a few levels deep; deeper ones are refused before anything
 # walks them (hashing one near Python's recursion limit raises RecursionError).
 MAX_DEPTH = 32
+# lstmc's manifests are tens of kilobytes (a large cell's, a few hundred); a bigger
+# one is not of lstmc, and reading it would only cost memory.
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def sha256(path: str) -> str:
@@ -80,16 +85,39 @@ def _nesting_depth(value) -> int:
     return deepest
 
 
+def _read_manifest_bytes(directory: str, path: str) -> bytes:
+    """manifest.json's bytes: a regular file of at most MAX_MANIFEST_BYTES. Opened without
+    blocking and checked before reading, so a FIFO cannot hang the loader nor a link to
+    /dev/zero exhaust its memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
+        os.close(fd)
+        raise ArtifactError(f"{path}: unreadable manifest (not a regular file)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_MANIFEST_BYTES + 1)  # reads until that or the end
+        except OSError as exc:
+            raise ArtifactError(f"{path}: unreadable manifest ({exc.strerror or exc})") \
+                from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: unreadable manifest (larger than "
+                            f"{MAX_MANIFEST_BYTES} bytes)")
+    return data
+
+
 def read_manifest(directory: str) -> dict:
     """The manifest of an artifact directory, once its schema, its own checksum and the
     checksums of the files it names have been verified."""
     path = os.path.join(directory, MANIFEST)
+    data = _read_manifest_bytes(directory, path)
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise ArtifactError(f"{directory}: not an lstmc artifact (no {MANIFEST})") from None
-    except (OSError, ValueError, RecursionError) as exc:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: unreadable manifest (not a JSON object)")
@@ -107,7 +135,12 @@ def read_manifest(directory: str) -> dict:
         file = _plain_name(directory, name)
         if not os.path.isfile(file):
             raise ArtifactError(f"{directory}: artifact is incomplete: {name} is missing")
-        if sha256(file) != expected:
+        try:
+            digest = sha256(file)
+        except OSError as exc:  # unreadable: permissions, an I/O error
+            raise ArtifactError(f"{directory}: cannot read {name} ({exc.strerror or exc})") \
+                from None
+        if digest != expected:
             raise ArtifactError(f"{directory}: {name} does not match its checksum "
                                 "(damaged or partially written); recompile it")
     return manifest
@@ -253,5 +286,19 @@ def write_manifest(directory: str, manifest: dict, files: list[str]) -> None:
     manifest = dict(manifest, format=FORMAT,
                     checksums={f: sha256(os.path.join(directory, f)) for f in files})
     manifest["manifest_sha256"] = self_checksum(manifest)
-    with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
+    _replace_file(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def _replace_file(path: str, text: str) -> None:
+    """Write `path` whole or not at all: a new file renamed over the old one. A failure
+    leaves the old manifest, and a link at `path` is replaced, not written through (that
+    would overwrite a file outside the artifact)."""
+    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -411,7 +411,8 @@ class CpuManifest:
             fail(f"step_weight_elements is {self.step_weight_elements}, but the recurrent "
                  f"products hold {weights} weights")
         for alias, same in self.gradient_aliases.items():
-            if (alias not in cell.params or same not in cell.params
+            if (not isinstance(same, str)  # JSON: any value; unhashable ones break `in`
+                    or alias not in cell.params or same not in cell.params
                     or cell.params[alias].shape != cell.params[same].shape):
                 fail(f"gradient alias {alias} -> {same} does not join two parameters of "
                      "one shape")
@@ -426,9 +427,9 @@ class CpuManifest:
             if saved.get(product["operand"]) != ("T", "B", columns):
                 fail(f"product {pid} reads {product['operand']!r}, which the training "
                      f"forward does not save as (T, B, {columns})")
-        for feature in self.cpu.get("features", []):
-            if not isinstance(feature, str):
-                fail(f"cpu features must be strings, got {feature!r}")
+        features = self.cpu.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            fail(f"cpu features must be a list of strings, got {features!r}")
         if self.library is not None:
             if self.library in ("", ".", "..") or "/" in self.library or "\\" in self.library:
                 fail(f"library must be a file name in the artifact, got {self.library!r}")
