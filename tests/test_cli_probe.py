@@ -186,15 +186,30 @@ def test_a_gradient_alias_to_no_parameter_name_is_refused(artifact, target):
 # -- writing artifacts ------------------------------------------------------------------
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
-def test_compiling_over_a_linked_manifest_leaves_the_linked_file_alone(tmp_path):
+@pytest.mark.parametrize("linked", ["manifest.json", "cell.ir", "cell.ll", "cell.s"])
+def test_compiling_over_a_linked_file_leaves_the_linked_file_alone(tmp_path, linked):
+    """Every file of an artifact is written by rename: a link there is replaced."""
     elsewhere = tmp_path / "notes.json"
     elsewhere.write_text('{"mine": true}\n')
     out = tmp_path / "artifact"
     out.mkdir()
-    (out / "manifest.json").symlink_to(elsewhere)
+    (out / linked).symlink_to(elsewhere)
     result = lstmc_cli("compile", spec_path("rnn_tanh"), "-o", str(out), "--input-size", "3",
-                       "--hidden-size", "4")
+                       "--hidden-size", "4", "--emit", "ir,llvm,asm")
     assert result.returncode == 0, result.stderr
     assert elsewhere.read_text() == '{"mine": true}\n'
     assert lstmc_runtime.load(out).input_size == 3
-    assert sorted(os.listdir(out)) == ["cell.so", "manifest.json"]  # no temporary left
+    assert sorted(os.listdir(out)) == ["cell.ir", "cell.ll", "cell.s", "cell.so",
+                                       "manifest.json"]  # no temporary left
+    assert not (out / linked).is_symlink()
+
+
+def test_load_takes_a_bytes_path_and_names_what_it_takes(tmp_path):
+    """os.fsdecode's paths, as open() takes them; anything else is a UsageError."""
+    out = tmp_path / "artifact"
+    result = lstmc_cli("compile", spec_path("rnn_tanh"), "-o", str(out), "--input-size", "3",
+                       "--hidden-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert lstmc_runtime.load(os.fsencode(out)).hidden_size == 4
+    with pytest.raises(lstmc_runtime.UsageError, match="a directory path .* got int"):
+        lstmc_runtime.load(3)

@@ -78,7 +78,7 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     """A loadable artifact in `directory`: manifest.json and cell.so, plus the
     intermediate stages named in `emit` (ir: the fused IR; llvm: optimized LLVM IR;
     asm: the assembly). `cpu` is "host" or an LLVM CPU name (x86-64-v3, ...)."""
-    from lstmc_runtime.artifact import write_manifest
+    from lstmc_runtime.artifact import write_file, write_manifest
 
     from .llvm.toolchain import emit_assembly, emit_object, link_shared, required_features
 
@@ -90,11 +90,11 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     link_shared(emit_object(module, cpu), os.path.join(directory, LIBRARY))
     files = [LIBRARY]
     if "ir" in emit:
-        _write(directory, "cell.ir", program.format(backward=True) + "\n")
+        write_file(directory, "cell.ir", program.format(backward=True) + "\n")
     if "llvm" in emit:
-        _write(directory, "cell.ll", str(module))
+        write_file(directory, "cell.ll", str(module))
     if "asm" in emit:
-        _write(directory, "cell.s", emit_assembly(module, cpu))
+        write_file(directory, "cell.s", emit_assembly(module, cpu))
     write_manifest(directory, manifest, files)
 
 
@@ -102,8 +102,3 @@ def embedded_string(symbol: str, text: str) -> str:
     """LLVM IR of an exported constant holding `text` (ASCII), for the loader to read."""
     assert text.isascii() and '"' not in text and "\\" not in text
     return (f'\n@{symbol} = constant [{len(text)} x i8] c"{text}", align 1\n')
-
-
-def _write(directory: str, name: str, text: str) -> None:
-    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
-        f.write(text)

@@ -12,7 +12,11 @@ def load(directory):
     from .artifact import load_cell, read_manifest
     from .stack import load_stack
 
-    directory = os.fspath(directory)
+    try:
+        directory = os.fsdecode(directory)  # a str, bytes or path-like path
+    except TypeError:
+        raise UsageError(f"load takes a directory path (str, bytes or os.PathLike), got "
+                         f"{type(directory).__name__}") from None
     manifest = read_manifest(directory)
     if "layers" in manifest:
         return load_stack(directory, manifest)

@@ -286,18 +286,19 @@ def write_manifest(directory: str, manifest: dict, files: list[str]) -> None:
     manifest = dict(manifest, format=FORMAT,
                     checksums={f: sha256(os.path.join(directory, f)) for f in files})
     manifest["manifest_sha256"] = self_checksum(manifest)
-    _replace_file(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+    write_file(directory, MANIFEST, json.dumps(manifest, indent=1))
 
 
-def _replace_file(path: str, text: str) -> None:
-    """Write `path` whole or not at all: a new file renamed over the old one. A failure
-    leaves the old manifest, and a link at `path` is replaced, not written through (that
-    would overwrite a file outside the artifact)."""
+def write_file(directory: str, name: str, data: str | bytes) -> None:
+    """Write the artifact's file `name` whole or not at all: a new file renamed over the
+    old one. A failure leaves the old file, and a link there is replaced, not written
+    through (that would overwrite a file outside the artifact)."""
+    path = os.path.join(directory, name)
     temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -3,7 +3,6 @@ it standalone), the manifest with the launch plan, and where NVRTC is installed,
 and PTX for each architecture in nvrtc.ARCHES."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 from ...errors import CompileError
@@ -17,7 +16,7 @@ SOURCE = {"cuda": "kernels.cu", "opencl": "kernels.cl"}
 def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtype: str,
                    emit: frozenset[str] = frozenset(), batch_first: bool = False,
                    cpu: str = "host", target: str = "cuda") -> None:
-    from lstmc_runtime.artifact import write_manifest
+    from lstmc_runtime.artifact import write_file, write_manifest
     from lstmc_runtime.gpu.plan import GpuBinary
     from lstmc_runtime.manifest import GPU_CONTRACT_PREFIX, gpu_contract_hash
 
@@ -30,25 +29,19 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     # (the runtime sizes device buffers from it), as a CPU library embeds its manifest's.
     source += f"{GPU_CONTRACT_PREFIX}{gpu_contract_hash(manifest.to_json())} */\n"
     files = [SOURCE[target]]
-    _write(directory, SOURCE[target], source)
+    write_file(directory, SOURCE[target], source)
     if target == "cuda" and nvrtc.available():
         binaries = {}
         for arch in nvrtc.ARCHES:
             compiled = nvrtc.compile_cuda(source, arch)
             cubin, ptx = f"kernels.{arch}.cubin", f"kernels.{arch}.ptx"
-            with open(os.path.join(directory, cubin), "wb") as f:
-                f.write(compiled.cubin)
-            _write(directory, ptx, compiled.ptx)
+            write_file(directory, cubin, compiled.cubin)
+            write_file(directory, ptx, compiled.ptx)
             files += [cubin, ptx]
             binaries[arch] = GpuBinary(
                 cubin, ptx, registers={k: r.registers for k, r in compiled.kernels.items()},
                 spill_bytes={k: r.spill_stores for k, r in compiled.kernels.items()})
         manifest = replace(manifest, binaries=binaries)
     if "ir" in emit:
-        _write(directory, "cell.ir", program.format(backward=True) + "\n")
+        write_file(directory, "cell.ir", program.format(backward=True) + "\n")
     write_manifest(directory, manifest.to_json(), files)
-
-
-def _write(directory: str, name: str, text: str) -> None:
-    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
-        f.write(text)
