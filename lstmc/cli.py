@@ -95,6 +95,19 @@ def _check_artifact_stages(parser: argparse.ArgumentParser, args) -> None:
                      f"{', '.join(unwritten)} (with -o: {', '.join(sorted(held))})")
 
 
+SPEC_HELP = "a .lstm file, or - for standard input"
+
+
+def spec_source(text: str):
+    """A SPEC argument's source, read once: `-` is standard input, as compilers read it
+    (a spec's path otherwise, whatever its name holds)."""
+    from .frontend.source import decode, read_source
+
+    if text == "-":
+        return decode(sys.stdin.buffer.read(), "<stdin>")
+    return read_source(pathlib.Path(text))
+
+
 DEFAULT_INPUT_SIZE, DEFAULT_HIDDEN_SIZE = 3, 4  # gradcheck's, where the user gives none
 
 
@@ -123,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="verify specs and summarize their cells",
                                 description="Parse and check specs; print one line per cell.")
-    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("specs", nargs="+", metavar="SPEC", help=SPEC_HELP)
     check.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of errors")
 
@@ -132,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile a spec. Without -o, print the stages named by --emit "
                     "(default: the fused IR). With -o DIR, write an artifact that "
                     "lstmc_runtime.load(DIR) runs, plus the stages named by --emit.")
-    comp.add_argument("spec", metavar="SPEC")
+    comp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     comp.add_argument("-o", "--output", type=_directory, metavar="DIR",
                       help="write the artifact to DIR")
     comp.add_argument("--target", default="cpu", choices=list(artifact_targets()),
@@ -161,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gradcheck", help="check the generated backward pass by finite differences",
         description="Compare the generated gradients of every input, parameter and initial "
                     "state with central finite differences in float64.")
-    grad.add_argument("spec", metavar="SPEC")
+    grad.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     _add_size_options(grad, default_sizes=True)
     grad.add_argument("--steps", type=_positive_int, default=4, help="sequence length (default: 4)")
     grad.add_argument("--batch", type=_positive_int, default=2, help="batch size (default: 2)")
@@ -197,7 +210,7 @@ def cmd_check(args) -> int:
     failed = 0
     for path in args.specs:  # every spec is checked; each bad one reports its error
         try:
-            for cell in check_spec(pathlib.Path(path)):  # a path, whatever its name holds
+            for cell in check_spec(spec_source(path)):
                 print(f"{path}: {summarize(lower(cell))}")
         except SpecError as exc:
             if args.debug:
@@ -231,7 +244,7 @@ def cmd_compile(args) -> int:
 
     stages = args.emit or (["ir"] if args.output is None else [])
     if args.output is not None:
-        write_artifact_dir(pathlib.Path(args.spec), args.output, args.input_size, args.hidden_size,
+        write_artifact_dir(spec_source(args.spec), args.output, args.input_size, args.hidden_size,
                            target=args.target, dtype=args.dtype, cell=args.cell,
                            num_layers=args.num_layers, bidirectional=args.bidirectional,
                            batch_first=args.batch_first, cpu=args.cpu,
@@ -241,7 +254,7 @@ def cmd_compile(args) -> int:
         if args.target == "cuda":
             _report_cuda_artifact(args.output)
         return 0
-    cell = select_cell(check_spec(pathlib.Path(args.spec)), args.cell)
+    cell = select_cell(check_spec(spec_source(args.spec)), args.cell)
     program = lower(cell)
     sizes = None
     if args.input_size or args.hidden_size or args.size or {"llvm", "asm", "cuda"} & set(stages):
@@ -320,11 +333,10 @@ def _default_sizes(args, source) -> tuple[int | None, int | None]:
 
 def cmd_gradcheck(args) -> int:
     from .api import compile
-    from .frontend.source import read_source
     from .gradcheck import gradcheck
 
     # Read once: a second read of a pipe (/dev/stdin) is empty, of an edited file another spec.
-    source = read_source(pathlib.Path(args.spec))
+    source = spec_source(args.spec)
     input_size, hidden_size = _default_sizes(args, source)
     cell = compile(source, input_size, hidden_size, dtype="float64",
                    cell=args.cell, target=args.target, **_sizes(args))

@@ -213,3 +213,26 @@ def test_load_takes_a_bytes_path_and_names_what_it_takes(tmp_path):
     assert lstmc_runtime.load(os.fsencode(out)).hidden_size == 4
     with pytest.raises(lstmc_runtime.UsageError, match="a directory path .* got int"):
         lstmc_runtime.load(3)
+
+
+def test_a_spec_of_dash_is_read_from_standard_input(tmp_path):
+    """`-` is standard input for every command that takes a SPEC, as compilers read it;
+    errors name <stdin> with the line and caret."""
+    text = pathlib.Path(spec_path("rnn_tanh")).read_text()
+    checked = lstmc_cli("check", "-", input=text)
+    assert checked.returncode == 0 and checked.stdout.startswith("-: cell rnn_tanh("), \
+        checked.stderr
+    printed = lstmc_cli("compile", "-", "--emit", "ir", input=text)
+    assert printed.returncode == 0 and "cell rnn_tanh(x: I) -> h" in printed.stdout
+    out = tmp_path / "artifact"
+    wrote = lstmc_cli("compile", "-", "-o", str(out), "--input-size", "3",
+                      "--hidden-size", "4", input=text)
+    assert wrote.returncode == 0, wrote.stderr
+    assert lstmc_runtime.load(out).hidden_size == 4
+    graded = lstmc_cli("gradcheck", "-", input=text)
+    assert graded.returncode == 0 and ": ok (tolerance" in graded.stdout, graded.stderr
+    bad = lstmc_cli("check", "-", input=text.replace("W_hh @ h", "W_hx @ h"))
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("<stdin>:4:"), bad.stderr
+    assert "undefined name 'W_hx'" in bad.stderr
+    assert_no_crash_report(bad.stderr)

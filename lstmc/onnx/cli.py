@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import re
 
 import numpy as np
@@ -21,7 +20,7 @@ def _opset(text: str) -> int:
 
 
 def register(commands) -> None:
-    from ..cli import _add_size_options, _positive_int, _seed
+    from ..cli import SPEC_HELP, _add_size_options, _positive_int, _seed
     from .exporter import DEFAULT_OPSET, MIN_OPSET
 
     exp = commands.add_parser(
@@ -30,7 +29,7 @@ def register(commands) -> None:
                     "and initial_<state>; outputs Y and final_<state>. Cells that are "
                     "exactly an ONNX LSTM, GRU or RNN operator export as that operator, "
                     "every other cell as a Scan loop.")
-    exp.add_argument("spec", metavar="SPEC")
+    exp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     exp.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
                      help="where to write the model")
     _add_size_options(exp, default_sizes=False)
@@ -91,14 +90,14 @@ def _read_params(path: str) -> dict[str, np.ndarray]:
 def cmd_export(args) -> int:
     import lstmc
 
-    from ..cli import _sizes
+    from ..cli import _sizes, spec_source
     from .exporter import export, require_onnx
 
     require_onnx()
     options = {}
     if args.reverse_cell is not None:
         options["reverse_cell"] = args.reverse_cell
-    cell = lstmc.compile(pathlib.Path(args.spec), args.input_size, args.hidden_size,
+    cell = lstmc.compile(spec_source(args.spec), args.input_size, args.hidden_size,
                          target="reference", dtype=args.dtype, cell=args.cell,
                          num_layers=args.num_layers, bidirectional=args.bidirectional,
                          direction=args.direction, batch_first=args.batch_first,
