@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
-import time
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,16 +28,8 @@ from lstmc_runtime.threads import threads_limited
 import lstmc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def median_us(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu import median_ms  # noqa: E402
 
 
 def contenders(H: int, T: int) -> dict:
@@ -96,7 +87,7 @@ def main() -> None:
     print("| T | way | µs | vs stack |\n|---|---|---|---|")
     for T in args.steps:
         runs = contenders(args.hidden, T)
-        times = {name: median_us(fn, args.repeat) for name, fn in runs.items()}
+        times = {name: 1e3 * median_ms(fn, args.repeat) for name, fn in runs.items()}
         for name, us in times.items():
             print(f"| {T} | {name} | {us:.0f} | {times['stack'] / us:.2f}x |")
 
