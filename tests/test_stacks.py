@@ -188,3 +188,33 @@ def test_a_layers_directions_are_separate_cell_objects():
     forward, reverse = stack.layers[0]
     assert forward is not reverse and forward.plans is not reverse.plans
     assert forward._entries is reverse._entries  # the same kernels
+
+
+def test_inference_measures_directions_at_once_against_one_after_the_other(monkeypatch):
+    """Each layer of a bidirectional stack offers both ways to a FasterOf of its own
+    (keyed by layer and batch size); both compute what the reference computes."""
+    from lstmc_runtime.choice import FasterOf
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    ways = []
+    original = FasterOf.choose
+
+    def choose(self, alone, together, work=1.0):
+        ways.append(id(self))
+        return original(self, alone, together, work)
+    monkeypatch.setattr(FasterOf, "choose", choose)
+    reference, stack = (lstmc.compile(spec_path("lstm"), 3, 4, target=t, dtype="float64",
+                                      num_layers=2, bidirectional=True)
+                        for t in ("reference", "cpu"))
+    params = reference.init_params(0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    expected = reference.forward(x, params)
+    for _ in range(2 * FasterOf.PROBES + 1):  # each way measured, then the faster
+        y, final = stack.forward(x, params)
+        np.testing.assert_allclose(y, expected[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(final["c"], expected[1]["c"], rtol=1e-12, atol=1e-12)
+    choices = stack._direction_choices
+    assert sorted(choices) == [(0, 2), (1, 2)]  # one choice per layer and batch size
+    assert all(c.best is not None for c in choices.values())
+    ids = {id(c) for c in choices.values()}
+    assert sum(w in ids for w in ways) == 2 * (2 * FasterOf.PROBES + 1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
+from .choice import FasterOf
 from .errors import ArtifactError, ShapeError, UsageError
 from .threads import thread_count, threads_limited
 from .validate import check_array, check_names
@@ -76,16 +77,11 @@ class Stack:
 
     def each_direction(self, run, count: int) -> list:
         """[run(d) for d in range(count)]: a layer's two directions at once, each on half
-        the cores, when the cells are native CPU cells and there are cores to share.
-        Used for inference (1.1-1.6x on 2 cores, B=1 to 32 at H=256); training keeps
-        the directions one after the other, each on every core, which measured faster
-        (its weight gradients are large GEMMs that use both cores well)."""
-        from .native import NativeCell
+        the cores, when the cells are native CPU cells and there are cores to share."""
+        if not self._shares_directions(count):
+            return [run(d) for d in range(count)]
 
         share = thread_count() // 2
-        if count != 2 or share < 1 or not all(isinstance(c, NativeCell)
-                                                for cells in self.layers for c in cells):
-            return [run(d) for d in range(count)]
 
         def limited(d: int):
             with threads_limited(share):
@@ -98,6 +94,31 @@ class Stack:
             second.exception()  # the other direction ends before the error goes up
             raise
         return [first, second.result()]
+
+    def _shares_directions(self, count: int) -> bool:
+        from .native import NativeCell
+
+        return (count == 2 and thread_count() // 2 >= 1
+                and all(isinstance(c, NativeCell) for cells in self.layers for c in cells))
+
+    def _inference_directions(self, run, count: int, layer: int, steps: int, batch: int
+                              ) -> list:
+        """A layer's directions for inference: at once (each_direction) or one after
+        the other, each on every core, whichever measures faster for this layer and
+        batch size (choice.FasterOf). Neither wins everywhere: on a 2-core Zen 4, at
+        once was 1.2x faster at H=128, B=8 and one after the other 1.1x at H=256, B=1.
+        Training keeps them one after the other (its weight gradients are large GEMMs
+        that use every core well)."""
+        if not self._shares_directions(count):
+            return [run(d) for d in range(count)]
+        choices = self.__dict__.setdefault("_direction_choices", {})
+        faster = choices.get((layer, batch))
+        if faster is None:
+            if len(choices) >= 64:  # many batch sizes: start over
+                choices.clear()
+            faster = choices.setdefault((layer, batch), FasterOf())
+        return faster.choose(lambda: [run(d) for d in range(count)],
+                             lambda: self.each_direction(run, count), work=max(steps, 1))
 
     def __repr__(self) -> str:
         return (f"<Stack {self.name} layers={self.num_layers} directions={self.num_directions}"
@@ -192,8 +213,8 @@ class Stack:
                     final[n][k] = result[1][n]
                 return y, (result[2] if train else None)
 
-            results = (self.each_direction(direction, len(cells)) if not train
-                       else [direction(d) for d in range(len(cells))])
+            results = (self._inference_directions(direction, len(cells), l, T, B)
+                       if not train else [direction(d) for d in range(len(cells))])
             outputs = [y for y, _ in results]
             layer_input = xp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
             tapes.append([tape for _, tape in results] if train else [])
