@@ -245,7 +245,7 @@ class Plans:
             raise ShapeError(f"x: expected at least one step and one batch row, got shape "
                              f"{tuple(x.shape)}")
         entry, bounds = cell._forward_entry(T, B, train=False, bf16=bf16)
-        if len(bounds) == 2 and (entry.endswith(THREADED) or cell.may_thread(T, B)):
+        if len(bounds) == 2 and entry.endswith(THREADED):
             # either kernel, by measurement (see Threaded), where workers can run one
             single = single_threaded(entry)
             entry = single + THREADED if cell.native_workers(cell._threads()) else single

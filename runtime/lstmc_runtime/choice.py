@@ -90,3 +90,14 @@ class FasterOf:
         self.recent = []  # a new window (not cleared in place: another thread may read it)
         if statistics.median(recent) > self.SLOWER * self.expected:
             self._measure_again(slowed=True)
+
+
+def faster_for(table: dict, key) -> FasterOf:
+    """The FasterOf of `key` in `table`, made on first use; a table of many keys (batch
+    sizes) starts over past 64."""
+    faster = table.get(key)
+    if faster is None:
+        if len(table) >= 64:
+            table.clear()
+        faster = table.setdefault(key, FasterOf())
+    return faster

@@ -28,7 +28,7 @@ from .bfloat16 import pack_panels_bf16
 from .bound import BoundCell, Plans
 from .bound import address as _address
 from .cellbase import CellBase
-from .choice import FasterOf
+from .choice import FasterOf, faster_for
 from .errors import BackendError, UsageError
 from .manifest import BF16, THREADED, CpuManifest, single_threaded
 from .openmp import map_slices, run_together
@@ -67,7 +67,7 @@ MIN_TRAINING_ROWS_PER_SLICE = 16
 MIN_SLICED_WORK = 1 << 24
 MIN_SLICED_TRAINING_WORK = 1 << 23
 THREADED_STEP_WEIGHTS = 1 << 18  # a thread per half of this (tests set 0: always threaded)
-MIN_THREADED_WEIGHTS = 1 << 14  # the lean path measures threads from here (LSTM: H=64)
+MIN_THREADED_WEIGHTS = 1 << 14  # inference measures threads from here (LSTM: H=64)
 SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
 _pool: ThreadPoolExecutor | None = None
 
@@ -423,12 +423,7 @@ class NativeCell(CellBase):
         its one-thread twin on calls of this batch size (choice.FasterOf)."""
         if not entry.endswith(THREADED):
             return self._call(entry, T, bounds, given, per_slice)
-        key = (entry, bounds[-1])
-        faster = self._faster.get(key)
-        if faster is None:
-            if len(self._faster) >= 64:  # many batch sizes: start over
-                self._faster.clear()
-            faster = self._faster.setdefault(key, FasterOf())
+        faster = faster_for(self._faster, (entry, bounds[-1]))
         single = single_threaded(entry)
         return faster.choose(lambda: self._call(single, T, bounds, given, per_slice),
                              lambda: self._call(entry, T, bounds, given, per_slice),
@@ -438,14 +433,6 @@ class NativeCell(CellBase):
         """The process's parked worker threads with room for `threads` (made from this
         cell's library if there are none), or None (a library built without them)."""
         return workers(threads, self._functions, self._keepalive)
-
-    def may_thread(self, T: int, B: int) -> bool:
-        """Whether a (T, B) inference call of the lean path, a batch not cut into
-        slices, may measure the threaded kernel against the one-thread kernel: with
-        enough product work per step (below MIN_THREADED_WEIGHTS a barrier costs more
-        than a share saves)."""
-        return (thread_count() > 1
-                and self.contract.step_weight_elements >= MIN_THREADED_WEIGHTS)
 
     def _threads(self) -> int:
         """Threads for a threaded kernel: enough for the work (each meeting costs more
@@ -510,8 +497,9 @@ class NativeCell(CellBase):
         step (the threaded entries; in training also the weight gradients after the
         loop): when a step has enough product work to repay waking threads and meeting
         at barriers. Inference measures the threaded kernel against its one-thread twin
-        (choice.FasterOf) from MIN_THREADED_WEIGHTS, as the lean path does: a layer of a
-        stack, or a call with lengths, is the same kernel (before, these ran one thread
+        (choice.FasterOf) from MIN_THREADED_WEIGHTS (below it a barrier costs more than
+        a share saves), on the lean path and every other: a layer of a stack, or a call
+        with lengths, is the same kernel (before, these ran one thread
         below 256K weights: a 2-layer stack at H=128, B=1 took 1.0 ms where its layers
         alone took 0.29 + 0.30 ms). Training, whose backward's weight-gradient GEMMs
         split too, loses at 16K (H=64: 0.7-0.9x at B=1..4), wins from 64K (H=128:

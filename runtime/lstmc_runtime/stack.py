@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
-from .choice import FasterOf
+from .choice import faster_for
 from .errors import ArtifactError, ShapeError, UsageError
 from .threads import thread_count, threads_limited
 from .validate import check_array, check_names
@@ -112,11 +112,7 @@ class Stack:
         if not self._shares_directions(count):
             return [run(d) for d in range(count)]
         choices = self.__dict__.setdefault("_direction_choices", {})
-        faster = choices.get((layer, batch))
-        if faster is None:
-            if len(choices) >= 64:  # many batch sizes: start over
-                choices.clear()
-            faster = choices.setdefault((layer, batch), FasterOf())
+        faster = faster_for(choices, (layer, batch))
         return faster.choose(lambda: [run(d) for d in range(count)],
                              lambda: self.each_direction(run, count), work=max(steps, 1))
 
