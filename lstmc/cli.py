@@ -274,11 +274,13 @@ def cmd_compile(args) -> int:
         elif stage == "cuda":
             from .backends.gpu.kernels import generate as generate_kernels
 
+            assert sizes is not None  # bound above for the cuda, llvm and asm stages
             print(generate_kernels(program, sizes)[0])
         else:
             from .backends.cpu import generate
             from .backends.llvm.toolchain import emit_assembly, optimize
 
+            assert sizes is not None  # bound above for the cuda, llvm and asm stages
             module = optimize(generate(program, sizes, args.dtype)[0])
             print(str(module) if stage == "llvm" else emit_assembly(module))
     return 0

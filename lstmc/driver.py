@@ -6,11 +6,11 @@ import os
 from .errors import CompileError
 from .frontend.checker import CheckedCell, check
 from .frontend.parser import parse
-from .frontend.source import read_source
+from .frontend.source import Source, read_source
 from .passes.pipeline import Program, lower
 
 
-def check_spec(spec: str | os.PathLike[str]) -> list[CheckedCell]:
+def check_spec(spec: str | os.PathLike[str] | Source) -> list[CheckedCell]:
     """Parse and check every cell of a spec; raises SpecSyntaxError / SpecError."""
     source = read_source(spec)
     cells = [check(decl) for decl in parse(source)]
@@ -19,6 +19,7 @@ def check_spec(spec: str | os.PathLike[str]) -> list[CheckedCell]:
         if cell.name in seen:
             from .errors import SpecError
             first = seen[cell.name].decl.loc
+            assert first is not None  # the parser gives every cell its location
             raise SpecError(f"cell '{cell.name}' is defined twice (first at line {first.line})",
                             cell.decl.loc)
         seen[cell.name] = cell
@@ -40,6 +41,6 @@ def select_cell(cells: list[CheckedCell], name: str | None) -> CheckedCell:
                        + ", ".join(c.name for c in cells) + ")")
 
 
-def lower_spec(spec: str | os.PathLike[str], cell: str | None = None,
+def lower_spec(spec: str | os.PathLike[str] | Source, cell: str | None = None,
                sizes: dict[str, int] | None = None, hoist_chains: bool = True) -> Program:
     return lower(select_cell(check_spec(spec), cell), sizes, hoist_chains)

@@ -82,7 +82,8 @@ class CpuTarget(Target):
             return jit(*lowered(), dtype)
 
         def build(directory: str) -> None:
-            self.write_artifact(directory, *lowered(), dtype, frozenset(), False, "host")
+            program, sizes = lowered()
+            self.write_artifact(directory, program, sizes, dtype, frozenset(), False, "host")
 
         compiled, _ = cached(cache_key(dict(key_parts, dtype=dtype, target=self.name)), build,
                              load_cell)

@@ -187,13 +187,18 @@ class ReferenceExecutor:
                 carry[name] = np.where(active, value, previous[name]).astype(self.dtype)
             for (kind, key), node in grads.items():
                 value = env[node.id]
+                # a gradient's key is a name (input, param) or a number (hoisted, product)
                 if kind == "input":
+                    assert isinstance(key, str)
                     dx[t][:, self.columns[key]] += value
                 elif kind == "hoisted":
+                    assert isinstance(key, int)
                     d_hoisted[key][t] = value
                 elif kind == "product":
+                    assert isinstance(key, int)
                     d_products[key][t] = value
                 elif kind == "param":
+                    assert isinstance(key, str)
                     n = params[key].shape[0]
                     dparams[key] = dparams.get(key, 0) + np.broadcast_to(value, (B, n)).sum(0)
         # Deferred weight gradients: one product over all T*B rows each, the prologues'
@@ -246,6 +251,7 @@ class ReferenceExecutor:
                                                                      (T * B, n)).sum(0)
                 continue
             if kind == "input":
+                assert isinstance(key, str)
                 target = dx[..., self.columns[key]]  # a view: added to in place
             elif kind == "hoisted":
                 target = d_hoisted[key]

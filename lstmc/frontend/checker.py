@@ -78,7 +78,7 @@ class CheckedCell:
 class _SizeVars:
     """Union-find over size variables; a class may be bound to a size atom."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parent: list[int] = []
         self.value: list[SizeAtom | None] = []
 
@@ -95,6 +95,12 @@ class _SizeVars:
 
     def get(self, v: int) -> SizeAtom | None:
         return self.value[self.find(v)]
+
+    def known(self, v: int) -> SizeAtom:
+        """The size of a class that is bound: declared, or inferred and checked so."""
+        value = self.get(v)
+        assert value is not None, "a size the checker has found known is unbound"
+        return value
 
     def unify(self, a: int, b: int) -> bool:
         ra, rb = self.find(a), self.find(b)
@@ -117,6 +123,13 @@ class _Param:
     decl: ast.ParamDecl
     dims: tuple[int, ...] | None = None  # size variables once its kind is known
     first_use: Location | None = None
+
+    @property
+    def used_dims(self) -> tuple[int, ...]:
+        """The dims of a parameter that is used or declared with a shape (_param_use
+        sets dims before first_use)."""
+        assert self.dims is not None, f"parameter '{self.decl.name}' has no dims yet"
+        return self.dims
 
 
 @dataclass
@@ -401,11 +414,13 @@ class _Checker:
                         where = param.decl.shape[0].loc
                         origin = f"declared at line {where.line}, column {where.column}"
                     else:
+                        # an undeclared shape comes from a use: _visit has seen this one
+                        assert param.first_use is not None
                         origin = (f"first used at line {param.first_use.line}, column "
                                   f"{param.first_use.column}")
                     raise SpecError(
                         f"parameter '{side.name}' is used with two shapes: size "
-                        f"{self.sizes.show(param.dims[0])} ({origin}) and here next to size "
+                        f"{self.sizes.show(param.used_dims[0])} ({origin}) and here next to size "
                         f"{self.sizes.show(right if side is expr.left else left)}",
                         expr.loc)
             raise SpecError(
@@ -462,13 +477,15 @@ class _Checker:
         """A matrix expression left of '@': its terms, each a parameter (or its
         transpose) or eye(N) times a number, sized together; one derived matrix per
         distinct expression (the runtime computes it once per call)."""
-        text = matrix_text(expr.matrix)
+        matrix = expr.matrix
+        assert not isinstance(matrix, str), "_matrix passes only a matrix expression"
+        text = matrix_text(matrix)
         # A matrix met before is checked again against its shape: its name does not hold
         # the size of eye(N), so `(W + eye(H))` and `(W + eye(3))` share one name
         known = self.derived.get(text)
         rows, cols = (known[0], known[1]) if known else (self.sizes.new(), self.sizes.new())
-        terms = []
-        for coef, item in _linear_terms(expr.matrix):
+        terms: list[tuple[float, str | None, bool, int | None]] = []
+        for coef, item in _linear_terms(matrix):
             if isinstance(item, ast.Call):  # eye(N)
                 n = self._eye_size(item)
                 if not (self.sizes.unify(n, rows) and self.sizes.unify(n, cols)):
@@ -566,8 +583,8 @@ class _Checker:
         with declarations that, written together, compile."""
         names = ", ".join(f"'{p.decl.name}'" for p in params)
         several = len(params) > 1
-        declarations = ", ".join(f"`param {p.decl.name}: {_suggested_shape(self.sizes, p.dims)}`"
-                                 for p in params)
+        declarations = ", ".join(
+            f"`param {p.decl.name}: {_suggested_shape(self.sizes, p.used_dims)}`" for p in params)
         return SpecError(
             f"cannot infer the size{'s' if several else ''} of parameter{'s' if several else ''} "
             f"{names} from {'their' if several else 'its'} use", params[0].decl.loc,
@@ -579,11 +596,11 @@ class _Checker:
             if param.first_use is None:
                 raise SpecError(f"parameter '{name}' is declared but never used", param.decl.loc)
         unknown = [p for p in self.params.values()
-                   if any(self.sizes.get(d) is None for d in p.dims)]
+                   if any(self.sizes.get(d) is None for d in p.used_dims)]
         if unknown:
             raise self._uninferred(unknown)
         for name, param in self.params.items():
-            shape = tuple(self.sizes.get(d) for d in param.dims)
+            shape = tuple(self.sizes.known(d) for d in param.used_dims)
             if param.decl.init == "eye" and len(shape) != 2:
                 raise SpecError(f"parameter '{name}' starts at the identity (`= eye`), but it "
                                 "is a vector: eye initializes matrices", param.decl.loc)
@@ -597,20 +614,21 @@ class _Checker:
             params[name] = ParamInfo(name, shape, param.decl.init, param.decl.loc,
                                      heads=None if heads is None else heads.value)
         for text, (rows, cols, terms, loc) in self.derived.items():
-            shape = (self.sizes.get(rows), self.sizes.get(cols))
-            if None in shape:
+            n_rows, n_cols = self.sizes.get(rows), self.sizes.get(cols)
+            if n_rows is None or n_cols is None:
                 raise SpecError(f"cannot infer the shape of the matrix {text}", loc,
                                 hint="declare the shape of a parameter in it "
                                      "(`param W: [H, H]`)")
-            params[text] = ParamInfo(text, shape, None, loc, derived=terms)
-        states = {n: self.sizes.get(v) for n, v in self.state_size.items()}
+            params[text] = ParamInfo(text, (n_rows, n_cols), None, loc, derived=terms)
+        # inputs and states are declared with their sizes: those classes are bound
+        states = {n: self.sizes.known(v) for n, v in self.state_size.items()}
         return CheckedCell(
             decl=self.cell,
-            input=(self.cell.input.name, self.sizes.get(self.input_size)),
+            input=(self.cell.input.name, self.sizes.known(self.input_size)),
             output=self.cell.output.name,
             states=states,
             params=params,
-            extra_inputs={n: self.sizes.get(v) for n, v in self.extra_input_size.items()},
+            extra_inputs={n: self.sizes.known(v) for n, v in self.extra_input_size.items()},
         )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
+from typing import Any, cast
 
 import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
@@ -79,13 +81,16 @@ def _expected(names) -> str:
 
 def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecSyntaxError:
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
-        char = source.text[exc.pos_in_stream]
+        # lark declares pos_in_stream None on UnexpectedInput; UnexpectedCharacters sets
+        # it to the lexer's position, an int
+        pos = cast(int, exc.pos_in_stream)
+        char = source.text[pos]
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
         message = f"unexpected character {shown}"
         if exc.allowed:
             message += f"; expected {_expected(exc.allowed)}"
         hint = _INSTEAD.get(char, "")
-        if source.text[exc.pos_in_stream:exc.pos_in_stream + 2] == "!=":
+        if source.text[pos:pos + 2] == "!=":
             hint = _EQUALITY
         return SpecSyntaxError(message, source.location(exc.line, exc.column), hint=hint)
     if isinstance(exc, lark.exceptions.UnexpectedEOF) or (
@@ -113,6 +118,15 @@ def _syntax_error(source: Source, exc: lark.exceptions.UnexpectedInput) -> SpecS
         f"unexpected {shown}; expected {_expected(exc.expected)}",
         source.location(token.line, token.column), hint=hint,
     )
+
+
+def _binop_rule(op: str) -> Callable[[Any, Any, list], ast.BinOp]:
+    """_ToAst's rule for a binary operator: a method (v_args wraps it with the class's)."""
+    def build(self, meta, children) -> ast.BinOp:
+        left, *_, right = children  # `-` keeps its token between the operands
+        return ast.BinOp(op, left, right, self._loc(meta))
+
+    return build
 
 
 @v_args(meta=True)
@@ -253,22 +267,15 @@ class _ToAst(Transformer_NonRecursive):
         args = tuple(a for a in args if a is not None)
         return ast.Call(str(name), args, self._loc(meta))
 
-    def _binop(op):
-        def build(self, meta, children):
-            left, *_, right = children  # `-` keeps its token between the operands
-            return ast.BinOp(op, left, right, self._loc(meta))
-
-        return build
-
-    add = _binop("+")
-    sub = _binop("-")
-    mul = _binop("*")
-    div = _binop("/")
-    pow = _binop("**")
-    lt = _binop("<")
-    le = _binop("<=")
-    gt = _binop(">")
-    ge = _binop(">=")
+    add = _binop_rule("+")
+    sub = _binop_rule("-")
+    mul = _binop_rule("*")
+    div = _binop_rule("/")
+    pow = _binop_rule("**")
+    lt = _binop_rule("<")
+    le = _binop_rule("<=")
+    gt = _binop_rule(">")
+    ge = _binop_rule(">=")
 
     def neg(self, meta, children):
         _, operand = children

@@ -40,7 +40,7 @@ def looks_like_path(spec: str) -> bool:
     return "\n" not in spec and "\r" not in spec and "{" not in spec
 
 
-def read_source(spec: str | os.PathLike[str]) -> Source:
+def read_source(spec: str | os.PathLike[str] | Source) -> Source:
     """A spec given as a path (str or PathLike) or as the spec's text itself."""
     if isinstance(spec, Source):
         return spec

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .graph import Node, Op
+from .graph import IRError, Node, Op
 from .size import Size
 
 # -- the weights products read ------------------------------------------------------------
@@ -54,6 +54,27 @@ class Route:
     node: Node | None
     width: Size
     alias_of: str | None = None
+
+    @property
+    def name(self) -> str:
+        """`key` of a route keyed by a name: state, output, carry, input, param."""
+        if not isinstance(self.key, str):
+            raise IRError(f"a {self.kind} route keyed by {self.key!r}, not a name")
+        return self.key
+
+    @property
+    def index(self) -> int:
+        """`key` of a route keyed by a number: saved (a node id), hoisted, product."""
+        if not isinstance(self.key, int):
+            raise IRError(f"a {self.kind} route keyed by {self.key!r}, not a number")
+        return self.key
+
+    @property
+    def source(self) -> Node:
+        """`node` of a route that hands out a value: every route but a zero carry."""
+        if self.node is None:
+            raise IRError(f"the {self.kind} route {self.key!r} hands out zero, not a node")
+        return self.node
 
 
 FORWARD_ROUTES = ("state", "output", "saved")

@@ -25,7 +25,7 @@ class CharLM(Task):
     loss_kind = "cross_entropy"
     options: ClassVar[dict] = {"length": 100, "max_chars": 200_000}
 
-    def __init__(self, **options):
+    def __init__(self, **options) -> None:
         super().__init__(**options)
         self.text = _text()[: self.config["max_chars"]]
         counts: dict[str, int] = {}

@@ -97,8 +97,10 @@ def load_rolls(step: float, limit: int) -> list[tuple[str, np.ndarray]]:
     rolls = _parse_all(step, limit)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, names=np.array([n for n, _ in rolls]),
-                        **{f"roll{i}": r.astype(np.uint8) for i, (_, r) in enumerate(rolls)})
+    paths = np.array([n for n, _ in rolls])
+    arrays = {f"roll{i}": r.astype(np.uint8) for i, (_, r) in enumerate(rolls)}
+    # mypy lets **arrays stand for allow_pickle too; its keys are roll0, roll1, ...
+    np.savez_compressed(tmp, names=paths, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)  # readers never see a half-written cache
     return rolls
 

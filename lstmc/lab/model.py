@@ -26,10 +26,13 @@ class SequenceModel(nn.Module):
         self.per_step = task.per_step
         self.tokens = task.vocab is not None
         self.input_noise = input_noise
-        if self.tokens:
+        self.input: nn.Embedding | nn.Linear
+        if task.vocab is not None:
             self.input = nn.Embedding(task.vocab, hidden_size)
-        else:
+        elif task.features is not None:
             self.input = nn.Linear(task.features, hidden_size)
+        else:  # nn.Linear(None, ...) would raise this TypeError, less plainly
+            raise TypeError(f"task '{task.name}' sets neither vocab nor features")
         self.recurrent = Recurrent(variant.text, hidden_size, hidden_size, num_layers=layers,
                                    batch_first=True, dropout=dropout if layers > 1 else 0.0,
                                    cell=variant.cell)

@@ -69,7 +69,7 @@ class Task(ABC):
     features: int | None = None
     output_size: int = 1
 
-    def __init__(self, **options):
+    def __init__(self, **options) -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ExperimentError(

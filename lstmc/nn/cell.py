@@ -35,12 +35,15 @@ class RecurrentCell(Recurrent):
             raise TypeError(f"RecurrentCell runs one step of one cell: {', '.join(taken)} "
                             f"{'is an option' if len(taken) == 1 else 'are options'} of "
                             "lstmc.nn.Recurrent, which runs whole sequences")
+        # mypy lets **sizes stand for Recurrent's other keywords too; they are refused above
         super().__init__(spec, input_size, hidden_size, cell=cell, target=target,
-                         device=device, dtype=dtype, **sizes)
+                         device=device, dtype=dtype, **sizes)  # type: ignore[arg-type]
         masks = [n.attr for n in self._cells[0].program.graph.nodes if n.op.value == "mask"]
         self._per_sequence_masks = any(m.per_sequence for m in masks)
 
-    def forward(self, input: Tensor, state: dict | None = None, **inputs):
+    # One step has no lengths: a cell's forward drops Recurrent's on purpose.
+    def forward(self, input: Tensor, state: dict | None = None,  # type: ignore[override]
+                **inputs):
         draws = self.training and self._draws_masks(0)
         if (not draws and not inputs and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling()):
@@ -57,7 +60,7 @@ class RecurrentCell(Recurrent):
                 or input.shape[-1] != self.input_size or input.numel() == 0):
             return None
         unbatched = input.dim() == 1
-        lead = () if unbatched else (input.shape[0],)
+        lead: tuple[int, ...] = () if unbatched else (input.shape[0],)
         init = None
         if state is not None:
             if type(state) is not dict or len(state) != len(self.state_sizes):

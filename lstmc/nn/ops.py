@@ -33,6 +33,7 @@ OpenCL kernels.
 import threading
 import weakref
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ class _PackCache:
 
     LIMIT = 16  # weight sets (a stack's layers and directions share a cell)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.entries: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
@@ -327,7 +328,7 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
                  lengths: Tensor | None, train: bool, seed: Tensor | None
                  ) -> tuple[Tensor, list[Tensor], Tensor]:
     cell = cell_for(key, x)
-    draws = dict(seed=_seed(seed), masks=seed is not None)
+    draws: dict[str, Any] = dict(seed=_seed(seed), masks=seed is not None)  # cell.forward's
     T, B = x.shape[0], x.shape[1]
     names = list(cell.state_sizes)
     if state and len(state) != len(names):

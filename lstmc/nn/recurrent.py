@@ -8,6 +8,8 @@ its parameters after the spec, the drop-ins of standard.py after PyTorch's modul
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,8 @@ class SequenceModule(nn.Module):
     state_sizes: dict[str, int]
     output_name: str
     input_size: int
+    _weights: Callable[[int, int], list[Tensor]]  # (layer, direction) -> the op's weights
+    _recurrent_indices: Callable[[int], set[int]]  # layer -> indices into _weights
 
     # -- the computation -------------------------------------------------------------------
 
@@ -91,7 +95,8 @@ class SequenceModule(nn.Module):
     def _dtype(self) -> torch.dtype:
         """The parameters' dtype (registered on this module itself, unless parametrized)."""
         for p in self._parameters.values():
-            return p.dtype
+            if p is not None:  # a slot set to None (`module.W = None`) holds no tensor
+                return p.dtype
         return next(self.parameters()).dtype
 
     def _tensors(self, names: list[str]) -> list[Tensor]:
@@ -101,7 +106,8 @@ class SequenceModule(nn.Module):
         access)."""
         params = self._parameters
         try:
-            return [params[n] for n in names]
+            # the weights' names are registered as nn.Parameters, never None
+            return cast(list[Tensor], [params[n] for n in names])
         except KeyError:
             return [getattr(self, n) for n in names]
 
@@ -309,6 +315,8 @@ class Recurrent(SequenceModule):
     "opencl": CPU tensors through the OpenCL kernels), `device`, `dtype` (float32 or
     float64). Other keyword arguments bind the spec's named sizes (`P=64`).
     """
+
+    _out: int  # the output state's size of the last layer built
 
     def __init__(self, spec, input_size: int, hidden_size: int | None, num_layers: int = 1,
                  bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,

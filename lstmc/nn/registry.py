@@ -95,7 +95,10 @@ def compiled(text: str, dtype: str, target: str):
             import lstmc
 
             key = key_of(text)
+            # mypy lets **sizes stand for compile's other keywords too; a key's sizes are
+            # the spec's size names, which Recurrent passed to compile the same way
             cell = lstmc.compile(key.source, key.input_size, key.hidden_size, target=target,
-                                 dtype=dtype, cell=key.cell, **dict(key.sizes))
+                                 dtype=dtype, cell=key.cell,
+                                 **dict(key.sizes))  # type: ignore[arg-type]
             _cells[slot] = cell
     return cell

@@ -156,7 +156,8 @@ def cmd_import(args) -> int:
         try:
             with open(spec_file, "w", encoding="utf-8") as f:
                 f.write(node.spec)
-            np.savez(params_file, **params)
+            # mypy lets **params stand for allow_pickle too; its keys are parameter names
+            np.savez(params_file, **params)  # type: ignore[arg-type]
         except OSError as exc:
             raise OnnxError(f"cannot write into {out}: {exc.strerror or exc}") from None
         print(f"{node.op} node '{node.name}': wrote {spec_file} and {params_file} "

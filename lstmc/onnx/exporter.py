@@ -20,6 +20,7 @@ state (onnxruntime's operators zero it).
 from __future__ import annotations
 
 import os
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -164,7 +165,7 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
 
     finals: dict[str, list[str]] = {name: [] for name in states}
     for l, cells in enumerate(layers):
-        matches = [match(c) for c in cells] if native else [None]
+        matches: list[Match | None] = [match(c) for c in cells] if native else [None]
         if native and _same_operator(matches):
             y, layer_finals = _native_layer(b, l, cells, matches, [prefix(l, d) for d in
                                                                  range(D)], params,
@@ -203,8 +204,9 @@ def export(cell, params: dict, path: str | os.PathLike | None = None,
         "Y", elem, ["B", "T", out_size] if batch_first else ["T", "B", out_size])]
     for name, size in states.items():
         parts = finals[name]
+        attributes: dict[str, Any] = {"axis": 0} if len(parts) > 1 else {}
         b.node("Concat" if len(parts) > 1 else "Identity", parts, names=[f"final_{name}"],
-               **({"axis": 0} if len(parts) > 1 else {}))
+               **attributes)
         outputs.append(helper.make_tensor_value_info(f"final_{name}", elem,
                                                      [L * D, "B", size]))
     graph = helper.make_graph(b.nodes, f"lstmc_{layers[0][0].name}", inputs, outputs,
@@ -238,17 +240,18 @@ def _save(onnx, model, path: str) -> None:
         raise OnnxError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _same_operator(matches: list[Match | None]) -> bool:
+def _same_operator(matches: list[Match | None]) -> TypeGuard[list[Match]]:
     """Every direction of the layer is one ONNX operator with the same attributes but
     perhaps different activations (ONNX lists them per direction)."""
-    if any(m is None for m in matches):
+    found = [m for m in matches if m is not None]
+    if len(found) < len(matches):
         return False
-    first = matches[0].candidate
+    first = found[0].candidate
     return all((m.candidate.op, m.candidate.peepholes, m.candidate.input_forget,
                 m.candidate.linear_before_reset) == (first.op, first.peepholes,
                                                      first.input_forget,
                                                      first.linear_before_reset)
-               for m in matches)
+               for m in found)
 
 
 def _native_layer(b: Builder, layer: int, cells, matches: list[Match], prefixes, params,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from lstmc_runtime.stack import Stack
@@ -213,7 +214,7 @@ def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
     name = node.name or f"{op.lower()}{index}"
     where = f"{op} node '{name}'"
     names = dict(zip(INPUTS, list(node.input) + [""] * len(INPUTS)))
-    weights = {}
+    weights: dict[str, np.ndarray | None] = {}
     for key in ("W", "R", "B", "P"):
         source = names[key]
         if key == "P" and op != "LSTM":
@@ -232,27 +233,30 @@ def import_node(node, known: dict[str, np.ndarray], target: str, dtype: str,
                             "numbers")
         weights[key] = value.astype(np.float64)
     attributes = _attributes(node, where)
-    form = node_form(op, name, attributes, {k: weights[k].shape for k in ("W", "R")},
+    w, r = weights["W"], weights["R"]
+    assert w is not None and r is not None  # a missing W or R is refused above
+    form = node_form(op, name, attributes, {"W": w.shape, "R": r.shape},
                      weights.get("P") is not None)
     D, H = len(form.directions), form.hidden_size
     gates = len(GATES[op])
     expected = {"B": (D, 2 * gates * H), "P": (D, 3 * H)}
     for key, shape in expected.items():
-        if weights.get(key) is not None and weights[key].shape != shape:
+        given = weights.get(key)
+        if given is not None and given.shape != shape:
             raise OnnxError(f"{where}: input {key} must have shape {shape}, got "
-                            f"{weights[key].shape}")
+                            f"{given.shape}")
     base = f"onnx_{op.lower()}"
     same = D == 1 or form.activations[0] == form.activations[1]
     cells = [base] * D if same else [f"{base}_{d}" for d in form.directions]
     text = "".join(spec_text(form, c, d) for d, c in enumerate(cells[:1] if same else cells))
-    options = dict(input_size=form.input_size, hidden_size=H, target=target, dtype=dtype,
-                   cell=cells[0])
+    compile_text = partial(lstmc.compile, text, input_size=form.input_size, hidden_size=H,
+                           target=target, dtype=dtype, cell=cells[0])
     if D == 2:
-        compiled = lstmc.compile(text, bidirectional=True, reverse_cell=cells[1], **options)
+        compiled = compile_text(bidirectional=True, reverse_cell=cells[1])
     elif form.directions == ("reverse",):
-        compiled = lstmc.compile(text, direction="reverse", **options)
+        compiled = compile_text(direction="reverse")
     else:
-        compiled = Stack([[lstmc.compile(text, **options)]])
+        compiled = Stack([[compile_text()]])
     params = {}
     for d in range(D):
         for pname, value in split_weights(form, weights, d).items():

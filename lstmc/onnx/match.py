@@ -107,6 +107,7 @@ def trees(program) -> dict[str, tuple] | None:
     memo: dict[int, tuple] = {}
     for node in nodes:  # topological order
         op, args = node.op, tuple(memo[i.id] for i in node.inputs)
+        tree: tuple
         if op == Op.INPUT:
             tree = ("x",)
         elif op == Op.STATE:
@@ -127,7 +128,7 @@ def trees(program) -> dict[str, tuple] | None:
         elif op == Op.SLICE:
             tree = _unpack(node, memo, program, hoisted) or ("slice", node.id)
         elif op is ops.ADD:
-            terms = []
+            terms: list[tuple] = []
             for a in args:
                 terms.extend(a[1] if a[0] == "add" else (a,))
             tree = ("add", tuple(terms))

@@ -11,6 +11,8 @@ the padding computes, NaN included, reaches nothing).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +143,7 @@ class StepEmitter:
 
     def __init__(self, b: Builder, program, sizes: dict[str, int], opset: int,
                  param: Callable[[str], str], packed: Callable[[Node], str],
-                 leaves: dict[Op, Callable[[object], str]], batch: Callable[[], str]):
+                 leaves: dict[Op, Callable[[Any], str]], batch: Callable[[], str]):
         self.b, self.program, self.sizes, self.opset = b, program, sizes, opset
         self.param, self.packed, self.leaves, self.batch = param, packed, leaves, batch
 
@@ -155,7 +157,8 @@ class StepEmitter:
                                                axis=0)])
 
     def run(self) -> dict[int, str]:
-        b, env = self.b, {}
+        b = self.b
+        env: dict[int, str] = {}
         for node in self.program.graph.live_nodes():
             args = [env[i.id] for i in node.inputs]
             op = node.op
@@ -256,7 +259,7 @@ def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
                                 cell.input_size, hoisted_seq,
                                 lambda name: weight(name, lambda: params[name]))
         for h in program.hoisted_at(level):
-            w = weight(f"hoisted{h.index}", lambda h=h: packed_t(h.segments))
+            w = weight(f"hoisted{h.index}", partial(packed_t, h.segments))
             operand = derived[h.operand] if level else seq
             hoisted_seq[h.index] = b.node("MatMul", [operand, w], hint=f"{prefix}hoisted")
     for h in program.hoisted:
@@ -277,7 +280,7 @@ def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
 
     states = list(cell.state_sizes)
     state_in = {n: body.fresh(f"{n}_old") for n in states}
-    batch_name = []
+    batch_name: list[str] = []
 
     def batch() -> str:  # (1,) int64: B, from the first state (made once, when needed)
         if not batch_name:
@@ -285,13 +288,15 @@ def scan_direction(b: Builder, cell, params: dict[str, np.ndarray], prefix: str,
                                                   body.ints(0), body.ints(1)]))
         return batch_name[0]
 
+    leaves: dict[Op, Callable[[Any], str]] = {Op.STATE: lambda attr: state_in[attr],
+                                              Op.HOISTED: lambda attr: hoisted_names[attr]}
+    if x_t is not None:  # the step reads the input
+        leaves[Op.INPUT] = lambda attr: x_t
     emitter = StepEmitter(
         body, program, sizes, opset,
         param=lambda name: weight(name, lambda: params[name]),
         packed=lambda node: weight(f"packed{node.id}", lambda: packed_t(node.segments)),
-        leaves={Op.INPUT: lambda attr: x_t, Op.STATE: lambda attr: state_in[attr],
-                Op.HOISTED: lambda attr: hoisted_names[attr]},
-        batch=batch)
+        leaves=leaves, batch=batch)
     env = emitter.run()
     zero = body.constant(0.0)
     outputs = {}

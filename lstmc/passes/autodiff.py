@@ -46,8 +46,9 @@ def rule_for(op) -> Rule:
     return rule
 
 
-def _split(g: Graph, y: Node, dy: Node) -> list[Node]:
-    grads, offset = [], Size()
+def _split(g: Graph, y: Node, dy: Node) -> list[Node | None]:
+    grads: list[Node | None] = []
+    offset = Size()
     for part in y.inputs:
         grads.append(g.node(Op.SLICE, (dy,), part.size, SliceAttr(offset, part.size)))
         offset = offset + part.size

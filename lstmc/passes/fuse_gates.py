@@ -33,10 +33,9 @@ def fuse_gates(graph: Graph) -> tuple[Graph, list[HoistedProduct]]:
             segments = tuple(seg for product in group for seg in product.segments)
             in_size = node.attr.in_size
             if node.inputs[0].op == Op.INPUT:
-                product = HoistedProduct(len(hoisted), segments, in_size,
-                                         node.inputs[0].attr)
-                hoisted.append(product)
-                packed[operand_id] = g.node(Op.HOISTED, (), product.rows, product.index)
+                made = HoistedProduct(len(hoisted), segments, in_size, node.inputs[0].attr)
+                hoisted.append(made)
+                packed[operand_id] = g.node(Op.HOISTED, (), made.rows, made.index)
             else:
                 packed[operand_id] = g.node(Op.MATMUL, inputs, attr=ProductAttr(segments, in_size))
         whole = packed[operand_id]

@@ -55,15 +55,21 @@ def plan_backward(program: Program) -> StepPlan:
     routes: list[Route] = []
     first_param: dict[int, str] = {}  # gradient node id -> the first parameter it is of
     for (kind, key), node in program.gradients.items():
+        # a gradient's key is a name (state, input, param) or a number (hoisted, product)
         if kind == "state":
+            assert isinstance(key, str)
             routes.append(Route("carry", key, node, info.states[key]))
         elif kind == "input":
+            assert isinstance(key, str)
             routes.append(Route("input", key, node, Size.of(inputs[key])))
         elif kind == "hoisted":
+            assert isinstance(key, int)
             routes.append(Route("hoisted", key, node, program.hoisted[key].rows))
         elif kind == "product":
+            assert isinstance(key, int)
             routes.append(Route("product", key, node, products[key].size))
         elif kind == "param":
+            assert isinstance(key, str)
             first = first_param.setdefault(node.id, key)
             routes.append(Route("param", key, node, info.param_shape(key)[0],
                                 alias_of=first if first != key else None))

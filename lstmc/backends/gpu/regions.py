@@ -54,7 +54,7 @@ class Loop:
     nodes: list[Node] = field(default_factory=list)
     reductions: list[Node] = field(default_factory=list)
     assembled: list[Assemble] = field(default_factory=list)
-    stores: list[tuple[Store, Node]] = field(default_factory=list)
+    stores: list[tuple[Store, Node | None]] = field(default_factory=list)  # None: zero
 
 
 class StepLayout:
@@ -149,7 +149,7 @@ class StepLayout:
         for store in self.stores:
             node = store.node
             where = self.loop_of.get(node.id) if node is not None else None
-            if (where is not None and node.op not in REDUCTIONS
+            if (node is not None and where is not None and node.op not in REDUCTIONS
                     and self.size(node) == store.width):
                 self.regions[where[0]][where[1]].stores.append((store, node))
             else:
@@ -370,8 +370,9 @@ class StepLayout:
                 j = f"{offset} + j" if offset else "j"
                 lines.append(f"  {self.at(self.node_name(concat.id), self.slot(concat), self.size(concat), j)}"
                              f" = {self.read(a.part, 'j', stage_index, loop_index)};")
-            for store, node in loop.stores:
-                value = "0.0f" if node is None else self.read(node, "j", stage_index, loop_index)
+            for store, stored in loop.stores:
+                value = ("0.0f" if stored is None
+                         else self.read(stored, "j", stage_index, loop_index))
                 lines.extend("  " + s for s in self._store(store, value))
             lines.append("}")
             if loop.reductions:

@@ -99,18 +99,19 @@ class BackwardKernel(Kernel):
             stored: set[int] = set()  # shared gradients already given their store
             per_step: set[int] = set()  # nodes that live in this step's row of a sequence
             for route in plan.routes:
-                node, key = route.node, route.key
-                if node is None:  # a state nothing flows back into: zero-filled below
+                if route.node is None:  # a state nothing flows back into: zero-filled below
                     continue
+                node = route.node
                 n = mb.size(node)
                 if route.kind == "carry":
-                    target = Place(nxt[key], n)
+                    target = Place(nxt[route.name], n)
                 elif route.kind in ("product", "hoisted"):
                     if (node.id, n) in shared:
                         if node.id in stored:  # its buffer is shared and already written
                             continue
                         stored.add(node.id)
-                    seq = d_products[key] if route.kind == "product" else d_hoisted[key]
+                    seq = (d_products[route.index] if route.kind == "product"
+                           else d_hoisted[route.index])
                     target = Place(self.seq_row(seq, t, n), n)
                     self.route_to(node, target, env)
                     if env.places.get(node.id) is target:
@@ -118,12 +119,12 @@ class BackwardKernel(Kernel):
                     continue
                 elif route.kind == "input":
                     target = Place(element(b, self.ftype, self.seq_row(dx, t, I),
-                                           i64(columns[key][0])), I)
+                                           i64(columns[route.name][0])), I)
                 else:  # a learned vector: summed over rows and steps
                     if route.alias_of is not None:  # PyTorch's twin biases: summed once
-                        self.mb.gradient_aliases[key] = route.alias_of
+                        self.mb.gradient_aliases[route.name] = route.alias_of
                         continue
-                    acc = self.buffer(f"dparam:{key}", [n], "out")
+                    acc = self.buffer(f"dparam:{route.name}", [n], "out")
                     env.role(node).accumulate.append(Place(acc, 0))
                     continue
                 self.route_to(node, target, env)
@@ -212,9 +213,10 @@ class BackwardKernel(Kernel):
                     self.buffer(names.dderived(node.attr), ["T", "B", n], "work"), n)
         additions = []  # (gradient, its width, where it is added, that place's row stride)
         for route in prologue.backward_plan.routes:
-            node, kind, key = route.node, route.kind, route.key
-            if node is None:
+            kind, key = route.kind, route.key
+            if route.node is None:
                 continue
+            node = route.node
             n = mb.size(route.width)
             if kind == "param":  # summed over all rows (twin biases each get theirs)
                 acc = self.buffer(f"dparam:{key}", [n], "out")

@@ -64,7 +64,11 @@ class ForwardKernel(Kernel):
         split = step_units(program, mb.sizes, state_sizes, mb.panel) if self.threaded else None
         if split is not None and self.train and not trains_by_units(program):
             split = None
-        units = None if split is None else self.unit_share(split[0])
+        units: tuple[ir.Value, ir.Value] | None = None
+        leaf_split: tuple[int, tuple[ir.Value, ir.Value]] | None = None  # for leaf_copies
+        if split is not None:
+            units = self.unit_share(split[0])
+            leaf_split = (split[0], units)
         current = {}
         for s, n in state_sizes.items():
             current[s] = self.alloca(f"cur_{s}", PTR)
@@ -90,7 +94,7 @@ class ForwardKernel(Kernel):
                 elif node.op == Op.MASK:
                     env.places[node.id] = self.mask(node, t, draw=self.train)
             for route in plan.routes_of("saved") if self.train else ():
-                node, n = route.node, mb.size(route.width)
+                node, n = route.source, mb.size(route.width)
                 seq = self.buffer(f"saved:{node.id}", ["T", "B", n], "result")
                 home = Place(self.seq_row(seq, t, n), n)
                 if node.op in LEAVES:
@@ -98,13 +102,15 @@ class ForwardKernel(Kernel):
                 else:
                     env.pin(node, home)
             for route in plan.routes_of("state"):  # the output is y[t] = h', below
-                self.route_to(route.node, Place(nxt[route.key], state_sizes[route.key]), env)
-            self.leaf_copies(nodes, env, None if split is None else (split[0], units))
+                self.route_to(route.source, Place(nxt[route.name], state_sizes[route.name]),
+                              env)
+            self.leaf_copies(nodes, env, leaf_split)
             out_n, y_t = state_sizes[info.output], self.seq_row(y, t, state_sizes[info.output])
             if units is None:
                 self.run_stages(program.forward, plan, env)
                 first, count = i64(0), None  # every unit, by thread 0
             else:
+                assert split is not None  # units are this thread's share of split's
                 self._units_step(units, split[1], env)
                 first, count = units
 
@@ -166,7 +172,7 @@ class ForwardKernel(Kernel):
                 shape = [mb.size(node)]
                 env.places[node.id] = Place(self.buffer(f"param:{node.attr}", shape, "in"), 0)
         for route in prologue.forward_plan.routes_of("saved") if self.train else ():
-            node, n = route.node, mb.size(route.width)
+            node, n = route.source, mb.size(route.width)
             home = Place(self.buffer(names.prologue_saved(level, node.id), ["T", "B", n],
                                      "result"), n)
             if node.op in LEAVES:
@@ -175,11 +181,11 @@ class ForwardKernel(Kernel):
                 env.pin(node, home)
         for route in prologue.forward_plan.routes_of("state"):
             n = mb.size(route.width)
-            name = derived_buffer(mb.program, route.key, self.train)
+            name = derived_buffer(mb.program, route.name, self.train)
             home = Place(self.buffer(name, ["T", "B", n], "result" if self.train else "work"), n)
-            if name != names.prologue_saved(level, route.node.id):  # else: saved there
-                self.route_to(route.node, home, env)
-            derived[route.key] = (home.base, n)
+            if name != names.prologue_saved(level, route.source.id):  # else: saved there
+                self.route_to(route.source, home, env)
+            derived[route.name] = (home.base, n)
         with self.leader_only(), self.rows(b.mul(self.T, self.B)):
             for node in prologue.graph.live_nodes():
                 if node.op in LEAVES and node.op != Op.CONST and env.roles.get(node.id):

@@ -382,10 +382,13 @@ class Kernel:
         thread, its own units."""
         leaves = [n for n in nodes
                   if n.op in LEAVES and n.op != Op.CONST and env.roles.get(n.id)]
-        shared = {n.id for n in leaves if split is not None and self.mb.size(n) == split[0]}
-        for node in leaves:
-            if node.id in shared:
-                self.role_copies(node, env, split[1])
+        shared: set[int] = set()
+        if split is not None:
+            units, share = split
+            shared = {n.id for n in leaves if self.mb.size(n) == units}
+            for node in leaves:
+                if node.id in shared:
+                    self.role_copies(node, env, share)
         with self.leader_only():
             for node in leaves:
                 if node.id not in shared:

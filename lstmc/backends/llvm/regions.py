@@ -115,17 +115,17 @@ class RegionEmitter:
                         g.tasks.append(("accum", w.part, place, offset))
         # Values read outside their own loop go to memory; so do values with roles.
         for n in region.nodes:
-            index = region.loop_of.get(n.id)
-            if index not in groups or n.op in REDUCTIONS:
+            where = region.loop_of.get(n.id)
+            if where is None or where not in groups or n.op in REDUCTIONS:
                 continue
-            g = groups[index]
+            g = groups[where]
             if region.read_outside_loop(n) or n.id in env.pinned:
                 g.tasks.append(("store", n, env.place(n), 0))
-            roles = env.roles.get(n.id)
-            if roles:
-                for place, offset in roles.stores:
+            n_roles = env.roles.get(n.id)
+            if n_roles:
+                for place, offset in n_roles.stores:
                     g.tasks.append(("store", n, place, offset))
-                for place in roles.accumulate:
+                for place in n_roles.accumulate:
                     g.tasks.append(("accum", n, place, 0))
         return groups
 
@@ -144,6 +144,8 @@ class RegionEmitter:
             for index, loop in enumerate(region.loops):
                 if loop.row_level:
                     for w in loop.work:
+                        # plan_step assembles concats in loops over units only
+                        assert not isinstance(w, Assemble)
                         values[w.node.id] = self._scalar(b, w.node, env, row, values,
                                                          accumulators, region)
                 else:
@@ -240,7 +242,7 @@ class RegionEmitter:
             args[index] = self._row_ptr(b, place, row, offset)
             if self.units is not None:
                 args[index] = element(b, self.ftype, args[index], self.units[0])
-        for node_id in sorted(reduce_out, key=reduce_out.get):
+        for node_id in sorted(reduce_out, key=reduce_out.__getitem__):
             args.append(accumulators[node_id])
         scalar_args = [self._load_scalar(b, u, env, row, values) for u in scalar_nodes]
         count = i64(g.size) if self.units is None else self.units[1]
