@@ -13,6 +13,7 @@ from lstmc_runtime.native import LIBRARY_HELPERS
 from ..passes.pipeline import Program
 from .llvm.codegen import ModuleBuilder
 from .llvm.smallgemm import panel_width
+from .llvm.support import support_object
 from .llvm.toolchain import optimize
 
 LIBRARY = "cell.so"
@@ -66,6 +67,7 @@ def jit(program: Program, sizes: dict[str, int], dtype: str):
 
     ir_text, manifest = generate(program, sizes, dtype)
     engine = llvm.create_mcjit_compiler(optimize(ir_text), new_target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(support_object(dtype)))
     engine.finalize_object()
     symbols = [entry["symbol"] for entry in manifest["entries"].values()] + list(LIBRARY_HELPERS)
     functions = {symbol: engine.get_function_address(symbol) for symbol in symbols}
@@ -77,7 +79,8 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
                    cpu: str = "host") -> None:
     """A loadable artifact in `directory`: manifest.json and cell.so, plus the
     intermediate stages named in `emit` (ir: the fused IR; llvm: optimized LLVM IR;
-    asm: the assembly). `cpu` is "host" or an LLVM CPU name (x86-64-v3, ...)."""
+    asm: the assembly; both of the cell's own code: the GEMM routines, packing and
+    workers it links are llvm/support.py's). `cpu` is "host" or an LLVM CPU name (x86-64-v3, ...)."""
     from lstmc_runtime.artifact import write_file, write_manifest
 
     from .llvm.toolchain import emit_assembly, emit_object, link_shared, required_features
@@ -87,7 +90,8 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     manifest["library"] = LIBRARY
     manifest["batch_first"] = bool(batch_first)
     module = optimize(ir_text + embedded_string(CONTRACT_SYMBOL, contract_hash(manifest)), cpu)
-    link_shared(emit_object(module, cpu), os.path.join(directory, LIBRARY))
+    link_shared([emit_object(module, cpu), support_object(dtype, cpu)],
+                os.path.join(directory, LIBRARY))
     files = [LIBRARY]
     if "ir" in emit:
         write_file(directory, "cell.ir", program.format(backward=True) + "\n")

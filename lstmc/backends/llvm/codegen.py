@@ -12,8 +12,9 @@ each. Every product is lstmc_small_gemm on weights packed into panels: the input
 projections as one GEMM over all T*B rows before the loop, the recurrent products inside
 it, and the weight gradients as one GEMM over all T*B rows after it.
 
-Here: the module (its GEMM routines, math library, workers and packing code) and its
-entry points, each twice (alone, and `*_mt`, run by a team of threads on one slice).
+Here: the module (its math library, and declarations of the GEMM routines, which
+`support.py` compiles once for every cell and links in) and its entry points, each twice
+(alone, and `*_mt`, run by a team of threads on one slice).
 `kernel.py` holds what every entry point shares, `forward.py` and `backward.py` the
 two kinds.
 """
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 from llvmlite import ir
 from lstmc_runtime import dtypes
-from lstmc_runtime.manifest import BF16_DTYPES, PackedSpec
+from lstmc_runtime.manifest import PackedSpec
 
 from ...ir.graph import Node, Op
 from ...ir.program import Program
 from .. import bind_packed, check_renderable
-from . import packing, workers
 from .backward import BackwardKernel
 from .forward import ForwardKernel
 from .irutil import I32, I64, PTR, float_type
@@ -34,7 +34,8 @@ from .kernel import EntryAbi
 from .mathlib import MathLib
 from .philox import emit_mask_fill
 from .regions import RegionEmitter
-from .smallgemm import NV, emit_small_gemm, vector_width
+from .smallgemm import NV, vector_width
+from .support import declare_gemms, has_bf16
 
 
 class ModuleBuilder:
@@ -51,12 +52,10 @@ class ModuleBuilder:
                        for w in program.packed_weights}
         self.entries: dict[str, EntryAbi] = {}
         self.gradient_aliases: dict[str, str] = {}  # parameter -> one with the same gradient
-        self.small_gemm = emit_small_gemm(self.module, self.ftype, accumulate=False)
-        self.small_gemm_acc = emit_small_gemm(self.module, self.ftype, accumulate=True)
+        self.small_gemm, self.small_gemm_acc, self.small_gemm_bf16 = declare_gemms(
+            self.module, dtype)
         # float32 cells also run inference on bfloat16 weights (lstmc_runtime.bfloat16)
-        self.bf16 = self.dtype.name in BF16_DTYPES
-        self.small_gemm_bf16 = (emit_small_gemm(self.module, self.ftype, accumulate=False,
-                                                bf16=True) if self.bf16 else None)
+        self.bf16 = has_bf16(dtype)
         self.malloc = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "malloc")
         self.free = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
         self.sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
@@ -79,6 +78,4 @@ class ModuleBuilder:
             BackwardKernel(self, threaded=threaded).emit()
             if self.bf16:
                 ForwardKernel(self, train=False, threaded=threaded, bf16=True).emit()
-        workers.emit(self.module)  # the parked threads that run the *_mt entries
-        packing.emit(self.module, self.ftype)  # for the runtime to pack weights with
         return self.module

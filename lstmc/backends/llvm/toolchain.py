@@ -129,8 +129,8 @@ def find_linker() -> str:
                        "on PATH; none was found (set CC to one)")
 
 
-def link_shared(obj: bytes, path: str) -> None:
-    """Turn an object file into a shared library at `path` (written atomically). A failure
+def link_shared(objects: list[bytes], path: str) -> None:
+    """Link object files into a shared library at `path` (written atomically). A failure
     to write stays an OSError (the disk cache falls back on it), naming `path` or its
     directory rather than the temporary files in between."""
     linker = find_linker()
@@ -140,11 +140,12 @@ def link_shared(obj: bytes, path: str) -> None:
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, os.path.dirname(path) or ".") from None
     with scratch as tmp:
-        obj_path = os.path.join(tmp, "cell.o")
+        obj_paths = [os.path.join(tmp, f"part{i}.o") for i in range(len(objects))]
         lib_path = os.path.join(tmp, "cell.so")
-        with open(obj_path, "wb") as f:
-            f.write(obj)
-        result = subprocess.run([linker, "-shared", "-o", lib_path, obj_path, "-lm"],
+        for obj, obj_path in zip(objects, obj_paths):
+            with open(obj_path, "wb") as f:
+                f.write(obj)
+        result = subprocess.run([linker, "-shared", "-o", lib_path, *obj_paths, "-lm"],
                                 check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise BackendError(f"linking with {linker} failed: {result.stderr.strip()}")
