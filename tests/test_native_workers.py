@@ -231,6 +231,31 @@ def test_a_first_choice_made_in_a_noisy_moment_is_checked_soon(monkeypatch):
     assert ran == ["together"] * (2 * FasterOf.RETRY)
 
 
+def test_a_choice_measured_slower_than_the_other_ways_probes_is_measured_again(
+        monkeypatch):
+    """Two close ways, and probes that favoured the wrong one: once the chosen one's
+    calls run RIVAL times slower than the other's probes (though not SLOWER times its
+    own), both are measured again and the faster one runs from then on."""
+    monkeypatch.setattr(FasterOf, "RETRY", 1000)  # no scheduled measuring meanwhile
+    fake = FakeKernels(monkeypatch, alone=1.0, together=1.1)
+    choice, cost, ran, kernel = FasterOf(), fake.cost, fake.ran, fake.kernel
+    for _ in range(2 * FasterOf.PROBES):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is False
+    cost["alone"] = 1.3  # under SLOWER x 1.0, over RIVAL x 1.1
+    for _ in range(2 * FasterOf.WATCH + 2 * FasterOf.PROBES):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is True
+    ran.clear()
+    for _ in range(50):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert ran == ["together"] * 50
+    cost["together"] = 1.15  # noise within RIVAL of the other way's probes: kept
+    for _ in range(10 * FasterOf.WATCH):
+        choice.choose(kernel("alone"), kernel("together"))
+    assert choice.best is True and ran[-1] == "together"
+
+
 def test_a_choice_whose_workers_stay_busy_keeps_no_growing_record(monkeypatch):
     """Workers busy with another caller on every call: each call runs alone, and the
     probes kept stay at most PROBES (no list growing for the life of the process)."""

@@ -8,7 +8,10 @@ the one with the lower median runs from then on. The machine is followed two way
 - the calls of the chosen way stay timed, and when WATCH of them in a row have a median
   SLOWER times their probes', both are measured again (another process took a core:
   measured on a 2-core VM, a threaded B=1 forward's calls then took 2-5x longer on
-  average, one thread's 2x);
+  average, one thread's 2x); so too when that median is RIVAL times the other way's
+  probes (a choice between close ways that noise in five probes got wrong: a B=1
+  forward with a dict of parameters ran one thread at 404 µs for a thousand calls, its
+  threads' probes at 330);
 - every RECHECK calls both are measured anyway (a machine that got quieter), and sooner
   at first and after a slowdown: RETRY calls after it, then twice as many each time, up
   to RECHECK. (A process's first calls are often its noisiest: PyTorch's OpenMP threads
@@ -30,6 +33,7 @@ class FasterOf:
     RETRY = 64
     WATCH = 16
     SLOWER = 1.5
+    RIVAL = 1.1
 
     def __init__(self) -> None:
         self.times: tuple[list[float], list[float]] = ([], [])  # one thread, threads
@@ -37,6 +41,7 @@ class FasterOf:
         self.calls = 0
         self.period = min(self.RETRY, self.RECHECK)  # chosen calls before measuring again
         self.expected = 0.0  # the chosen way's probe median (per unit of work)
+        self.rival = 0.0  # the other way's
         self.recent: list[float] = []  # its times since, WATCH at most
 
     def choose(self, alone: Callable[[], T], together: Callable[[], T | None],
@@ -72,7 +77,8 @@ class FasterOf:
             # is published last, with what its readers need already set.
             medians = [statistics.median(times[0]), statistics.median(times[1])]
             best = medians[1] < medians[0]
-            self.expected, self.calls, self.recent = medians[best], 0, []
+            self.expected, self.rival = medians[best], medians[not best]
+            self.calls, self.recent = 0, []
             self.best = best
         return result
 
@@ -82,13 +88,14 @@ class FasterOf:
 
     def _watch(self, seconds: float) -> None:
         """Measure both ways again when the chosen one's last WATCH calls have slowed
-        down SLOWER times from its probes'."""
+        down SLOWER times from its probes', or RIVAL times the other way's."""
         recent = self.recent
         recent.append(seconds)
         if len(recent) < self.WATCH:
             return
         self.recent = []  # a new window (not cleared in place: another thread may read it)
-        if statistics.median(recent) > self.SLOWER * self.expected:
+        if statistics.median(recent) > min(self.SLOWER * self.expected,
+                                           self.RIVAL * self.rival):
             self._measure_again(slowed=True)
 
 
