@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import warnings
@@ -152,3 +153,75 @@ def _uncached(build: Callable[[str], None], load: Callable[[str], object]):
     except OSError as exc:
         raise BackendError(f"cannot compile without a cache either: the temporary "
                            f"directory is unusable ({exc})") from None
+
+
+# What the cache holds, by name (and nothing else is ever counted or removed, wherever
+# LSTMC_CACHE_DIR points): compiled cells (directories named by cache_key), the code every
+# cell shares (llvm/support.py), and what a build interrupted by a crash left behind.
+_KEY = r"[0-9a-f]{40}"
+_KINDS = {"cells": re.compile(_KEY), "shared": re.compile(rf"support-{_KEY}\.o"),
+          "leftovers": re.compile(rf"\.(support-)?{_KEY}(\.o)?\..+")}
+
+
+def inventory(root: Path | None = None) -> dict[str, list[Path]]:
+    """The cache's entries by kind (cells, shared, leftovers); empty if it has none yet.
+    Raises BackendError when the cache directory cannot be read."""
+    root = cache_root() if root is None else root
+    found: dict[str, list[Path]] = {kind: [] for kind in _KINDS}
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        raise BackendError(f"cannot read the cache directory {root}: "
+                           f"{exc.strerror or exc}") from None
+    for name in names:
+        for kind, pattern in _KINDS.items():
+            if pattern.fullmatch(name):
+                found[kind].append(root / name)
+                break
+    return found
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of the files under a directory (links not followed)."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return path.lstat().st_size
+        return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
+    except OSError:  # removed meanwhile by another process
+        return 0
+
+
+def remove(path: Path) -> None:
+    """Remove one entry; a cell's directory is renamed away first (see _discard)."""
+    if path.is_dir() and not path.is_symlink():
+        _discard(path)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+IN_PROGRESS_SECONDS = 3600  # a leftover younger than this may be a build still running
+
+
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry of the cache (leftovers only once IN_PROGRESS_SECONDS old);
+    returns (entries removed, their bytes)."""
+    import time
+
+    count = total = 0
+    for kind, paths in inventory(root).items():
+        for path in paths:
+            if kind == "leftovers":
+                try:
+                    if time.time() - path.lstat().st_mtime < IN_PROGRESS_SECONDS:
+                        continue
+                except OSError:
+                    continue
+            size = size_of(path)
+            remove(path)
+            count, total = count + 1, total + size
+    return count, total

@@ -16,7 +16,7 @@ import traceback
 from lstmc_runtime.dtypes import DTYPES
 
 from . import __version__
-from .errors import CompileError, LstmcError, SpecError
+from .errors import BackendError, CompileError, LstmcError, SpecError
 from .targets import TARGETS, artifact_targets
 
 
@@ -189,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default) or the native code's")
     grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                       help="show tracebacks of errors")
+    cache = commands.add_parser(
+        "cache", help="show or clear the cache of compiled cells",
+        description="The disk cache of compiled cells ($LSTMC_CACHE_DIR, default "
+                    "~/.cache/lstmc): `info` (the default) counts its entries and their "
+                    "size, `dir` prints where it is, `clear` removes every entry (the next "
+                    "compile of each cell builds it again). Only lstmc's own entries are "
+                    "counted or removed.")
+    cache.add_argument("action", nargs="?", default="info", choices=["info", "dir", "clear"])
+    cache.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
     for module in EXTENSION_MODULES:
         importlib.import_module(module).register(commands)
     return parser
@@ -355,7 +365,37 @@ def cmd_gradcheck(args) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradcheck}
+def cmd_cache(args) -> int:
+    from . import cache
+
+    root = cache.cache_root()
+    if args.action == "dir":
+        print(root)
+        return 0
+    if root.exists() and not root.is_dir():
+        raise BackendError(f"the cache directory {root} is not a directory")
+    if args.action == "clear":
+        count, total = cache.clear(root)
+        print(f"removed {count} entr{'y' if count == 1 else 'ies'} "
+              f"({_mib(total)}) from {root}")
+        return 0
+    found = cache.inventory(root)
+    sizes = {kind: sum(cache.size_of(p) for p in paths) for kind, paths in found.items()}
+    print(f"cache directory: {root}")
+    print(f"  compiled cells: {len(found['cells'])} ({_mib(sizes['cells'])})")
+    print(f"  shared code:    {len(found['shared'])} ({_mib(sizes['shared'])})")
+    if found["leftovers"]:
+        print(f"  left by interrupted builds: {len(found['leftovers'])} "
+              f"({_mib(sizes['leftovers'])})")
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "gradcheck": cmd_gradcheck,
+            "cache": cmd_cache}
 
 # Commands of the optional extras. Each module defines `register(commands)`, which adds its
 # subparsers with `set_defaults(handler=...)`; it must not import its extra's heavy
