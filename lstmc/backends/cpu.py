@@ -80,7 +80,8 @@ def write_artifact(directory: str, program: Program, sizes: dict[str, int], dtyp
     """A loadable artifact in `directory`: manifest.json and cell.so, plus the
     intermediate stages named in `emit` (ir: the fused IR; llvm: optimized LLVM IR;
     asm: the assembly; both of the cell's own code: the GEMM routines, packing and
-    workers it links are llvm/support.py's). `cpu` is "host" or an LLVM CPU name (x86-64-v3, ...)."""
+    workers it links are llvm/support.py's). `cpu` is "host" or an LLVM CPU name
+    (x86-64-v3, ...)."""
     from lstmc_runtime.artifact import write_file, write_manifest
 
     from .llvm.toolchain import emit_assembly, emit_object, link_shared, required_features
