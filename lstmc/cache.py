@@ -17,6 +17,7 @@ import platform
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -160,7 +161,14 @@ def _uncached(build: Callable[[str], None], load: Callable[[str], object]):
 # cell shares (llvm/support.py), and what a build interrupted by a crash left behind.
 _KEY = r"[0-9a-f]{40}"
 _KINDS = {"cells": re.compile(_KEY), "shared": re.compile(rf"support-{_KEY}\.o"),
-          "leftovers": re.compile(rf"\.(support-)?{_KEY}(\.o)?\..+")}
+          # a cell's staging or discarded directory; a shared object's temporary file
+          # (lstmc_runtime.artifact.write_file)
+          "leftovers": re.compile(rf"\.{_KEY}\..+|support-{_KEY}\.o\..+\.tmp")}
+
+
+def shared_code_path(key: str) -> Path:
+    """Where the cache keeps the shared code (llvm/support.py) of `key`."""
+    return cache_root() / f"support-{key}.o"
 
 
 def inventory(root: Path | None = None) -> dict[str, list[Path]]:
@@ -210,8 +218,6 @@ IN_PROGRESS_SECONDS = 3600  # a leftover younger than this may be a build still 
 def clear(root: Path | None = None) -> tuple[int, int]:
     """Remove every entry of the cache (leftovers only once IN_PROGRESS_SECONDS old);
     returns (entries removed, their bytes)."""
-    import time
-
     count = total = 0
     for kind, paths in inventory(root).items():
         for path in paths:

@@ -30,7 +30,7 @@ def test_info_dir_and_clear(monkeypatch, tmp_path, capsys):
     (root / "mine").mkdir()
     young = root / (".%s.staging" % ("a" * 40))  # a build that may still be running
     young.mkdir()
-    old = root / (".support-%s.o.tmp" % ("b" * 40))  # a crash's leftover, two hours old
+    old = root / ("support-%s.o.123.ab12cd34.tmp" % ("b" * 40))  # a crash's, 2 hours old
     old.write_bytes(b"x" * 10)
     os.utime(old, (time.time() - 7200,) * 2)
 

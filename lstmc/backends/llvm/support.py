@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 import threading
 
 from llvmlite import ir
 from lstmc_runtime import dtypes
+from lstmc_runtime.artifact import write_file
 from lstmc_runtime.manifest import BF16_DTYPES
 
 from . import packing, workers
@@ -78,12 +77,12 @@ def support_object(dtype: str, cpu: str = "host") -> bytes:
 
 
 def _cached_or_built(dtype: str, cpu: str) -> bytes:
-    from ...cache import cache_key, cache_root
+    from ...cache import cache_key, shared_code_path
     from .toolchain import emit_object, optimize
 
     text = support_ir(dtype)
-    name = cache_key({"support": hashlib.sha256(text.encode()).hexdigest(), "cpu": cpu})
-    path = cache_root() / f"support-{name}.o"
+    path = shared_code_path(cache_key({"support": hashlib.sha256(text.encode()).hexdigest(),
+                                       "cpu": cpu}))
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -101,15 +100,6 @@ def _store(path, data: bytes) -> None:
     written is no error here (the cell's own cache access warns about it)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        write_file(str(path.parent), path.name, data)
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(scratch, path)
-    except OSError:
-        try:
-            os.unlink(scratch)
-        except OSError:
-            pass
+        pass
