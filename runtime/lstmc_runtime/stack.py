@@ -80,7 +80,11 @@ class Stack:
         the cores, when the cells are native CPU cells and there are cores to share."""
         if not self._shares_directions(count):
             return [run(d) for d in range(count)]
+        return self._both_at_once(run)
 
+    @staticmethod
+    def _both_at_once(run) -> list:
+        """[run(0), run(1)] at once, each on half the cores (which there must be)."""
         share = thread_count() // 2
 
         def limited(d: int):
@@ -114,7 +118,7 @@ class Stack:
         choices = self.__dict__.setdefault("_direction_choices", {})
         faster = faster_for(choices, (layer, batch))
         return faster.choose(lambda: [run(d) for d in range(count)],
-                             lambda: self.each_direction(run, count), work=max(steps, 1))
+                             lambda: self._both_at_once(run), work=max(steps, 1))
 
     def __repr__(self) -> str:
         return (f"<Stack {self.name} layers={self.num_layers} directions={self.num_directions}"
