@@ -166,7 +166,7 @@ def load_cell(directory: str, manifest: dict | None = None):
         address = ctypes.cast(getattr(library, entry.symbol), ctypes.c_void_p).value
         assert address is not None  # getattr raises AttributeError for a missing symbol
         functions[entry.symbol] = address
-    for symbol in LIBRARY_HELPERS:  # workers, packing: older libraries lack them
+    for symbol in LIBRARY_HELPERS:  # workers, packing, wavefront: older libraries lack them
         if hasattr(library, symbol):
             functions[symbol] = ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value or 0
     return NativeCell(typed, functions, keepalive=library)

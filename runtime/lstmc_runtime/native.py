@@ -38,11 +38,12 @@ from .packing import Packer
 from .pool import POOL
 from .threads import system_threads, thread_count
 from .validate import check_array, check_names
+from .wavefront import SYMBOL as WAVEFRONT_SYMBOL
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import barrier_words, workers
 
 # Functions of a cell library besides its entries; one built before them lacks them.
-LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS
+LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS + (WAVEFRONT_SYMBOL,)
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))

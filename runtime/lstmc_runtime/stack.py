@@ -16,9 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import wavefront as wavefronts
+from .bfloat16 import WEIGHTS as BF16_WEIGHTS
 from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
 from .choice import faster_for
 from .errors import ArtifactError, ShapeError, UsageError
+from .manifest import BF16
 from .threads import thread_count, threads_limited
 from .validate import check_array, check_names
 
@@ -192,6 +195,32 @@ class Stack:
 
         seed = check_seed(seed) if train and masks else None
         final = {n: xp.empty((count, B, s), self.dtype) for n, s in self.state_sizes.items()}
+
+        def layer_by_layer():
+            return self._layer_by_layer(x, params, packed, state, final, train, lengths,
+                                        seed, extra)
+
+        wavefront = None if train else self._wavefront(x, params, packed, state, final,
+                                                       lengths, extra)
+        if wavefront is None:
+            layer_input, tapes = layer_by_layer()
+        else:  # whichever measures faster for this batch size (choice.FasterOf)
+            faster = faster_for(self.__dict__.setdefault("_wavefront_choices", {}), B)
+            layer_input, tapes = faster.choose(lambda: layer_by_layer()[0], wavefront,
+                                               work=T), []
+        y = layer_input
+        if self.batch_first:
+            y = xp.ascontiguousarray(y.transpose(1, 0, 2))
+        if not train:
+            return y, final
+        return y, final, StackTape(self, tapes, lengths, (T, B), seed)
+
+    def _layer_by_layer(self, x, params, packed, state, final: dict, train: bool, lengths,
+                        seed, extra: dict) -> tuple:
+        """The stack's output and tapes (train), each layer run over the whole sequence
+        before the next; `final` receives the final states."""
+        xp = self.xp
+        T, B = x.shape[:2]
         tapes = []
         layer_input = x
         for l, cells in enumerate(self.layers):
@@ -218,12 +247,61 @@ class Stack:
             outputs = [y for y, _ in results]
             layer_input = xp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
             tapes.append([tape for _, tape in results] if train else [])
-        y = layer_input
-        if self.batch_first:
-            y = xp.ascontiguousarray(y.transpose(1, 0, 2))
-        if not train:
-            return y, final
-        return y, final, StackTape(self, tapes, lengths, (T, B), seed)
+        return layer_input, tapes
+
+    def _wavefront(self, x, params, packed, state, final: dict, lengths, extra: dict):
+        """A function running this inference call as a wavefront of layers (see
+        wavefront.py), returning the stack's output (None: the workers are busy), or
+        None where that does not apply: one forward direction, two layers or more,
+        native cells, no lengths or other inputs, a batch small enough not to be cut
+        into slices, and cores for two layers at once (LSTMC_WAVEFRONT=0: never)."""
+        from .native import NativeCell, PackedParams
+
+        T, B = x.shape[:2]
+        cells = [c for c, *_ in self.layers
+                 if isinstance(c, NativeCell) and wavefronts.SYMBOL in c._functions]
+        if (self.num_layers < 2 or self.directions != ("forward",) or lengths is not None
+                or os.environ.get("LSTMC_WAVEFRONT") == "0" or extra
+                or B > wavefronts.MAX_ROWS or thread_count() < 2
+                or len(cells) < self.num_layers):
+            return None
+        subs = [packed.per_cell[l][0] if packed is not None
+                else {n: params[self.prefix(l, 0) + n] for n in cell.param_shapes}
+                for l, cell in enumerate(cells)]
+        if packed is None and any(cell.derived for cell in cells):
+            return None  # (their derived matrices are made by packing: once per call)
+        entries = [BF16 if getattr(sub, "weights", None) == BF16_WEIGHTS else "forward"
+                   for sub in subs]
+        pool = cells[0].native_workers(min(len(cells), thread_count()))
+        if pool is None:
+            return None
+        table = self.__dict__.setdefault("_wavefronts", {})
+        key = (T, B, tuple(entries))
+        if key not in table:
+            if len(table) >= 16:  # many lengths of sequence: start over
+                table.clear()
+            table[key] = wavefronts.Wavefront(cells, entries, T, B)
+        wave = table[key]
+
+        def run():
+            if not wave.lock.acquire(False):  # another thread's call: the other way
+                return None
+            try:
+                known, packs = [], []
+                for cell, sub in zip(cells, subs):
+                    if isinstance(sub, PackedParams):
+                        known.append(sub.addresses)
+                    else:
+                        addresses, kept = cell._addresses(sub)
+                        known.append(addresses)
+                        packs.append(kept)  # alive until the kernels return
+                init = [{n: np.ascontiguousarray(state[n][l]) for n in self.state_sizes}
+                        for l in range(len(cells))]
+                ends = [{n: final[n][l] for n in self.state_sizes} for l in range(len(cells))]
+                return wave.run(pool, np.ascontiguousarray(x), known, init, ends)
+            finally:
+                wave.lock.release()
+        return run
 
 
 class PackedStackParams(dict):

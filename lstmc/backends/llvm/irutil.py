@@ -70,6 +70,12 @@ def for_range(b: ir.IRBuilder, count: ir.Value, name: str = "i"):
     _close_loop(b, loop, 1, [], name)
 
 
+def store_release(b: ir.IRBuilder, value: ir.Value, pointer: ir.Value) -> None:
+    """An atomic store of an i64 with release ordering (llvmlite's store_atomic wants a
+    typed pointer; the instruction itself takes an opaque one)."""
+    b._insert(ir.instructions.StoreAtomicInstr(b.block, value, pointer, "release", 8))
+
+
 def element(b: ir.IRBuilder, ftype: ir.Type, base: ir.Value, index: ir.Value) -> ir.Value:
     return b.gep(base, [index], inbounds=True, source_etype=ftype)
 

@@ -17,7 +17,7 @@ from lstmc_runtime import dtypes
 from lstmc_runtime.artifact import write_file
 from lstmc_runtime.manifest import BF16_DTYPES
 
-from . import packing, workers
+from . import packing, wavefront, workers
 from .irutil import float_type
 from .smallgemm import emit_small_gemm, small_gemm_type
 
@@ -40,6 +40,7 @@ def support_ir(dtype: str) -> str:
     if has_bf16(dtype):
         emit_small_gemm(module, ftype, accumulate=False, bf16=True)
     workers.emit(module)  # the parked threads that run the *_mt entries
+    wavefront.emit(module)  # a stack's layers side by side (run by those threads)
     packing.emit(module, ftype)  # for the runtime to pack weights with
     return str(module)
 
