@@ -204,6 +204,33 @@ def stack_runners(T: int, B: int, H: int, backward: bool) -> dict:
     return {"lstmc": run, "nn.LSTM": torch_backward}
 
 
+def one_direction_stack_runners(T: int, B: int, H: int, layers: int = 2):
+    """An LSTM stack of one direction, weights packed once, inference: stack.forward as it
+    runs (at small batches its layers as a wavefront or one after the other, whichever
+    measures faster), the layers one after the other (LSTMC_WAVEFRONT=0), and nn.LSTM;
+    with the stack, its packed weights and the input."""
+    stack = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu",
+                          num_layers=layers)
+    packed = stack.pack_params(stack.init_params(0))
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    module = torch.nn.LSTM(H, H, num_layers=layers)
+    xt = torch.from_numpy(x)
+
+    def layer_by_layer():
+        os.environ["LSTMC_WAVEFRONT"] = "0"
+        try:
+            return stack.forward(x, packed)[0]
+        finally:
+            del os.environ["LSTMC_WAVEFRONT"]
+
+    def torch_run():
+        with torch.no_grad():
+            module(xt)
+    runs = {"forward": lambda: stack.forward(x, packed), "layer by layer": layer_by_layer,
+            "nn.LSTM": torch_run}
+    return runs, stack, packed, x
+
+
 def dict_params_runner(T: int, B: int, H: int):
     """Forward with the parameters as a dict of arrays (packed inside every call)."""
     cell = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, target="cpu")
@@ -253,6 +280,12 @@ def latency(repeat: int) -> list[tuple[str, float, float, str]]:
         if "lstmc packed" in t:
             rows.append(("2-layer bidirectional fwd (100, 1, 128), packed once",
                          t["lstmc packed"], t["nn.LSTM"], "nn.LSTM"))
+    for B in (1, 4):
+        t = interleaved_medians(one_direction_stack_runners(100, B, 128)[0], repeat)
+        rows.append((f"2-layer fwd (100, {B}, 128), packed once", t["forward"], t["nn.LSTM"],
+                     "nn.LSTM"))
+        rows.append((f"2-layer fwd (100, {B}, 128), packed once, layers one after the other",
+                     t["layer by layer"], t["nn.LSTM"], "nn.LSTM"))
     for backward in (False, True):
         t = interleaved_medians({"lstmc": lstmc_runner("peephole_lstm", 100, 1, 128, backward),
                                  "eager": eager_peephole_runner(100, 1, 128, backward)}, repeat)

@@ -178,6 +178,16 @@ def table_streaming(repeat):
         label = f"lstmc.nn.LSTM, T={T}"
         print(f"   {label:22s} {1e3 * ms['ours']:8.1f}   nn.LSTM     "
               f"{1e3 * ms['theirs']:8.1f}   ratio {ms['theirs'] / ms['ours']:.2f}")
+    # two layers: a wavefront (a layer per core) or one after the other, as measured
+    ours_seq, theirs_seq = lnn.LSTM(H, H, num_layers=2), torch.nn.LSTM(H, H, num_layers=2)
+    ours_seq.load_state_dict(theirs_seq.state_dict())
+    xs = torch.randn(100, 1, H)
+    with torch.no_grad():
+        ms = interleaved_medians({"ours": lambda: ours_seq(xs),
+                                  "theirs": lambda: theirs_seq(xs)}, repeat)
+    label = "2 layers, T=100"
+    print(f"   {label:22s} {1e3 * ms['ours']:8.1f}   nn.LSTM     "
+          f"{1e3 * ms['theirs']:8.1f}   ratio {ms['theirs'] / ms['ours']:.2f}")
 
 
 def main(argv=None) -> None:

@@ -1,95 +1,95 @@
-"""Would a stack of layers at B=1 gain from running as a wavefront (layer l at step t
-while layer l+1 is at step t-1) instead of one layer after the other?
+"""A stack's layers as a wavefront (layer l on chunk c while layer l+1 is on chunk c-1)
+against one layer after the other, inference at small batches.
 
-    python benchmarks/wavefront.py [--hidden 128] [--steps 100 1000] [--repeat 30]
+    python benchmarks/wavefront.py [--hidden 64 128 256] [--layers 2 3] [--batch 1 4 8]
+                                   [--steps 100] [--repeat 7]
 
-A 2-layer LSTM stack, inference, B=1, float32, timed four ways in one process:
-- `stack`: Stack.forward as it runs (each layer on every core, the threaded kernel
-  where it measures faster than one thread);
-- `one thread`: the same, on one thread (LSTMC_NUM_THREADS=1's path);
-- `two at once`: two independent one-thread layers run concurrently, one per core. No
-  wavefront can beat this: it is a wavefront with no waiting between the layers;
-- `pipeline K`: a wavefront built of chunks of K steps (layer 0 on chunk k while layer 1
-  is on chunk k-1, on two threads, one core each; layer 1's input projection a GEMM per
-  chunk).
-
-A wavefront pays where `two at once` beats `stack` by more than a pipeline's fill and
-hand-offs cost."""
+An LSTM stack, float32, weights packed once, timed in one process on the same inputs:
+- `layer by layer`: each layer over the whole sequence before the next, each on every
+  core (LSTMC_WAVEFRONT=0);
+- `wavefront`: lstmc_runtime/wavefront.py, a layer per core;
+- `forward`: stack.forward as it runs (whichever of the two measures faster);
+- `bound` (2 layers): two independent one-thread layers run at once, one per core: a
+  wavefront with no waiting between the layers, which no wavefront can beat;
+- `nn.LSTM`: torch.nn.LSTM(num_layers=L) under torch.no_grad().
+Ratios > 1 mean the wavefront is faster."""
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from lstmc_runtime.threads import threads_limited
-
-import lstmc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from cpu import median_ms  # noqa: E402
+from cpu import interleaved_medians, one_direction_stack_runners  # noqa: E402
 
 
-def contenders(H: int, T: int) -> dict:
-    stack = lstmc.compile(ROOT / "specs" / "lstm.lstm", H, H, num_layers=2, target="cpu")
-    packed = stack.pack_params(stack.init_params(0))
-    x = np.random.default_rng(0).standard_normal((T, 1, H)).astype(np.float32)
+def contenders(H: int, layers: int, T: int, B: int) -> dict:
+    runs, stack, packed, x = one_direction_stack_runners(T, B, H, layers)
+    zero = stack.zero_state(B)
+
+    def wavefront():
+        final = {n: np.empty(v.shape, v.dtype) for n, v in zero.items()}
+        run = stack._wavefront(x, packed, packed, zero, final, None, {})
+        if run is None:
+            raise SystemExit("the wavefront does not apply here (one core?)")
+        return run()
+
+    np.testing.assert_allclose(wavefront(), runs["layer by layer"](), rtol=1e-5, atol=1e-6)
+    runs["wavefront"] = wavefront
+    if layers == 2:
+        runs["bound"] = _bound(stack, packed, x, zero)
+    return runs
+
+
+def _bound(stack, packed, x, zero):
     lower, upper = stack.layers[0][0], stack.layers[1][0]
     weights = packed.per_cell[0][0], packed.per_cell[1][0]
-    zeros = {n: np.zeros((1, s), np.float32) for n, s in lower.state_sizes.items()}
-    between = lower.forward(x, weights[0], zeros)[0]
+    first = {n: v[0] for n, v in zero.items()}
+    between = lower.forward(x, weights[0], first)[0]
     helper = ThreadPoolExecutor(1)
 
-    def alone(cell, params, inputs, state=zeros):
+    def alone(cell, params, inputs):
         with threads_limited(1):
-            return cell.forward(inputs, params, state)
-
-    def one_thread():
-        with threads_limited(1):
-            stack.forward(x, packed)
+            return cell.forward(inputs, params, first)
 
     def two_at_once():
         other = helper.submit(alone, upper, weights[1], between)
         alone(lower, weights[0], x)
         other.result()
-
-    def pipeline(K: int):
-        def run():
-            low, up, pending, outputs = zeros, zeros, None, []
-            for start in range(0, T, K):
-                y, low = alone(lower, weights[0], x[start:start + K], low)
-                if pending is not None:
-                    y_up, up = pending.result()
-                    outputs.append(y_up)
-                pending = helper.submit(alone, upper, weights[1], y, up)
-            y_up, up = pending.result()
-            return np.concatenate(outputs + [y_up])
-        return run
-
-    expected = stack.forward(x, packed)[0]
-    runs = {"stack": lambda: stack.forward(x, packed), "one thread": one_thread,
-            "two at once": two_at_once}
-    for K in sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2)}):
-        run = pipeline(K)
-        np.testing.assert_allclose(run(), expected, rtol=1e-5, atol=1e-6)
-        runs[f"pipeline K={K}"] = run
-    return runs
+    return two_at_once
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--steps", type=int, nargs="+", default=[100])
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    print("| T | way | µs | vs stack |\n|---|---|---|---|")
-    for T in args.steps:
-        runs = contenders(args.hidden, T)
-        times = {name: 1e3 * median_ms(fn, args.repeat) for name, fn in runs.items()}
-        for name, us in times.items():
-            print(f"| {T} | {name} | {us:.0f} | {times['stack'] / us:.2f}x |")
+    torch.set_num_threads(os.cpu_count() or 1)
+    print("| L | T | B | H | layer by layer | wavefront | forward | bound | nn.LSTM | "
+          "layer by layer / wavefront | nn.LSTM / forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for layers in args.layers:
+        for T in args.steps:
+            for B in args.batch:
+                for H in args.hidden:
+                    t = interleaved_medians(contenders(H, layers, T, B), args.repeat)
+                    bound = f"{1e3 * t['bound']:.0f}" if "bound" in t else "-"
+                    print(f"| {layers} | {T} | {B} | {H} | {1e3 * t['layer by layer']:.0f} | "
+                          f"{1e3 * t['wavefront']:.0f} | {1e3 * t['forward']:.0f} | {bound} | "
+                          f"{1e3 * t['nn.LSTM']:.0f} | "
+                          f"{t['layer by layer'] / t['wavefront']:.2f}x | "
+                          f"{t['nn.LSTM'] / t['forward']:.2f}x |", flush=True)
+    print("\ntimes in µs (medians); ratios > 1: the wavefront / lstmc faster")
 
 
 if __name__ == "__main__":

@@ -348,6 +348,7 @@ def test_a_stack_and_a_call_with_lengths_measure_threads_as_a_lone_cell_does(mon
     from lstmc_runtime import native
 
     monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    monkeypatch.setenv("LSTMC_WAVEFRONT", "0")  # its layers one after the other, each called
     monkeypatch.setattr("lstmc_runtime.native.run_together", lambda run, count: None)
     offered = []
     original = FasterOf.choose

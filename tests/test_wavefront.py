@@ -108,9 +108,11 @@ def test_forward_measures_the_wavefront_against_layer_by_layer(monkeypatch):
     assert stack._wavefront_choices[2].best is not None
 
 
-def test_busy_workers_leave_the_call_to_the_layers_one_after_the_other():
-    """While another call holds the parked workers, the wavefront gives way (None) and
-    forward runs layer by layer: the same result."""
+def test_busy_workers_leave_the_call_to_the_layers_one_after_the_other(monkeypatch):
+    """While another call holds the parked workers (and there is no OpenMP team to run
+    on), the wavefront gives way (None) and forward runs layer by layer: the same
+    result."""
+    monkeypatch.setattr(wavefront, "run_together", lambda run, count: None)  # no OpenMP
     module, stack, params = _pair("lstm", 2)
     x = np.random.default_rng(3).standard_normal((9, 1, I))
     want_y, _ = _torch(module, x, stack.zero_state(1))
@@ -148,3 +150,74 @@ def test_where_a_wavefront_does_not_apply(case, monkeypatch):
     lengths = np.array([5, 3]) if case == "lengths" else None
     params = stack.init_params(0)
     assert stack._wavefront(x, params, None, stack.zero_state(B), final, lengths, {}) is None
+
+
+@pytest.mark.parametrize("team", ["parked workers", "OpenMP"])
+def test_a_wavefront_runs_on_no_more_threads_than_the_cores_allowed(team, monkeypatch):
+    """4 layers, LSTMC_NUM_THREADS=2, and a pool of parked workers larger than that (made
+    for another call): the wavefront runs on 2 threads, the layers taking turns, on the
+    parked workers or on PyTorch's OpenMP team (where torch has loaded one)."""
+    from lstmc_runtime.openmp import team as openmp_team
+    from lstmc_runtime.workers import Workers
+
+    module, stack, params = _pair("lstm", 4)
+    assert stack.layers[0][0].native_workers(4) is not None
+    threads = []
+    if team == "OpenMP":
+        if openmp_team() is None:
+            pytest.skip("torch loaded no GNU OpenMP here")
+        original_together = wavefront.run_together
+        monkeypatch.setattr(wavefront, "run_together", lambda run, count: (
+            threads.append(count), original_together(run, count))[1])
+    else:
+        monkeypatch.setattr(wavefront, "run_together", lambda run, count: None)
+    original = Workers.run
+
+    def run(self, kernel, T, B, pointers, count, sync, arena):
+        threads.append(count)
+        return original(self, kernel, T, B, pointers, count, sync, arena)
+    monkeypatch.setattr(Workers, "run", run)
+    x = np.random.default_rng(4).standard_normal((13, 2, I))
+    want_y, _ = _torch(module, x, stack.zero_state(2))
+    y, _ = _wavefront_call(stack, x, params, stack.zero_state(2))
+    np.testing.assert_allclose(y, want_y, rtol=1e-10, atol=1e-12)
+    assert threads == [2]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layers, batch", [(2, 1), (3, 3), (2, None)])  # None: unbatched
+def test_lstmc_nn_inference_runs_its_layers_as_a_wavefront(kind, layers, batch, monkeypatch):
+    """lstmc.nn.LSTM / GRU of several layers in eager inference: the wavefront (among
+    the ways measured) gives nn.LSTM's / nn.GRU's outputs and final states, from zeros
+    and from given states; training with dropout between layers, and calls that need
+    gradients, never take it."""
+    import lstmc.nn
+
+    runs = []
+    original = wavefront.Wavefront.run
+    monkeypatch.setattr(wavefront.Wavefront, "run",
+                        lambda self, *args: (runs.append(self), original(self, *args))[1])
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind)(I, H, num_layers=layers, dropout=0.5).double()
+    ours = getattr(lstmc.nn, kind)(I, H, num_layers=layers, dropout=0.5).double()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.eval(), ours.eval()
+    lead = (layers,) if batch is None else (layers, batch)
+    x = torch.randn((17, I) if batch is None else (17, batch, I), dtype=torch.float64)
+    given = torch.randn(lead + (H,), dtype=torch.float64)
+    hx = (given, 0.5 * given) if kind == "LSTM" else given
+    with torch.no_grad():
+        for _ in range(2 * FasterOf.PROBES + 1):
+            for state in (None, hx):
+                y, final = ours(x, state)
+                want_y, want_final = theirs(x, state)
+                torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(final, want_final, rtol=1e-10, atol=1e-12)
+    assert runs
+    runs.clear()
+    ours.train()
+    with torch.no_grad():
+        ours(x)  # dropout between the layers
+    ours.eval()
+    ours(x)[0].sum().backward()  # gradients
+    assert not runs

@@ -11,10 +11,13 @@ addresses. Anything this does not cover (another device or dtype, a strided tens
 non-native cell, another caller inside the same cell) answers None: the op runs."""
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
-from lstmc_runtime.threads import thread_limit
+from lstmc_runtime import wavefront as wavefronts
+from lstmc_runtime.choice import FasterOf, faster_for
+from lstmc_runtime.threads import thread_count, thread_limit
 from torch import Tensor
 
 from . import ops
@@ -30,6 +33,8 @@ class LeanCalls:
         # (layer, direction) -> (signature, cell, pack, weak references to the weights)
         self._weights: dict[tuple, tuple] = {}
         self._plans: dict[tuple, tuple] = {}  # (cell, x shape, thread limit) -> plan, ...
+        self._wavefronts: dict[tuple, wavefronts.Wavefront] = {}  # (cells, T, B) -> tables
+        self._choices: dict[int, FasterOf] = {}  # wavefront or not, by batch rows
 
     def __deepcopy__(self, memo) -> LeanCalls:
         return LeanCalls()
@@ -40,17 +45,9 @@ class LeanCalls:
     def __setstate__(self, state: dict) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def forward(self, key: str, slot: tuple, x: Tensor, weights: list[Tensor],
-                state: list[Tensor] | None, steps: int, rows: int, y_lead: tuple,
-                state_lead: tuple) -> tuple[Tensor, list[Tensor]] | None:
-        """(y, final states in the cell's order) of x, a contiguous tensor of `steps` x
-        `rows` inputs (its last axis; (T, B, I), or (B, I) for one step), from `state`
-        (tensors of `rows` x n elements each, in the cell's order; None: zeros); y is
-        shaped y_lead + (out,), the states state_lead + (n,). None where the lean call
-        does not apply."""
-        if (not weights or not x.is_cpu or x.dtype != weights[0].dtype
-                or not x.is_contiguous()):
-            return None
+    def _held(self, key: str, slot: tuple, x: Tensor, weights: list[Tensor]) -> tuple | None:
+        """(native cell, packed weights) of (layer, direction) `slot`, packed again only
+        when the weights changed; None for a cell that is not native."""
         signature = ops.signature(weights)
         held = self._weights.get(slot)
         # The very tensors too: a parameter replaced by a new tensor may get the freed
@@ -64,7 +61,85 @@ class LeanCalls:
             held = self._weights[slot] = (signature, cell,
                                           ops.host_params(cell, key, weights, reuse=True),
                                           [weakref.ref(w) for w in weights])
-        cell, packed = held[1], held[2]
+        return held[1], held[2]
+
+    def wavefront(self, keys: list[str], x: Tensor, weights: list[list[Tensor]],
+                  state: dict | None, names: list[str]):
+        """A function running a one-direction stack's inference (layer l: keys[l],
+        weights[l]) as a wavefront (lstmc_runtime.wavefront) on x (T, B, I) from `state`
+        ({name: (L, B, n)} or None: zeros), returning (y, {name: (L, B, n)}), or None when
+        the workers are busy; None where it does not apply (as for `forward`, and a
+        batch under 16 rows, cores for two layers, LSTMC_WAVEFRONT not 0)."""
+        T, B, _ = x.shape
+        dtype = weights[0][0].dtype
+        if (B > wavefronts.MAX_ROWS or thread_count() < 2 or not x.is_cpu
+                or x.dtype != dtype or not x.is_contiguous()
+                or os.environ.get("LSTMC_WAVEFRONT") == "0"):
+            return None
+        if state is not None and not all(s.is_cpu and s.dtype == dtype and s.is_contiguous()
+                                         for s in state.values()):
+            return None
+        helds = [h for l, (key, w) in enumerate(zip(keys, weights))
+                 if (h := self._held(key, (l, 0), x, w)) is not None
+                 and wavefronts.SYMBOL in h[0]._functions]
+        if len(helds) < len(keys):  # not all native cells with the wavefront's code
+            return None
+        cells = [cell for cell, _ in helds]
+        packs = [pack for _, pack in helds]
+        threads = min(len(cells), thread_count())
+        pool = cells[0].native_workers(threads)
+        if pool is None:
+            return None
+        key = (tuple(cells), T, B)
+        wave = self._wavefronts.get(key)
+        if wave is None:
+            if len(self._wavefronts) >= MAX_PLANS:
+                self._wavefronts.clear()
+            wave = self._wavefronts[key] = wavefronts.Wavefront(
+                cells, ["forward"] * len(cells), T, B)
+        sizes = cells[0].state_sizes
+
+        def run():
+            if not wave.lock.acquire(False):  # another caller's: layer by layer
+                return None
+            try:
+                out = cells[-1].state_sizes[cells[-1].output]
+                y = torch.empty(T, B, out, dtype=dtype)
+                finals = {n: torch.empty(len(cells), B, sizes[n], dtype=dtype) for n in names}
+                row = B * dtype.itemsize
+                start = {n: (state[n].data_ptr() if state is not None else 0) for n in names}
+                zeros = torch.zeros(B, max(sizes.values()), dtype=dtype)
+                init = [{n: start[n] + l * row * sizes[n] if state is not None
+                         else zeros.data_ptr() for n in names} for l in range(len(cells))]
+                ends = [{n: finals[n].data_ptr() + l * row * sizes[n] for n in names}
+                        for l in range(len(cells))]
+                if not wave.run(pool, threads, x.data_ptr(), y.data_ptr(),
+                                [p.addresses for p in packs], init, ends):
+                    return None
+                return y, finals
+            finally:
+                wave.lock.release()
+        return run
+
+    def faster(self, rows: int) -> FasterOf:
+        """The choice between a wavefront and layer by layer for batches of `rows`."""
+        return faster_for(self._choices, rows)
+
+    def forward(self, key: str, slot: tuple, x: Tensor, weights: list[Tensor],
+                state: list[Tensor] | None, steps: int, rows: int, y_lead: tuple,
+                state_lead: tuple) -> tuple[Tensor, list[Tensor]] | None:
+        """(y, final states in the cell's order) of x, a contiguous tensor of `steps` x
+        `rows` inputs (its last axis; (T, B, I), or (B, I) for one step), from `state`
+        (tensors of `rows` x n elements each, in the cell's order; None: zeros); y is
+        shaped y_lead + (out,), the states state_lead + (n,). None where the lean call
+        does not apply."""
+        if (not weights or not x.is_cpu or x.dtype != weights[0].dtype
+                or not x.is_contiguous()):
+            return None
+        held = self._held(key, slot, x, weights)
+        if held is None:
+            return None
+        cell, packed = held
         width = x.shape[-1]
         if x.numel() != steps * rows * width:
             return None

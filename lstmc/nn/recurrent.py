@@ -124,45 +124,60 @@ class SequenceModule(nn.Module):
             or any(e.requires_grad for e in extras)
             or (state is not None and any(s.requires_grad for s in state.values())))
         names = list(self.state_sizes)
-        finals: dict[str, list[Tensor]] = {n: [] for n in names}
         # eager inference: the lean call on the tensors' memory where it applies
         lean = (not grad and lengths is None and not extras
                 and not (self.training and (self.weight_dropout or any(
                     self._draws_masks(l) for l in range(self.num_layers))))
                 and not torch.compiler.is_compiling())
-        layer_input = x
-        for layer in range(self.num_layers):
-            key = self._keys[layer]
-            outputs = []
-            for d in range(D):
-                weights = self._weights(layer, d)
-                if self.weight_dropout and self.training:
-                    # DropConnect (AWD-LSTM, haste): a fresh mask per forward on the
-                    # recurrent weights, shared by every step; the parameters stay put.
-                    weights = [F.dropout(w, self.weight_dropout, True) if i in
-                               self._recurrent_indices(layer) else w
-                               for i, w in enumerate(weights)]
-                k = layer * D + d
-                init = [] if state is None else [state[n][k] for n in names]
-                seq = layer_input if d == 0 else reverse(layer_input, lengths)
-                if extras:
-                    seq = torch.cat([seq, *(e if d == 0 else reverse(e, lengths)
-                                            for e in extras)], dim=-1)
-                # dropout and zoneout in the cell: masks in training mode, from torch's
-                # generator (torch.manual_seed reproduces them); expectations in eval
-                seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
-                        if self.training and self._draws_masks(layer) else None)
-                done = (self._lean_calls().forward(
-                    key, (layer, d), seq, weights, init or None, seq.shape[0], seq.shape[1],
-                    seq.shape[:2], seq.shape[1:2]) if lean else None)
-                y, final = done or call_forward(key, seq, weights, init, lengths, grad, seed)
-                outputs.append(y if d == 0 else reverse(y, lengths))
-                for n, f in zip(names, final):
-                    finals[n].append(f)
-            layer_input = torch.cat(outputs, dim=-1) if D > 1 else outputs[0]
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, True)
-        return layer_input, {n: torch.stack(v, 0) for n, v in finals.items()}
+
+        def layer_by_layer():
+            finals: dict[str, list[Tensor]] = {n: [] for n in names}
+            layer_input = x
+            for layer in range(self.num_layers):
+                key = self._keys[layer]
+                outputs = []
+                for d in range(D):
+                    weights = self._weights(layer, d)
+                    if self.weight_dropout and self.training:
+                        # DropConnect (AWD-LSTM, haste): a fresh mask per forward on
+                        # the recurrent weights, shared by every step; the parameters
+                        # stay put.
+                        weights = [F.dropout(w, self.weight_dropout, True) if i in
+                                   self._recurrent_indices(layer) else w
+                                   for i, w in enumerate(weights)]
+                    k = layer * D + d
+                    init = [] if state is None else [state[n][k] for n in names]
+                    seq = layer_input if d == 0 else reverse(layer_input, lengths)
+                    if extras:
+                        seq = torch.cat([seq, *(e if d == 0 else reverse(e, lengths)
+                                                for e in extras)], dim=-1)
+                    # dropout and zoneout in the cell: masks in training mode, from
+                    # torch's generator (torch.manual_seed reproduces them);
+                    # expectations in eval
+                    seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+                            if self.training and self._draws_masks(layer) else None)
+                    done = (self._lean_calls().forward(
+                        key, (layer, d), seq, weights, init or None, seq.shape[0],
+                        seq.shape[1], seq.shape[:2], seq.shape[1:2]) if lean else None)
+                    y, final = done or call_forward(key, seq, weights, init, lengths, grad,
+                                                    seed)
+                    outputs.append(y if d == 0 else reverse(y, lengths))
+                    for n, f in zip(names, final):
+                        finals[n].append(f)
+                layer_input = torch.cat(outputs, dim=-1) if D > 1 else outputs[0]
+                if self.dropout and self.training and layer < self.num_layers - 1:
+                    layer_input = F.dropout(layer_input, self.dropout, True)
+            return layer_input, {n: torch.stack(v, 0) for n, v in finals.items()}
+
+        if (lean and D == 1 and self.num_layers > 1
+                and not (self.training and self.dropout)):  # (dropout between layers)
+            calls = self._lean_calls()
+            wavefront = calls.wavefront(self._keys, x, [self._weights(l, 0) for l in
+                                                        range(self.num_layers)], state, names)
+            if wavefront is not None:  # whichever measures faster (choice.FasterOf)
+                return calls.faster(x.shape[1]).choose(layer_by_layer, wavefront,
+                                                       work=x.shape[0])
+        return layer_by_layer()
 
     def _prepare(self, input, lengths):
         """(x (T, B, I), lengths or None, the PackedSequence or None, unbatched)."""

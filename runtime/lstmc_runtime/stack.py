@@ -272,7 +272,8 @@ class Stack:
             return None  # (their derived matrices are made by packing: once per call)
         entries = [BF16 if getattr(sub, "weights", None) == BF16_WEIGHTS else "forward"
                    for sub in subs]
-        pool = cells[0].native_workers(min(len(cells), thread_count()))
+        threads = min(len(cells), thread_count())  # layers beyond take turns on them
+        pool = cells[0].native_workers(threads)
         if pool is None:
             return None
         table = self.__dict__.setdefault("_wavefronts", {})
@@ -295,10 +296,16 @@ class Stack:
                         addresses, kept = cell._addresses(sub)
                         known.append(addresses)
                         packs.append(kept)  # alive until the kernels return
+                x_ = np.ascontiguousarray(x)
                 init = [{n: np.ascontiguousarray(state[n][l]) for n in self.state_sizes}
                         for l in range(len(cells))]
-                ends = [{n: final[n][l] for n in self.state_sizes} for l in range(len(cells))]
-                return wave.run(pool, np.ascontiguousarray(x), known, init, ends)
+                y = np.empty((T, B, self.output_size), self.dtype)
+                if not wave.run(pool, threads, x_.ctypes.data, y.ctypes.data, known,
+                                [{n: v.ctypes.data for n, v in s.items()} for s in init],
+                                [{n: final[n][l].ctypes.data for n in self.state_sizes}
+                                 for l in range(len(cells))]):
+                    return None
+                return y
             finally:
                 wave.lock.release()
         return run

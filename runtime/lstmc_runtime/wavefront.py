@@ -14,12 +14,19 @@ those sizes; a call writes only the addresses that change (x, y, the states, and
 parameters when they are other arrays)."""
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
 
 from . import buffers as names
 from .errors import BackendError
+from .openmp import run_together
+
+# lstmc_wavefront: T, B, job table, thread index, thread count, flags, (unused)
+THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_void_p, ctypes.c_void_p)
 
 SYMBOL = "lstmc_wavefront"  # exported by cell libraries (their shared code)
 FLAG_WORDS = 16  # a layer's flag (chunks done) alone on its 128 bytes
@@ -40,6 +47,8 @@ class Wavefront:
     def __init__(self, cells: list, entries: list[str], T: int, B: int):
         self.cells, self.entries, self.T, self.B = cells, entries, T, B
         self.lock = threading.Lock()  # one call at a time fills the tables
+        self._address = cells[0]._functions[SYMBOL]  # lstmc_wavefront (any cell's library)
+        self._driver = THREADED_ENTRY(self._address)
         starts = chunk_starts(T)
         self.starts = np.asarray(starts[:-1], np.int64)  # each chunk's first step
         self.chunks = C = len(starts) - 1
@@ -115,38 +124,41 @@ class Wavefront:
         step = self.B * n * self.cells[l].dtype.itemsize
         self.tables[l, :, slot] = base + step * self.starts
 
-    def run(self, pool, x: np.ndarray, known: list, init: list[dict], final: list[dict]
-            ) -> np.ndarray | None:
-        """y of the last layer, or None when `pool` is busy. `known[l]`: layer l's
-        parameter addresses by buffer name; `init[l]`, `final[l]`: its first and final
-        states, contiguous (B, n) arrays by name (final: written)."""
+    def run(self, pool, threads: int, x: int, y: int, known: list, init: list[dict],
+            final: list[dict]) -> bool:
+        """Run the stack on `threads` threads (the caller and parked workers of `pool`):
+        False, having run nothing, when `pool` is busy. Addresses: `x` of the input
+        (T, B, I), `y` of the last layer's output (T, B, out); `known[l]`: layer l's
+        parameters by buffer name; `init[l]`, `final[l]`: its first and final states,
+        (B, n) each, by name."""
         last = len(self.cells) - 1
-        self._rows(0, self.slots[0]["x"][0], x.ctypes.data, x.shape[-1])
-        slot, n = self.slots[last]["y"]
-        y = np.empty((self.T, self.B, n), self.cells[last].dtype)
-        self._rows(last, slot, y.ctypes.data, n)
+        self._rows(0, self.slots[0]["x"][0], x, self.slots[0]["x"][1])
+        self._rows(last, self.slots[last]["y"][0], y, self.slots[last]["y"][1])
         for l, slots in enumerate(self.slots):
             for name, slot in slots["params"]:
                 self.tables[l, :, slot] = known[l][name]
             for key, slot in slots["state_in"]:
-                self.tables[l, 0, slot] = init[l][key].ctypes.data
+                self.tables[l, 0, slot] = init[l][key]
             for key, slot in slots["state_out"]:
-                self.tables[l, -1, slot] = final[l][key].ctypes.data
+                self.tables[l, -1, slot] = final[l][key]
         for l, used in enumerate(self.used):  # every buffer named (a null one would crash)
             if not self.tables[l, :, :used].all():
                 raise BackendError(f"internal: the wavefront's layer {l} misses a buffer")
-        if not pool.lock.acquire(False):
-            return None
-        try:
-            if pool.closed:
-                return None
-            sync = np.zeros(len(self.cells) * FLAG_WORDS, np.int64)
-            function = self.cells[0]._functions[SYMBOL]
-            status = pool.run(function, self.T, self.B, self.job.ctypes.data,
-                              min(len(self.cells), pool.count + 1), sync.ctypes.data, 0)
-        finally:
-            pool.lock.release()
-        if status:
-            raise BackendError(f"kernel {SYMBOL} failed with status {status}")
-        return y
-
+        sync = np.zeros(len(self.cells) * FLAG_WORDS, np.int64)
+        args = (self.T, self.B, self.job.ctypes.data)
+        # On PyTorch's OpenMP team where it is loaded (its threads spin after each torch
+        # op: ours would find the cores taken), as the threaded kernels run.
+        statuses = run_together(lambda tid: self._driver(
+            *args, tid, threads, sync.ctypes.data, None), threads)
+        if statuses is None:
+            if not pool.lock.acquire(False):
+                return False
+            try:
+                if pool.closed:
+                    return False
+                statuses = [pool.run(self._address, *args, threads, sync.ctypes.data, 0)]
+            finally:
+                pool.lock.release()
+        if any(statuses):
+            raise BackendError(f"kernel {SYMBOL} failed with status {max(statuses)}")
+        return True
