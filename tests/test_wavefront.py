@@ -221,3 +221,19 @@ def test_lstmc_nn_inference_runs_its_layers_as_a_wavefront(kind, layers, batch, 
     ours.eval()
     ours(x)[0].sum().backward()  # gradients
     assert not runs
+
+
+def test_large_buffers_are_leased_per_call_not_kept(monkeypatch):
+    """The outputs between layers and the work buffers of a long sequence are leased
+    from the buffer pool for each call (a stack of many lengths would otherwise keep
+    them all): the tables point at each call's, and the results are torch's."""
+    monkeypatch.setattr(wavefront, "MAX_PLAN_BYTES", 0)
+    module, stack, params = _pair("gru", 3)
+    for seed in range(3):  # other inputs, the same tables
+        x = np.random.default_rng(seed).standard_normal((29, 2, I))
+        want_y, want_final = _torch(module, x, stack.zero_state(2))
+        y, final = _wavefront_call(stack, x, params, stack.zero_state(2))
+        np.testing.assert_allclose(y, want_y, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(final["h"], want_final["h"], rtol=1e-10, atol=1e-12)
+    (wave,) = stack._wavefronts.values()
+    assert not wave.owned and all(a.size <= 2 * H for a in wave.keep)  # states, lengths

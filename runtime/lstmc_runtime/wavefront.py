@@ -1,17 +1,17 @@
 """A stack's layers as a wavefront: inference of one direction at small batches, layer
 l on chunk c of the sequence while layer l + 1 is on chunk c - 1, each layer on a core
-of its own (lstmc_wavefront, lstmc/backends/llvm/wavefront.py, run by the parked
-workers).
+of its own (lstmc_wavefront, lstmc/backends/llvm/wavefront.py, run on PyTorch's OpenMP
+team where torch loaded one, else by the parked workers).
 
 At B=1 a layer's step is too little work for two cores: sharing it costs a barrier per
 step and streams each core's half of the recurrent weights anyway. Two layers side by
 side each keep their own weights in their own core's cache and meet once per chunk.
 Each layer runs its one-thread forward entry on a chunk of CHUNK steps (its input
 projections one GEMM per chunk), its state carried from chunk to chunk in two buffers
-used in turn. A `Wavefront` is made once per stack and (T, B): its buffer tables, the
-layers' outputs but the last and the states between chunks, reused by every call of
-those sizes; a call writes only the addresses that change (x, y, the states, and the
-parameters when they are other arrays)."""
+used in turn. A `Wavefront` is made once per stack and (T, B): its buffer tables and
+the states between chunks (and, while they are small, the layers' outputs but the last
+and their work buffers), reused by every call of those sizes; a call writes only the
+addresses that change (x, y, the states, the parameters when they are other arrays)."""
 from __future__ import annotations
 
 import ctypes
@@ -20,8 +20,10 @@ import threading
 import numpy as np
 
 from . import buffers as names
+from .bound import MAX_PLAN_BYTES
 from .errors import BackendError
 from .openmp import run_together
+from .pool import POOL
 
 # lstmc_wavefront: T, B, job table, thread index, thread count, flags, (unused)
 THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
@@ -58,7 +60,11 @@ class Wavefront:
         self.job = np.zeros(JOB_KERNELS + L + 2 * L * C, np.int64)
         self.job[JOB_CHUNKS], self.job[JOB_LAYERS] = C, L
         self.keep: list[np.ndarray] = []  # buffers the tables point at
-        self.outputs: list[np.ndarray] = []  # of the layers but the last
+        # (layer, slot, shape, dtype) of the outputs of layers but the last, and of the
+        # layers' work buffers (a chunk's input projections): owned while small, leased
+        # from the buffer pool per call when large (a long sequence's outputs)
+        self.between: list[tuple] = []
+        self.scratch: list[tuple] = []
         self.slots: list[dict] = []  # per layer: the slots a call fills
         steps = np.diff(starts)
         for l, (cell, entry) in enumerate(zip(cells, entries)):
@@ -69,6 +75,24 @@ class Wavefront:
                                                  for c in range(C)]
             self.slots.append(self._lay_out(l, cell, entry, starts))
         self.used = [len(cell._layout(entry)) for cell, entry in zip(cells, entries)]
+        size = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                   for *_, shape, dtype in self.between + self.scratch)
+        self.owned = size <= MAX_PLAN_BYTES
+        if self.owned:
+            self._place([np.empty(shape, dtype) for *_, shape, dtype in
+                         self.between + self.scratch])
+
+    def _place(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Point the tables at `arrays`: the outputs between layers, then the work
+        buffers (self.between + self.scratch's order); returns them."""
+        for (l, slot, shape, _), array in zip(self.between, arrays):
+            self._rows(l, slot, array.ctypes.data, shape[-1])  # layer l's y
+            self._rows(l + 1, self.slots[l + 1]["x"][0], array.ctypes.data, shape[-1])
+        for (l, slot, _, _), array in zip(self.scratch, arrays[len(self.between):]):
+            self.tables[l, :, slot] = array.ctypes.data
+        if self.owned:
+            self.keep.extend(arrays)
+        return arrays
 
     def _lay_out(self, l: int, cell, entry: str, starts: list[int]) -> dict:
         """Fill layer l's tables with what stays (work buffers, the states between
@@ -81,8 +105,6 @@ class Wavefront:
             kind, key = names.parse(name)
             if name == names.X:
                 slots["x"] = (slot, dims[-1])
-                if l:  # the layer below's output
-                    self._rows(l, slot, self.outputs[l - 1].ctypes.data, dims[-1])
             elif name == names.Y:
                 slots["y"] = (slot, dims[-1])
             elif kind == "state_in" or kind == "state_out":
@@ -105,14 +127,12 @@ class Wavefront:
                 longest = int(max(np.diff(starts)))  # steps of a chunk
                 shape = tuple(min(T, longest) if d == "T" else B if d == "B" else int(d)
                               for d in dims)
-                tables[:, slot] = self._owned(np.empty(shape, buffer_dtype))
+                self.scratch.append((l, slot, shape, buffer_dtype))
             else:
                 raise BackendError(f"internal: entry {entry} takes {name} ({role}), which "
                                    "the wavefront does not fill")
-        if l < len(self.cells) - 1:  # the next layer's input
-            slot, n = slots["y"]
-            self.outputs.append(np.empty((T, B, n), dtype))
-            self._rows(l, slot, self.outputs[l].ctypes.data, n)
+        if l < len(self.cells) - 1:  # its output: the next layer's input
+            self.between.append((l, slots["y"][0], (T, B, slots["y"][1]), dtype))
         return slots
 
     def _owned(self, array: np.ndarray) -> int:
@@ -141,6 +161,9 @@ class Wavefront:
                 self.tables[l, 0, slot] = init[l][key]
             for key, slot in slots["state_out"]:
                 self.tables[l, -1, slot] = final[l][key]
+        leased = [] if self.owned else self._place(
+            [POOL.get(shape, dtype, zero=False) for *_, shape, dtype in
+             self.between + self.scratch])  # (alive until the kernels return)
         for l, used in enumerate(self.used):  # every buffer named (a null one would crash)
             if not self.tables[l, :, :used].all():
                 raise BackendError(f"internal: the wavefront's layer {l} misses a buffer")
@@ -159,6 +182,7 @@ class Wavefront:
                 statuses = [pool.run(self._address, *args, threads, sync.ctypes.data, 0)]
             finally:
                 pool.lock.release()
+        del leased  # back to the pool
         if any(statuses):
             raise BackendError(f"kernel {SYMBOL} failed with status {max(statuses)}")
         return True
