@@ -76,9 +76,6 @@ class LeanCalls:
                 or x.dtype != dtype or not x.is_contiguous()
                 or os.environ.get("LSTMC_WAVEFRONT") == "0"):
             return None
-        if state is not None and not all(s.is_cpu and s.dtype == dtype and s.is_contiguous()
-                                         for s in state.values()):
-            return None
         helds = [h for l, (key, w) in enumerate(zip(keys, weights))
                  if (h := self._held(key, (l, 0), x, w)) is not None
                  and wavefronts.SYMBOL in h[0]._functions]
@@ -86,6 +83,11 @@ class LeanCalls:
             return None
         cells = [cell for cell, _ in helds]
         packs = [pack for _, pack in helds]
+        sizes = cells[0].state_sizes
+        if state is not None and (set(state) != set(names) or not all(
+                s.is_cpu and s.dtype == dtype and s.is_contiguous()  # read by address
+                and tuple(s.shape) == (len(cells), B, sizes.get(n)) for n, s in state.items())):
+            return None
         threads = min(len(cells), thread_count())
         pool = cells[0].native_workers(threads)
         if pool is None:
@@ -97,7 +99,6 @@ class LeanCalls:
                 self._wavefronts.clear()
             wave = self._wavefronts[key] = wavefronts.Wavefront(
                 cells, ["forward"] * len(cells), T, B)
-        sizes = cells[0].state_sizes
 
         def run():
             if not wave.lock.acquire(False):  # another caller's: layer by layer
