@@ -130,7 +130,7 @@ class SequenceModule(nn.Module):
                     self._draws_masks(l) for l in range(self.num_layers))))
                 and not torch.compiler.is_compiling())
 
-        def layer_by_layer():
+        def layer_by_layer() -> tuple[Tensor, dict[str, Tensor]]:
             finals: dict[str, list[Tensor]] = {n: [] for n in names}
             layer_input = x
             for layer in range(self.num_layers):
