@@ -87,9 +87,11 @@ def test_a_wavefront_on_bfloat16_weights_computes_with_the_rounded_weights():
     np.testing.assert_allclose(final["c"], want_final["c"], rtol=1e-5, atol=1e-6)
 
 
-def test_forward_measures_the_wavefront_against_layer_by_layer(monkeypatch):
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_forward_measures_the_wavefront_against_layer_by_layer(batch_first, monkeypatch):
     """stack.forward offers both ways to a FasterOf per batch size; whichever runs, the
-    result is PyTorch's (the wavefront's tables are reused from call to call)."""
+    result is PyTorch's (the wavefront's tables are reused from call to call), batch
+    first too."""
     calls = []
     original = wavefront.Wavefront.run
 
@@ -100,6 +102,10 @@ def test_forward_measures_the_wavefront_against_layer_by_layer(monkeypatch):
     module, stack, params = _pair("lstm", 2)
     x = np.random.default_rng(2).standard_normal((11, 2, I))
     want_y, want_final = _torch(module, x, stack.zero_state(2))
+    if batch_first:
+        stack = lstmc.compile(spec_path("lstm"), I, H, target="cpu", dtype="float64",
+                              num_layers=2, batch_first=True)
+        x, want_y = np.ascontiguousarray(x.transpose(1, 0, 2)), want_y.transpose(1, 0, 2)
     for _ in range(2 * FasterOf.PROBES + 1):
         y, final = stack.forward(x, params)
         np.testing.assert_allclose(y, want_y, rtol=1e-10, atol=1e-12)
