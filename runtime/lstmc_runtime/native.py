@@ -40,17 +40,13 @@ from .threads import system_threads, thread_count
 from .validate import check_array, check_names
 from .wavefront import SYMBOL as WAVEFRONT_SYMBOL
 from .workers import SYMBOLS as WORKER_SYMBOLS
-from .workers import barrier_words, workers
+from .workers import THREADED_ENTRY, barrier_words, workers
 
 # Functions of a cell library besides its entries; one built before them lacks them.
 LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS + (WAVEFRONT_SYMBOL,)
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
-# Threaded entries also take: thread index, thread count, barrier words, shared scratch.
-THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
-                                  ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
-                                  ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 # An entry point's arguments by buffer name; "addresses", when present, maps packed
 # parameters to their addresses instead.
 Inputs: TypeAlias = dict[str, np.ndarray | Mapping[str, int]]

@@ -24,11 +24,7 @@ from .bound import MAX_PLAN_BYTES
 from .errors import BackendError
 from .openmp import run_together
 from .pool import POOL
-
-# lstmc_wavefront: T, B, job table, thread index, thread count, flags, (unused)
-THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
-                                  ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                  ctypes.c_void_p, ctypes.c_void_p)
+from .workers import THREADED_ENTRY
 
 SYMBOL = "lstmc_wavefront"  # exported by cell libraries (their shared code)
 FLAG_WORDS = 16  # a layer's flag (chunks done) alone on its 128 bytes
@@ -169,10 +165,11 @@ class Wavefront:
                 raise BackendError(f"internal: the wavefront's layer {l} misses a buffer")
         sync = np.zeros(len(self.cells) * FLAG_WORDS, np.int64)
         args = (self.T, self.B, self.job.ctypes.data)
+        table = self.job.ctypes.data_as(ctypes.POINTER(ctypes.c_void_p))
         # On PyTorch's OpenMP team where it is loaded (its threads spin after each torch
         # op: ours would find the cores taken), as the threaded kernels run.
         statuses = run_together(lambda tid: self._driver(
-            *args, tid, threads, sync.ctypes.data, None), threads)
+            self.T, self.B, table, tid, threads, sync.ctypes.data, None), threads)
         if statuses is None:
             if not pool.lock.acquire(False):
                 return False

@@ -21,6 +21,11 @@ STATE_WORDS = 16  # as lstmc/backends/llvm/workers.py lays them out
 READY, STOP = 5, 4
 LOOP = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
 RUN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, *[ctypes.c_int64] * 8)
+# A threaded kernel, as the workers call it: T, B, its buffers (or job) table, thread
+# index, thread count, barrier words, shared scratch.
+THREADED_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
+                                  ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 
 
 _calloc = ctypes.CDLL(None).calloc  # workers exist on Linux only (a futex parks them)

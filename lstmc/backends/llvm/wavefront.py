@@ -6,23 +6,23 @@ It has a threaded kernel's signature, so the parked workers run it like any othe
 each layer's one-thread forward entry and, per chunk, its step count and buffer table.
 Thread `tid` runs the layers l = tid, tid + threads, ..., each on chunk after chunk once
 the layer below has finished that chunk: each layer raises its own flag (the chunks it
-has done) in `sync`, one per FLAG_WORDS words, and the layer above waits on it. A layer whose entry fails (status != 0) still raises its flag, so no thread waits
-forever; the call returns the largest status."""
+has done) in `sync`, one per FLAG_WORDS words, and the layer above waits on it. A layer
+whose entry fails (status != 0) still raises its flag, so no thread waits forever; the
+call returns the largest status."""
 from __future__ import annotations
 
 from llvmlite import ir
 from lstmc_runtime.wavefront import FLAG_WORDS, JOB_CHUNKS, JOB_KERNELS, JOB_LAYERS, SYMBOL
 
 from .irutil import I32, I64, PTR, for_range, i64, spin_until, store_release
+from .workers import THREADED_KERNEL, declare
 
 ENTRY = ir.FunctionType(I32, [I64, I64, PTR])  # a one-thread entry: T, B, buffers
-THREADED = ir.FunctionType(I32, [I64, I64, PTR, I64, I64, PTR, PTR])
 
 
 def emit(module: ir.Module) -> None:
-    sched_yield = module.globals.get("sched_yield") or ir.Function(
-        module, ir.FunctionType(I32, []), "sched_yield")
-    fn = ir.Function(module, THREADED, SYMBOL)
+    sched_yield = declare(module, "sched_yield", ir.FunctionType(I32, []))
+    fn = ir.Function(module, THREADED_KERNEL, SYMBOL)
     _T, B, job, tid, threads, sync, _arena = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     chunks = b.load(b.gep(job, [i64(JOB_CHUNKS)], source_etype=I64), typ=I64)

@@ -41,7 +41,7 @@ def futex_syscall() -> int | None:
     return SYS_FUTEX.get(triple.split("-")[0])
 
 
-def _declare(module: ir.Module, name: str, ftype: ir.FunctionType) -> ir.Function:
+def declare(module: ir.Module, name: str, ftype: ir.FunctionType) -> ir.Function:
     existing = module.globals.get(name)
     if existing is not None:
         assert isinstance(existing, ir.Function)
@@ -55,8 +55,8 @@ def emit(module: ir.Module) -> bool:
     number = futex_syscall()
     if number is None:
         return False
-    sched_yield = _declare(module, "sched_yield", ir.FunctionType(I32, []))
-    syscall = _declare(module, "syscall", ir.FunctionType(I64, [I64], var_arg=True))
+    sched_yield = declare(module, "sched_yield", ir.FunctionType(I32, []))
+    syscall = declare(module, "syscall", ir.FunctionType(I64, [I64], var_arg=True))
     _emit_loop(module, number, sched_yield, syscall)
     _emit_run(module, number, sched_yield, syscall)
     return True
