@@ -11,13 +11,12 @@ addresses. Anything this does not cover (another device or dtype, a strided tens
 non-native cell, another caller inside the same cell) answers None: the op runs."""
 from __future__ import annotations
 
-import os
 import weakref
 
 import torch
 from lstmc_runtime import wavefront as wavefronts
 from lstmc_runtime.choice import FasterOf, faster_for
-from lstmc_runtime.threads import thread_count, thread_limit
+from lstmc_runtime.threads import thread_limit
 from torch import Tensor
 
 from . import ops
@@ -68,18 +67,15 @@ class LeanCalls:
         """A function running a one-direction stack's inference (layer l: keys[l],
         weights[l]) as a wavefront (lstmc_runtime.wavefront) on x (T, B, I) from `state`
         ({name: (L, B, n)} or None: zeros), returning (y, {name: (L, B, n)}), or None when
-        the workers are busy; None where it does not apply (as for `forward`, and a
-        batch under 16 rows, cores for two layers, LSTMC_WAVEFRONT not 0)."""
+        the workers are busy; None where it does not apply (as for `forward`, and
+        wavefront.prepared's conditions)."""
         T, B, _ = x.shape
         dtype = weights[0][0].dtype
-        if (B > wavefronts.MAX_ROWS or thread_count() < 2 or not x.is_cpu
-                or x.dtype != dtype or not x.is_contiguous()
-                or os.environ.get("LSTMC_WAVEFRONT") == "0"):
+        if not x.is_cpu or x.dtype != dtype or not x.is_contiguous():
             return None
         helds = [h for l, (key, w) in enumerate(zip(keys, weights))
-                 if (h := self._held(key, (l, 0), x, w)) is not None
-                 and wavefronts.SYMBOL in h[0]._functions]
-        if len(helds) < len(keys):  # not all native cells with the wavefront's code
+                 if (h := self._held(key, (l, 0), x, w)) is not None]
+        if len(helds) < len(keys):  # not all native cells
             return None
         cells = [cell for cell, _ in helds]
         packs = [pack for _, pack in helds]
@@ -88,38 +84,28 @@ class LeanCalls:
                 s.is_cpu and s.dtype == dtype and s.is_contiguous()  # read by address
                 and tuple(s.shape) == (len(cells), B, sizes.get(n)) for n, s in state.items())):
             return None
-        threads = min(len(cells), thread_count())
-        pool = cells[0].native_workers(threads)
-        if pool is None:
+        found = wavefronts.prepared(self._wavefronts, cells, ["forward"] * len(cells), T, B)
+        if found is None:
             return None
-        key = (tuple(cells), T, B)
-        wave = self._wavefronts.get(key)
-        if wave is None:
-            if len(self._wavefronts) >= MAX_PLANS:
-                self._wavefronts.clear()
-            wave = self._wavefronts[key] = wavefronts.Wavefront(
-                cells, ["forward"] * len(cells), T, B)
+        wave, pool, threads = found
 
         def run():
-            if not wave.lock.acquire(False):  # another caller's: layer by layer
-                return None
-            try:
-                out = cells[-1].state_sizes[cells[-1].output]
-                y = torch.empty(T, B, out, dtype=dtype)
-                finals = {n: torch.empty(len(cells), B, sizes[n], dtype=dtype) for n in names}
-                row = B * dtype.itemsize
-                start = {n: (state[n].data_ptr() if state is not None else 0) for n in names}
+            out = cells[-1].state_sizes[cells[-1].output]
+            y = torch.empty(T, B, out, dtype=dtype)
+            finals = {n: torch.empty(len(cells), B, sizes[n], dtype=dtype) for n in names}
+            row = B * dtype.itemsize
+            if state is None:
                 zeros = torch.zeros(B, max(sizes.values()), dtype=dtype)
-                init = [{n: start[n] + l * row * sizes[n] if state is not None
-                         else zeros.data_ptr() for n in names} for l in range(len(cells))]
-                ends = [{n: finals[n].data_ptr() + l * row * sizes[n] for n in names}
+                init = [{n: zeros.data_ptr() for n in names} for _ in cells]
+            else:
+                init = [{n: state[n].data_ptr() + l * row * sizes[n] for n in names}
                         for l in range(len(cells))]
-                if not wave.run(pool, threads, x.data_ptr(), y.data_ptr(),
-                                [p.addresses for p in packs], init, ends):
-                    return None
-                return y, finals
-            finally:
-                wave.lock.release()
+            ends = [{n: finals[n].data_ptr() + l * row * sizes[n] for n in names}
+                    for l in range(len(cells))]
+            if not wave.run(pool, threads, x.data_ptr(), y.data_ptr(),
+                            [p.addresses for p in packs], init, ends):
+                return None  # another call holds the workers or the tables
+            return y, finals
         return run
 
     def faster(self, rows: int) -> FasterOf:

@@ -258,12 +258,9 @@ class Stack:
         from .native import NativeCell, PackedParams
 
         T, B = x.shape[:2]
-        cells = [c for c, *_ in self.layers
-                 if isinstance(c, NativeCell) and wavefronts.SYMBOL in c._functions]
+        cells = [c for c, *_ in self.layers if isinstance(c, NativeCell)]
         if (self.num_layers < 2 or self.directions != ("forward",) or lengths is not None
-                or os.environ.get("LSTMC_WAVEFRONT") == "0" or extra
-                or B > wavefronts.MAX_ROWS or thread_count() < 2
-                or len(cells) < self.num_layers):
+                or extra or len(cells) < self.num_layers):
             return None
         subs = [packed.per_cell[l][0] if packed is not None
                 else {n: params[self.prefix(l, 0) + n] for n in cell.param_shapes}
@@ -272,42 +269,30 @@ class Stack:
             return None  # (their derived matrices are made by packing: once per call)
         entries = [BF16 if getattr(sub, "weights", None) == BF16_WEIGHTS else "forward"
                    for sub in subs]
-        threads = min(len(cells), thread_count())  # layers beyond take turns on them
-        pool = cells[0].native_workers(threads)
-        if pool is None:
+        found = wavefronts.prepared(self.__dict__.setdefault("_wavefronts", {}), cells,
+                                    entries, T, B)
+        if found is None:
             return None
-        table = self.__dict__.setdefault("_wavefronts", {})
-        key = (T, B, tuple(entries))
-        if key not in table:
-            if len(table) >= 16:  # many lengths of sequence: start over
-                table.clear()
-            table[key] = wavefronts.Wavefront(cells, entries, T, B)
-        wave = table[key]
+        wave, pool, threads = found
 
         def run():
-            if not wave.lock.acquire(False):  # another thread's call: the other way
-                return None
-            try:
-                known, packs = [], []
-                for cell, sub in zip(cells, subs):
-                    if isinstance(sub, PackedParams):
-                        known.append(sub.addresses)
-                    else:
-                        addresses, kept = cell._addresses(sub)
-                        known.append(addresses)
-                        packs.append(kept)  # alive until the kernels return
-                x_ = np.ascontiguousarray(x)
-                init = [{n: np.ascontiguousarray(state[n][l]) for n in self.state_sizes}
-                        for l in range(len(cells))]
-                y = np.empty((T, B, self.output_size), self.dtype)
-                if not wave.run(pool, threads, x_.ctypes.data, y.ctypes.data, known,
-                                [{n: v.ctypes.data for n, v in s.items()} for s in init],
-                                [{n: final[n][l].ctypes.data for n in self.state_sizes}
-                                 for l in range(len(cells))]):
-                    return None
-                return y
-            finally:
-                wave.lock.release()
+            known, packs = [], []
+            for cell, sub in zip(cells, subs):
+                if isinstance(sub, PackedParams):
+                    known.append(sub.addresses)
+                else:
+                    addresses, kept = cell._addresses(sub)
+                    known.append(addresses)
+                    packs.append(kept)  # alive until the kernels return
+            init = [{n: np.ascontiguousarray(state[n][l]) for n in self.state_sizes}
+                    for l in range(len(cells))]
+            y = np.empty((T, B, self.output_size), self.dtype)
+            if not wave.run(pool, threads, x.ctypes.data, y.ctypes.data, known,
+                            [{n: v.ctypes.data for n, v in s.items()} for s in init],
+                            [{n: final[n][l].ctypes.data for n in self.state_sizes}
+                             for l in range(len(cells))]):
+                return None  # another call holds the workers or the tables
+            return y
         return run
 
 

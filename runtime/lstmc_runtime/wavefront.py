@@ -15,7 +15,9 @@ addresses that change (x, y, the states, the parameters when they are other arra
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from .bound import MAX_PLAN_BYTES
 from .errors import BackendError
 from .openmp import run_together
 from .pool import POOL
+from .threads import thread_count
 from .workers import THREADED_ENTRY
 
 SYMBOL = "lstmc_wavefront"  # exported by cell libraries (their shared code)
@@ -34,8 +37,33 @@ CHUNK = 4  # steps (2 layers, T=100, H=128: at B=1 as fast as 8, at B=4 and 8 1.
 MAX_ROWS = 15  # batches of 16 rows and more are cut into slices across the cores instead
 
 
+MAX_WAVEFRONTS = 16  # (T, B) tables kept per stack or module; beyond, start over
+
+
 def chunk_starts(T: int) -> list[int]:
     return list(range(0, T, CHUNK)) + [T]
+
+
+def prepared(cache: dict, cells: list, entries: list[str], T: int, B: int
+             ) -> tuple[Wavefront, Any, int] | None:
+    """(the Wavefront of native `cells` for (T, B), made once and kept in `cache`; the
+    pool of parked workers; the threads to run it on), or None where no wavefront
+    applies: LSTMC_WAVEFRONT=0, more than MAX_ROWS rows, fewer than two cores, a
+    library without the driver, no parked workers."""
+    if (os.environ.get("LSTMC_WAVEFRONT") == "0" or B > MAX_ROWS or thread_count() < 2
+            or not all(SYMBOL in cell._functions for cell in cells)):
+        return None
+    threads = min(len(cells), thread_count())  # layers beyond take turns on them
+    pool = cells[0].native_workers(threads)
+    if pool is None:
+        return None
+    key = (tuple(cells), T, B, tuple(entries))
+    wave = cache.get(key)
+    if wave is None:
+        if len(cache) >= MAX_WAVEFRONTS:
+            cache.clear()
+        wave = cache[key] = Wavefront(cells, entries, T, B)
+    return wave, pool, threads
 
 
 class Wavefront:
@@ -44,7 +72,7 @@ class Wavefront:
 
     def __init__(self, cells: list, entries: list[str], T: int, B: int):
         self.cells, self.entries, self.T, self.B = cells, entries, T, B
-        self.lock = threading.Lock()  # one call at a time fills the tables
+        self.lock = threading.Lock()  # one call at a time fills the tables (run)
         self._address = cells[0]._functions[SYMBOL]  # lstmc_wavefront (any cell's library)
         self._driver = THREADED_ENTRY(self._address)
         starts = chunk_starts(T)
@@ -143,10 +171,19 @@ class Wavefront:
     def run(self, pool, threads: int, x: int, y: int, known: list, init: list[dict],
             final: list[dict]) -> bool:
         """Run the stack on `threads` threads (the caller and parked workers of `pool`):
-        False, having run nothing, when `pool` is busy. Addresses: `x` of the input
-        (T, B, I), `y` of the last layer's output (T, B, out); `known[l]`: layer l's
-        parameters by buffer name; `init[l]`, `final[l]`: its first and final states,
-        (B, n) each, by name."""
+        False, having run nothing, when `pool` or these tables are busy with another
+        call. Addresses: `x` of the input (T, B, I), `y` of the last layer's output
+        (T, B, out); `known[l]`: layer l's parameters by buffer name; `init[l]`,
+        `final[l]`: its first and final states, (B, n) each, by name."""
+        if not self.lock.acquire(False):
+            return False
+        try:
+            return self._run(pool, threads, x, y, known, init, final)
+        finally:
+            self.lock.release()
+
+    def _run(self, pool, threads: int, x: int, y: int, known: list, init: list[dict],
+             final: list[dict]) -> bool:
         last = len(self.cells) - 1
         self._rows(0, self.slots[0]["x"][0], x, self.slots[0]["x"][1])
         self._rows(last, self.slots[last]["y"][0], y, self.slots[last]["y"][1])
