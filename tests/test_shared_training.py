@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SPEC_NAMES, compile_spec, has_masks, random_extra_inputs, random_inputs
+from conftest import ROOT, SPEC_NAMES, compile_spec, has_masks, random_extra_inputs, random_inputs
 
 from lstmc.backends.llvm.smallgemm import panel_width
 from lstmc.backends.llvm.units import backward_units, step_units, trains_by_units
@@ -42,7 +42,8 @@ def use_runner(monkeypatch, runner: str) -> None:
         if openmp.team() is None:
             pytest.skip("PyTorch has not loaded GNU OpenMP here")
         return
-    monkeypatch.setattr("lstmc_runtime.native.run_together", lambda run, count: None)
+    monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
+    monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)
     if runner == "python":
         monkeypatch.setenv("LSTMC_NATIVE_WORKERS", "0")
 
@@ -169,19 +170,37 @@ def test_a_stack_trains_threaded_as_the_reference(monkeypatch, shared, hidden):
     assert shared.count("forward_train_mt") == 4 and shared.count("backward_mt") == 4
 
 
-def test_a_team_smaller_than_asked_runs_none_of_the_threads():
+@pytest.mark.parametrize("limit", ["1", ""])
+def test_a_team_smaller_than_asked_runs_none_of_the_threads(limit):
     """Threads that meet at barriers must all run at once: where OpenMP gives fewer
-    (OMP_THREAD_LIMIT=1), run_together runs nothing and says so (the caller then uses
-    its own threads) instead of running them one after another into a deadlock."""
+    (OMP_THREAD_LIMIT=1), run_kernel runs none of them and says so (None: the caller
+    then uses its own threads) instead of running them one after another into a
+    deadlock; a full team runs the kernel (status 0). Either way a shared training
+    call gives the one-thread result."""
     pytest.importorskip("torch")
-    code = ("import torch\n"
-            "from lstmc_runtime import openmp\n"
-            "ran = []\n"
+    code = ("import ctypes, numpy as np, torch, lstmc\n"
+            "from lstmc_runtime import native, openmp, wavefront\n"
+            "cell = lstmc.compile('specs/lstm.lstm', 3, 33, target='cpu', dtype='float64')\n"
             "assert openmp.team() is not None\n"
-            "print(openmp.run_together(ran.append, 2), ran,"
-            " openmp.team().map(lambda i: i, 2))\n")
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+            "job = np.zeros(8, np.int64)  # the wavefront driver with no layers: a no-op\n"
+            "sync = np.zeros(16, np.int64)\n"
+            "print(openmp.run_kernel(cell._functions[openmp.BODY_SYMBOL],\n"
+            "      cell._functions[wavefront.SYMBOL], 1, 1, job.ctypes.data, 2,\n"
+            "      sync.ctypes.data, 0), openmp.team().map(lambda i: i, 2))\n"
+            "x = np.random.default_rng(0).standard_normal((12, 1, 3))\n"
+            "params = cell.init_params(0)\n"
+            "def grads():\n"
+            "    y, _, tape = cell.forward(x, params, train=True)\n"
+            "    return [y, *tape.backward(np.ones_like(y))['params'].values()]\n"
+            "alone = grads()\n"
+            "native.SHARED_TRAINING_WEIGHTS = 0\n"
+            "shared = grads()\n"
+            "print(all(np.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(alone, shared)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}
+    if limit:
+        env["OMP_THREAD_LIMIT"] = limit
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["None", "[]", "[0,", "1]"]
+    status = "None" if limit else "0"
+    assert out.stdout.split() == [status, "[0,", "1]", "True"]

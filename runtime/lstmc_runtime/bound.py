@@ -26,6 +26,8 @@ from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
+from .openmp import BODY_SYMBOL as OPENMP_BODY
+from .openmp import run_kernel
 from .pool import POOL
 from .threads import thread_limit
 from .validate import check_array
@@ -190,6 +192,7 @@ class Threaded:
             raise BackendError(f"internal: {entry} and forward take different buffers")
         self.threads = cell._threads()
         self.address = cell._functions[entry]
+        self.body = cell._functions.get(OPENMP_BODY)  # to run it on the OpenMP team
         self.sync = barrier_words()
         self.arena = np.empty((B, max(cell.contract.entries[entry].arena_elements, 1)),
                               cell.dtype)
@@ -203,14 +206,20 @@ class Threaded:
         return self.faster.choose(alone, together)
 
     def run(self, T: int, B: int, pointers) -> int | None:
-        """The kernel's status, or None when the workers are busy with another call."""
+        """The kernel's status, or None when the workers are busy with another call. On
+        PyTorch's OpenMP team where it is loaded (its threads spin after each torch op:
+        the parked workers would find the cores taken), else on the parked workers."""
+        self.sync.fill(0)
+        status = run_kernel(self.body, self.address, T, B, _addressof(pointers),
+                            self.threads, *self.args)
+        if status is not None:
+            return status
         pool = self.pool()
         if pool is None or not pool.lock.acquire(False):
             return None
         try:
             if pool.closed:
                 return None
-            self.sync.fill(0)
             return pool.run(self.address, T, B, _addressof(pointers), self.threads,
                             *self.args)
         finally:

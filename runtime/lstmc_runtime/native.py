@@ -31,7 +31,8 @@ from .cellbase import CellBase
 from .choice import FasterOf, faster_for
 from .errors import BackendError, UsageError
 from .manifest import BF16, THREADED, CpuManifest, single_threaded
-from .openmp import map_slices, run_together
+from .openmp import BODY_SYMBOL as OPENMP_BODY
+from .openmp import map_slices, run_kernel
 from .packcache import PackCache, clear_all
 from .packing import SYMBOLS as PACKING_SYMBOLS
 from .packing import Packer
@@ -43,7 +44,7 @@ from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import THREADED_ENTRY, barrier_words, workers
 
 # Functions of a cell library besides its entries; one built before them lacks them.
-LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS + (WAVEFRONT_SYMBOL,)
+LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS + (WAVEFRONT_SYMBOL, OPENMP_BODY)
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                          ctypes.POINTER(ctypes.c_void_p))
@@ -449,15 +450,17 @@ class NativeCell(CellBase):
         sync = barrier_words()
         elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
+        status = run_kernel(self._functions.get(OPENMP_BODY), self._functions[entry], T, B,
+                            ctypes.addressof(pointers), threads, sync.ctypes.data,
+                            arena.ctypes.data)
+        if status is not None:
+            return [status]
         kernel = self._entries[entry]
         args = (T, B, pointers)
 
         def run(tid: int) -> int:
             return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
 
-        statuses = run_together(run, threads)
-        if statuses is not None:
-            return statuses
         pool = self.native_workers(threads)
         if pool is not None and pool.lock.acquire(False):  # else: busy, as below
             try:

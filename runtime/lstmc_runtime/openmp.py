@@ -9,7 +9,12 @@ to the very threads that are spinning, as the team's next parallel region.
 Used only where a libgomp is already in the process (this module never loads one, so
 the core stays free of it), never in a process forked from the one that looked it up
 (libgomp's team does not survive a fork) and never from inside a parallel region.
-`LSTMC_OPENMP=0` turns it off."""
+`LSTMC_OPENMP=0` turns it off.
+
+A threaded kernel (and the wavefront driver) runs on the team through
+`lstmc_openmp_body` (lstmc/backends/llvm/openmp.py): native code calls the kernel on
+each thread, so no thread of the team takes the GIL. Batch slices, whose calls are long,
+still run a Python body per slice."""
 from __future__ import annotations
 
 import ctypes
@@ -20,6 +25,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 _BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+# GOMP_parallel with a native body: (body, data, threads, flags)
+_NATIVE_PARALLEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint,
+                                    ctypes.c_uint)
+BODY_SYMBOL = "lstmc_openmp_body"  # exported by cell libraries
+# The job lstmc_openmp_body reads, an int64 each: the threaded kernel's address and
+# arguments, the team's omp_get_thread_num and omp_get_num_threads, and what it reports:
+# the largest status of the threads, and whether the team was too small to run any.
+JOB_SLOTS = ("kernel", "T", "B", "table", "threads", "sync", "arena", "thread_num",
+             "num_threads", "status", "short")
+_JOB = ctypes.c_int64 * len(JOB_SLOTS)
+_STATUS, _SHORT = JOB_SLOTS.index("status"), JOB_SLOTS.index("short")
 RTLD_NOLOAD = getattr(os, "RTLD_NOLOAD", 4)
 
 
@@ -35,24 +51,30 @@ class Team:
         self._inside = lib.omp_in_parallel
         for f in (self._thread, self._size, self._inside):
             f.restype, f.argtypes = ctypes.c_int, []
+        self._parallel_native = _NATIVE_PARALLEL(_address(lib.GOMP_parallel))
+        self._queries = (_address(self._thread), _address(self._size))
 
-    def map(self, run: Callable[[int], T], count: int, together: bool = False
-            ) -> list[T] | None:
+    def run_kernel(self, body: int, kernel: int, T: int, B: int, table: int, threads: int,
+                   sync: int, arena: int) -> int | None:
+        """The status of a threaded kernel run by a team of `threads` threads, each
+        calling it natively from `body` (lstmc_openmp_body); None (nothing run) inside a
+        parallel region or when the team came out smaller."""
+        if self._inside():
+            return None
+        job = _JOB(kernel, T, B, table, threads, sync, arena, *self._queries, 0, 0)
+        self._parallel_native(body, ctypes.addressof(job), threads, 0)
+        return None if job[_SHORT] else job[_STATUS]
+
+    def map(self, run: Callable[[int], T], count: int) -> list[T] | None:
         """[run(0), ..., run(count-1)], run by a team of `count` threads (a smaller team
-        than asked takes several each; with `together`, runs that wait for one another,
-        it runs none of them); None when called inside a parallel region or when a
-        `together` team came out smaller."""
+        than asked takes several each); None when called inside a parallel region."""
         if self._inside():
             return None
         results: list = [None] * count
         errors: list[BaseException] = []
-        short = []
 
         def body(_data) -> None:
             size = self._size()
-            if together and size < count:
-                short.append(size)
-                return
             for i in range(self._thread(), count, size):
                 try:
                     results[i] = run(i)
@@ -63,7 +85,13 @@ class Team:
         self._parallel(callback, None, count, 0)
         if errors:
             raise errors[0]
-        return None if short else results
+        return results
+
+
+def _address(function) -> int:
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    assert address  # a symbol ctypes found
+    return address
 
 
 _found: tuple[int, Team] | None = None  # (the process that found it, its team)
@@ -116,8 +144,13 @@ def map_slices(run: Callable[[int], T], count: int,
     return fallback(run, range(count))
 
 
-def run_together(run: Callable[[int], T], count: int) -> list[T] | None:
-    """run(0), ..., run(count-1) each on a thread of its own of the OpenMP team, all at
-    once (they meet at barriers); None where there is no such team (nothing run)."""
+def run_kernel(body: int | None, kernel: int, T: int, B: int, table: int, threads: int,
+               sync: int, arena: int) -> int | None:
+    """The status of a threaded kernel (T, B, its table, thread index and count, barrier
+    words, arena) run by `threads` threads of the OpenMP team at once (they meet at
+    barriers), through the library's `body` (lstmc_openmp_body); None where there is no
+    such team or body (nothing run)."""
     found = team()
-    return None if found is None else found.map(run, count, together=True)
+    if found is None or not body:
+        return None
+    return found.run_kernel(body, kernel, T, B, table, threads, sync, arena)

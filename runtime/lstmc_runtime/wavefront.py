@@ -14,7 +14,6 @@ and their work buffers), reused by every call of those sizes; a call writes only
 addresses that change (x, y, the states, the parameters when they are other arrays)."""
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from typing import Any
@@ -24,10 +23,10 @@ import numpy as np
 from . import buffers as names
 from .bound import MAX_PLAN_BYTES
 from .errors import BackendError
-from .openmp import run_together
+from .openmp import BODY_SYMBOL as OPENMP_BODY
+from .openmp import run_kernel
 from .pool import POOL
 from .threads import thread_count
-from .workers import THREADED_ENTRY
 
 SYMBOL = "lstmc_wavefront"  # exported by cell libraries (their shared code)
 FLAG_WORDS = 16  # a layer's flag (chunks done) alone on its 128 bytes
@@ -74,7 +73,7 @@ class Wavefront:
         self.cells, self.entries, self.T, self.B = cells, entries, T, B
         self.lock = threading.Lock()  # one call at a time fills the tables (run)
         self._address = cells[0]._functions[SYMBOL]  # lstmc_wavefront (any cell's library)
-        self._driver = THREADED_ENTRY(self._address)
+        self._openmp_body = cells[0]._functions.get(OPENMP_BODY)
         starts = chunk_starts(T)
         self.starts = np.asarray(starts[:-1], np.int64)  # each chunk's first step
         self.chunks = C = len(starts) - 1
@@ -202,21 +201,20 @@ class Wavefront:
                 raise BackendError(f"internal: the wavefront's layer {l} misses a buffer")
         sync = np.zeros(len(self.cells) * FLAG_WORDS, np.int64)
         args = (self.T, self.B, self.job.ctypes.data)
-        table = self.job.ctypes.data_as(ctypes.POINTER(ctypes.c_void_p))
         # On PyTorch's OpenMP team where it is loaded (its threads spin after each torch
         # op: ours would find the cores taken), as the threaded kernels run.
-        statuses = run_together(lambda tid: self._driver(
-            self.T, self.B, table, tid, threads, sync.ctypes.data, None), threads)
-        if statuses is None:
+        status = run_kernel(self._openmp_body, self._address, *args, threads,
+                            sync.ctypes.data, 0)
+        if status is None:
             if not pool.lock.acquire(False):
                 return False
             try:
                 if pool.closed:
                     return False
-                statuses = [pool.run(self._address, *args, threads, sync.ctypes.data, 0)]
+                status = pool.run(self._address, *args, threads, sync.ctypes.data, 0)
             finally:
                 pool.lock.release()
         del leased  # back to the pool
-        if any(statuses):
-            raise BackendError(f"kernel {SYMBOL} failed with status {max(statuses)}")
+        if status:
+            raise BackendError(f"kernel {SYMBOL} failed with status {status}")
         return True

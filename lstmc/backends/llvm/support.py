@@ -17,7 +17,7 @@ from lstmc_runtime import dtypes
 from lstmc_runtime.artifact import write_file
 from lstmc_runtime.manifest import BF16_DTYPES
 
-from . import packing, wavefront, workers
+from . import openmp, packing, wavefront, workers
 from .irutil import float_type
 from .smallgemm import emit_small_gemm, small_gemm_type
 
@@ -41,6 +41,7 @@ def support_ir(dtype: str) -> str:
         emit_small_gemm(module, ftype, accumulate=False, bf16=True)
     workers.emit(module)  # the parked threads that run the *_mt entries
     wavefront.emit(module)  # a stack's layers side by side (run by those threads)
+    openmp.emit(module)  # or both run by PyTorch's OpenMP team, where it is loaded
     packing.emit(module, ftype)  # for the runtime to pack weights with
     return str(module)
 
