@@ -30,6 +30,7 @@ OpenCL kernels.
 """
 # No `from __future__ import annotations` here: torch.library reads the ops' annotations
 # at run time to infer their schemas.
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lstmc_runtime.bound import address
 from lstmc_runtime.packcache import same_bytes
 from torch import Tensor
 
@@ -237,30 +239,46 @@ def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tenso
             grads.append(to_tensor(parts[0][2]))
         else:
             joined = _joined(parts, tuple(weight.shape))
-            if joined is not None:
-                grads.append(to_tensor(joined))
-                continue
-            grad = torch.zeros_like(weight)
-            for r0, r1, g in parts:
-                grad[r0:r1] = to_tensor(g)
-            grads.append(grad)
+            grads.append(to_tensor(_stacked(parts, tuple(weight.shape))
+                                   if joined is None else joined))
     return grads
+
+
+def _stacked(parts, shape: tuple):
+    """A new array of `shape` holding each part (r0, r1, array) in its rows r0:r1 (rows
+    no part covers: zero), made by the parts' own array library: one NumPy (CuPy) array
+    filled in place, where torch would take a zeros_like and a slice assignment per
+    part (~10 µs each on a small machine: 4 gates' biases cost 100 µs a step)."""
+    first = parts[0][2]
+    xp: Any = np
+    if not isinstance(first, np.ndarray):
+        import cupy
+        xp = cupy
+    row = 0
+    for r0, r1, _ in sorted(parts, key=lambda p: p[0] or 0):
+        row = r1 if r0 == row else -1
+    out = (xp.empty if row == shape[0] else xp.zeros)(shape, first.dtype)  # tiled: no zeros
+    for r0, r1, g in parts:
+        out[r0:r1] = g
+    return out
 
 
 def _joined(parts, shape: tuple):
     """The array whose consecutive row blocks `parts` ((r0, r1, array)) are, when they
-    cover `shape` exactly, in order, in one C-contiguous NumPy buffer; else None."""
+    cover `shape` exactly, in order, in one C-contiguous NumPy buffer; else None.
+    (Addresses by `address`: `__array_interface__` builds a dict per call, and this runs
+    for every weight of every backward.)"""
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
-    if not isinstance(first, np.ndarray):
+    if type(first) is not np.ndarray:
         return None
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * first.itemsize
-    start = first.__array_interface__["data"][0]
+    row_bytes = math.prod(shape[1:]) * first.itemsize
+    start = address(first)
     row = 0
     for r0, r1, g in parts:
-        if (r0 != row or not isinstance(g, np.ndarray) or g.dtype != first.dtype
+        if (r0 != row or type(g) is not np.ndarray or g.dtype != first.dtype
                 or g.shape != (r1 - r0,) + shape[1:] or not g.flags.c_contiguous
-                or g.__array_interface__["data"][0] != start + r0 * row_bytes):
+                or address(g) != start + r0 * row_bytes):
             return None
         row = r1
     if row != shape[0]:
@@ -268,7 +286,7 @@ def _joined(parts, shape: tuple):
     root = first
     while isinstance(root.base, np.ndarray):
         root = root.base
-    lo = root.__array_interface__["data"][0]
+    lo = address(root)
     if not root.flags.c_contiguous or start < lo or start + row * row_bytes > lo + root.nbytes:
         return None
     offset = (start - lo) // first.itemsize
