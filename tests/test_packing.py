@@ -45,6 +45,25 @@ def test_native_packs_are_the_panel_layout(packer, rows, columns):
     np.testing.assert_array_equal(plain, panels_oracle(stacked, packer.width))
 
 
+@pytest.mark.parametrize("rows,columns", [
+    ([128] * 4, 128), ([32, 32], 16), ([64, 64, 64], 70), ([5, 5, 5], 7), ([40, 40], 33),
+    ([32, 0, 7], 50), ([64, 30], 100), ([16, 16], 1)])
+@pytest.mark.parametrize("adjacent", ["all", "first two"])
+def test_parts_adjacent_in_memory_pack_as_separate_ones_do(packer, rows, columns, adjacent):
+    """Row blocks of one array (nn.LSTM's weight_ih: four gates), packed in one native
+    call per run of blocks that follow one another in memory: the panel layout of the
+    stack, as when each block is an array of its own."""
+    rng = np.random.default_rng(sum(rows) + columns)
+    whole = rng.standard_normal((sum(rows), columns)).astype(packer.dtype)
+    bounds = np.cumsum([0] + rows)
+    parts = [whole[r0:r1] for r0, r1 in zip(bounds[:-1], bounds[1:])]
+    if adjacent == "first two" and len(parts) > 2:
+        parts[2] = parts[2].copy()  # elsewhere in memory: a run of its own
+    for transposed, oracle in ((True, whole.T), (False, whole)):
+        np.testing.assert_array_equal(packer.stacked(parts, transposed),
+                                      panels_oracle(oracle, packer.width))
+
+
 def test_numpy_packs_equal_native_ones(packer):
     numpy_only = Packer(packer.width, packer.dtype)
     assert not numpy_only.native
