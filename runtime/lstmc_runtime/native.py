@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import math
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -345,12 +346,19 @@ class NativeCell(CellBase):
         """Run an entry point on each batch slice [bounds[c], bounds[c+1]). Arrays with a
         batch axis are cut into slices (outputs: joined again); `per_slice` supplies
         arrays already cut; outputs without a batch axis are summed over slices."""
+        if len(bounds) == 2:
+            return self._call_one(entry, T, bounds[1], given,
+                                  None if per_slice is None else per_slice[0])
         layout = self._layout(entry)
         count = len(bounds) - 1
         slices: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        known = given.get("addresses", _NOTHING)  # of packed parameters, computed once
+        assert isinstance(known, Mapping)  # the one entry of `given` that is not an array
         for c in range(count):
             b0, b1 = bounds[c], bounds[c + 1]
             for name, shape, role, dtype, axis in self._shaped(entry, T, b1 - b0):
+                if role == "in" and name in known:  # a snapshot's: validated, by address
+                    continue
                 if role == "in":
                     if per_slice is not None and name in per_slice[c]:
                         array = per_slice[c][name]
@@ -375,20 +383,13 @@ class NativeCell(CellBase):
                     array = POOL.get(shape, dtype, zero=role == "out")
                 slices[c][name] = array
 
-        known = given.get("addresses", {})  # of packed parameters, computed once
-        assert isinstance(known, Mapping)  # the one entry of `given` that is not an array
-
         def run(c: int) -> int:
             arrays = slices[c]
             pointers = (ctypes.c_void_p * max(len(layout), 1))(
-                *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
+                *[known[name] if name in known else _address(arrays[name]) for name, *_ in layout])
             return self._entries[entry](T, bounds[c + 1] - bounds[c], pointers)
 
-        if entry.endswith("_mt"):  # one slice, every thread on it
-            statuses = self._run_threaded(entry, T, bounds[1], slices[0], layout, known)
-        else:
-            statuses = [run(0)] if count == 1 else map_slices(
-                run, count, lambda f, items: list(_executor().map(f, items)))
+        statuses = map_slices(run, count, lambda f, items: list(_executor().map(f, items)))
         if any(statuses):
             raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
         for c in range(count):  # inputs cut into copies here: freed before outputs are joined
@@ -415,6 +416,62 @@ class NativeCell(CellBase):
                 out[name] = parts[0]
         return out
 
+    def _call_one(self, entry: str, T: int, B: int, given: Inputs,
+                  own: dict | None) -> dict:
+        """_call of a batch in one slice, as _call's own loop would run it, with each
+        buffer's handling decided once per (entry, T, B) (`_frame`): a training call
+        spent ~25 µs here per kernel call, the slices' bookkeeping of a case without
+        slices."""
+        frame = self._frame(entry, T, B)
+        known: Any = given.get("addresses", _NOTHING)
+        arrays: dict[str, np.ndarray] = {}
+        table = []
+        for name, shape, dtype, kind, strides in frame.buffers:
+            array: Any = None if own is None else own.get(name)
+            if array is None and kind == _IN and name in known:  # a snapshot's: validated
+                table.append(known[name])
+                continue
+            if array is None and kind != _IN:  # made here: of the kernel's shape
+                if kind == _SMALL:
+                    array = np.empty(shape, dtype)
+                elif kind == _SMALL_ZERO:
+                    array = np.zeros(shape, dtype)
+                else:
+                    array = POOL.get(shape, dtype, zero=kind == _POOLED_ZERO)
+            else:  # the caller's: checked, the kernel knows only its address
+                if array is None:
+                    array = given[name]
+                elif kind == _SMALL_ZERO or kind == _POOLED_ZERO:
+                    array.fill(0)
+                if (array.shape != shape or array.dtype != dtype
+                        or array.strides != strides and not array.flags.c_contiguous):
+                    raise BackendError(f"internal: buffer {name} is {array.shape} "
+                                       f"{array.dtype}, the kernel needs {shape} {dtype}")
+            arrays[name] = array
+            table.append(_address(array))
+        pointers = (ctypes.c_void_p * max(len(table), 1))(*table)
+        if frame.threaded:  # every thread on the one slice
+            statuses = self._run_threaded(entry, T, B, pointers)
+        else:
+            statuses = [self._entries[entry](T, B, pointers)]
+        if any(statuses):
+            raise BackendError(f"kernel {entry} failed with status {max(statuses)}")
+        out: dict = {name: arrays[name] for name in frame.outputs}
+        out["slices"] = [arrays]
+        return out
+
+    def _frame(self, entry: str, T: int, B: int) -> _Frame:
+        """How _call_one fills each buffer of `entry` at (T, B), kept for the next calls
+        of these sizes."""
+        cache = self.__dict__.setdefault("_frames", {})
+        found = cache.get((entry, T, B))
+        if found is None:
+            if len(cache) >= 256:  # many lengths: start over
+                cache.clear()
+            found = cache[entry, T, B] = _Frame(self._shaped(entry, T, B),
+                                                entry.endswith(THREADED))
+        return found
+
     def _call_faster(self, entry: str, T: int, bounds: list[int], given: Inputs,
                      per_slice: list[dict] | None) -> dict:
         """_call of `entry`; a threaded entry runs only while it measures faster than
@@ -439,14 +496,12 @@ class NativeCell(CellBase):
         weights = self.contract.step_weight_elements
         return max(2, min(thread_count(), weights // share, 8))
 
-    def _run_threaded(self, entry, T, B, arrays, layout, known) -> list[int]:
+    def _run_threaded(self, entry: str, T: int, B: int, pointers) -> list[int]:
         """Statuses of a threaded entry run on one slice by its threads together: on the
         OpenMP team when PyTorch's is loaded (its threads spin after each torch op: ours
         would find the cores taken), else on the parked native workers, else (both busy)
         on Python's threads."""
         threads = self._threads()
-        pointers = (ctypes.c_void_p * max(len(layout), 1))(
-            *[known.get(name) or _address(arrays[name]) for name, *_ in layout])
         sync = barrier_words()
         elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
@@ -475,10 +530,11 @@ class NativeCell(CellBase):
     def _inputs(self, x, params, state, lengths, packs) -> Inputs:
         T, B, _ = x.shape
         given = {"x": x, "lengths": np.full(B, T, np.int64) if lengths is None else lengths}
-        given.update({names.param(n): np.ascontiguousarray(v) for n, v in params.items()})
-        given.update(packs)
         if isinstance(params, PackedParams):  # stable: the snapshot owns these arrays
-            given["addresses"] = params.addresses
+            given["addresses"] = params.addresses  # (the kernels need no more of them)
+        else:
+            given.update({names.param(n): np.ascontiguousarray(v) for n, v in params.items()})
+            given.update(packs)
         given.update({names.state_in(n): v for n, v in state.items()})
         return given
 
@@ -592,6 +648,38 @@ class NativeCell(CellBase):
                     dparams[name] += part
         dstate0 = {n: out[names.dstate_out(n)] for n in self.state_sizes}
         return out["dx"], dparams, dstate0
+
+
+_NOTHING: Mapping[str, int] = {}
+# How _call_one gets a buffer it is not handed: the caller's input; new memory (from the
+# heap when small, zeroed or not as the kernel expects); pooled memory.
+_IN, _SMALL, _SMALL_ZERO, _POOLED, _POOLED_ZERO = range(5)
+
+
+class _Frame:
+    """An entry's buffers at one (T, B): (name, shape, dtype, how it is got, the strides
+    of a C-contiguous array of that shape), and which are outputs."""
+
+    __slots__ = ("buffers", "outputs", "threaded")
+
+    def __init__(self, shaped: list[tuple], threaded: bool):
+        self.buffers = []
+        for name, shape, role, dtype, _axis in shaped:
+            small = math.prod(shape) * dtype.itemsize < POOL.MIN_BYTES  # as POOL.get does
+            kind = (_IN if role == "in" else (_SMALL_ZERO if small else _POOLED_ZERO)
+                    if role == "out" else _SMALL if small else _POOLED)
+            self.buffers.append((name, shape, dtype, kind, _c_strides(shape, dtype.itemsize)))
+        self.outputs = [name for name, _shape, role, _dtype, _axis in shaped
+                        if role in ("out", "result")]
+        self.threaded = threaded
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _rng_slices(seed: int | None, bounds: list[int]) -> list[dict[str, np.ndarray]]:
