@@ -568,6 +568,33 @@ class NativeCell(CellBase):
             return weights >= min(MIN_THREADED_WEIGHTS, THREADED_STEP_WEIGHTS)
         return T >= 8 and weights >= SHARED_TRAINING_WEIGHTS
 
+    def _gradient_sources(self) -> list[tuple[str, tuple, list[tuple]]]:
+        """Per parameter, (name, shape, its gradient's parts among the backward's
+        outputs: (buffer, first row, end row) or (buffer, None, None) for the whole),
+        once. A gradient is the sum of its parts; a lone part is handed out as it is
+        (the rows of a packed gradient are views of it: no copy)."""
+        found = self.__dict__.get("_gradient_sources_cache")
+        if found is None:
+            outputs = {name for name, _dims, role, *_ in self._layout("backward")
+                       if role in ("out", "result")}
+            sources: dict[str, list[tuple]] = {n: [] for n in self.kernel_param_shapes}
+            for name in self.kernel_param_shapes:
+                if names.dparam(name) in outputs:
+                    sources[name].append((names.dparam(name), None, None))
+            for name, same in self.contract.gradient_aliases.items():
+                sources[name].append((names.dparam(same), None, None))
+            for p in self.contract.packed.values():
+                if names.dpacked(p.name) not in outputs:
+                    continue
+                offset = 0
+                for name, rows in p.segments:
+                    sources[name].append((names.dpacked(p.name), offset, offset + rows))
+                    offset += rows
+            found = self.__dict__["_gradient_sources_cache"] = [
+                (name, tuple(shape), sources[name])
+                for name, shape in self.kernel_param_shapes.items()]
+        return found
+
     def workspace_size(self, T: int, B: int) -> int:
         """Elements of the `workspace` a (T, B) training forward can save into."""
         return ws_layout.size(self._saved_widths(), T, B)
@@ -619,29 +646,15 @@ class NativeCell(CellBase):
                                                         _rng_slices(saved.seed, saved.bounds))]
         entry = "backward_mt" if self._shares_steps(T, saved.bounds, True) else "backward"
         out = self._call_faster(entry, T, saved.bounds, given, per_slice)
-        # Each parameter's gradient: the sum of its parts. A lone part is handed out as
-        # it is (the rows of a packed gradient are views of it: no copy); aliases share
-        # the kernel's array, so the second of them gets a copy.
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.kernel_param_shapes}
-        for name in self.kernel_param_shapes:
-            if names.dparam(name) in out:
-                parts[name].append(out[names.dparam(name)])
-        for name, same in self.contract.gradient_aliases.items():
-            parts[name].append(out[names.dparam(same)].copy())
-        for p in self.contract.packed.values():
-            gradient, offset = out.get(names.dpacked(p.name)), 0
-            if gradient is None:
-                continue
-            for name, rows in p.segments:
-                parts[name].append(gradient[offset:offset + rows])
-                offset += rows
         dparams = {}
-        for name, shape in self.kernel_param_shapes.items():
-            found = parts[name]
+        aliases = self.contract.gradient_aliases
+        for name, shape, sources in self._gradient_sources():
+            found = [out[key] if r0 is None else out[key][r0:r1] for key, r0, r1 in sources]
             if not found:
                 dparams[name] = np.zeros(shape, self.dtype)
-            elif len(found) == 1 and found[0].shape == tuple(shape):
-                dparams[name] = found[0]
+            elif len(found) == 1 and found[0].shape == shape:
+                # an alias's lone part is the kernel's array of the parameter it joins
+                dparams[name] = found[0].copy() if name in aliases else found[0]
             else:
                 dparams[name] = np.zeros(shape, self.dtype)
                 for part in found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -44,7 +45,24 @@ def system_threads() -> int:
     env = os.environ.get("LSTMC_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
+    return _cores()
+
+
+_AFFINITY_TTL_S = 1.0  # the cores are looked up again after this long
+_affinity = (-1.0, 0)  # (when, cores): a call reads it several times (~1 µs each lookup)
+
+
+def _cores() -> int:
+    """The cores this process may run on, looked up at most once a second (a system call
+    and a set of the cores each time: several per call of a small cell added up)."""
+    global _affinity
+    now = time.monotonic()
+    when, cores = _affinity
+    if now - when < _AFFINITY_TTL_S:
+        return cores
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    _affinity = (now, cores)
+    return cores
