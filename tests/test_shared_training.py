@@ -33,19 +33,26 @@ def shared(monkeypatch):
     return entries
 
 
-def use_runner(monkeypatch, runner: str) -> None:
+def use_runner(monkeypatch, runner: str) -> list:
+    """Run threaded kernels on `runner`; with "openmp", returns the statuses the team's
+    native calls (lstmc_openmp_body) gave, None where it ran nothing."""
+    ran: list = []
     if runner == "openmp":
         pytest.importorskip("torch")
-        from lstmc_runtime import openmp
+        from lstmc_runtime import native, openmp
 
         openmp.forget()
         if openmp.team() is None:
             pytest.skip("PyTorch has not loaded GNU OpenMP here")
-        return
+        original = native.run_kernel
+        monkeypatch.setattr("lstmc_runtime.native.run_kernel",
+                            lambda *job: ran.append(original(*job)) or ran[-1])
+        return ran
     monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
     monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)
     if runner == "python":
         monkeypatch.setenv("LSTMC_NATIVE_WORKERS", "0")
+    return ran
 
 
 def train(cell, x, params, state, lengths, inputs, seed, dy):
@@ -99,9 +106,11 @@ def test_threads_and_runners(monkeypatch, shared, runner, threads, name):
     """One row (the B=1 case the threaded entries exist for), full length; more threads
     than the product has column panels (H = 37: two panels)."""
     monkeypatch.setenv("LSTMC_NUM_THREADS", threads)
-    use_runner(monkeypatch, runner)
+    ran = use_runner(monkeypatch, runner)
     check_spec(name, B=1, lengths=None)
     assert shared == ["forward_train_mt", "backward_mt"]
+    if runner == "openmp":  # both entries ran on the team, from native code
+        assert ran == [0, 0]
 
 
 def training_split(name: str, hidden_size: int = 64) -> tuple[bool, bool]:
