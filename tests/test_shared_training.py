@@ -25,7 +25,7 @@ def shared(monkeypatch):
     """Every training call of one slice runs threaded; records the entries that ran."""
     from lstmc_runtime.native import NativeCell
 
-    monkeypatch.setattr("lstmc_runtime.native.SHARED_TRAINING_WEIGHTS", 0)
+    monkeypatch.setattr("lstmc_runtime.native.SHARED_TRAINING_WORK", 0)
     entries = []
     original = NativeCell._run_threaded
     monkeypatch.setattr(NativeCell, "_run_threaded",
@@ -202,7 +202,7 @@ def test_a_team_smaller_than_asked_runs_none_of_the_threads(limit):
             "    y, _, tape = cell.forward(x, params, train=True)\n"
             "    return [y, *tape.backward(np.ones_like(y))['params'].values()]\n"
             "alone = grads()\n"
-            "native.SHARED_TRAINING_WEIGHTS = 0\n"
+            "native.SHARED_TRAINING_WORK = 0\n"
             "shared = grads()\n"
             "print(all(np.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(alone, shared)))\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}

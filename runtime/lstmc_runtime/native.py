@@ -67,7 +67,9 @@ MIN_SLICED_WORK = 1 << 24
 MIN_SLICED_TRAINING_WORK = 1 << 23
 THREADED_STEP_WEIGHTS = 1 << 18  # a thread per half of this (tests set 0: always threaded)
 MIN_THREADED_WEIGHTS = 1 << 14  # inference measures threads from here (LSTM: H=64)
-SHARED_TRAINING_WEIGHTS = 1 << 16  # training shares steps from here (LSTM: H=128)
+# training shares steps from this much product work a step: recurrent weights x rows
+# (LSTM: H=128 from B=1, H=64 from B=4, H=32 from B=16)
+SHARED_TRAINING_WORK = 1 << 16
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -558,15 +560,17 @@ class NativeCell(CellBase):
         with lengths, is the same kernel (before, these ran one thread
         below 256K weights: a 2-layer stack at H=128, B=1 took 1.0 ms where its layers
         alone took 0.29 + 0.30 ms). Training, whose backward's weight-gradient GEMMs
-        split too, loses at 16K (H=64: 0.7-0.9x at B=1..4), wins from 64K (H=128:
-        1.06-1.5x) to 1.6-1.8x at H=512 for the forward and the backward alike, and
-        beats cutting B=4..16 into slices of rows (1.05-1.6x)."""
+        split too, is measured the same way from SHARED_TRAINING_WORK weights x rows:
+        below it threads lose (H=64, B=1: 0.7x), from it they win (H=128, B=1:
+        1.06-1.5x; H=64 at B=4, 8, 16: 1.13x, 1.27x, 1.6x, where one thread ran before
+        and lost to nn.LSTM at B=16) up to 1.6-1.8x at H=512 for the forward and the
+        backward alike, and beat cutting B=4..16 into slices of rows (1.05-1.6x)."""
         if len(bounds) != 2 or thread_count() < 2:
             return False
         weights = self.contract.step_weight_elements
         if not train:
             return weights >= min(MIN_THREADED_WEIGHTS, THREADED_STEP_WEIGHTS)
-        return T >= 8 and weights >= SHARED_TRAINING_WEIGHTS
+        return T >= 8 and weights * bounds[1] >= SHARED_TRAINING_WORK
 
     def _gradient_sources(self) -> list[tuple[str, tuple, list[tuple]]]:
         """Per parameter, (name, shape, its gradient's parts among the backward's
