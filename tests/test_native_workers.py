@@ -18,8 +18,7 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 def threaded(monkeypatch):
     """Every inference call of a small batch runs threaded; counts the pool's jobs."""
     monkeypatch.setattr("lstmc_runtime.native.THREADED_STEP_WEIGHTS", 0)
-    monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
-    monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)  # no team
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)  # no team
     monkeypatch.setattr(Threaded, "choose",  # the lean path: threads, not a measured choice
                         lambda self, alone, together: (lambda s: alone() if s is None else s)(
                             together()))
@@ -350,8 +349,7 @@ def test_a_stack_and_a_call_with_lengths_measure_threads_as_a_lone_cell_does(mon
 
     monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
     monkeypatch.setenv("LSTMC_WAVEFRONT", "0")  # its layers one after the other, each called
-    monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
-    monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)
     offered = []
     original = FasterOf.choose
     monkeypatch.setattr(FasterOf, "choose", lambda self, alone, together, work=1.0: (

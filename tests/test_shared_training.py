@@ -39,17 +39,16 @@ def use_runner(monkeypatch, runner: str) -> list:
     ran: list = []
     if runner == "openmp":
         pytest.importorskip("torch")
-        from lstmc_runtime import native, openmp
+        from lstmc_runtime import openmp, workers
 
         openmp.forget()
         if openmp.team() is None:
             pytest.skip("PyTorch has not loaded GNU OpenMP here")
-        original = native.run_kernel
-        monkeypatch.setattr("lstmc_runtime.native.run_kernel",
+        original = workers.run_kernel
+        monkeypatch.setattr("lstmc_runtime.workers.run_kernel",
                             lambda *job: ran.append(original(*job)) or ran[-1])
         return ran
-    monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
-    monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)
     if runner == "python":
         monkeypatch.setenv("LSTMC_NATIVE_WORKERS", "0")
     return ran

@@ -47,8 +47,7 @@ def threaded(monkeypatch):
     from lstmc_runtime.native import NativeCell
 
     monkeypatch.setattr("lstmc_runtime.native.THREADED_STEP_WEIGHTS", 0)
-    monkeypatch.setattr("lstmc_runtime.native.run_kernel", lambda *job: None)
-    monkeypatch.setattr("lstmc_runtime.bound.run_kernel", lambda *job: None)
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)
     monkeypatch.setattr(Threaded, "choose",  # threads, not a measured choice
                         lambda self, alone, together: (lambda s: alone() if s is None else s)(
                             together()))

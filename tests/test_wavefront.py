@@ -118,7 +118,7 @@ def test_busy_workers_leave_the_call_to_the_layers_one_after_the_other(monkeypat
     """While another call holds the parked workers (and there is no OpenMP team to run
     on), the wavefront gives way (None) and forward runs layer by layer: the same
     result."""
-    monkeypatch.setattr(wavefront, "run_kernel", lambda *job: None)  # no OpenMP
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)  # no OpenMP
     module, stack, params = _pair("lstm", 2)
     x = np.random.default_rng(3).standard_normal((9, 1, I))
     want_y, _ = _torch(module, x, stack.zero_state(1))
@@ -172,11 +172,13 @@ def test_a_wavefront_runs_on_no_more_threads_than_the_cores_allowed(team, monkey
     if team == "OpenMP":
         if openmp_team() is None:
             pytest.skip("torch loaded no GNU OpenMP here")
-        original_kernel = wavefront.run_kernel
-        monkeypatch.setattr(wavefront, "run_kernel", lambda *job: (
+        from lstmc_runtime import workers
+
+        original_kernel = workers.run_kernel
+        monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: (
             threads.append(job[5]), original_kernel(*job))[1])
     else:
-        monkeypatch.setattr(wavefront, "run_kernel", lambda *job: None)
+        monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)
     original = Workers.run
 
     def run(self, kernel, T, B, pointers, count, sync, arena):

@@ -27,11 +27,10 @@ from .choice import FasterOf
 from .errors import BackendError, ShapeError
 from .manifest import THREADED, single_threaded
 from .openmp import BODY_SYMBOL as OPENMP_BODY
-from .openmp import run_kernel
 from .pool import POOL
 from .threads import thread_limit
 from .validate import check_array
-from .workers import barrier_words
+from .workers import barrier_words, run_threaded
 
 if TYPE_CHECKING:
     from .native import NativeCell, PackedParams
@@ -210,20 +209,8 @@ class Threaded:
         PyTorch's OpenMP team where it is loaded (its threads spin after each torch op:
         the parked workers would find the cores taken), else on the parked workers."""
         self.sync.fill(0)
-        status = run_kernel(self.body, self.address, T, B, _addressof(pointers),
-                            self.threads, *self.args)
-        if status is not None:
-            return status
-        pool = self.pool()
-        if pool is None or not pool.lock.acquire(False):
-            return None
-        try:
-            if pool.closed:
-                return None
-            return pool.run(self.address, T, B, _addressof(pointers), self.threads,
-                            *self.args)
-        finally:
-            pool.lock.release()
+        return run_threaded(self.body, self.address, T, B, _addressof(pointers),
+                            self.threads, *self.args, self.pool)
 
 
 class Plans:

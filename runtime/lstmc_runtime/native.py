@@ -33,7 +33,7 @@ from .choice import FasterOf, faster_for
 from .errors import BackendError, UsageError
 from .manifest import BF16, THREADED, CpuManifest, single_threaded
 from .openmp import BODY_SYMBOL as OPENMP_BODY
-from .openmp import map_slices, run_kernel
+from .openmp import map_slices
 from .packcache import PackCache, clear_all
 from .packing import SYMBOLS as PACKING_SYMBOLS
 from .packing import Packer
@@ -42,7 +42,7 @@ from .threads import system_threads, thread_count
 from .validate import check_array, check_names
 from .wavefront import SYMBOL as WAVEFRONT_SYMBOL
 from .workers import SYMBOLS as WORKER_SYMBOLS
-from .workers import THREADED_ENTRY, barrier_words, workers
+from .workers import THREADED_ENTRY, barrier_words, run_threaded, workers
 
 # Functions of a cell library besides its entries; one built before them lacks them.
 LIBRARY_HELPERS = WORKER_SYMBOLS + PACKING_SYMBOLS + (WAVEFRONT_SYMBOL, OPENMP_BODY)
@@ -369,16 +369,10 @@ class NativeCell(CellBase):
                         if axis is not None and count > 1:  # rows b0..b1, copied
                             array = _pooled_copy(
                                 array[(slice(None),) * axis + (slice(b0, b1),)])
-                    if array.shape != shape or array.dtype != dtype or not (
-                            array.flags.c_contiguous):
-                        raise BackendError(f"internal: buffer {name} is {array.shape} "
-                                           f"{array.dtype}, the kernel needs {shape} {dtype}")
+                    _check_buffer(name, array, shape, dtype)
                 elif per_slice is not None and name in per_slice[c]:  # caller's memory
                     array = per_slice[c][name]
-                    if array.shape != shape or array.dtype != dtype or not (
-                            array.flags.c_contiguous):
-                        raise BackendError(f"internal: buffer {name} is {array.shape} "
-                                           f"{array.dtype}, the kernel needs {shape} {dtype}")
+                    _check_buffer(name, array, shape, dtype)
                     if role == "out":
                         array.fill(0)
                 else:
@@ -445,10 +439,7 @@ class NativeCell(CellBase):
                     array = given[name]
                 elif kind == _SMALL_ZERO or kind == _POOLED_ZERO:
                     array.fill(0)
-                if (array.shape != shape or array.dtype != dtype
-                        or array.strides != strides and not array.flags.c_contiguous):
-                    raise BackendError(f"internal: buffer {name} is {array.shape} "
-                                       f"{array.dtype}, the kernel needs {shape} {dtype}")
+                _check_buffer(name, array, shape, dtype, strides)
             arrays[name] = array
             table.append(_address(array))
         pointers = (ctypes.c_void_p * max(len(table), 1))(*table)
@@ -507,9 +498,9 @@ class NativeCell(CellBase):
         sync = barrier_words()
         elements = self.contract.entries[entry].arena_elements
         arena = POOL.get((B, max(elements, 1)), self.dtype, zero=False)
-        status = run_kernel(self._functions.get(OPENMP_BODY), self._functions[entry], T, B,
-                            ctypes.addressof(pointers), threads, sync.ctypes.data,
-                            arena.ctypes.data)
+        status = run_threaded(self._functions.get(OPENMP_BODY), self._functions[entry], T, B,
+                              ctypes.addressof(pointers), threads, sync.ctypes.data,
+                              arena.ctypes.data, lambda: self.native_workers(threads))
         if status is not None:
             return [status]
         kernel = self._entries[entry]
@@ -518,14 +509,6 @@ class NativeCell(CellBase):
         def run(tid: int) -> int:
             return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
 
-        pool = self.native_workers(threads)
-        if pool is not None and pool.lock.acquire(False):  # else: busy, as below
-            try:
-                if not pool.closed:
-                    return [pool.run(self._functions[entry], T, B, ctypes.addressof(pointers),
-                                     threads, sync.ctypes.data, arena.ctypes.data)]
-            finally:
-                pool.lock.release()
         helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
         return [run(0)] + [h.result() for h in helpers]
 
@@ -689,6 +672,17 @@ class _Frame:
         self.outputs = [name for name, _shape, role, _dtype, _axis in shaped
                         if role in ("out", "result")]
         self.threaded = threaded
+
+
+def _check_buffer(name: str, array: Any, shape: tuple, dtype, strides: tuple | None = None
+                  ) -> None:
+    """A caller's array for a kernel buffer must be C-contiguous, of the buffer's shape
+    and dtype: the kernel knows only its address. (`strides`: the C-contiguous ones, a
+    cheaper test than the flags when they match.)"""
+    if (array.shape != shape or array.dtype != dtype
+            or array.strides != strides and not array.flags.c_contiguous):
+        raise BackendError(f"internal: buffer {name} is {array.shape} {array.dtype}, the "
+                           f"kernel needs {shape} {dtype}")
 
 
 def _c_strides(shape: tuple, itemsize: int) -> tuple:

@@ -24,9 +24,9 @@ from . import buffers as names
 from .bound import MAX_PLAN_BYTES
 from .errors import BackendError
 from .openmp import BODY_SYMBOL as OPENMP_BODY
-from .openmp import run_kernel
 from .pool import POOL
 from .threads import thread_count
+from .workers import run_threaded
 
 SYMBOL = "lstmc_wavefront"  # exported by cell libraries (their shared code)
 FLAG_WORDS = 16  # a layer's flag (chunks done) alone on its 128 bytes
@@ -203,17 +203,10 @@ class Wavefront:
         args = (self.T, self.B, self.job.ctypes.data)
         # On PyTorch's OpenMP team where it is loaded (its threads spin after each torch
         # op: ours would find the cores taken), as the threaded kernels run.
-        status = run_kernel(self._openmp_body, self._address, *args, threads,
-                            sync.ctypes.data, 0)
+        status = run_threaded(self._openmp_body, self._address, *args, threads,
+                              sync.ctypes.data, 0, lambda: pool)
         if status is None:
-            if not pool.lock.acquire(False):
-                return False
-            try:
-                if pool.closed:
-                    return False
-                status = pool.run(self._address, *args, threads, sync.ctypes.data, 0)
-            finally:
-                pool.lock.release()
+            return False
         del leased  # back to the pool
         if status:
             raise BackendError(f"kernel {SYMBOL} failed with status {status}")

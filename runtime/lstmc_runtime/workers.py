@@ -13,8 +13,11 @@ import ctypes
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
+
+from .openmp import run_kernel
 
 SYMBOLS = ("lstmc_workers_loop", "lstmc_workers_run")  # exported by cell libraries
 STATE_WORDS = 16  # as lstmc/backends/llvm/workers.py lays them out
@@ -79,6 +82,27 @@ class Workers:
             self._run(self._address, self.count, 0, 0, 0, 0, 0, 0, 0)
         for thread in self._threads:
             thread.join()
+
+
+def run_threaded(body: int | None, kernel: int, T: int, B: int, table: int, threads: int,
+                 sync: int, arena: int, pool: Callable[[], Workers | None]) -> int | None:
+    """The status of a threaded kernel run by `threads` threads at once: on PyTorch's
+    OpenMP team where it is loaded, through the library's `body` (its threads spin after
+    each torch op: the parked workers would find the cores taken), else on the parked
+    workers `pool()` gives; None, having run nothing, when there is no team and the
+    workers are missing, closed or busy with another call."""
+    status = run_kernel(body, kernel, T, B, table, threads, sync, arena)
+    if status is not None:
+        return status
+    workers = pool()
+    if workers is None or not workers.lock.acquire(False):
+        return None
+    try:
+        if workers.closed:
+            return None
+        return workers.run(kernel, T, B, table, threads, sync, arena)
+    finally:
+        workers.lock.release()
 
 
 _pool: Workers | None = None
