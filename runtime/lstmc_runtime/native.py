@@ -31,6 +31,7 @@ from .bound import address as _address
 from .cellbase import CellBase
 from .choice import FasterOf, faster_for
 from .errors import BackendError, UsageError
+from .located import Locator, c_strides
 from .manifest import BF16, THREADED, CpuManifest, single_threaded
 from .openmp import BODY_SYMBOL as OPENMP_BODY
 from .openmp import map_slices
@@ -39,7 +40,6 @@ from .packing import SYMBOLS as PACKING_SYMBOLS
 from .packing import Packer
 from .pool import POOL
 from .threads import system_threads, thread_count
-from .validate import check_array, check_names
 from .wavefront import SYMBOL as WAVEFRONT_SYMBOL
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import THREADED_ENTRY, barrier_words, run_threaded, workers
@@ -183,6 +183,7 @@ class NativeCell(CellBase):
         self._packer = Packer(manifest.panel_width, self.dtype, self._functions)
         self.plans = Plans(self)  # of the lean inference call, by input shape
         self._pack_cache = PackCache()  # plain-dict calls' packed weights, by their bytes
+        self._locator = Locator(self.param_shapes, self.dtype)  # plain dicts' arrays
         self._faster: dict[tuple, FasterOf] = {}  # threaded entry or not, by (entry, B)
 
     # -- weights ------------------------------------------------------------------------
@@ -193,12 +194,26 @@ class NativeCell(CellBase):
         packs of an earlier call when the parameters hold the same bytes (PackCache)."""
         if isinstance(params, PackedParams):
             return params.packs
+        return {name: pack for name, (pack, _) in self._located_packs(
+            params, entry, cached).items()}
+
+    def _located_packs(self, params: dict, entry: str | None, cached: bool = True,
+                       located: Mapping[str, int] | None = None
+                       ) -> dict[str, tuple[np.ndarray, int]]:
+        """_packs of a plain dict, each with its address; `located`: the parameters'
+        addresses, known already (the parameters validated)."""
         cache = self._pack_cache
         packs = {}
         for name, transposed, segments in self._packs_read(entry):
-            parts = [np.ascontiguousarray(params[n]) for n in segments]
+            parts = ([params[n] for n in segments] if located is not None  # validated
+                     else [np.ascontiguousarray(params[n]) for n in segments])
             make = partial(self._packer.stacked, parts, transposed)
-            packs[name] = cache.get(name, parts, make) if cached else make()
+            if not cached:
+                pack = make()
+                packs[name] = pack, _address(pack)
+            else:
+                packs[name] = cache.get(name, parts, make, None if located is None
+                                        else [located[n] for n in segments])
         return packs
 
     def _packs_read(self, entry: str | None) -> list[tuple[str, bool, list[str]]]:
@@ -254,6 +269,7 @@ class NativeCell(CellBase):
         (one cell's lean path serves one caller at a time)."""
         twin = copy.copy(self)
         twin.plans, twin._pack_cache, twin._faster = Plans(twin), PackCache(), {}
+        twin._locator = Locator(self.param_shapes, self.dtype)
         return twin
 
     def bind(self, params: dict) -> BoundCell:
@@ -292,18 +308,11 @@ class NativeCell(CellBase):
     def _addresses(self, params: dict) -> tuple[dict[str, int], Mapping]:
         """Plain parameters validated, the packed weights the forward entry reads, and
         the addresses of both by buffer name (the packs must outlive the call)."""
-        shapes, dtype = self.param_shapes, self.dtype
-        if len(params) != len(shapes) or not all(n in params for n in shapes):
-            check_names("params", params, list(shapes))
-        for name, shape in shapes.items():
-            value = params[name]
-            if (type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype
-                    or not value.flags.c_contiguous):  # the full check says what is wrong
-                check_array(f"params['{name}']", value, shape, dtype)
-        packs = self._packs(params, "forward")
+        located = self._locator.addresses(params)
+        packs = self._located_packs(params, "forward", located=located)
         read = self.plans.forward_slots  # vectors the kernel reads as given
-        return ({slot: _address(params[n]) for slot, n in read}
-                | {n: _address(v) for n, v in packs.items()}), packs
+        return ({slot: located[n] for slot, n in read}
+                | {n: at for n, (_, at) in packs.items()}), packs
 
     forward.__doc__ = CellBase.forward.__doc__
 
@@ -668,7 +677,7 @@ class _Frame:
             small = math.prod(shape) * dtype.itemsize < POOL.MIN_BYTES  # as POOL.get does
             kind = (_IN if role == "in" else (_SMALL_ZERO if small else _POOLED_ZERO)
                     if role == "out" else _SMALL if small else _POOLED)
-            self.buffers.append((name, shape, dtype, kind, _c_strides(shape, dtype.itemsize)))
+            self.buffers.append((name, shape, dtype, kind, c_strides(shape, dtype.itemsize)))
         self.outputs = [name for name, _shape, role, _dtype, _axis in shaped
                         if role in ("out", "result")]
         self.threaded = threaded
@@ -683,14 +692,6 @@ def _check_buffer(name: str, array: Any, shape: tuple, dtype, strides: tuple | N
             or array.strides != strides and not array.flags.c_contiguous):
         raise BackendError(f"internal: buffer {name} is {array.shape} {array.dtype}, the "
                            f"kernel needs {shape} {dtype}")
-
-
-def _c_strides(shape: tuple, itemsize: int) -> tuple:
-    strides, step = [], itemsize
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 def _rng_slices(seed: int | None, bounds: list[int]) -> list[dict[str, np.ndarray]]:

@@ -59,16 +59,19 @@ class _Copy:
         self.address = address(self.array)
 
 
-def _same(parts: list[np.ndarray], copies: list[_Copy]) -> bool:
-    """Whether each part has its copy's shape, dtype and bytes."""
-    for part, copy in zip(parts, copies):
+def _same(parts: list[np.ndarray], copies: list[_Copy],
+          addresses: list[int] | None = None) -> bool:
+    """Whether each part has its copy's shape, dtype and bytes (`addresses`: the parts',
+    known already)."""
+    for i, (part, copy) in enumerate(zip(parts, copies)):
         kept = copy.array
         if part.shape != kept.shape or part.dtype != kept.dtype:
             return False
         if _memcmp is None:
             if not same_bytes(part, kept):
                 return False
-        elif _memcmp(address(part), copy.address, kept.nbytes):
+        elif _memcmp(address(part) if addresses is None else addresses[i], copy.address,
+                     kept.nbytes):
             return False
     return True
 
@@ -81,41 +84,44 @@ class PackCache:
         self._slots: dict[str, OrderedDict] = {}
         _caches.add(self)
 
-    def get(self, name: str, parts: list[np.ndarray], make: Callable[[], np.ndarray]
-            ) -> np.ndarray:
-        """The pack `name` of `parts` (C-contiguous arrays): one made for the same bytes
-        before, else `make()` (kept for the next calls). The slot packed from these very
-        arrays is compared first; another parameter set differs in its first bytes, so
-        comparing with it costs little."""
+    def get(self, name: str, parts: list[np.ndarray], make: Callable[[], np.ndarray],
+            addresses: list[int] | None = None) -> tuple[np.ndarray, int]:
+        """The pack `name` of `parts` (C-contiguous arrays; `addresses`: theirs, when
+        known) and its address: one made for the same bytes before, else `make()` (kept
+        for the next calls). The slot packed from these very arrays is compared first
+        (read without the lock: a slot is replaced, never changed); another parameter
+        set differs in its first bytes, so comparing with it costs little."""
         key = tuple(map(id, parts))
+        slots = self._slots.get(name)
+        own = None if slots is None else slots.get(key)
+        if own is not None and _same(parts, own[0], addresses):
+            return own[1], own[2]
         with self._lock:
             slots = self._slots.setdefault(name, OrderedDict())
-            own = slots.get(key)
             others = [item for item in slots.items() if item[0] != key]
-        if own is not None and _same(parts, own[0]):
-            return own[1]
-        for slot, (copies, pack) in others:
-            if _same(parts, copies):
+        for slot, kept in others:
+            if _same(parts, kept[0], addresses):
                 with self._lock:  # known by these arrays from now on
                     slots.pop(slot, None)
-                    slots[key] = (copies, pack)
-                return pack
+                    slots[key] = kept
+                return kept[1], kept[2]
         pack = make()
+        at = address(pack)  # (while writable: the quick way)
         if sum(p.size for p in parts) <= MAX_ELEMENTS:
             pack.flags.writeable = False
             copies = [_Copy(p) for p in parts]
             with self._lock:
-                slots[key] = (copies, pack)
+                slots[key] = (copies, pack, at)
                 slots.move_to_end(key)
                 while len(slots) > SLOTS:
                     slots.popitem(last=False)
-        return pack
+        return pack, at
 
     def clear(self) -> int:
         """Forget every pack; returns the bytes they and their copies held."""
         with self._lock:
             held = sum(pack.nbytes + sum(c.array.nbytes for c in copies)
-                       for slots in self._slots.values() for copies, pack in slots.values())
+                       for slots in self._slots.values() for copies, pack, _ in slots.values())
             self._slots.clear()
         return held
 
