@@ -38,7 +38,22 @@ CASES = [  # (label, T, B, I=H, with backward)
 ]
 
 
-def interleaved_medians(contenders: dict, repeat: int) -> dict[str, float]:
+class Timings(dict):
+    """Median ms by contender, and the ms of each round (`rounds`) for paired ratios."""
+
+    def __init__(self, rounds: dict[str, list[float]]):
+        super().__init__({name: statistics.median(t) for name, t in rounds.items()})
+        self.rounds = rounds
+
+    def ratio(self, slower: str, faster: str) -> tuple[float, float, float]:
+        """Time of `slower` / time of `faster`, per round (both ran in it, one just after
+        the other, so a slow spell of this shared machine mostly falls on both): the
+        median, lowest and highest of the rounds' ratios."""
+        ratios = sorted(a / b for a, b in zip(self.rounds[slower], self.rounds[faster]))
+        return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def interleaved_medians(contenders: dict, repeat: int) -> Timings:
     """Median ms of each contender over `repeat` rounds; in each round every contender in
     turn (A B C, A B C, ...) is warmed up and then timed over a block of back-to-back
     runs, so a slow spell of the machine falls on all alike and every contender's own
@@ -49,7 +64,7 @@ def interleaved_medians(contenders: dict, repeat: int) -> dict[str, float]:
         start = time.perf_counter()
         fn()
         inner[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-6)))
-    times = {name: [] for name in contenders}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, fn in contenders.items():
             fn()
@@ -57,8 +72,8 @@ def interleaved_medians(contenders: dict, repeat: int) -> dict[str, float]:
             start = time.perf_counter()
             for _ in range(inner[name]):
                 fn()
-            times[name].append((time.perf_counter() - start) / inner[name])
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            times[name].append((time.perf_counter() - start) / inner[name] * 1e3)
+    return Timings(times)
 
 
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
@@ -247,9 +262,15 @@ def bf16_runner(T: int, B: int, H: int):
     return lambda: cell.forward(x, packed)
 
 
-def latency(repeat: int) -> list[tuple[str, float, float, str]]:
-    """Rows (case, lstmc ms, PyTorch ms, what PyTorch ran) of the small-batch table."""
-    rows = []
+def latency(repeat: int) -> tuple[list[tuple], list[str]]:
+    """Rows (case, lstmc ms, PyTorch ms, what PyTorch ran, the paired ratio PyTorch /
+    lstmc as Timings.ratio gives it) of the small-batch table, and notes under it."""
+    rows: list[tuple] = []
+    notes: list[str] = []
+
+    def row(case: str, t: Timings, ours: str, theirs: str, what: str) -> None:
+        rows.append((case, t[ours], t[theirs], what, t.ratio(theirs, ours)))
+
     T, B = 100, 1
     for H in (128, 256, 512):
         runners = {"packed": lstmc_runner("lstm", T, B, H, False)}
@@ -258,60 +279,66 @@ def latency(repeat: int) -> list[tuple[str, float, float, str]]:
         runners["bf16"] = bf16_runner(T, B, H)
         runners["nn.LSTM"] = torch_lstm_runner(T, B, H, False)
         t = interleaved_medians(runners, repeat)
-        rows.append((f"forward ({T}, {B}, {H}), weights packed once", t["packed"],
-                     t["nn.LSTM"], "nn.LSTM"))
+        row(f"forward ({T}, {B}, {H}), weights packed once", t, "packed", "nn.LSTM",
+            "nn.LSTM")
         if "dict" in t:
-            rows.append((f"forward ({T}, {B}, {H}), parameters as a dict", t["dict"],
-                         t["nn.LSTM"], "nn.LSTM"))
-        rows.append((f"forward ({T}, {B}, {H}), bfloat16 weights packed once", t["bf16"],
-                     t["nn.LSTM"], "nn.LSTM"))
+            row(f"forward ({T}, {B}, {H}), parameters as a dict", t, "dict", "nn.LSTM",
+                "nn.LSTM")
+            middle, low, high = t.ratio("dict", "packed")
+            notes.append(f"forward ({T}, {B}, {H}) with the parameters as a dict took "
+                         f"{100 * (middle - 1):+.1f}% over packed weights (median of the "
+                         f"rounds' ratios; {100 * (low - 1):+.1f}% to "
+                         f"{100 * (high - 1):+.1f}%)")
+        row(f"forward ({T}, {B}, {H}), bfloat16 weights packed once", t, "bf16", "nn.LSTM",
+            "nn.LSTM")
     for H in (32, 128, 512):
         t = interleaved_medians(one_step_runners(H), repeat)
-        rows.append((f"one step (1, 1, {H}), state carried: forward", t["lstmc forward"],
-                     t["nn.LSTMCell"], "nn.LSTMCell"))
+        row(f"one step (1, 1, {H}), state carried: forward", t, "lstmc forward",
+            "nn.LSTMCell", "nn.LSTMCell")
         if "lstmc bound step" in t:
-            rows.append((f"one step (1, 1, {H}), state carried: bound.step",
-                         t["lstmc bound step"], t["nn.LSTMCell"], "nn.LSTMCell"))
+            row(f"one step (1, 1, {H}), state carried: bound.step", t, "lstmc bound step",
+                "nn.LSTMCell", "nn.LSTMCell")
     for backward in (False, True):
         t = interleaved_medians(stack_runners(100, 1, 128, backward), repeat)
         what = "fwd+bwd" if backward else "fwd, parameters as a dict"
-        rows.append((f"2-layer bidirectional {what} (100, 1, 128)",
-                     t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+        row(f"2-layer bidirectional {what} (100, 1, 128)", t, "lstmc", "nn.LSTM", "nn.LSTM")
         if "lstmc packed" in t:
-            rows.append(("2-layer bidirectional fwd (100, 1, 128), packed once",
-                         t["lstmc packed"], t["nn.LSTM"], "nn.LSTM"))
+            row("2-layer bidirectional fwd (100, 1, 128), packed once", t, "lstmc packed",
+                "nn.LSTM", "nn.LSTM")
     for B in (1, 4):
         t = interleaved_medians(one_direction_stack_runners(100, B, 128)[0], repeat)
-        rows.append((f"2-layer fwd (100, {B}, 128), packed once", t["forward"], t["nn.LSTM"],
-                     "nn.LSTM"))
-        rows.append((f"2-layer fwd (100, {B}, 128), packed once, layers one after the other",
-                     t["layer by layer"], t["nn.LSTM"], "nn.LSTM"))
+        row(f"2-layer fwd (100, {B}, 128), packed once", t, "forward", "nn.LSTM", "nn.LSTM")
+        row(f"2-layer fwd (100, {B}, 128), packed once, layers one after the other", t,
+            "layer by layer", "nn.LSTM", "nn.LSTM")
     for backward in (False, True):
         t = interleaved_medians({"lstmc": lstmc_runner("peephole_lstm", 100, 1, 128, backward),
                                  "eager": eager_peephole_runner(100, 1, 128, backward)}, repeat)
-        rows.append((f"peephole {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)",
-                     t["lstmc"], t["eager"], "eager cell loop"))
+        row(f"peephole {'fwd+bwd' if backward else 'fwd'} (100, 1, 128)", t, "lstmc",
+            "eager", "eager cell loop")
     # A call's overhead: a training step of a cell too small for its math to count.
     t = interleaved_medians({"lstmc": lstmc_runner("lstm", 1, 1, 8, True),
                              "nn.LSTM": torch_lstm_runner(1, 1, 8, True)}, repeat)
-    rows.append(("call overhead: fwd+bwd (1, 1, 8), parameters as a dict", t["lstmc"],
-                 t["nn.LSTM"], "nn.LSTM"))
+    row("call overhead: fwd+bwd (1, 1, 8), parameters as a dict", t, "lstmc", "nn.LSTM",
+        "nn.LSTM")
     for B, H in ((1, 128), (1, 256), (1, 512), (2, 256), (4, 256), (8, 256)):
         t = interleaved_medians({"lstmc": lstmc_runner("lstm", 100, B, H, True),
                                  "nn.LSTM": torch_lstm_runner(100, B, H, True)}, repeat)
-        rows.append((f"fwd+bwd (100, {B}, {H})", t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
+        row(f"fwd+bwd (100, {B}, {H})", t, "lstmc", "nn.LSTM", "nn.LSTM")
     t = interleaved_medians({"lstmc": lstmc_runner("lstm", 50, 64, 512, False),
                              "nn.LSTM": torch_lstm_runner(50, 64, 512, False)}, repeat)
-    rows.append(("forward (50, 64, 512)", t["lstmc"], t["nn.LSTM"], "nn.LSTM"))
-    return rows
+    row("forward (50, 64, 512)", t, "lstmc", "nn.LSTM", "nn.LSTM")
+    return rows, notes
 
 
-def print_latency(rows) -> None:
+def print_latency(rows, notes) -> None:
+    print("\nPyTorch / lstmc: the median of the rounds' ratios (in brackets: their range)")
     print("\n| case (T, B, H) | lstmc | PyTorch | PyTorch runs | PyTorch / lstmc |")
     print("|---|---|---|---|---|")
-    for case, ours, theirs, what in rows:
+    for case, ours, theirs, what, (middle, low, high) in rows:
         print(f"| {case} | {_duration(ours)} | {_duration(theirs)} | {what} | "
-              f"{theirs / ours:.2f}x |")
+              f"{middle:.2f}x ({low:.2f}-{high:.2f}) |")
+    for note in notes:
+        print(f"\n{note}")
 
 
 def _duration(ms: float) -> str:
@@ -448,7 +475,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy "
           f"{np.__version__}; lstmc {lstmc.__version__}; float32; medians of {args.repeat}")
     if args.latency:
-        print_latency(latency(args.repeat))
+        print_latency(*latency(args.repeat))
         return
     if args.sweep:
         grid = QUICK if args.quick else SWEEP

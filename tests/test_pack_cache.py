@@ -22,8 +22,8 @@ def packs_made(monkeypatch) -> list:
     made = []
     original = Packer.stacked
     monkeypatch.setattr(Packer, "stacked",
-                        lambda self, parts, transposed: made.append(transposed) or original(
-                            self, parts, transposed))
+                        lambda self, parts, transposed, *rest: made.append(transposed) or
+                        original(self, parts, transposed, *rest))
     return made
 
 

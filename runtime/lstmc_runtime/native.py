@@ -121,11 +121,13 @@ class PackedParams(dict):
     pack again."""
 
     def __init__(self, plain: dict[str, np.ndarray], packs: dict[str, np.ndarray], owner,
-                 weights: str = "float32"):
+                 weights: str = "float32", addresses: dict[str, int] | None = None):
         super().__init__(plain)
         self._packs, self._owner = packs, owner
         self._packs_view = MappingProxyType(packs)  # what `packs` hands out: read-only
-        self._addresses: Mapping[str, int] | None = None
+        # (`addresses`: of the arrays by buffer name, when the maker knows them)
+        self._addresses: Mapping[str, int] | None = (
+            None if addresses is None else MappingProxyType(addresses))
         self.weights = weights  # what the packs hold: the cell's dtype, or "bfloat16"
 
     @property
@@ -207,7 +209,8 @@ class NativeCell(CellBase):
         for name, transposed, segments in self._packs_read(entry):
             parts = ([params[n] for n in segments] if located is not None  # validated
                      else [np.ascontiguousarray(params[n]) for n in segments])
-            make = partial(self._packer.stacked, parts, transposed)
+            make = partial(self._packer.stacked, parts, transposed,
+                           None if located is None else [located[n] for n in segments])
             if not cached:
                 pack = make()
                 packs[name] = pack, _address(pack)
@@ -236,20 +239,30 @@ class NativeCell(CellBase):
         bfloat16, half the bytes for inference to stream (lstmc_runtime.bfloat16);
         training needs the cell's own dtype."""
         weights = self._check_weights(weights)
-        self._check_inputs(np.zeros((1, 1, self.input_size), self.dtype), params, None)
-        plain = {n: _frozen(v) for n, v in self._expand(params).items()}  # derived too
+        if getattr(params, "validated_for", None) is not self:
+            self._locator.addresses(params)  # validated
+        # Fresh arrays, referenced nowhere else, made read-only once their addresses are
+        # known (ctypes gives a writable array's at a third of the cost).
+        plain, at = {}, {}
+        for name, value in self._expand(params).items():  # derived too
+            plain[name] = copy = np.array(value, order="C", copy=True)
+            at[names.param(name)] = _address(copy)
         bf16 = weights == BF16_WEIGHTS  # from the forward's float packs, rounded
-        # fresh arrays, referenced nowhere else
-        packs = dict(self._packs(plain, "forward" if bf16 else None, cached=False))
+        packed = self._located_packs(plain, "forward" if bf16 else None, cached=False,
+                                     located={n: at[names.param(n)] for n in plain})
+        packs = {name: pack for name, (pack, _) in packed.items()}
+        at |= {name: address for name, (_, address) in packed.items()}
         if bf16:
             for p in self.contract.packed.values():
                 floats = packs.pop(names.panels_t(p.name))
-                packs[names.panels_t_bf16(p.name)] = pack_panels_bf16(
+                packs[names.panels_t_bf16(p.name)] = rounded = pack_panels_bf16(
                     floats, p.columns, p.rows, self.contract.panel_width,
                     POOL.lease(floats.size, np.uint16))
-        for array in packs.values():
+                del at[names.panels_t(p.name)]
+                at[names.panels_t_bf16(p.name)] = _address(rounded)
+        for array in (*plain.values(), *packs.values()):
             array.flags.writeable = False
-        return PackedParams(plain, packs, self, weights)
+        return PackedParams(plain, packs, self, weights, at)
 
     def _check_weights(self, weights: str | None) -> str:
         """`weights` of pack_params, checked: None means the cell's dtype."""
@@ -702,9 +715,3 @@ def _rng_slices(seed: int | None, bounds: list[int]) -> list[dict[str, np.ndarra
     return [{names.RNG: np.array([word, bounds[c], seed is not None], np.int64)}
             for c in range(len(bounds) - 1)]
 
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous, read-only copy that nothing else references."""
-    copy = np.array(array, order="C", copy=True)
-    copy.flags.writeable = False
-    return copy

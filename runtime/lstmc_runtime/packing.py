@@ -10,6 +10,7 @@ NumPy alone, to the same bytes."""
 from __future__ import annotations
 
 import ctypes
+from itertools import accumulate
 
 import numpy as np
 
@@ -51,28 +52,32 @@ class Packer:
     def native(self) -> bool:
         return self._transposed is not None and self._copied is not None
 
-    def stacked(self, parts: list[np.ndarray], transposed: bool) -> np.ndarray:
-        """pack_panels of the rows of `parts` (C-contiguous, this dtype) stacked, or
-        (`transposed`) of the stack's transpose."""
+    def stacked(self, parts: list[np.ndarray], transposed: bool,
+                addresses: list[int] | None = None) -> np.ndarray:
+        """pack_panels of the rows of `parts` (C-contiguous, this dtype; `addresses`:
+        theirs, when known) stacked, or (`transposed`) of the stack's transpose."""
         native = self.native and all(p.dtype == self.dtype and p.flags.c_contiguous
                                      for p in parts)
         if transposed:
-            return self._transposed_panels(parts, native)
-        return self._column_panels(parts, native)
+            return self._transposed_panels(parts, native, addresses)
+        return self._column_panels(parts, native, addresses)
 
-    def _column_panels(self, parts: list[np.ndarray], native: bool) -> np.ndarray:
+    def _column_panels(self, parts: list[np.ndarray], native: bool,
+                       addresses: list[int] | None) -> np.ndarray:
         """Panels over the K columns: each part fills its rows of every panel."""
         width = self.width
         N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
         out = POOL.lease(N * K, parts[0].dtype)
         full = K // width
-        head = out[:full * width * N].reshape(full, N, width)
-        tail = out[full * width * N:].reshape(N, K - full * width)
         if native and full:
             assert self._copied is not None
-            for r0, rows, start in _runs(parts):
-                self._copied(start, rows, K, K, address(out) + r0 * width * out.itemsize,
-                             N * width)
+            base, row_bytes = address(out), width * out.itemsize
+            for r0, rows, start in _runs(parts, addresses):
+                self._copied(start, rows, K, K, base + r0 * row_bytes, N * width)
+            if K == full * width:  # no columns past the last panel: all done
+                return out
+        head = out[:full * width * N].reshape(full, N, width)
+        tail = out[full * width * N:].reshape(N, K - full * width)
         r0 = 0
         for part in parts:
             r1 = r0 + part.shape[0]
@@ -84,23 +89,27 @@ class Packer:
             r0 = r1
         return out
 
-    def _transposed_panels(self, parts: list[np.ndarray], native: bool) -> np.ndarray:
+    def _transposed_panels(self, parts: list[np.ndarray], native: bool,
+                           addresses: list[int] | None) -> np.ndarray:
         """Panels over the N stacked rows: part by part while each starts on a panel."""
         width = self.width
-        N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
-        if any(sum(p.shape[0] for p in parts[:i]) % width for i in range(len(parts))):
+        starts = list(accumulate((p.shape[0] for p in parts), initial=0))
+        N, K = starts.pop(), parts[0].shape[1]
+        if any(start % width for start in starts):
             return pack_panels(np.concatenate(parts, axis=0).T, width)
         out = POOL.lease(N * K, parts[0].dtype)
         full = N // width
-        head = out[:full * width * K].reshape(full, K, width)
-        tail = out[full * width * K:].reshape(K, N - full * width)
         if native and K:
             assert self._transposed is not None
-            for r0, rows, start in _runs(parts):  # each starts on a panel (above)
+            base, row_bytes = address(out), K * out.itemsize
+            for r0, rows, start in _runs(parts, addresses):  # each starts on a panel (above)
                 whole = (min(r0 + rows, full * width) - r0) // width
                 if whole:  # written in order, read transposed: twice as fast as the converse
-                    self._transposed(start, whole * width, K, K,
-                                     address(out) + r0 * K * out.itemsize)
+                    self._transposed(start, whole * width, K, K, base + r0 * row_bytes)
+            if N == full * width:  # no rows past the last panel: all done
+                return out
+        head = out[:full * width * K].reshape(full, K, width)
+        tail = out[full * width * K:].reshape(K, N - full * width)
         r0 = 0
         for part in parts:
             r1 = r0 + part.shape[0]
@@ -114,15 +123,17 @@ class Packer:
         return out
 
 
-def _runs(parts: list[np.ndarray]) -> list[tuple[int, int, int]]:
-    """The stacked rows of `parts` (C-contiguous, one width) as runs (first row, rows,
-    address) of parts that follow one another in memory, each run one native call: the
-    gates of a torch weight (nn.LSTM's weight_ih: 4 row blocks of one tensor) are one
-    run, where a call per part cost ~2 µs of Python each."""
+def _runs(parts: list[np.ndarray], addresses: list[int] | None = None
+          ) -> list[tuple[int, int, int]]:
+    """The stacked rows of `parts` (C-contiguous, one width; `addresses`: theirs, when
+    known) as runs (first row, rows, address) of parts that follow one another in
+    memory, each run one native call: the gates of a torch weight (nn.LSTM's weight_ih:
+    4 row blocks of one tensor) are one run, where a call per part cost ~2 µs of Python
+    each."""
     runs: list[list[int]] = []
     row = 0
-    for part in parts:
-        start, rows = address(part), part.shape[0]
+    for i, part in enumerate(parts):
+        start, rows = address(part) if addresses is None else addresses[i], part.shape[0]
         if not rows:
             continue
         last = runs[-1] if runs else None

@@ -19,6 +19,8 @@ from collections import defaultdict
 import numpy as np
 
 CACHE_LINE = 64
+_BYTE = np.dtype(np.uint8)
+_addressof, _char_at = ctypes.addressof, ctypes.c_char.from_buffer
 
 DEFAULT_POOL_BYTES = 1 << 28
 DEFAULT_POOL_IDLE_S = 5.0
@@ -58,6 +60,7 @@ class BufferPool:
 
     def _reset(self) -> None:
         self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        self._leased: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # out, by reference
         self._lock = threading.Lock()
         self._bytes = 0
         self._last_use = 0.0
@@ -93,7 +96,7 @@ class BufferPool:
         nbytes = count * dtype.itemsize
         if nbytes == 0:
             return np.empty(0, dtype)
-        key = ((nbytes + CACHE_LINE,), np.dtype(np.uint8))
+        key = ((nbytes + CACHE_LINE,), _BYTE)
         with self._lock:
             free = self._free.get(key)
             raw = free.pop() if free else None
@@ -101,10 +104,18 @@ class BufferPool:
                 self._bytes -= raw.nbytes
         if raw is None:
             raw = np.empty(*key)
-        skip = -raw.ctypes.data % CACHE_LINE
+        skip = -_addressof(_char_at(raw)) % CACHE_LINE  # type: ignore[arg-type]
         holder = (ctypes.c_char * nbytes).from_buffer(raw, skip)
-        weakref.finalize(holder, self.put, [raw])
+        # When the holder dies, its memory comes back: a weak reference's callback, kept
+        # alive by the pool (weakref.finalize did the same in twice the time).
+        ref = weakref.ref(holder, self._returned)
+        self._leased[id(ref)] = (ref, raw)
         return np.frombuffer(holder, dtype)
+
+    def _returned(self, ref: weakref.ref) -> None:
+        leased = self._leased.pop(id(ref), None)
+        if leased is not None:
+            self.put([leased[1]])
 
     def put(self, arrays) -> None:
         """Keep these arrays (memory that owns itself, nothing else refers to it) for
