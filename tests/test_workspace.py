@@ -117,6 +117,45 @@ def test_a_view_of_a_pooled_array_keeps_its_memory_out_of_the_pool():
     POOL.release()
 
 
+def test_a_lease_dying_inside_the_pools_lock_comes_back_without_a_deadlock():
+    """The garbage collector may free a leased array while this thread holds the pool's
+    lock (here by hand); its memory comes back through the same lock."""
+    import threading
+
+    from lstmc_runtime.pool import BufferPool
+
+    pool = BufferPool()
+
+    class Cycle:  # freed only by the garbage collector
+        pass
+
+    cycle = Cycle()
+    cycle.me, cycle.array = cycle, pool.lease(1 << 16, np.float32)
+    del cycle
+
+    def collect_under_the_lock():
+        with pool._lock:
+            gc.collect()
+
+    worker = threading.Thread(target=collect_under_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the pool deadlocked on its own lock"
+    assert pool.held_bytes >= 1 << 18
+
+
+def test_a_process_ends_with_leased_memory_still_held():
+    """Leases that die while the interpreter shuts down go nowhere (a pool that started
+    its reaper thread then would wait for it forever)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom lstmc_runtime.pool import POOL\n"
+            "kept = [POOL.lease(1 << 20, np.float32) for _ in range(3)]\n")
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_results_handed_out_return_to_the_pool_when_dropped():
     """A kernel's large outputs (here y and the weight gradients) are leased: memory a
     caller dropped, or a tensor made from it, serves the next call without page faults."""

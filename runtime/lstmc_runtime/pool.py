@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -61,7 +62,7 @@ class BufferPool:
     def _reset(self) -> None:
         self._free: dict[tuple, list[np.ndarray]] = defaultdict(list)
         self._leased: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # out, by reference
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (see _returned)
         self._bytes = 0
         self._last_use = 0.0
         self._reaper: threading.Thread | None = None
@@ -113,8 +114,12 @@ class BufferPool:
         return np.frombuffer(holder, dtype)
 
     def _returned(self, ref: weakref.ref) -> None:
+        """A holder died: its memory back into the pool. This runs wherever the last
+        reference went, even inside the garbage collector while this thread holds the
+        lock (which is why it is reentrant); never while the interpreter shuts down,
+        when `put` could not start its reaper thread (the start would wait forever)."""
         leased = self._leased.pop(id(ref), None)
-        if leased is not None:
+        if leased is not None and not sys.is_finalizing():
             self.put([leased[1]])
 
     def put(self, arrays) -> None:
