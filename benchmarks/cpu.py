@@ -54,10 +54,11 @@ class Timings(dict):
 
 
 def interleaved_medians(contenders: dict, repeat: int) -> Timings:
-    """Median ms of each contender over `repeat` rounds; in each round every contender in
-    turn (A B C, A B C, ...) is warmed up and then timed over a block of back-to-back
-    runs, so a slow spell of the machine falls on all alike and every contender's own
-    worker threads are awake and the others' have gone quiet."""
+    """Median ms of each contender over `repeat` rounds (a Timings: each round's ms kept
+    for paired ratios); in each round every contender in turn (A B C, A B C, ...) is
+    warmed up and then timed over a block of back-to-back runs, so a slow spell of the
+    machine falls on all alike and every contender's own worker threads are awake and
+    the others' have gone quiet."""
     inner = {}
     for name, fn in contenders.items():
         fn()
