@@ -121,13 +121,11 @@ class PackedParams(dict):
     pack again."""
 
     def __init__(self, plain: dict[str, np.ndarray], packs: dict[str, np.ndarray], owner,
-                 weights: str = "float32", addresses: dict[str, int] | None = None):
+                 weights: str, addresses: dict[str, int]):
         super().__init__(plain)
         self._packs, self._owner = packs, owner
         self._packs_view = MappingProxyType(packs)  # what `packs` hands out: read-only
-        # (`addresses`: of the arrays by buffer name, when the maker knows them)
-        self._addresses: Mapping[str, int] | None = (
-            None if addresses is None else MappingProxyType(addresses))
+        self._addresses = MappingProxyType(addresses)  # of the arrays, by buffer name
         self.weights = weights  # what the packs hold: the cell's dtype, or "bfloat16"
 
     @property
@@ -143,10 +141,6 @@ class PackedParams(dict):
     @property
     def addresses(self) -> Mapping[str, int]:
         """Addresses of the owned arrays, by buffer name; stable: nothing can replace them."""
-        if self._addresses is None:
-            arrays = {names.param(n): v for n, v in self.items()} | self._packs
-            self._addresses = MappingProxyType(
-                {name: _address(a) for name, a in arrays.items()})
         return self._addresses
 
     def _immutable(self, *args, **kwargs):
@@ -207,16 +201,16 @@ class NativeCell(CellBase):
         cache = self._pack_cache
         packs = {}
         for name, transposed, segments in self._packs_read(entry):
-            parts = ([params[n] for n in segments] if located is not None  # validated
-                     else [np.ascontiguousarray(params[n]) for n in segments])
-            make = partial(self._packer.stacked, parts, transposed,
-                           None if located is None else [located[n] for n in segments])
+            if located is None:
+                parts, addresses = [np.ascontiguousarray(params[n]) for n in segments], None
+            else:  # validated
+                parts, addresses = [params[n] for n in segments], [located[n] for n in segments]
+            make = partial(self._packer.stacked, parts, transposed, addresses)
             if not cached:
                 pack = make()
                 packs[name] = pack, _address(pack)
             else:
-                packs[name] = cache.get(name, parts, make, None if located is None
-                                        else [located[n] for n in segments])
+                packs[name] = cache.get(name, parts, make, addresses)
         return packs
 
     def _packs_read(self, entry: str | None) -> list[tuple[str, bool, list[str]]]:
@@ -243,15 +237,16 @@ class NativeCell(CellBase):
             self._locator.addresses(params)  # validated
         # Fresh arrays, referenced nowhere else, made read-only once their addresses are
         # known (ctypes gives a writable array's at a third of the cost).
-        plain, at = {}, {}
+        plain, located = {}, {}
         for name, value in self._expand(params).items():  # derived too
             plain[name] = copy = np.array(value, order="C", copy=True)
-            at[names.param(name)] = _address(copy)
+            located[name] = _address(copy)
         bf16 = weights == BF16_WEIGHTS  # from the forward's float packs, rounded
         packed = self._located_packs(plain, "forward" if bf16 else None, cached=False,
-                                     located={n: at[names.param(n)] for n in plain})
+                                     located=located)
         packs = {name: pack for name, (pack, _) in packed.items()}
-        at |= {name: address for name, (_, address) in packed.items()}
+        at = ({names.param(n): address for n, address in located.items()}
+              | {name: address for name, (_, address) in packed.items()})
         if bf16:
             for p in self.contract.packed.values():
                 floats = packs.pop(names.panels_t(p.name))

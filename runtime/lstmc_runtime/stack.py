@@ -71,6 +71,7 @@ class Stack:
         self.param_shapes = {self.prefix(l, d) + n: s
                              for l, cells in enumerate(layers) for d, cell in enumerate(cells)
                              for n, s in cell.param_shapes.items()}
+        self._locator = Locator(self.param_shapes, self.dtype)  # checks dicts of them
 
     def prefix(self, layer: int, direction: int) -> str:
         """The prefix of the parameter names of layers[layer][direction]."""
@@ -160,10 +161,7 @@ class Stack:
     def _check_params(self, params) -> None:
         """Every layer's and direction's parameters, checked (remembered by identity
         from call to call: a 2-layer bidirectional LSTM has 64 arrays)."""
-        locator = self.__dict__.get("_locator")
-        if locator is None:
-            locator = self.__dict__["_locator"] = Locator(self.param_shapes, self.dtype)
-        locator.addresses(params)
+        self._locator.addresses(params)
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         count = self.num_layers * self.num_directions
