@@ -67,6 +67,34 @@ def test_any_changed_byte_packs_again(monkeypatch, cells, change):
         np.testing.assert_allclose(y, reference.forward(x, params, state)[0], **TOL)
 
 
+def test_a_write_while_packing_never_leaves_a_stale_pack(monkeypatch, cells):
+    """Another thread writing a weight while a call packs it (a learner updating what an
+    actor reads): the kept pack must hold the bytes it is kept under, so that the next
+    call, with the new bytes, packs them. Here the write lands just after the packing,
+    before the cache's copy: the moment a cache that copied after packing got wrong
+    (its next calls reused a pack of the old weights)."""
+    from lstmc_runtime.packing import Packer
+
+    reference, native = cells
+    x, params, state = random_inputs(reference, T=5, B=2)
+    original = Packer.stacked
+    writes = []
+
+    def stacked(self, parts, transposed, *rest):
+        pack = original(self, parts, transposed, *rest)
+        if not writes and any(np.array_equal(p, params["W_hf"]) for p in parts):
+            params["W_hf"][2, 3] += 0.75  # once, just after W_hf's pack is made
+            writes.append(True)
+        return pack
+
+    monkeypatch.setattr(Packer, "stacked", stacked)
+    native.forward(x, params, state)  # raced: its own result is not defined
+    assert writes
+    for _ in range(2):  # the weights written, and left alone from now on
+        np.testing.assert_allclose(native.forward(x, params, state)[0],
+                                   reference.forward(x, params, state)[0], **TOL)
+
+
 def test_training_sees_changed_weights(cells):
     """The backward's packs (another layout) are cached alike: a step of a NumPy
     training loop that changes the weights in place gets gradients at the new ones."""

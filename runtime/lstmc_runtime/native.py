@@ -13,6 +13,7 @@ import copy
 import ctypes
 import math
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ MIN_THREADED_WEIGHTS = 1 << 14  # inference measures threads from here (LSTM: H=
 # (LSTM: H=128 from B=1, H=64 from B=4, H=32 from B=16)
 SHARED_TRAINING_WORK = 1 << 16
 _pool: ThreadPoolExecutor | None = None
+# Held by the one threaded call whose team runs on Python's threads (_run_threaded).
+_PYTHON_TEAM = threading.Lock()
 
 
 _pool_pid = 0
@@ -205,13 +208,17 @@ class NativeCell(CellBase):
                 parts, addresses = [np.ascontiguousarray(params[n]) for n in segments], None
             else:  # validated
                 parts, addresses = [params[n] for n in segments], [located[n] for n in segments]
-            make = partial(self._packer.stacked, parts, transposed, addresses)
             if not cached:
-                pack = make()
+                pack = self._packer.stacked(parts, transposed, addresses)
                 packs[name] = pack, _address(pack)
             else:
+                make = partial(self._pack_from, transposed)
                 packs[name] = cache.get(name, parts, make, addresses)
         return packs
+
+    def _pack_from(self, transposed: bool, parts: list[np.ndarray],
+                   addresses: list[int] | None) -> np.ndarray:
+        return self._packer.stacked(parts, transposed, addresses)
 
     def _packs_read(self, entry: str | None) -> list[tuple[str, bool, list[str]]]:
         """The packs `entry` reads (None: all of them) as (buffer name, transposed, the
@@ -510,7 +517,7 @@ class NativeCell(CellBase):
         """Statuses of a threaded entry run on one slice by its threads together: on the
         OpenMP team when PyTorch's is loaded (its threads spin after each torch op: ours
         would find the cores taken), else on the parked native workers, else (both busy)
-        on Python's threads."""
+        on Python's threads, else (those too) as its one-thread twin."""
         threads = self._threads()
         sync = barrier_words()
         elements = self.contract.entries[entry].arena_elements
@@ -520,14 +527,22 @@ class NativeCell(CellBase):
                               arena.ctypes.data, lambda: self.native_workers(threads))
         if status is not None:
             return [status]
-        kernel = self._entries[entry]
-        args = (T, B, pointers)
+        # One team at a time on Python's threads; other calls run the one-thread twin on
+        # the same buffers. (Several at once filled the executor's workers with parts
+        # of teams, each waiting at a barrier for a helper still in the queue, forever.)
+        if not _PYTHON_TEAM.acquire(blocking=False):
+            return [self._entries[single_threaded(entry)](T, B, pointers)]
+        try:
+            kernel = self._entries[entry]
+            args = (T, B, pointers)
 
-        def run(tid: int) -> int:
-            return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
+            def run(tid: int) -> int:
+                return kernel(*args, tid, threads, sync.ctypes.data, arena.ctypes.data)
 
-        helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
-        return [run(0)] + [h.result() for h in helpers]
+            helpers = [_executor().submit(run, tid) for tid in range(1, threads)]
+            return [run(0)] + [h.result() for h in helpers]
+        finally:
+            _PYTHON_TEAM.release()
 
     def _inputs(self, x, params, state, lengths, packs) -> Inputs:
         T, B, _ = x.shape

@@ -14,6 +14,7 @@ an old one), so a call still running on an old pack is unaffected."""
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -84,13 +85,15 @@ class PackCache:
         self._slots: dict[str, OrderedDict] = {}
         _caches.add(self)
 
-    def get(self, name: str, parts: list[np.ndarray], make: Callable[[], np.ndarray],
+    def get(self, name: str, parts: list[np.ndarray],
+            make: Callable[[list[np.ndarray], list[int] | None], np.ndarray],
             addresses: list[int] | None = None) -> tuple[np.ndarray, int]:
         """The pack `name` of `parts` (C-contiguous arrays; `addresses`: theirs, when
-        known) and its address: one made for the same bytes before, else `make()` (kept
-        for the next calls). The slot packed from these very arrays is compared first
-        (read without the lock: a slot is replaced, never changed); another parameter
-        set differs in its first bytes, so comparing with it costs little."""
+        known) and its address: one made for the same bytes before, else
+        `make(arrays, their addresses)` of the parts' bytes (kept for the next calls).
+        The slot packed from these very arrays is compared first (read without the
+        lock: a slot is replaced, never changed); another parameter set differs in its
+        first bytes, so comparing with it costs little."""
         key = tuple(map(id, parts))
         slots = self._slots.get(name)
         own = None if slots is None else slots.get(key)
@@ -105,16 +108,22 @@ class PackCache:
                     slots.pop(slot, None)
                     slots[key] = kept
                 return kept[1], kept[2]
-        pack = make()
+        if sum(p.size for p in parts) > MAX_ELEMENTS:  # not kept: no copies to make
+            pack = make(parts, addresses)
+            return pack, address(pack)
+        # The copies first, then the pack from them: a kept pack always holds the bytes
+        # it is kept under. Packed from the caller's arrays, then copied, a pack met
+        # another thread's write in between (a learner updating the weights an actor
+        # reads), and every later call with the copied bytes got the stale pack.
+        copies = [_Copy(p) for p in parts]
+        pack = make([c.array for c in copies], [c.address for c in copies])
         at = address(pack)  # (while writable: the quick way)
-        if sum(p.size for p in parts) <= MAX_ELEMENTS:
-            pack.flags.writeable = False
-            copies = [_Copy(p) for p in parts]
-            with self._lock:
-                slots[key] = (copies, pack, at)
-                slots.move_to_end(key)
-                while len(slots) > SLOTS:
-                    slots.popitem(last=False)
+        pack.flags.writeable = False
+        with self._lock:
+            slots[key] = (copies, pack, at)
+            slots.move_to_end(key)
+            while len(slots) > SLOTS:
+                slots.popitem(last=False)
         return pack, at
 
     def clear(self) -> int:
@@ -127,6 +136,17 @@ class PackCache:
 
 
 _caches: weakref.WeakSet[PackCache] = weakref.WeakSet()
+
+
+def _renew_locks() -> None:
+    """In a forked child, every cache's lock anew: one another thread of the parent held
+    at the fork would stay held (that thread does not exist in the child)."""
+    for cache in list(_caches):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
 
 
 def clear_all() -> int:
