@@ -1,6 +1,8 @@
 """The lean inference call of native cells (lstmc_runtime.bound): bound cells, streaming
 steps, and forward with cached checks, against the reference executor; checks cached by
 shape never let a bad array through."""
+import os
+import signal
 import threading
 
 import numpy as np
@@ -198,6 +200,40 @@ def test_calls_from_several_threads_at_once():
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_step_steps_on():
+    """A fork while another thread is inside `bound.step` (its kernel runs without the
+    GIL, so forks land there) copies the step's locks held, and the thread holding them
+    does not exist in the child: the child's steps must neither wait forever nor lose
+    the lean path."""
+    reference, native = both("lstm", hidden_size=16)
+    x, params, state = random_inputs(reference, T=3, B=2)
+    bound = native.bind(params)
+    bound.reset(state)
+    bound.step(x[:1])  # the lean path's plan exists
+    expected = reference.forward(x[1:], params, bound.state)[0]
+    bound._lock.acquire()  # as a step in another thread holds them
+    native.plans.lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit status, never return into pytest
+            code = 3
+            try:
+                signal.alarm(30)
+                lean = native.plans.lock.acquire(False)
+                if lean:
+                    native.plans.lock.release()
+                y = bound.step(x[1:])
+                code = 0 if lean and np.allclose(y, expected, **TOL) else 1
+            finally:
+                os._exit(code)
+    finally:
+        bound._lock.release()
+        native.plans.lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("rows,columns,width", [

@@ -14,7 +14,9 @@ while another thread is inside the same cell's fast path) runs the ordinary way.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -225,6 +227,7 @@ class Plans:
         self.cell = cell
         self._plans: dict[tuple, Plan | None] = {}
         self.lock = threading.Lock()
+        _cell_plans.add(self)
         # the parameters the forward entry reads as given (not packed): (buffer, name)
         self.forward_slots = [(name, names.parse(name)[1]) for name, *_ in cell._layout("forward")
                               if names.parse(name)[0] == "param"]
@@ -307,6 +310,7 @@ class BoundCell:
         self._ordered: list[tuple[list[int], list[int]]] = []
         self._ordered_for: Plan | None = None
         self._lock = threading.Lock()  # one step at a time: the carried state is shared
+        _bound_cells.add(self)
 
     def __repr__(self) -> str:
         return f"<BoundCell of {self.cell!r}>"
@@ -386,3 +390,22 @@ class BoundCell:
         if not self._states:
             return None
         return {n: v.copy() for n, v in self._states[self._parity].items()}
+
+
+_bound_cells: weakref.WeakSet[BoundCell] = weakref.WeakSet()
+_cell_plans: weakref.WeakSet[Plans] = weakref.WeakSet()
+
+
+def _renew_locks() -> None:
+    """In a forked child, the locks of every bound cell and every cell's plans anew: a
+    call another thread of the parent was running at the fork (kernels run without the
+    GIL, so forks land there) held them, and in the child that thread does not exist:
+    `step` waited forever, and the cell's calls never took the lean path again."""
+    for bound in list(_bound_cells):
+        bound._lock = threading.Lock()
+    for plans in list(_cell_plans):
+        plans.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
