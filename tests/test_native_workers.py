@@ -104,6 +104,45 @@ def test_calls_from_several_threads_share_the_workers(monkeypatch, threaded):
     assert not errors and threaded
 
 
+def test_one_team_at_a_time_runs_on_pythons_threads(monkeypatch):
+    """With the native workers and OpenMP's team unavailable, a threaded call's helpers
+    run on Python's executor, one team at a time: a call while another's team is there
+    runs the one-thread twin. (Teams at once filled the executor's workers with parts of
+    teams, each waiting at a barrier for a helper still queued: a deadlock.)"""
+    from lstmc_runtime import native as runtime
+
+    monkeypatch.setenv("LSTMC_NUM_THREADS", "2")
+    monkeypatch.setenv("LSTMC_NATIVE_WORKERS", "0")
+    monkeypatch.setattr("lstmc_runtime.workers.run_kernel", lambda *job: None)  # no team
+    monkeypatch.setattr("lstmc_runtime.native.SHARED_TRAINING_WORK", 0)
+    monkeypatch.setattr(FasterOf, "choose",  # the threaded way whenever it runs at all
+                        lambda self, alone, together, work=1.0: together() or alone())
+    submitted = []
+    executor = runtime._executor()
+    monkeypatch.setattr(runtime, "_executor", lambda: executor)
+    original = executor.submit
+    monkeypatch.setattr(executor, "submit",
+                        lambda fn, *a: submitted.append(a) or original(fn, *a))
+    reference = compile_spec("lstm", hidden_size=24)
+    cell = compile_spec("lstm", hidden_size=24, target="cpu")
+    x, params, state = random_inputs(reference, T=9, B=1)  # (steps shared from T = 8)
+    y0, f0, tape0 = reference.forward(x, params, state, train=True)
+    g0 = tape0.backward(np.ones_like(y0))
+
+    def train():
+        y, final, tape = cell.forward(x, params, state, train=True)
+        g = tape.backward(np.ones_like(y))
+        np.testing.assert_allclose(y, y0, **TOL)
+        for n in g0["params"]:
+            np.testing.assert_allclose(g["params"][n], g0["params"][n], **TOL, err_msg=n)
+
+    train()
+    assert len(submitted) == 2  # forward and backward: one helper each
+    with runtime._PYTHON_TEAM:  # another call's team is on the executor
+        train()
+    assert len(submitted) == 2  # both ran as their one-thread twins
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_makes_its_own_workers(monkeypatch, threaded):
     """A fork copies the pool's memory but not its threads: the child must not wait for
