@@ -1,7 +1,9 @@
 """lstmc's custom ops and Recurrent: gradcheck and opcheck (a custom spec and a stack),
 torch.compile(fullgraph=True) training equal to eager, torch.export, double backward,
 autocast, DropConnect, packed-weight reuse, RecurrentCell, and bad input."""
+import os
 import pathlib
+import signal
 
 import pytest
 import torch
@@ -216,6 +218,34 @@ def test_training_keeps_one_pack_per_weight_set():
         first = module(x)[0]
         assert sum(len(ops._packs[cell].entries) for cell in cells) == 4
         torch.testing.assert_close(module(x)[0], first, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_pack_cache_is_locked_runs_on():
+    """A fork (a DataLoader worker) while another thread holds a pack cache's lock: in
+    the child that thread does not exist, and the module's next call must not wait for
+    it."""
+    module = lnn.LSTM(5, 7)
+    x = torch.randn(T, B, 5)
+    expected = module(x)[0].detach()  # a training forward: through the pack cache
+    caches = list(ops._packs.values())
+    assert caches
+    for cache in caches:
+        cache.lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit status, never return into pytest
+            code = 3
+            try:
+                signal.alarm(30)
+                code = 0 if torch.equal(module(x)[0].detach(), expected) else 1
+            finally:
+                os._exit(code)
+    finally:
+        for cache in caches:
+            cache.lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_recurrent_cell_steps_equal_the_sequence():

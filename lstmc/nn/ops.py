@@ -31,6 +31,7 @@ OpenCL kernels.
 # No `from __future__ import annotations` here: torch.library reads the ops' annotations
 # at run time to infer their schemas.
 import math
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -159,6 +160,17 @@ class _PackCache:
 
 
 _packs: "weakref.WeakKeyDictionary[object, _PackCache]" = weakref.WeakKeyDictionary()
+
+
+def _renew_locks() -> None:
+    """In a forked child (a DataLoader worker), every pack cache's lock anew: another
+    thread of the parent may have held one at the fork, and it does not exist here."""
+    for cache in list(_packs.values()):
+        cache.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
 _zeros: dict = {}
 
 
