@@ -1,6 +1,7 @@
 import functools
 import os
 import pathlib
+import signal
 import tempfile
 
 import numpy as np
@@ -104,6 +105,29 @@ def central_difference(loss, array: np.ndarray, indices=None, eps: float = 1e-6)
         flat[k] = keep
         numeric.append((plus - minus) / (2 * eps))
     return np.array(numeric)
+
+
+def exit_of_forked_child(check, locks=(), seconds: int = 30) -> int:
+    """The exit status of a forked child that runs `check()` (true: status 0) while the
+    parent holds `locks`, as another thread of the parent would at the fork; a child
+    that waits for one of them is ended by an alarm after `seconds`. The child never
+    returns into pytest."""
+    for lock in locks:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                signal.alarm(seconds)
+                code = 0 if check() else 1
+            finally:
+                os._exit(code)
+    finally:
+        for lock in locks:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @pytest.fixture(params=SPEC_NAMES)

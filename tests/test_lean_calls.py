@@ -2,12 +2,11 @@
 steps, and forward with cached checks, against the reference executor; checks cached by
 shape never let a bad array through."""
 import os
-import signal
 import threading
 
 import numpy as np
 import pytest
-from conftest import compile_spec, random_inputs
+from conftest import compile_spec, exit_of_forked_child, random_inputs
 from lstmc_runtime.packing import Packer, pack_panels
 
 import lstmc
@@ -214,26 +213,14 @@ def test_a_child_forked_during_a_step_steps_on():
     bound.reset(state)
     bound.step(x[:1])  # the lean path's plan exists
     expected = reference.forward(x[1:], params, bound.state)[0]
-    bound._lock.acquire()  # as a step in another thread holds them
-    native.plans.lock.acquire()
-    try:
-        pid = os.fork()
-        if pid == 0:  # the child: report by exit status, never return into pytest
-            code = 3
-            try:
-                signal.alarm(30)
-                lean = native.plans.lock.acquire(False)
-                if lean:
-                    native.plans.lock.release()
-                y = bound.step(x[1:])
-                code = 0 if lean and np.allclose(y, expected, **TOL) else 1
-            finally:
-                os._exit(code)
-    finally:
-        bound._lock.release()
-        native.plans.lock.release()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def check():
+        lean = native.plans.lock.acquire(False)
+        if lean:
+            native.plans.lock.release()
+        return lean and np.allclose(bound.step(x[1:]), expected, **TOL)
+
+    assert exit_of_forked_child(check, [bound._lock, native.plans.lock]) == 0
 
 
 @pytest.mark.parametrize("rows,columns,width", [

@@ -3,10 +3,10 @@ torch.compile(fullgraph=True) training equal to eager, torch.export, double back
 autocast, DropConnect, packed-weight reuse, RecurrentCell, and bad input."""
 import os
 import pathlib
-import signal
 
 import pytest
 import torch
+from conftest import exit_of_forked_child
 from torch.nn.utils import parametrize, prune
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -230,22 +230,23 @@ def test_a_child_forked_while_a_pack_cache_is_locked_runs_on():
     expected = module(x)[0].detach()  # a training forward: through the pack cache
     caches = list(ops._packs.values())
     assert caches
-    for cache in caches:
-        cache.lock.acquire()
-    try:
-        pid = os.fork()
-        if pid == 0:  # the child: report by exit status, never return into pytest
-            code = 3
-            try:
-                signal.alarm(30)
-                code = 0 if torch.equal(module(x)[0].detach(), expected) else 1
-            finally:
-                os._exit(code)
-    finally:
-        for cache in caches:
-            cache.lock.release()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    check = lambda: torch.equal(module(x)[0].detach(), expected)  # noqa: E731
+    assert exit_of_forked_child(check, [cache.lock for cache in caches]) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_cell_compiles_compiles_its_own():
+    """A fork while another thread compiles a module's cell (the registry's lock held):
+    the child compiles the cells it needs instead of waiting for that thread."""
+    from lstmc.nn import registry
+
+    module = lnn.GRU(3, 9)  # a cell no other test compiles
+    x = torch.randn(T, B, 3)
+    with torch.no_grad():
+        expected = torch.nn.GRU(3, 9).eval()
+        expected.load_state_dict(module.state_dict())
+        check = lambda: torch.allclose(module(x)[0], expected(x)[0], atol=1e-5)  # noqa: E731
+        assert exit_of_forked_child(check, [registry._lock], seconds=60) == 0
 
 
 def test_recurrent_cell_steps_equal_the_sequence():

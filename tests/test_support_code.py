@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import spec_path
+import pytest
+from conftest import exit_of_forked_child, spec_path
 from oracles import lstm as lstm_step
 
 import lstmc
@@ -83,3 +84,12 @@ print(float(np.abs(y).sum()))
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_shared_code_builds_builds_its_own():
+    """A fork while another thread builds the shared code (its lock held): the child
+    gets the shared code instead of waiting for that thread."""
+    expected = support.support_object("float32")
+    check = lambda: support.support_object("float32") == expected  # noqa: E731
+    assert exit_of_forked_child(check, [support._lock]) == 0

@@ -13,6 +13,7 @@ OpenCL kernels, for testing).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 
@@ -56,9 +57,20 @@ class CellKey:
             raise CompileError(f"not an lstmc cell key: {text[:80]!r} ({error})") from None
 
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # held while a cell compiles (seconds, the GIL released)
 _keys: dict[str, CellKey] = {}
 _cells: dict[tuple[str, str, str], object] = {}
+
+
+def _renew_lock() -> None:
+    """In a forked child, the lock anew: another thread compiling at the fork held it,
+    and that thread does not exist in the child (the child compiles what it needs)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock)
 
 
 def key_of(text: str) -> CellKey:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 
 from llvmlite import ir
@@ -64,7 +65,18 @@ def declare_gemms(module: ir.Module, dtype: str
 
 
 _objects: dict[tuple[str, str], bytes] = {}
-_lock = threading.Lock()
+_lock = threading.Lock()  # held while the shared code builds (seconds, the GIL released)
+
+
+def _renew_lock() -> None:
+    """In a forked child, the lock anew: another thread building at the fork held it,
+    and that thread does not exist in the child."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock)
 
 
 def support_object(dtype: str, cpu: str = "host") -> bytes:
