@@ -1,8 +1,7 @@
 """lstmc_small_gemm(_acc), called directly through ctypes, against NumPy's product in
-float64: B in packed panels (row stride NR: the tiles specialized for that stride) and
-plain row-major (the general tiles, including a row stride that happens to equal NR),
-for batch-like M (1, 2, 3: the short tiles), full and partial register tiles, one and
-two blocks of K, and columns past the last full panel."""
+float64: B in packed panels (row stride NR) and plain row-major (including a row stride
+that happens to equal NR), for batch-like M (1, 2, 3: the short tiles), full and partial
+register tiles, one and two blocks of K, and columns past the last full panel."""
 import ctypes
 
 import numpy as np
@@ -71,7 +70,7 @@ def test_small_gemm_matches_numpy(gemm, M, K, extra, layout):
 @pytest.mark.parametrize("M", [1, 4, 11])
 def test_small_gemm_reads_a_transposed_and_rows_one_panel_wide(gemm, M):
     """A read through its strides (A^T stored), and a row-major B exactly NR columns
-    wide: its row stride equals a panel's, so the specialized tiles run on it too."""
+    wide (its row stride equals a panel's)."""
     dtype, nr, functions = gemm
     K, N = 37, nr
     rng = np.random.default_rng(M)

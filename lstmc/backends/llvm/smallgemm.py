@@ -66,8 +66,6 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool,
     suffix = ("_acc" if accumulate else "") + ("_bf16" if bf16 else "")
     store_tiles = _tiles(module, ftype, vtype, False, bf16)
     add_tiles = _tiles(module, ftype, vtype, True, bf16)
-    store_fixed = _tiles(module, ftype, vtype, False, bf16, nr)
-    add_fixed = _tiles(module, ftype, vtype, True, bf16, nr)
 
     fn = ir.Function(module, small_gemm_type(), f"lstmc_small_gemm{suffix}")
     fn.attributes.add("nounwind")
@@ -96,19 +94,17 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool,
                 panel = element(b, wtype, B, b.add(b.mul(p, bp), b.mul(k0, bk)))
                 full = b.sdiv(mc, i64(MR))
                 rest = b.srem(mc, i64(MR))
-                # Packed panels (bk = NR) run tiles that step through the panel at a
-                # constant stride (see _emit_tile); other layouts the general ones.
-                packed_rows = b.icmp_signed("==", bk, i64(nr))
                 with b.if_else(overwrite) as (store, add):
-                    for (fixed_tiles, tiles), branch in (((store_fixed, store_tiles), store),
-                                                         ((add_fixed, add_tiles), add)):
-                        with branch, b.if_else(packed_rows) as (fixed, general):
-                            with fixed:
-                                _row_tiles(b, fixed_tiles, full, rest, n0, kc, a_block, sam,
-                                           sak, panel, bk, c_block, ldc, ftype)
-                            with general:
-                                _row_tiles(b, tiles, full, rest, n0, kc, a_block, sam, sak,
-                                           panel, bk, c_block, ldc, ftype)
+                    for tiles, branch in ((store_tiles, store), (add_tiles, add)):
+                        with branch:
+                            with for_range(b, full, "mtile") as mt:
+                                _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, kc, a_block,
+                                           sam, sak, panel, bk, c_block, ldc, ftype)
+                            m0 = b.mul(full, i64(MR))
+                            for mr in range(1, MR):
+                                with b.if_then(b.icmp_signed("==", rest, i64(mr))):
+                                    _call_tile(b, tiles[mr], m0, n0, kc, a_block, sam, sak,
+                                               panel, bk, c_block, ldc, ftype)
         # Columns past the last full panel.
         start = b.mul(panels, i64(nr))
         tail = element(b, wtype, B, b.add(b.mul(panels, bp), b.mul(k0, bt)))
@@ -121,34 +117,21 @@ def emit_small_gemm(module: ir.Module, ftype: ir.Type, accumulate: bool,
     return fn
 
 
-def _tile_name(mr: int, accumulate: bool, bf16: bool, fixed: int | None = None) -> str:
-    return (f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}{'_bf16' if bf16 else ''}"
-            f"{f'_k{fixed}' if fixed else ''}")
+def _tile_name(mr: int, accumulate: bool, bf16: bool) -> str:
+    return f"lstmc_gemm_tile{mr}{'_acc' if accumulate else ''}{'_bf16' if bf16 else ''}"
 
 
-def _tiles(module, ftype, vtype, accumulate: bool, bf16: bool, fixed: int | None = None
-           ) -> dict:
-    if _tile_name(MR, accumulate, bf16, fixed) in module.globals:
-        return {mr: module.globals[_tile_name(mr, accumulate, bf16, fixed)]
+def _tiles(module, ftype, vtype, accumulate: bool, bf16: bool) -> dict:
+    if _tile_name(MR, accumulate, bf16) in module.globals:
+        return {mr: module.globals[_tile_name(mr, accumulate, bf16)]
                 for mr in range(1, MR + 1)}
-    return {mr: _emit_tile(module, ftype, vtype, mr, accumulate, bf16, fixed)
+    return {mr: _emit_tile(module, ftype, vtype, mr, accumulate, bf16)
             for mr in range(1, MR + 1)}
 
 
 def widen_bf16(b: ir.IRBuilder, value: ir.Value, ftype: ir.Type) -> ir.Value:
     """A bfloat16 (i16) as the float32 it is the high half of."""
     return b.bitcast(b.shl(b.zext(value, I32), ir.Constant(I32, 16)), ftype)
-
-
-def _row_tiles(b, tiles, full, rest, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> None:
-    """`full` tiles of MR rows, then one of the `rest` rows left (if any), over a panel."""
-    with for_range(b, full, "mtile") as mt:
-        _call_tile(b, tiles[MR], b.mul(mt, i64(MR)), n0, K, A, sam, sak, panel, bk, C, ldc,
-                   ftype)
-    m0 = b.mul(full, i64(MR))
-    for mr in range(1, MR):
-        with b.if_then(b.icmp_signed("==", rest, i64(mr))):
-            _call_tile(b, tiles[mr], m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype)
 
 
 def _call_tile(b, tile, m0, n0, K, A, sam, sak, panel, bk, C, ldc, ftype) -> None:
@@ -171,22 +154,15 @@ def _scalar_dot(b, ftype, K, A, sam, sak, m, B, ldb, n, bf16: bool = False) -> i
     return carried_loop(b, i64(0), K, 1, [ir.Constant(ftype, 0.0)], body, "dot")[0]
 
 
-def _emit_tile(module, ftype, vtype, mr, accumulate, bf16, fixed=None) -> ir.Function:
-    """C[0:mr, 0:NR] (+)= A[0:mr, :] . panel, row k of the panel at P + k*bk; with `fixed`,
-    bk is that constant (a packed panel's NR) whatever the argument says. Then the loop
-    walks the panel with one pointer and constant offsets: at batch 1 (mr = 1, a
-    matrix-vector product streaming the weights), the general tile's per-row address
-    arithmetic, with its pointers spilled to the stack, took as many instructions as
-    the multiply-adds."""
+def _emit_tile(module, ftype, vtype, mr, accumulate, bf16) -> ir.Function:
+    """C[0:mr, 0:NR] (+)= A[0:mr, :] . panel, row k of the panel at P + k*bk."""
     vw = vtype.count
     sets = {1: 4, 2: 2}.get(mr, 1)  # independent accumulator sets for short tiles
     fn_type = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, I64, PTR, I64, PTR, I64])
-    fn = ir.Function(module, fn_type, _tile_name(mr, accumulate, bf16, fixed))
+    fn = ir.Function(module, fn_type, _tile_name(mr, accumulate, bf16))
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     K, A, sam, sak, P, bk, C, ldc = fn.args
-    if fixed is not None:
-        bk = i64(fixed)
     for arg in (A, P, C):
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
