@@ -322,6 +322,58 @@ def _cell_like(torch_cell: torch.nn.LSTMCell, dtype) -> lnn.RecurrentCell:
     return ours
 
 
+@pytest.mark.parametrize("write", ["data", "fused adam"])
+def test_inference_sees_weight_writes_that_bump_no_version(write):
+    """Writes through `.data` (manual SGD, EMA) and fused optimizer steps change the
+    weights without bumping their version counters: inference after them (the op path
+    with a PackedSequence, the direct path of one and of two layers, RecurrentCell)
+    must use the new weights, as torch's modules do."""
+    torch.manual_seed(0)
+    ours, theirs = lnn.LSTM(I, H, num_layers=2).double(), torch.nn.LSTM(I, H, num_layers=2)
+    theirs = theirs.double()
+    theirs.load_state_dict(ours.state_dict())
+    one, their_one = lnn.LSTM(I, H).double(), torch.nn.LSTM(I, H).double()
+    their_one.load_state_dict(one.state_dict())
+    their_cell = torch.nn.LSTMCell(I, H).double()
+    cell = _cell_like(their_cell, torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [T, T - 2, 1], enforce_sorted=False)
+
+    def same_outputs():
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(ours(packed)[0].data, theirs(packed)[0].data,
+                                       rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(one(x)[0], their_one(x)[0], rtol=1e-12, atol=1e-12)
+            state = {"h": torch.zeros(B, H, dtype=torch.float64),
+                     "c": torch.zeros(B, H, dtype=torch.float64)}
+            torch.testing.assert_close(cell(x[0], state)[0], their_cell(x[0])[0],
+                                       rtol=1e-12, atol=1e-12)
+
+    same_outputs()  # every path has packed its weights
+    modules = [(ours, theirs), (one, their_one), (cell, None)]
+    versions = [p._version for m, _ in modules for p in m.parameters()]
+    for module, twin in modules:
+        if write == "data":
+            for p in module.parameters():
+                p.data.mul_(0.5).add_(0.01)
+        else:
+            optimizer = torch.optim.Adam(module.parameters(), lr=0.1, fused=True)
+            out = module(x[0])[0] if twin is None else module(x)[0]
+            out.square().sum().backward()
+            optimizer.step()
+        if twin is not None:
+            twin.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        for kind, weight, bias in (("i", their_cell.weight_ih, their_cell.bias_ih),
+                                   ("h", their_cell.weight_hh, their_cell.bias_hh)):
+            for k, gate in enumerate("ifgo"):
+                weight[k * H:(k + 1) * H] = getattr(cell, f"W_{kind}{gate}")
+                bias[k * H:(k + 1) * H] = getattr(cell, f"b_{kind}{gate}")
+    assert [p._version for m, _ in modules for p in m.parameters()] == versions
+    same_outputs()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_streaming_inference_matches_lstmcell_and_sees_weight_updates(dtype):
     """Eager no-grad steps (the streaming fast path: NumPy views, weights packed once)

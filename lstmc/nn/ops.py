@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from lstmc_runtime.bound import address
-from lstmc_runtime.packcache import same_bytes
+from lstmc_runtime.packcache import equal_at
 from torch import Tensor
 
 from ..errors import LstmcError, ShapeError
@@ -107,16 +107,6 @@ def version(t: Tensor) -> object:
     has none and may change in place unseen, so it gets a value equal to nothing: its
     pack is vouched for by comparing bytes."""
     return object() if t.is_inference() else t._version
-
-
-def signature(weights: list[Tensor]) -> tuple:
-    """(version, address) of each weight: equal while none was changed in place or
-    moved (read on every eager call: `_version` straight, and `version` only where an
-    inference tensor makes it raise)."""
-    try:
-        return tuple([(w._version, w.data_ptr()) for w in weights])
-    except RuntimeError:  # an inference tensor: no version counter
-        return tuple([(version(w), w.data_ptr()) for w in weights])
 
 
 class _PackCache:
@@ -205,12 +195,14 @@ def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
 
 def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
     """Parameters of a CPU-target cell, validated and packed. Every pack is remembered;
-    with `reuse`, a remembered pack of the same weight versions is taken instead.
-    Writes through `.data` do not bump a tensor's version, so a training forward
-    (`reuse=False`) compares the weights' bytes with the copies the last pack holds
-    (after an optimizer step the first bytes differ: it packs afresh at once; between
-    the micro-batches of accumulated gradients nothing differs: the pack is reused);
-    its backward and inference calls reuse."""
+    with `reuse` (a backward: its forward's pack), a remembered pack of the same weight
+    versions is taken as it is. Forward calls, training and inference alike, take a
+    remembered pack only while the weights hold the bytes it was packed from: writes
+    through `.data`, fused optimizer steps (`Adam(fused=True)` on CPU) and other
+    processes' writes to shared memory (Hogwild) change the bytes and bump no version.
+    After an optimizer step the first bytes differ: it packs afresh at once; between
+    the micro-batches of accumulated gradients, or the calls of an evaluation, nothing
+    differs: the pack is reused."""
     made: list[dict] = []  # built once per call, for the comparison and the pack alike
 
     def params() -> dict:
@@ -221,16 +213,45 @@ def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
     def build():
         return cell.pack_params(params()) if hasattr(cell, "pack_params") else params()
 
-    def unchanged(packed) -> bool:
-        return all(array.flags.c_contiguous and same_bytes(array, packed[name])
-                   for name, array in params().items())
-
     if not hasattr(cell, "pack_params"):
         return build()
     cache = _packs.get(cell)
     if cache is None:
         cache = _packs.setdefault(cell, _PackCache())
-    return cache.get(cell, key, weights, build, reuse, unchanged)
+    return cache.get(cell, key, weights, build, reuse,
+                     lambda packed: holds_bytes(weights, packed_bytes(cell, key, weights,
+                                                                      packed)))
+
+
+def packed_bytes(cell, key: str, weights: list[Tensor], packed) -> tuple:
+    """What `holds_bytes` compares to tell whether `weights` still hold the bytes
+    `packed` (their pack) was made from: their shapes then, and per spec parameter the
+    key's layout maps, (weight index, byte offset, the address of the pack's copy of
+    the parameter, bytes). The pack keeps its copies alive."""
+    layout = key_of(key).layout
+    parts = []
+    for name, entry in zip(cell.param_shapes, layout):
+        if entry is None:  # a constant zero, not read from the weights
+            continue
+        index, r0, _ = entry
+        copy = packed[name]
+        offset = 0 if r0 is None or copy.ndim == 0 else r0 * copy.strides[0]
+        parts.append((index, offset, address(copy), copy.nbytes))
+    return tuple(tuple(w.shape) for w in weights), tuple(parts)
+
+
+def holds_bytes(weights: list[Tensor], checks: tuple) -> bool:
+    """Whether contiguous CPU `weights` of the shapes they had hold, byte for byte, the
+    copies `checks` (packed_bytes) describe; a weight reshaped or moved since (`p.data =
+    ...`) is compared where it is now, one not contiguous is taken as changed."""
+    shapes, parts = checks
+    if len(weights) != len(shapes) or not all(
+            w.is_contiguous() and not w.is_cuda and tuple(w.shape) == shape
+            for w, shape in zip(weights, shapes)):
+        return False
+    starts = [w.data_ptr() for w in weights]
+    return all(equal_at(starts[index] + offset, at, size)
+               for index, offset, at, size in parts)
 
 
 def weight_grads(key: str, weights: list[Tensor], dparams: dict, names, to_tensor):
@@ -383,7 +404,7 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
 
             ws.pack_gpu(cell, result[2].saved, put)
         return y, final, work
-    params = host_params(cell, key, weights, reuse=not train)
+    params = host_params(cell, key, weights, reuse=False)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
     xs, inputs = split_inputs(cell, x, _host)
     native = train and ws.is_native(cell)

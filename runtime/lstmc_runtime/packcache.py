@@ -40,6 +40,13 @@ def _libc_memcmp():
 _memcmp = _libc_memcmp()
 
 
+def equal_at(a: int, b: int, size: int) -> bool:
+    """Whether the `size` bytes at addresses `a` and `b` are equal."""
+    if _memcmp is not None:
+        return _memcmp(a, b, size) == 0
+    return ctypes.string_at(a, size) == ctypes.string_at(b, size)
+
+
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two C-contiguous arrays have the same shape, dtype and bytes."""
     if a.shape != b.shape or a.dtype != b.dtype:
