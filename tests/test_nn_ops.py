@@ -163,6 +163,26 @@ def test_double_backward_raises():
         gx.sum().backward()
 
 
+def test_parameters_take_torchs_default_dtype():
+    """As torch.nn's modules: no dtype given, the parameters get torch's default dtype;
+    one lstmc cannot compute in is refused by name."""
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        for module in (lnn.Recurrent(PEEPHOLE, I, H), lnn.RecurrentCell(PEEPHOLE, I, H)):
+            assert {p.dtype for p in module.parameters()} == {torch.float64}
+            x = torch.randn(B, I) if isinstance(module, lnn.RecurrentCell) else torch.randn(
+                T, B, I)
+            assert module(x)[0].dtype == torch.float64
+        torch.set_default_dtype(torch.bfloat16)
+        with pytest.raises(lstmc.ShapeError, match="default dtype is torch.bfloat16"):
+            lnn.Recurrent(PEEPHOLE, I, H)
+    finally:
+        torch.set_default_dtype(default)
+    with pytest.raises(lstmc.ShapeError, match="got torch.float16"):
+        lnn.RecurrentCell(PEEPHOLE, I, H, dtype=torch.float16)
+
+
 def test_autocast_casts_inputs_to_the_cells_dtype():
     module = peephole(dtype=torch.float32)
     x = torch.randn(T, B, I)

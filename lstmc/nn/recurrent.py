@@ -328,7 +328,7 @@ class Recurrent(SequenceModule):
     Options beyond nn.LSTM's: `weight_dropout` (DropConnect on the recurrent weights in
     training), `target` ("auto": CPU tensors on the cpu target, CUDA tensors on cuda;
     "opencl": CPU tensors through the OpenCL kernels), `device`, `dtype` (float32 or
-    float64). Other keyword arguments bind the spec's named sizes (`P=64`).
+    float64; None: torch's default dtype). Other keyword arguments bind the spec's named sizes (`P=64`).
     """
 
     _out: int  # the output state's size of the last layer built
@@ -342,6 +342,12 @@ class Recurrent(SequenceModule):
         if target not in TARGETS:
             raise CompileError(f"unknown target '{target}' (lstmc.nn runs: "
                                f"{', '.join(TARGETS)})")
+        if dtype is None and torch.get_default_dtype() not in ops.DTYPES:
+            raise ShapeError(f"dtype: lstmc cells compute in float32 or float64, and torch's "
+                             f"default dtype is {torch.get_default_dtype()}: pass dtype=")
+        dtype = dtype or torch.get_default_dtype()  # as torch.nn's modules take it
+        if dtype not in ops.DTYPES:
+            raise ShapeError(f"dtype: lstmc cells compute in float32 or float64, got {dtype}")
         source = read_source(spec).text
         self.input_size, self.hidden_size, self.target = input_size, hidden_size, target
         self._keys, self._cells, self._recurrent = [], [], []
@@ -364,7 +370,7 @@ class Recurrent(SequenceModule):
                 self._names[layer, d] = [prefix + name for name in meta.param_shapes]
                 for name, shape in meta.param_shapes.items():
                     self.register_parameter(prefix + name, nn.Parameter(
-                        torch.empty(shape, device=device, dtype=dtype or torch.float32)))
+                        torch.empty(shape, device=device, dtype=dtype)))
         first = self._cells[0]
         self.cell_name = first.name
         self.extra_inputs = dict(first.extra_inputs)  # by keyword to forward
