@@ -29,8 +29,7 @@ class LeanCalls:
     one (it holds native cells, which are found again on the first call)."""
 
     def __init__(self) -> None:
-        # (layer, direction) -> (its bytes: packed_bytes, cell, pack, weak references
-        # to the weights)
+        # (layer, direction) -> (signature, cell, pack, weak references to the weights)
         self._weights: dict[tuple, tuple] = {}
         self._plans: dict[tuple, tuple] = {}  # (cell, x shape, thread limit) -> plan, ...
         self._wavefronts: dict[tuple, wavefronts.Wavefront] = {}  # (cells, T, B) -> tables
@@ -47,21 +46,21 @@ class LeanCalls:
 
     def _held(self, key: str, slot: tuple, x: Tensor, weights: list[Tensor]) -> tuple | None:
         """(native cell, packed weights) of (layer, direction) `slot`, packed again only
-        when the weights changed; None for a cell that is not native. Changed means
-        other tensors, or other bytes: writes through `.data`, fused optimizer steps and
-        other processes' writes to shared memory bump no version counter, so the bytes
-        are compared on every call (memcmp against the pack's copies)."""
+        when the weights changed (ops.signature; after an optimizer step, ops.host_params
+        compares their bytes); None for a cell that is not native."""
+        signature = ops.signature(weights)
         held = self._weights.get(slot)
         # The very tensors too: a parameter replaced by a new tensor may get the freed
-        # memory of the old one (and a parametrized weight is a new tensor every call).
-        if (held is None or not all(r() is w for r, w in zip(held[3], weights))
-                or not ops.holds_bytes(weights, held[0])):
+        # memory of the old one at the same version (and a parametrized weight is a new
+        # tensor every call).
+        if (held is None or held[0] != signature
+                or not all(r() is w for r, w in zip(held[3], weights))):
             cell = ops.cell_for(key, x)
             if not hasattr(cell, "plans"):  # not a native CPU cell (OpenCL)
                 return None
-            packed = ops.host_params(cell, key, weights, reuse=False)
-            held = self._weights[slot] = (ops.packed_bytes(cell, key, weights, packed), cell,
-                                          packed, [weakref.ref(w) for w in weights])
+            held = self._weights[slot] = (signature, cell,
+                                          ops.host_params(cell, key, weights, reuse=True),
+                                          [weakref.ref(w) for w in weights])
         return held[1], held[2]
 
     def wavefront(self, keys: list[str], x: Tensor, weights: list[list[Tensor]],

@@ -42,6 +42,7 @@ import torch
 from lstmc_runtime.bound import address
 from lstmc_runtime.packcache import equal_at
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import LstmcError, ShapeError
 from . import workspace as ws
@@ -102,6 +103,30 @@ def join_gradients(cell, grads: dict):
                           axis=-1)
 
 
+# Optimizer steps taken in this process, by any optimizer: a fused step (Adam(fused=True)
+# on CPU) writes the parameters without bumping their version counters, so a pack kept by
+# versions alone would outlive it. After any step, a kept pack is vouched for by its bytes.
+_steps = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def signature(weights: list[Tensor]) -> tuple:
+    """(optimizer steps so far, and the (version, address) of each weight): equal while
+    no optimizer has stepped and no weight was changed in place or moved (read on every
+    eager call: `_version` straight, and `version` only where an inference tensor makes
+    it raise)."""
+    try:
+        return _steps[0], tuple([(w._version, w.data_ptr()) for w in weights])
+    except RuntimeError:  # an inference tensor: no version counter
+        return _steps[0], tuple([(version(w), w.data_ptr()) for w in weights])
+
+
 def version(t: Tensor) -> object:
     """The tensor's version counter; an inference tensor (made in torch.inference_mode)
     has none and may change in place unseen, so it gets a value equal to nothing: its
@@ -129,7 +154,7 @@ class _PackCache:
         """The remembered pack of these tensors, else `build()`. Without `reuse`, or at
         another version, `unchanged(pack)` (if given) may still vouch for it."""
         ids = tuple(id(t) for t in weights)
-        sig = tuple([(t.data_ptr(), version(t), t.shape) for t in weights])
+        sig = (_steps[0], tuple([(t.data_ptr(), version(t), t.shape) for t in weights]))
         with self.lock:
             hit = self.entries.get(ids)
             if hit is not None and not all(r() is t for r, t in zip(hit[1], weights)):
@@ -195,14 +220,12 @@ def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
 
 def host_params(cell, key: str, weights: list[Tensor], reuse: bool):
     """Parameters of a CPU-target cell, validated and packed. Every pack is remembered;
-    with `reuse` (a backward: its forward's pack), a remembered pack of the same weight
-    versions is taken as it is. Forward calls, training and inference alike, take a
-    remembered pack only while the weights hold the bytes it was packed from: writes
-    through `.data`, fused optimizer steps (`Adam(fused=True)` on CPU) and other
-    processes' writes to shared memory (Hogwild) change the bytes and bump no version.
-    After an optimizer step the first bytes differ: it packs afresh at once; between
-    the micro-batches of accumulated gradients, or the calls of an evaluation, nothing
-    differs: the pack is reused."""
+    with `reuse` (inference, and a backward: its forward's pack), a remembered pack is
+    taken while no weight's version changed and no optimizer stepped; otherwise, and in
+    a training forward, while the weights hold the bytes it was packed from (after an
+    optimizer step the first bytes differ: it packs afresh at once; between the
+    micro-batches of accumulated gradients nothing differs: the pack is reused). Writes
+    through `.data` bump no version: a training forward sees them, inference does not."""
     made: list[dict] = []  # built once per call, for the comparison and the pack alike
 
     def params() -> dict:
@@ -404,7 +427,7 @@ def forward_impl(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
 
             ws.pack_gpu(cell, result[2].saved, put)
         return y, final, work
-    params = host_params(cell, key, weights, reuse=False)
+    params = host_params(cell, key, weights, reuse=not train)
     init = {n: _host(s) for n, s in zip(names, state)} if state else None
     xs, inputs = split_inputs(cell, x, _host)
     native = train and ws.is_native(cell)
