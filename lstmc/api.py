@@ -6,6 +6,8 @@ target. Arrays follow PyTorch's sequence layout (T, B, F) and NumPy's convention
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 
 import numpy as np
 from lstmc_runtime import dtypes
@@ -307,9 +309,9 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
     source = read_source(spec)
     program, bound = lower_bound(source, cell, input_size, hidden_size, sizes)
     if num_layers == 1 and not bidirectional:
-        _make_output_directory(directory)
-        write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
-                       cpu=cpu)
+        with _output_directory(directory):
+            write_artifact(directory, program, bound, dtype, emit, batch_first=batch_first,
+                           cpu=cpu)
         return
     directions = 2 if bidirectional else 1
     parts = {"layer0": bound}
@@ -323,19 +325,34 @@ def write_artifact_dir(spec, directory: str, input_size: int | None = None,
                 else program for name, part_sizes in parts.items()}
     for name, part in programs.items():  # every part, before anything is written
         check_buffer_sizes(part, parts[name])  # the upper layers' input is D*H wide
+    with _output_directory(directory):
+        for name, part in programs.items():
+            sub = os.path.join(directory, name)
+            _make_output_directory(sub)
+            write_artifact(sub, part, parts[name], dtype, emit, cpu=cpu)
+        manifest = {"target": target, "cell": program.info.name, "dtype": dtype,
+                    "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
+                               "batch_first": bool(batch_first)},
+                    "cells": {name: name for name in parts}}
+        try:
+            write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
+        except OSError as exc:
+            raise output_error(exc) from None
+
+
+@contextmanager
+def _output_directory(directory: str):
+    """The artifact's directory (_make_output_directory) while it is written: one made
+    here is removed again if the writing fails or is interrupted (Ctrl-C), instead of
+    staying behind empty or half written."""
+    made = not os.path.isdir(directory)
     _make_output_directory(directory)
-    for name, part in programs.items():
-        sub = os.path.join(directory, name)
-        _make_output_directory(sub)
-        write_artifact(sub, part, parts[name], dtype, emit, cpu=cpu)
-    manifest = {"target": target, "cell": program.info.name, "dtype": dtype,
-                "layers": {"num_layers": num_layers, "bidirectional": bool(bidirectional),
-                           "batch_first": bool(batch_first)},
-                "cells": {name: name for name in parts}}
     try:
-        write_manifest(directory, manifest, [f"{name}/manifest.json" for name in parts])
-    except OSError as exc:
-        raise output_error(exc) from None
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def _make_output_directory(directory: str) -> None:

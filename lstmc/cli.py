@@ -16,7 +16,7 @@ import traceback
 from lstmc_runtime.dtypes import DTYPES
 
 from . import __version__
-from .errors import BackendError, CompileError, LstmcError, SpecError
+from .errors import BackendError, CompileError, LstmcError, SpecError, SpecSyntaxError
 from .targets import TARGETS, artifact_targets
 
 
@@ -101,10 +101,17 @@ SPEC_HELP = "a .lstm file, or - for standard input"
 def spec_source(text: str):
     """A SPEC argument's source, read once: `-` is standard input, as compilers read it
     (a spec's path otherwise, whatever its name holds)."""
-    from .frontend.source import decode, read_source
+    from .frontend.source import MAX_SPEC_BYTES, decode, read_source
 
     if text == "-":
-        return decode(sys.stdin.buffer.read(), "<stdin>")
+        if sys.stdin is None:  # started with standard input closed
+            raise SpecSyntaxError("cannot read the spec from standard input: it is closed")
+        try:
+            data = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            raise SpecSyntaxError(f"cannot read the spec from standard input: "
+                                  f"{exc.strerror}") from None
+        return decode(data, "<stdin>")
     return read_source(pathlib.Path(text))
 
 
@@ -451,7 +458,10 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
     try:
         return _run(args)
     except OutputError as exc:

@@ -17,6 +17,7 @@ __all__ = [
 ]
 
 
+EXCERPT = 160  # characters of a source line an error shows at most
 _BLANKS = {ord(c): " " for c in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
@@ -54,8 +55,14 @@ class SpecError(LstmcError):
                 # One column per character, and no character a terminal breaks the
                 # line at: the caret stays under the column the location names.
                 line = loc.source_line.rstrip("\r\n").translate(_BLANKS)
-                caret = " " * (max(loc.column, 1) - 1) + "^"
-                text += f"\n    {line}\n    {caret}"
+                column = max(loc.column, 1) - 1
+                # A long line (a generated spec) is cut to a window around the column.
+                start = max(0, min(column - EXCERPT // 2, len(line) - EXCERPT))
+                shown = line[start:start + EXCERPT]
+                before, after = ("..." if start else ""), ("..." if start + EXCERPT < len(line)
+                                                           else "")
+                caret = " " * (len(before) + column - start) + "^"
+                text += f"\n    {before}{shown}{after}\n    {caret}"
         if self.hint:
             text += f"\n  {self.hint}"
         return text

@@ -1,4 +1,6 @@
 """The lstmc command: output, exit codes, and no tracebacks."""
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -275,3 +277,55 @@ def test_a_size_too_large_for_the_runtime_is_a_spec_error_everywhere(tmp_path):
         assert result.stderr.startswith(f"{spec}:2:12: error: size 99999999999999999999*H "
                                         "is too large"), result.stderr
         assert "internal error" not in result.stderr
+
+
+def test_a_spec_from_a_closed_standard_input_is_an_input_error():
+    result = subprocess.run([sys.executable, "-m", "lstmc.cli", "check", "-"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+    assert result.returncode == 1, result.stderr
+    assert "cannot read the spec from standard input: it is closed" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_an_endless_spec_file_is_refused_not_read_into_memory():
+    result = lstmc("check", "/dev/zero")
+    assert result.returncode == 1
+    assert "'/dev/zero' is larger than 16 MiB" in result.stderr
+
+
+def test_an_error_on_a_long_line_shows_a_window_around_the_column(tmp_path):
+    spec = tmp_path / "long.lstm"
+    spec.write_text("cell long(x: H) -> h: H {\n  h' = tanh(x)" + " + x" * 30000
+                    + " + y" + " + x" * 30000 + "\n}\n")
+    result = lstmc("check", str(spec))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert ":2:120018: error: undefined name 'y'" in lines[0]
+    excerpt, caret = lines[1], lines[2]
+    assert len(excerpt) < 200 and excerpt.strip().startswith("...")
+    assert excerpt.endswith("...") and caret.strip() == "^"
+    assert excerpt[len(caret) - 1] == "y"  # the caret under the name it names
+
+
+def test_an_interrupted_compile_leaves_no_directory_behind(tmp_path, monkeypatch):
+    """Ctrl-C (or a failure) while an artifact is written: the directory lstmc made for
+    it is removed again; one that was there before stays."""
+    from lstmc.api import write_artifact_dir
+    from lstmc.targets import CpuTarget
+
+    def interrupted(self, directory, *args):
+        (pathlib.Path(directory) / "cell.so").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CpuTarget, "write_artifact", interrupted)
+    fresh = tmp_path / "fresh"
+    for options in ({}, {"num_layers": 2}):
+        with pytest.raises(KeyboardInterrupt):
+            write_artifact_dir(spec_path("lstm"), str(fresh), 3, 4, target="cpu", **options)
+        assert not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        write_artifact_dir(spec_path("lstm"), str(kept), 3, 4, target="cpu")
+    assert kept.is_dir()

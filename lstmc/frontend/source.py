@@ -32,6 +32,9 @@ class Source:
         return Location(self.path, line, column, source_line)
 
 
+MAX_SPEC_BYTES = 16 << 20
+
+
 def looks_like_path(spec: str) -> bool:
     """Whether a string names a file rather than holding a spec: an existing file always
     counts as a path (so 'spec{v2}.lstm' is read, not parsed)."""
@@ -50,7 +53,7 @@ def read_source(spec: str | os.PathLike[str] | Source) -> Source:
         path = os.fspath(spec)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_SPEC_BYTES + 1)  # /dev/zero would fill the memory
         except OSError as exc:
             raise SpecSyntaxError(f"cannot read spec '{path}': {exc.strerror}") from None
         return decode(data, path)
@@ -58,6 +61,9 @@ def read_source(spec: str | os.PathLike[str] | Source) -> Source:
 
 
 def decode(data: bytes, path: str) -> Source:
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecSyntaxError(f"spec '{path}' is larger than {MAX_SPEC_BYTES >> 20} MiB: "
+                              "not a spec")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
