@@ -389,3 +389,33 @@ def test_every_cell_describes_itself():
     assert native.description.target == "cpu" and reference.description.target == "reference"
     for field in ("name", "dtype", "sizes", "input_size", "output", "states", "params"):
         assert getattr(native.description, field) == getattr(reference.description, field)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("call,args,error,message", [
+    ("zero_state", (-1,), UsageError, "batch: expected an integer >= 0, got -1"),
+    ("zero_state", (2.0,), UsageError, "batch: expected an integer, got float"),
+    ("zero_state", (2 ** 62,), lstmc.ShapeError, "do not fit in memory"),
+    ("init_params", (-1,), UsageError, "seed: expected an integer >= 0, got -1"),
+    ("init_params", ("a",), UsageError, "seed: expected an integer, got str"),
+    ("workspace_size", (-1, 3), UsageError, "T: expected an integer >= 0, got -1"),
+    ("workspace_size", (4, 1.5), UsageError, "B: expected an integer, got float"),
+])
+def test_helpers_refuse_bad_counts_and_seeds_by_name(layers, call, args, error, message):
+    """The helpers around forward check their arguments as forward does: a clear error,
+    not NumPy's (or a negative workspace size)."""
+    cell = lstmc.compile(spec_path("lstm"), 3, 4, target="cpu", num_layers=layers)
+    if not hasattr(cell, call):
+        pytest.skip(f"a {type(cell).__name__} has no {call}")
+    with pytest.raises(error, match=message):
+        getattr(cell, call)(*args)
+
+
+def test_a_tape_for_another_shape_than_its_forward_is_refused():
+    cell = lstmc.compile(spec_path("lstm"), 3, 4, target="cpu")
+    x = np.random.default_rng(0).standard_normal((5, 3, 3)).astype(np.float32)
+    params = cell.init_params(0)
+    y, _, tape = cell.forward(x, params, train=True)
+    retold = lstmc_runtime.Tape(cell, params, tape.saved, (1, 3, 3))
+    with pytest.raises(UsageError, match=r"ran \(T, B\) = \(5, 3\), x_shape says \(1, 3\)"):
+        retold.backward(np.ones((1, 3, 4), np.float32))

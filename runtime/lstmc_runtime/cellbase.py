@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ShapeError, UsageError
-from .validate import check_array, check_names
+from .validate import check_array, check_count, check_init_seed, check_names
 
 
 class CellBase(abc.ABC):
@@ -104,7 +104,7 @@ class CellBase(abc.ABC):
     def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
         """Parameters as PyTorch initializes them: uniform(-1/sqrt(H), 1/sqrt(H)), except
         those the spec gives a constant initial value."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_init_seed(seed))
         bound = 1.0 / math.sqrt(self.hidden_size)
         params = {}
         for name, shape in self.param_shapes.items():
@@ -118,7 +118,7 @@ class CellBase(abc.ABC):
         return params
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, s), self.dtype) for n, s in self.state_sizes.items()}
+        return zero_states(self.state_sizes, (), check_count("batch", batch), self.dtype)
 
     def _check_inputs(self, x, params, state):
         x = check_array("x", x, (None, None, self.input_size), self.dtype)
@@ -244,6 +244,10 @@ class Tape:
         if self.origin is not None and self.origin is not cell:
             raise UsageError(f"this tape was recorded by {self.origin!r}, not by {cell!r}: "
                              "call backward on the tape that cell's forward returned")
+        recorded = getattr(getattr(self.saved, "x", None), "shape", None)
+        if recorded is not None and tuple(recorded[:2]) != tuple(self.x_shape[:2]):
+            raise UsageError(f"Tape.x_shape: the forward that recorded this tape ran (T, B) = "
+                             f"{tuple(recorded[:2])}, x_shape says {tuple(self.x_shape[:2])}")
         if getattr(self.params, "validated_for", None) is not cell:
             check_names("tape params", self.params, list(cell.param_shapes))
             for name, shape in cell.param_shapes.items():
@@ -307,6 +311,16 @@ def check_extra_inputs(sizes: dict[str, int], inputs, steps: int, batch: int, dt
         else:
             arrays[name] = check_array(where, inputs[name], (steps, batch, size), dtype)
     return arrays
+
+
+def zero_states(sizes: dict[str, int], lead: tuple, batch: int, dtype) -> dict[str, np.ndarray]:
+    """Zero states {name: lead + (batch, n)}; a batch too large for memory is a
+    ShapeError saying so, not NumPy's error."""
+    try:
+        return {n: np.zeros((*lead, batch, s), dtype) for n, s in sizes.items()}
+    except (ValueError, MemoryError):
+        raise ShapeError(f"zero_state: states for a batch of {batch} rows do not fit in "
+                         "memory") from None
 
 
 def check_seed(seed) -> int:

@@ -41,6 +41,7 @@ from .packing import SYMBOLS as PACKING_SYMBOLS
 from .packing import Packer
 from .pool import POOL
 from .threads import system_threads, thread_count
+from .validate import check_count
 from .wavefront import SYMBOL as WAVEFRONT_SYMBOL
 from .workers import SYMBOLS as WORKER_SYMBOLS
 from .workers import THREADED_ENTRY, barrier_words, run_threaded, workers
@@ -616,7 +617,7 @@ class NativeCell(CellBase):
 
     def workspace_size(self, T: int, B: int) -> int:
         """Elements of the `workspace` a (T, B) training forward can save into."""
-        return ws_layout.size(self._saved_widths(), T, B)
+        return ws_layout.size(self._saved_widths(), check_count("T", T), check_count("B", B))
 
     def _saved_widths(self) -> list[tuple[str, int]]:
         widths = self.__dict__.get("_saved_widths_cache")

@@ -18,13 +18,13 @@ import numpy as np
 
 from . import wavefront as wavefronts
 from .bfloat16 import WEIGHTS as BF16_WEIGHTS
-from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed
+from .cellbase import CellBase, check_extra_inputs, check_lengths, check_seed, zero_states
 from .choice import faster_for
 from .errors import ArtifactError, ShapeError, UsageError
 from .located import Locator
 from .manifest import BF16
 from .threads import thread_count, threads_limited
-from .validate import check_array, check_names
+from .validate import check_array, check_count, check_init_seed, check_names
 
 
 def reverse_in_place_of_length(seq, lengths: np.ndarray | None, xp=np):
@@ -135,6 +135,7 @@ class Stack:
                 yield l, d, cell
 
     def init_params(self, seed: int | None = 0) -> dict[str, np.ndarray]:
+        seed = check_init_seed(seed)
         params = {}
         for l, d, cell in self._cells():
             sub_seed = None if seed is None else seed + 1000 * l + d
@@ -164,8 +165,8 @@ class Stack:
         self._locator.addresses(params)
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        count = self.num_layers * self.num_directions
-        return {n: np.zeros((count, batch, s), self.dtype) for n, s in self.state_sizes.items()}
+        return zero_states(self.state_sizes, (self.num_layers * self.num_directions,),
+                           check_count("batch", batch), self.dtype)
 
     def forward(self, x, params, state=None, train: bool = False, lengths=None,
                 seed: int | None = None, masks: bool = True, inputs=None):

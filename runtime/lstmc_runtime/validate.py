@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import ShapeError, UsageError
 
 
 def _describe(shape) -> str:
@@ -46,3 +46,17 @@ def check_names(what: str, given: dict, expected: list[str]) -> None:
     if extra:
         raise ShapeError(f"{what}: unexpected {', '.join(repr(n) for n in extra)} "
                          f"(expected {', '.join(expected)})")
+
+
+def check_count(name: str, value, minimum: int = 0) -> int:
+    """A whole number of rows, steps or such, at least `minimum` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UsageError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise UsageError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_init_seed(seed) -> int | None:
+    """init_params' seed: None (fresh entropy) or a non-negative integer."""
+    return None if seed is None else check_count("seed", seed)
