@@ -175,6 +175,7 @@ class _PackCache:
 
 
 _packs: "weakref.WeakKeyDictionary[object, _PackCache]" = weakref.WeakKeyDictionary()
+_zeros: dict = {}
 
 
 def _renew_locks() -> None:
@@ -186,7 +187,6 @@ def _renew_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_locks)
-_zeros: dict = {}
 
 
 def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:
