@@ -193,3 +193,35 @@ def test_training_matches_torch_step_by_step(dtype):
     rtol = 1e-9 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(ours, theirs, rtol=rtol, atol=0)
     assert theirs[-1] < theirs[0]  # it learned something
+
+
+@pytest.mark.parametrize("kind,options", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3)),
+    ("GRU", dict(batch_first=True)),
+    ("RNN", dict(nonlinearity="relu")),
+])
+def test_an_empty_batch_gives_empty_results_as_torch(kind, options):
+    """A batch of no rows: torch's modules return empty outputs and states, and a
+    backward through them gives zero gradients; so do lstmc's."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind)(3, 5, **options).double()
+    ours = getattr(lnn, kind)(3, 5, **options).double()
+    ours.load_state_dict(theirs.state_dict())
+    shape = (0, 4, 3) if options.get("batch_first") else (4, 0, 3)
+    results = []
+    for module in (theirs, ours):
+        x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        y, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        (y.sum() + sum(s.sum() for s in states)).backward()
+        results.append(([tuple(y.shape)] + [tuple(s.shape) for s in states], x.grad.shape,
+                        {n: p.grad for n, p in module.named_parameters()}))
+    (shapes0, dx0, grads0), (shapes1, dx1, grads1) = results
+    assert shapes1 == shapes0 and dx1 == dx0
+    assert set(grads1) == set(grads0)
+    for name, grad in grads1.items():
+        torch.testing.assert_close(grad, grads0[name], rtol=0, atol=0)
+    cell = lnn.RecurrentCell(lnn.specs.SPECS["lstm"], 3, 5)
+    out, finals = cell(torch.zeros(0, 3))
+    assert out.shape == (0, 5) and {n: f.shape for n, f in finals.items()} == {
+        "h": (0, 5), "c": (0, 5)}

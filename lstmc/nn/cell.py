@@ -83,9 +83,6 @@ class RecurrentCell(Recurrent):
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
             raise ShapeError(f"input: expected shape (B, {self.input_size}) or "
                              f"({self.input_size},), got {got}")
-        if input.dim() == 2 and input.shape[0] < 1:
-            raise ShapeError(f"input: expected at least one batch row, got shape "
-                             f"{tuple(input.shape)}")
         if draws and self._per_sequence_masks:
             raise UsageError(f"cell '{self.cell_name}' draws a per-sequence (variational) "
                              "mask, one for all the steps of a sequence, which a "

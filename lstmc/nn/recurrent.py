@@ -125,7 +125,7 @@ class SequenceModule(nn.Module):
             or (state is not None and any(s.requires_grad for s in state.values())))
         names = list(self.state_sizes)
         # eager inference: the lean call on the tensors' memory where it applies
-        lean = (not grad and lengths is None and not extras
+        lean = (not grad and lengths is None and not extras and x.shape[1] > 0
                 and not (self.training and (self.weight_dropout or any(
                     self._draws_masks(l) for l in range(self.num_layers))))
                 and not torch.compiler.is_compiling())
@@ -202,9 +202,9 @@ class SequenceModule(nn.Module):
         if x.shape[-1] != self.input_size:
             raise ShapeError(f"input: expected {self.input_size} features, got shape "
                              f"{tuple(input.shape if packed is None else x.shape)}")
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ShapeError(f"input: expected at least one step and one batch row, got "
-                             f"shape {tuple(input.shape if packed is None else x.shape)}")
+        if x.shape[0] < 1:  # (a batch of no rows gives empty results, as in torch)
+            raise ShapeError(f"input: expected at least one step, got shape "
+                             f"{tuple(input.shape if packed is None else x.shape)}")
         # autocast and mixed inputs: the cell computes in its parameters' dtype
         x = x.to(self._dtype()).contiguous()
         lengths = check_lengths(lengths, x.shape[0], x.shape[1])
@@ -306,6 +306,8 @@ def call_forward(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
     """One lstmc op call: (y, final states). Eager inference calls the implementation
     directly (no dispatcher, no autograd record); anything else goes through the op.
     `seed` (training mode of a cell with dropout or zoneout) draws its masks."""
+    if x.shape[1] == 0:
+        return _empty_batch(key, x, weights, state, grad)
     if seed is not None:  # the masks are drawn by the training forward
         y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, True, seed)
     elif not grad and not torch.compiler.is_compiling():
@@ -313,6 +315,20 @@ def call_forward(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor]
     else:
         y, final, _ = torch.ops.lstmc.forward(key, x, weights, state, lengths, grad, None)
     return y, final
+
+
+def _empty_batch(key: str, x: Tensor, weights: list[Tensor], state: list[Tensor],
+                 grad: bool) -> tuple[Tensor, list[Tensor]]:
+    """call_forward's results for a batch of no rows, as torch.nn's modules give them:
+    empty tensors, in the autograd graph of the inputs when a gradient is asked for (each
+    gets a zero gradient)."""
+    cell = ops.cell_for(key, x)
+    T = x.shape[0]
+    tie = x.new_zeros(())
+    if grad:
+        tie = sum((t.sum() for t in (x, *weights, *state) if t.requires_grad), tie) * 0
+    y = x.new_zeros((T, 0, cell.state_sizes[cell.output])) + tie
+    return y, [x.new_zeros((0, n)) + tie for n in cell.state_sizes.values()]
 
 
 class Recurrent(SequenceModule):
