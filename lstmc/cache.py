@@ -9,6 +9,7 @@ trusted. A cache directory that cannot be used (not writable, not a directory) i
 error: the cell is compiled without the cache, with a CacheWarning naming the directory."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -97,6 +98,8 @@ def cached(key: str, build: Callable[[str], None], load: Callable[[str], object]
             return load(str(entry)), True
         except Exception:  # noqa: BLE001 (damaged, edited, another lstmc's: rebuild it)
             _discard(entry)
+    elif os.path.lexists(entry):  # a file or a dangling link where the entry goes
+        _discard(entry)
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
@@ -134,7 +137,11 @@ def _discard(entry: Path) -> None:
         os.rename(entry, doomed)
     except OSError:
         doomed = entry
-    shutil.rmtree(doomed, ignore_errors=True)
+    if os.path.isdir(doomed) and not os.path.islink(doomed):
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(doomed)
 
 
 def _warn_unusable(root: Path, exc: OSError) -> None:

@@ -4,6 +4,7 @@ the on-disk cache hits, misses and rebuilds as it should."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -138,7 +139,8 @@ def test_cache_hits_misses_and_rebuilds(tmp_path, cache_calls):
     lstmc.compile(text, 3, 5, target="cpu")
     assert calls[2:] == [False, False]  # a changed spec or size is a miss
 
-    entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    entries = [p for p in (tmp_path / "cache").iterdir()  # cells: not the shared code
+               if not p.name.startswith(".") and p.is_dir()]
     assert len(entries) == 3
     first = next(p for p in entries if (p / "manifest.json").exists())
     for entry in entries:  # damage every entry: each is detected and rebuilt
@@ -149,6 +151,25 @@ def test_cache_hits_misses_and_rebuilds(tmp_path, cache_calls):
     x = np.ones((2, 1, 3), np.float32)
     assert np.isfinite(cell.forward(x, cell.init_params())[0]).all()
     assert first.exists()
+
+
+@pytest.mark.parametrize("intruder", ["file", "dangling link"])
+def test_a_file_where_a_cache_entry_goes_is_replaced(tmp_path, cache_calls, intruder):
+    """A plain file or a dangling symlink named as an entry: the next compile removes
+    it and stores the entry (it used to rebuild every time, never repairing it)."""
+    text = open(spec_path("rnn_tanh")).read()
+    lstmc.compile(text, 3, 4, target="cpu")
+    entry = next(p for p in (tmp_path / "cache").iterdir()
+                 if not p.name.startswith(".") and p.is_dir())
+    shutil.rmtree(entry)
+    if intruder == "file":
+        entry.write_text("not an entry")
+    else:
+        entry.symlink_to(tmp_path / "nowhere")
+    lstmc.compile(text, 3, 4, target="cpu")
+    assert entry.is_dir() and not entry.is_symlink()
+    lstmc.compile(text, 3, 4, target="cpu")
+    assert cache_calls == [False, False, True]  # rebuilt once, then a hit
 
 
 def test_partially_written_cache_entry_is_never_loaded(tmp_path, monkeypatch):
