@@ -111,7 +111,8 @@ def exit_of_forked_child(check, locks=(), seconds: int = 30) -> int:
     """The exit status of a forked child that runs `check()` (true: status 0) while the
     parent holds `locks`, as another thread of the parent would at the fork; a child
     that waits for one of them is ended by an alarm after `seconds`. The child never
-    returns into pytest."""
+    returns into pytest. (Torch ops that use OpenMP may hang in a forked child, as
+    PyTorch warns: compute what torch should give before the fork.)"""
     for lock in locks:
         lock.acquire()
     try:
@@ -119,6 +120,9 @@ def exit_of_forked_child(check, locks=(), seconds: int = 30) -> int:
         if pid == 0:
             code = 3
             try:
+                # ended by the alarm even while stuck in native code (pytest-timeout's
+                # handler, inherited, would wait for Python code to run)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 signal.alarm(seconds)
                 code = 0 if check() else 1
             finally:
