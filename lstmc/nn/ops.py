@@ -31,8 +31,6 @@ OpenCL kernels.
 # No `from __future__ import annotations` here: torch.library reads the ops' annotations
 # at run time to infer their schemas.
 import math
-import os
-import threading
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from lstmc_runtime.bound import address
+from lstmc_runtime.forksafe import fork_safe_lock
 from lstmc_runtime.packcache import equal_at
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -147,7 +146,7 @@ class _PackCache:
 
     def __init__(self) -> None:
         self.entries: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
+        self.lock = fork_safe_lock(self, "lock")
 
     def get(self, cell, key, weights: list[Tensor], build, reuse: bool = True,
             unchanged=None):
@@ -176,17 +175,6 @@ class _PackCache:
 
 _packs: "weakref.WeakKeyDictionary[object, _PackCache]" = weakref.WeakKeyDictionary()
 _zeros: dict = {}
-
-
-def _renew_locks() -> None:
-    """In a forked child (a DataLoader worker), every pack cache's lock anew: another
-    thread of the parent may have held one at the fork, and it does not exist here."""
-    for cache in list(_packs.values()):
-        cache.lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_locks)
 
 
 def spec_params(cell, key: str, weights: list[Tensor], convert) -> dict:

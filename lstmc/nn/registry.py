@@ -13,9 +13,10 @@ OpenCL kernels, for testing).
 from __future__ import annotations
 
 import json
-import os
-import threading
+import sys
 from dataclasses import dataclass
+
+from lstmc_runtime.forksafe import fork_safe_lock
 
 from ..errors import CompileError
 
@@ -57,20 +58,10 @@ class CellKey:
             raise CompileError(f"not an lstmc cell key: {text[:80]!r} ({error})") from None
 
 
-_lock = threading.Lock()  # held while a cell compiles (seconds, the GIL released)
+# held while a cell compiles (seconds, the GIL released); a forked child compiles anew
+_lock = fork_safe_lock(sys.modules[__name__], "_lock")
 _keys: dict[str, CellKey] = {}
 _cells: dict[tuple[str, str, str], object] = {}
-
-
-def _renew_lock() -> None:
-    """In a forked child, the lock anew: another thread compiling at the fork held it,
-    and that thread does not exist in the child (the child compiles what it needs)."""
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_lock)
 
 
 def key_of(text: str) -> CellKey:

@@ -14,9 +14,6 @@ while another thread is inside the same cell's fast path) runs the ordinary way.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +24,7 @@ from .bfloat16 import WEIGHTS as BF16_WEIGHTS
 from .cellbase import CellBase
 from .choice import FasterOf
 from .errors import BackendError, ShapeError
+from .forksafe import fork_safe_lock
 from .manifest import THREADED, single_threaded
 from .openmp import BODY_SYMBOL as OPENMP_BODY
 from .pool import POOL
@@ -226,8 +224,7 @@ class Plans:
     def __init__(self, cell: NativeCell):
         self.cell = cell
         self._plans: dict[tuple, Plan | None] = {}
-        self.lock = threading.Lock()
-        _cell_plans.add(self)
+        self.lock = fork_safe_lock(self, "lock")
         # the parameters the forward entry reads as given (not packed): (buffer, name)
         self.forward_slots = [(name, names.parse(name)[1]) for name, *_ in cell._layout("forward")
                               if names.parse(name)[0] == "param"]
@@ -309,8 +306,8 @@ class BoundCell:
         # the carried states' addresses in a plan's order, per parity, and that plan
         self._ordered: list[tuple[list[int], list[int]]] = []
         self._ordered_for: Plan | None = None
-        self._lock = threading.Lock()  # one step at a time: the carried state is shared
-        _bound_cells.add(self)
+        # one step at a time: the carried state is shared
+        self._lock = fork_safe_lock(self, "_lock")
 
     def __repr__(self) -> str:
         return f"<BoundCell of {self.cell!r}>"
@@ -391,21 +388,3 @@ class BoundCell:
             return None
         return {n: v.copy() for n, v in self._states[self._parity].items()}
 
-
-_bound_cells: weakref.WeakSet[BoundCell] = weakref.WeakSet()
-_cell_plans: weakref.WeakSet[Plans] = weakref.WeakSet()
-
-
-def _renew_locks() -> None:
-    """In a forked child, the locks of every bound cell and every cell's plans anew: a
-    call another thread of the parent was running at the fork (kernels run without the
-    GIL, so forks land there) held them, and in the child that thread does not exist:
-    `step` waited forever, and the cell's calls never took the lean path again."""
-    for bound in list(_bound_cells):
-        bound._lock = threading.Lock()
-    for plans in list(_cell_plans):
-        plans.lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_locks)

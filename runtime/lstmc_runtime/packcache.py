@@ -14,8 +14,6 @@ an old one), so a call still running on an old pack is unaffected."""
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .bound import address
+from .forksafe import fork_safe_lock
 
 SLOTS = 4  # parameter sets kept per packed weight (a stack's directions share one cell)
 MAX_ELEMENTS = 1 << 24  # weights larger than this are packed every call (copies: memory)
@@ -88,7 +87,7 @@ class PackCache:
     """One cell's packs, by packed weight, with the bytes each was packed from."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self, "_lock")
         self._slots: dict[str, OrderedDict] = {}
         _caches.add(self)
 
@@ -143,17 +142,6 @@ class PackCache:
 
 
 _caches: weakref.WeakSet[PackCache] = weakref.WeakSet()
-
-
-def _renew_locks() -> None:
-    """In a forked child, every cache's lock anew: one another thread of the parent held
-    at the fork would stay held (that thread does not exist in the child)."""
-    for cache in list(_caches):
-        cache._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_locks)
 
 
 def clear_all() -> int:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import threading
+import sys
 
 from llvmlite import ir
 from lstmc_runtime import dtypes
 from lstmc_runtime.artifact import write_file
+from lstmc_runtime.forksafe import fork_safe_lock
 from lstmc_runtime.manifest import BF16_DTYPES
 
 from . import openmp, packing, wavefront, workers
@@ -65,18 +65,8 @@ def declare_gemms(module: ir.Module, dtype: str
 
 
 _objects: dict[tuple[str, str], bytes] = {}
-_lock = threading.Lock()  # held while the shared code builds (seconds, the GIL released)
-
-
-def _renew_lock() -> None:
-    """In a forked child, the lock anew: another thread building at the fork held it,
-    and that thread does not exist in the child."""
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_lock)
+# held while the shared code builds (seconds, the GIL released)
+_lock = fork_safe_lock(sys.modules[__name__], "_lock")
 
 
 def support_object(dtype: str, cpu: str = "host") -> bytes:
