@@ -50,10 +50,7 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two C-contiguous arrays have the same shape, dtype and bytes."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if _memcmp is not None:
-        return _memcmp(address(a), address(b), a.nbytes) == 0
-    as_bits = np.dtype(f"u{a.dtype.itemsize}")
-    return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))
+    return equal_at(address(a), address(b), a.nbytes)
 
 
 class _Copy:
